@@ -1,0 +1,366 @@
+"""Mult-adds, parameters and activation memory, per layer and per model.
+
+Conventions are the papers':
+
+* a **mult-add** is one multiply-accumulate of a convolution or fully connected
+  layer: ``H_out * W_out * C_out * (C_in / groups) * k_h * k_w`` for a conv,
+  ``in_features * out_features`` for a linear layer.  Batch norm, activations,
+  pooling, the squeeze-excite rescale and residual additions are not counted.
+* **parameters** are every learnable tensor, batch-norm scale and shift included
+  (running statistics are buffers, not parameters).  A batch norm's parameters
+  are shown on the row of the conv that feeds it, because the papers' tables
+  treat "conv + BN + ReLU" as one layer.
+* **activations** are counted in elements; the memory figures multiply by
+  ``bytes_per_element`` (2 for the V2 paper's 16-bit convention).
+
+The profile runs one real forward pass of a batch of one with hooks on the leaf
+modules, so it works for any ``nn.Module``: ours, torchvision's, converted ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .memory import trace_live_activations
+
+__all__ = ["LayerCost", "Profile", "layer_kind", "profile"]
+
+# Layer kinds, in the order V1's Table 2 lists them.
+KIND_POINTWISE = "1x1 conv"
+KIND_DEPTHWISE = "depthwise conv"
+KIND_FULL = "full conv"
+KIND_GROUPED = "grouped conv"
+KIND_FC = "fully connected"
+KIND_NORM = "norm"
+KIND_OTHER = "other"
+KIND_ORDER = [KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_FC, KIND_NORM, KIND_OTHER]
+
+
+def layer_kind(module: nn.Module) -> str:
+    """Classify a module the way V1's Table 2 does."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups == 1:
+            return KIND_POINTWISE if module.kernel_size == (1, 1) else KIND_FULL
+        if module.groups == module.in_channels:
+            return KIND_DEPTHWISE
+        return KIND_GROUPED
+    if isinstance(module, nn.Linear):
+        return KIND_FC
+    if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+        return KIND_NORM
+    return KIND_OTHER
+
+
+def _mult_adds(module: nn.Module, output: Tensor) -> int:
+    per_sample = output.numel() // max(1, output.shape[0])
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_sample * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return per_sample * module.in_features
+    return 0
+
+
+@dataclass
+class LayerCost:
+    """One row of a profile: a conv or linear layer (with its norm) or another module with parameters."""
+
+    name: str
+    type: str
+    kind: str
+    output_shape: tuple[int, ...]
+    mult_adds: int
+    params: int
+    activations: int  # output elements of this layer
+    weight_params: int = 0  # conv/linear kernel only: what V1's Table 2 shares are taken over
+
+
+@dataclass
+class Profile:
+    """Cost of one model at one input size.  ``str(profile)`` renders a table."""
+
+    input_size: tuple[int, int, int]
+    mult_adds: int
+    params: int
+    layers: list[LayerCost]
+    input_activations: int
+    largest_activation: int  # elements of the largest tensor in layer-by-layer inference
+    peak_activation_naive_bytes: int  # live bytes at the peak of eager float32 inference
+    largest_activation_blockwise: int  # V2 paper's measure, in elements
+    by_resolution: dict[int, int] = field(default_factory=dict)  # side -> largest blockwise tensor
+    by_resolution_channels: dict[int, int] = field(default_factory=dict)
+    model_name: str = ""
+
+    # ---- derived figures -------------------------------------------------
+    def memory_kb(self, elements: int, bytes_per_element: int = 2) -> float:
+        """``elements`` as kilobytes (1000 bytes) at ``bytes_per_element``."""
+        return elements * bytes_per_element / 1000
+
+    def by_type(self) -> list[dict[str, Any]]:
+        """V1's Table 2: share of mult-adds and parameters by layer kind.
+
+        Shares of parameters are taken over conv and fully connected *kernels*
+        (no biases, no batch norm), which is the convention that reproduces the
+        paper's percentages; absolute counts of every parameter are given too.
+        """
+        totals: OrderedDict[str, dict[str, int]] = OrderedDict((k, {"mult_adds": 0, "params": 0, "weights": 0}) for k in KIND_ORDER)
+        for row in self.layers:
+            totals[row.kind]["mult_adds"] += row.mult_adds
+            totals[row.kind]["params"] += row.params
+            totals[row.kind]["weights"] += row.weight_params
+        all_weights = sum(t["weights"] for t in totals.values()) or 1
+        all_mult_adds = self.mult_adds or 1
+        return [
+            {
+                "kind": kind,
+                "mult_adds": t["mult_adds"],
+                "mult_adds_share": t["mult_adds"] / all_mult_adds,
+                "params": t["params"],
+                "weight_share": t["weights"] / all_weights,
+            }
+            for kind, t in totals.items()
+            if t["mult_adds"] or t["params"]
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = [{**asdict(row), "output_shape": list(row.output_shape)} for row in self.layers]
+        data["input_size"] = list(self.input_size)
+        data["by_resolution"] = {str(k): v for k, v in self.by_resolution.items()}
+        data["by_resolution_channels"] = {str(k): v for k, v in self.by_resolution_channels.items()}
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    # ---- rendering ---------------------------------------------------------
+    def table(self, *, layers: bool = True) -> str:
+        from .._table import format_table, human
+
+        lines = []
+        title = f"{self.model_name or 'model'} @ {self.input_size[0]}x{self.input_size[1]}x{self.input_size[2]}"
+        lines.append(title)
+        if layers:
+            rows = [
+                [r.name, r.kind, "x".join(map(str, r.output_shape)), f"{r.mult_adds:,}", f"{r.params:,}", f"{r.activations:,}"]
+                for r in self.layers
+            ]
+            lines.append(
+                format_table(
+                    ["layer", "kind", "output", "mult-adds", "params", "activations"],
+                    rows,
+                    align="llrrrr",
+                )
+            )
+        lines.append(
+            f"total: {human(self.mult_adds)} mult-adds ({self.mult_adds:,}), "
+            f"{human(self.params)} params ({self.params:,})"
+        )
+        lines.append(
+            f"activations: largest tensor {self.largest_activation:,} elements; "
+            f"peak live in eager PyTorch (fp32) {self.peak_activation_naive_bytes / 1000:,.0f} KB"
+        )
+        lines.append(
+            f"memory-efficient inference (each inverted-residual block one op, V2 paper sec. 5): "
+            f"largest tensor {self.largest_activation_blockwise:,} elements = "
+            f"{self.memory_kb(self.largest_activation_blockwise):,.0f} KB at 16 bit"
+        )
+        return "\n".join(lines)
+
+    def by_type_table(self) -> str:
+        from .._table import format_table
+
+        rows = [
+            [r["kind"], f"{r['mult_adds']:,}", f"{100 * r['mult_adds_share']:.2f}%", f"{r['params']:,}", f"{100 * r['weight_share']:.2f}%"]
+            for r in self.by_type()
+        ]
+        return format_table(
+            ["type", "mult-adds", "share", "params", "share of weights"],
+            rows,
+            align="lrrrr",
+        )
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _is_memory_unit(module: nn.Module) -> bool:
+    """Blocks whose inner tensors can be computed piecewise (V2 paper, section 5)."""
+    if getattr(module, "memory_efficient_unit", False):
+        return True
+    # torchvision's MobileNetV2/V3 blocks have the same structure.
+    return type(module).__name__ == "InvertedResidual" and type(module).__module__.startswith("torchvision")
+
+
+@dataclass
+class _Record:
+    name: str
+    module: nn.Module
+    output: tuple[int, ...]
+    unit: str | None  # enclosing memory unit, if any
+    is_unit: bool = False
+
+
+@torch.no_grad()
+def profile(
+    model: nn.Module,
+    input_size: tuple[int, int, int] | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> Profile:
+    """Count mult-adds, parameters and activations of ``model`` for one image.
+
+    Args:
+        model: any ``nn.Module`` taking a (N, C, H, W) batch.
+        input_size: ``(C, H, W)``; defaults to the model's ``default_resolution``
+            (224 for ImageNet variants) with its ``in_channels``.
+        device: where to run the counting pass (default: where the model is).
+    """
+    if input_size is None:
+        side = getattr(model, "default_resolution", 224)
+        input_size = (getattr(model, "in_channels", 3), side, side)
+    if len(input_size) != 3:
+        raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    example = torch.zeros((1, *input_size), device=device)
+
+    unit_names = {name for name, m in model.named_modules() if _is_memory_unit(m)}
+
+    def enclosing_unit(name: str) -> str | None:
+        best = None
+        for unit in unit_names:
+            if name.startswith(unit + ".") and (best is None or len(unit) > len(best)):
+                best = unit
+        return best
+
+    records: list[_Record] = []
+    rows: list[LayerCost] = []
+    counted: set[int] = set()
+    last_conv_row: dict[str, LayerCost | None] = {"row": None}
+
+    def leaf_hook(name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, Tensor):
+                return
+            shape = tuple(output.shape[1:])
+            records.append(_Record(name, module, shape, enclosing_unit(name)))
+            own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+            counted.update(id(p) for p in own)
+            params = sum(p.numel() for p in own)
+            kind = layer_kind(module)
+            mult_adds = _mult_adds(module, output)
+            if kind == KIND_NORM and last_conv_row["row"] is not None and last_conv_row["row"].output_shape == shape:
+                last_conv_row["row"].params += params  # conv + BN are one layer in the papers
+                last_conv_row["row"] = None
+                return
+            if not (mult_adds or params):
+                return
+            weight = getattr(module, "weight", None)
+            weight_params = weight.numel() if kind in (KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_FC) and weight is not None else 0
+            row = LayerCost(name, type(module).__name__, kind, shape, mult_adds, params, output.numel(), weight_params)
+            rows.append(row)
+            last_conv_row["row"] = row if isinstance(module, nn.Conv2d) else None
+
+        return hook
+
+    def unit_hook(name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, Tensor):
+                records.append(_Record(name, module, tuple(output.shape[1:]), enclosing_unit(name), is_unit=True))
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_hook(leaf_hook(name)))
+        if name in unit_names:
+            handles.append(module.register_forward_hook(unit_hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+        live = trace_live_activations(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    # Parameters of modules the forward pass never reached still count.
+    unreached = params - sum(r.params for r in rows)
+    if unreached:
+        rows.append(LayerCost("(not executed)", "-", KIND_OTHER, (), 0, unreached, 0))
+
+    largest = max([r.activations for r in rows] + [_numel(rec.output) for rec in records] + [example[0].numel()])
+    blockwise = _materialised(records, example)
+    by_res: dict[int, int] = {}
+    by_res_ch: dict[int, int] = {}
+    for shape in blockwise:
+        side = shape[-1] if len(shape) == 3 else 1
+        by_res[side] = max(by_res.get(side, 0), _numel(shape))
+        by_res_ch[side] = max(by_res_ch.get(side, 0), shape[0])
+    arch = getattr(model, "arch", {}) or {}
+    return Profile(
+        input_size=tuple(input_size),
+        mult_adds=sum(r.mult_adds for r in rows),
+        params=params,
+        layers=rows,
+        input_activations=example[0].numel(),
+        largest_activation=largest,
+        peak_activation_naive_bytes=live.peak_bytes,
+        largest_activation_blockwise=max(_numel(s) for s in blockwise),
+        by_resolution=dict(sorted(by_res.items(), reverse=True)),
+        by_resolution_channels=dict(sorted(by_res_ch.items(), reverse=True)),
+        model_name=arch.get("name", type(model).__name__),
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _materialised(records: list[_Record], example: Tensor) -> list[tuple[int, ...]]:
+    """Shapes of the tensors that must exist in full when every inverted-residual
+    block runs as one operation whose expanded tensor is computed in pieces.
+
+    A block without an expansion layer (V2's first) starts with a depthwise conv,
+    so the conv feeding it can itself serve as the expansion and be computed in
+    pieces too: the paper's "trick" for the first layer.  Its output is then not
+    materialised either.
+    """
+    shapes: list[tuple[int, ...]] = [tuple(example.shape[1:])]
+    pending: list[tuple[int, ...]] = []  # outputs since the last conv outside any block
+    seen_units: set[str] = set()
+    for rec in records:
+        if rec.is_unit:
+            if rec.unit is None:
+                shapes.append(rec.output)
+            continue
+        if rec.unit is not None:
+            if rec.unit not in seen_units:
+                seen_units.add(rec.unit)
+                first_is_depthwise = isinstance(rec.module, nn.Conv2d) and layer_kind(rec.module) == KIND_DEPTHWISE
+                if first_is_depthwise and pending:
+                    pending = []  # computed piecewise with the block: never materialised
+            continue
+        if isinstance(rec.module, nn.Conv2d):
+            shapes.extend(pending)
+            pending = []
+        pending.append(rec.output)
+    shapes.extend(pending)
+    return shapes

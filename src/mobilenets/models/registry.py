@@ -1,0 +1,125 @@
+"""The one model registry that the CLI, benchmarks and tests all go through."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError, UnknownModelError
+
+__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the registry knows about one published variant."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    summary: str
+    default_resolution: int
+    # Builds torchvision's own model with the same options (meta device is fine),
+    # so that torchvision state dicts can be mapped onto ours; None if torchvision
+    # has no such model.
+    torchvision_twin: Callable[[Mapping[str, Any]], nn.Module] | None = None
+
+    @property
+    def options(self) -> dict[str, inspect.Parameter]:
+        """The keyword options the builder accepts, with their defaults."""
+        return dict(inspect.signature(self.builder).parameters)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    summary: str,
+    default_resolution: int = 224,
+    torchvision_twin: Callable[[Mapping[str, Any]], nn.Module] | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a builder function to the registry under ``name``."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, summary, default_resolution, torchvision_twin)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; unknown names suggest the closest ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        pass
+    normalised = str(name).lower().replace("-", "_").replace(".", "_")
+    if normalised in _REGISTRY:
+        return _REGISTRY[normalised]
+    close = difflib.get_close_matches(normalised, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint} Available models: {', '.join(list_models())}"
+    )
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    dropout: float | None = None,
+    weights: str | Path | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a model from the registry.
+
+    Args:
+        name: one of :func:`list_models` (e.g. ``"mobilenet_v2"``).
+        num_classes: size of the classifier's output.
+        width_mult: the width multiplier alpha (channels x alpha; cost ~ alpha**2).
+        dropout: dropout before the classifier; ``None`` keeps the variant's default.
+        weights: a path to a weights file (safetensors, or a ``torch.save`` state
+            dict / checkpoint) or a state dict.  Both this library's layout and
+            torchvision's (for ``mobilenet_v2`` / ``mobilenet_v3_*``) are accepted.
+        **options: variant options such as ``resolution``, ``activation``,
+            ``cifar``, ``linear_bottleneck``, ``residual``; see
+            ``mobilenets models --verbose``.
+    """
+    entry = get_model_entry(name)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "width_mult": width_mult, **options}
+    if dropout is not None:
+        kwargs["dropout"] = dropout
+    accepted = entry.options
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{entry.name} does not take option(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted)}"
+        )
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = entry.builder(**kwargs)
+    # Record every option, defaults included, so saved weights rebuild this exact model.
+    resolved = {k: p.default for k, p in accepted.items() if p.default is not inspect.Parameter.empty}
+    resolved.update(kwargs)
+    model.arch = {"name": entry.name, **resolved}
+    if weights is not None:
+        from ..weights import load_weights
+
+        load_weights(model, weights)
+    return model

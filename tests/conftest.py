@@ -1,0 +1,27 @@
+"""Shared fixtures.  Real data lives in ``../shared/data`` beside the checkout
+(override with MOBILENETS_SHARED_DATA); it is never copied into the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MOBILENETS_SHARED_DATA", REPO.parent / "shared" / "data"))
+TORCHVISION_V2_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set MOBILENETS_SHARED_DATA)")
+    return SHARED_DATA
