@@ -1,0 +1,51 @@
+"""The ``mobilenets`` command line.  Each subcommand lives in its own module and
+adds itself through ``add_parser(subparsers)``; ``main`` dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import MobileNetsError
+from . import models_cmd, profile_cmd
+
+SUBCOMMANDS = [models_cmd, profile_cmd]
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mobilenets",
+        description=(
+            "Efficient convolutional networks (MobileNet V1/V2/V3): build a model at the size "
+            "your latency budget allows and measure what it costs."
+        ),
+        epilog="Run 'mobilenets COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except MobileNetsError as exc:
+        # Errors about the user's input: the message says what to change; a
+        # traceback would only hide it.
+        print(f"mobilenets {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `mobilenets profile ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""``mobilenets models``: list the registry."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from .._table import format_table, human
+from ..cost import profile
+from ..models import create_model, get_model_entry, list_models
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the available models",
+        description="List the models create_model() and every command accept.",
+    )
+    parser.add_argument("--costs", action="store_true", help="add mult-adds and params at width 1.0, 224x224")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show each model's options and defaults")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models():
+        entry = get_model_entry(name)
+        row = [name, entry.summary]
+        if args.costs:
+            cost = profile(create_model(name), (3, entry.default_resolution, entry.default_resolution))
+            row += [human(cost.mult_adds), human(cost.params)]
+        rows.append(row)
+    headers = ["model", "description"] + (["mult-adds", "params"] if args.costs else [])
+    print(format_table(headers, rows, align="ll" + "rr" * args.costs))
+    if args.verbose:
+        for name in list_models():
+            options = get_model_entry(name).options
+            shown = ", ".join(
+                f"{k}={p.default!r}" for k, p in options.items() if p.default is not inspect.Parameter.empty
+            )
+            print(f"\n{name}: {shown}")
+    return 0

@@ -1,0 +1,49 @@
+"""``mobilenets profile``: mult-adds, parameters and activation memory of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..cost import profile
+from ..errors import ConfigError
+from .common import add_model_options, model_from_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="count mult-adds, parameters and activation memory, per layer and in total",
+        description=(
+            "Count what a model costs for one image: mult-adds (multiply-accumulates of convs and "
+            "fully connected layers), parameters (batch norm included) and activation memory, per "
+            "layer and in total, with the conventions of the MobileNet papers."
+        ),
+        epilog="Example: mobilenets profile mobilenet_v1 --width-mult 0.5 --resolution 160 --by-type",
+    )
+    add_model_options(parser)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    output.add_argument(
+        "--by-type",
+        action="store_true",
+        help="share of mult-adds and parameters by layer type (MobileNetV1's Table 2)",
+    )
+    output.add_argument("--summary", action="store_true", help="totals only, no per-layer rows")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, resolution = model_from_args(args)
+    if resolution < 1:
+        raise ConfigError(f"--resolution must be positive, got {resolution}")
+    result = profile(model, (model.in_channels, resolution, resolution))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif args.by_type:
+        print(result.table(layers=False))
+        print()
+        print(result.by_type_table())
+    else:
+        print(result.table(layers=not args.summary))
+    return 0
