@@ -210,7 +210,12 @@ def test_v2_table_3_largest_materialised_tensor():
     assert abs(v2.memory_kb(v2.largest_activation_blockwise) - 400) / 400 < 0.01
     # V1's channel column of the table, resolution by resolution.
     assert {k: v for k, v in v1.by_resolution_channels.items() if k != 224} == {
-        112: 64, 56: 128, 28: 256, 14: 512, 7: 1024, 1: 1024
+        112: 64,
+        56: 128,
+        28: 256,
+        14: 512,
+        7: 1024,
+        1: 1024,
     }
     # Without treating blocks as one op, V2's largest tensor is the 96x112x112 expansion.
     assert v2.largest_activation == 96 * 112 * 112

@@ -209,9 +209,7 @@ def load_model(path: str | Path, **overrides: Any) -> nn.Module:
 
     _, arch = load_state_dict_file(path)
     if "name" not in arch:
-        raise WeightsError(
-            f"{path} records no architecture; use create_model(NAME, weights={str(path)!r}) instead"
-        )
+        raise WeightsError(f"{path} records no architecture; use create_model(NAME, weights={str(path)!r}) instead")
     arch = {**arch, **overrides}
     name = arch.pop("name")
     return create_model(name, weights=path, **arch)

@@ -42,7 +42,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = Tru
         default=None,
         help="activation inside the blocks for V1/V2 (relu, relu6, hardswish...); default as published",
     )
-    parser.add_argument("--weights", default=None, help="weights file (safetensors or torch state dict, ours or torchvision's)")
+    parser.add_argument(
+        "--weights", default=None, help="weights file (safetensors or torch state dict, ours or torchvision's)"
+    )
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[Any, int]:

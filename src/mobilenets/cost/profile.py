@@ -109,7 +109,9 @@ class Profile:
         (no biases, no batch norm), which is the convention that reproduces the
         paper's percentages; absolute counts of every parameter are given too.
         """
-        totals: OrderedDict[str, dict[str, int]] = OrderedDict((k, {"mult_adds": 0, "params": 0, "weights": 0}) for k in KIND_ORDER)
+        totals: OrderedDict[str, dict[str, int]] = OrderedDict(
+            (k, {"mult_adds": 0, "params": 0, "weights": 0}) for k in KIND_ORDER
+        )
         for row in self.layers:
             totals[row.kind]["mult_adds"] += row.mult_adds
             totals[row.kind]["params"] += row.params
@@ -148,7 +150,14 @@ class Profile:
         lines.append(title)
         if layers:
             rows = [
-                [r.name, r.kind, "x".join(map(str, r.output_shape)), f"{r.mult_adds:,}", f"{r.params:,}", f"{r.activations:,}"]
+                [
+                    r.name,
+                    r.kind,
+                    "x".join(map(str, r.output_shape)),
+                    f"{r.mult_adds:,}",
+                    f"{r.params:,}",
+                    f"{r.activations:,}",
+                ]
                 for r in self.layers
             ]
             lines.append(
@@ -177,7 +186,13 @@ class Profile:
         from .._table import format_table
 
         rows = [
-            [r["kind"], f"{r['mult_adds']:,}", f"{100 * r['mult_adds_share']:.2f}%", f"{r['params']:,}", f"{100 * r['weight_share']:.2f}%"]
+            [
+                r["kind"],
+                f"{r['mult_adds']:,}",
+                f"{100 * r['mult_adds_share']:.2f}%",
+                f"{r['params']:,}",
+                f"{100 * r['weight_share']:.2f}%",
+            ]
             for r in self.by_type()
         ]
         return format_table(
@@ -264,7 +279,11 @@ def profile(
             if not (mult_adds or params):
                 return
             weight = getattr(module, "weight", None)
-            weight_params = weight.numel() if kind in (KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_FC) and weight is not None else 0
+            weight_params = (
+                weight.numel()
+                if kind in (KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_FC) and weight is not None
+                else 0
+            )
             row = LayerCost(name, type(module).__name__, kind, shape, mult_adds, params, output.numel(), weight_params)
             rows.append(row)
             last_conv_row["row"] = row if isinstance(module, nn.Conv2d) else None

@@ -9,6 +9,7 @@ saved weights can rebuild their own architecture.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import InputShapeError
 
-__all__ = ["ImageClassifier", "apply_cifar_strides", "init_weights"]
+__all__ = ["ImageClassifier", "apply_cifar_strides", "assemble", "init_weights"]
 
 
 class ImageClassifier(nn.Module):
@@ -63,10 +64,13 @@ class ImageClassifier(nn.Module):
                 f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}{hint}"
             )
         if x.shape[1] != self.in_channels:
-            hint = " - is the tensor channels-last (N, H, W, C)? use x.permute(0, 3, 1, 2)" if x.shape[-1] == self.in_channels else ""
+            hint = (
+                " - is the tensor channels-last (N, H, W, C)? use x.permute(0, 3, 1, 2)"
+                if x.shape[-1] == self.in_channels
+                else ""
+            )
             raise InputShapeError(
-                f"expected {self.in_channels} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)}){hint}"
+                f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}){hint}"
             )
         height, width = x.shape[-2], x.shape[-1]
         if height < self.total_stride or width < self.total_stride:
@@ -105,6 +109,26 @@ def apply_cifar_strides(strides: list[int]) -> list[int]:
             strides[i] = 1
             break
     return strides
+
+
+def assemble(
+    layers: list[nn.Module],
+    classifier: nn.Sequential,
+    *,
+    strides: list[int],
+    in_channels: int,
+    resolution: int,
+) -> ImageClassifier:
+    """The last step of every builder: wrap the layers, record the stride, initialise."""
+    model = ImageClassifier(
+        nn.Sequential(*layers),
+        classifier,
+        in_channels=in_channels,
+        total_stride=math.prod(strides),
+        default_resolution=resolution,
+    )
+    init_weights(model)
+    return model
 
 
 def init_weights(model: nn.Module) -> None:

@@ -22,12 +22,10 @@ mult-adds, 29.3M parameters, 71.7 % top-1): 8.6x the cost for 1.1 points.
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from ..layers import ConvBNAct, DepthwiseSeparable, check_width_mult, scale_channels
-from .base import ImageClassifier, apply_cifar_strides, init_weights
+from .base import ImageClassifier, apply_cifar_strides, assemble
 from .registry import register_model
 
 __all__ = ["MOBILENET_V1_LAYERS", "mobilenet_v1", "mobilenet_v1_conv"]
@@ -75,15 +73,7 @@ def _build(
             layers.append(DepthwiseSeparable(channels, out, stride, activation=activation))
         channels = out
     classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
-    model = ImageClassifier(
-        nn.Sequential(*layers),
-        classifier,
-        in_channels=in_channels,
-        total_stride=math.prod(strides),
-        default_resolution=resolution,
-    )
-    init_weights(model)
-    return model
+    return assemble(layers, classifier, strides=strides, in_channels=in_channels, resolution=resolution)
 
 
 @register_model(

@@ -19,15 +19,13 @@ the projection) and ``residual=False`` (no shortcuts).
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, check_width_mult, make_divisible
-from .base import ImageClassifier, apply_cifar_strides, init_weights
+from .base import ImageClassifier, apply_cifar_strides, assemble
 from .registry import register_model
 
 __all__ = ["MOBILENET_V2_STAGES", "mobilenet_v2"]
@@ -108,12 +106,10 @@ def mobilenet_v2(
             channels = out
     last = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
     layers.append(ConvBNAct(channels, last, 1, activation=activation))
-    model = ImageClassifier(
-        nn.Sequential(*layers),
+    return assemble(
+        layers,
         nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes)),
+        strides=strides,
         in_channels=in_channels,
-        total_stride=math.prod(strides),
-        default_resolution=resolution,
+        resolution=resolution,
     )
-    init_weights(model)
-    return model

@@ -17,15 +17,13 @@ The tables below are the paper's Tables 1 and 2, one row per bottleneck.
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, check_width_mult, make_divisible
-from .base import ImageClassifier, apply_cifar_strides, init_weights
+from .base import ImageClassifier, apply_cifar_strides, assemble
 from .registry import register_model
 
 __all__ = ["MOBILENET_V3_LARGE", "MOBILENET_V3_SMALL", "mobilenet_v3_large", "mobilenet_v3_small"]
@@ -131,15 +129,7 @@ def _build(
         nn.Dropout(dropout),
         nn.Linear(head, num_classes),
     )
-    model = ImageClassifier(
-        nn.Sequential(*layers),
-        classifier,
-        in_channels=in_channels,
-        total_stride=math.prod(strides),
-        default_resolution=resolution,
-    )
-    init_weights(model)
-    return model
+    return assemble(layers, classifier, strides=strides, in_channels=in_channels, resolution=resolution)
 
 
 def _torchvision_twin(builder_name: str):

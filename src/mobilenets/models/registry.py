@@ -72,9 +72,7 @@ def get_model_entry(name: str) -> ModelEntry:
         return _REGISTRY[normalised]
     close = difflib.get_close_matches(normalised, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownModelError(
-        f"unknown model {name!r}{hint} Available models: {', '.join(list_models())}"
-    )
+    raise UnknownModelError(f"unknown model {name!r}{hint} Available models: {', '.join(list_models())}")
 
 
 def create_model(
@@ -108,8 +106,7 @@ def create_model(
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ConfigError(
-            f"{entry.name} does not take option(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(accepted)}"
+            f"{entry.name} does not take option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
         )
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
