@@ -1,0 +1,106 @@
+"""Named training recipes: the papers' settings, printable and overridable.
+
+Values come from the papers (see ``../shared/reference/papers.md``) and, for CIFAR,
+from the reviewed MobileNetV2 CIFAR-10 experiment / pytorch-cifar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["RECIPES", "Recipe", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    optimizer: str  # "sgd" or "rmsprop"
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    schedule: str  # "cosine" or "exponential"
+    lr_decay: float = 1.0  # per-epoch factor for "exponential"
+    rmsprop_decay: float = 0.9  # RMSprop's squared-gradient averaging (TF "decay")
+    rmsprop_eps: float = 1.0  # TF-slim's RMSprop epsilon; 1.0 is the reference setting
+    label_smoothing: float = 0.0
+    transforms: str = "imagenet"  # "cifar" or "imagenet"
+    cifar_strides: bool = False  # build the 32x32 variant of the model
+
+    def override(self, **changes: Any) -> Recipe:
+        unknown = set(changes) - set(asdict(self))
+        if unknown:
+            raise ConfigError(f"recipe {self.name} has no setting(s) {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> str:
+        return "\n".join(f"  {k:16s} {v}" for k, v in asdict(self).items())
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            "cifar10",
+            "CIFAR-10/100: SGD 0.1, momentum 0.9, wd 5e-4, cosine, batch 128 (pytorch-cifar; 94.43% at 200 epochs)",
+            optimizer="sgd",
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=128,
+            epochs=200,
+            schedule="cosine",
+            transforms="cifar",
+            cifar_strides=True,
+        ),
+        Recipe(
+            "imagenet-v1",
+            "MobileNetV1 paper: RMSprop, little weight decay",
+            optimizer="rmsprop",
+            lr=0.045,
+            momentum=0.9,
+            weight_decay=4e-5,
+            batch_size=96,
+            epochs=150,
+            schedule="exponential",
+            lr_decay=0.98,
+        ),
+        Recipe(
+            "imagenet-v2",
+            "MobileNetV2 paper: RMSprop decay 0.9 momentum 0.9, lr 0.045 x0.98/epoch, wd 4e-5, batch 96",
+            optimizer="rmsprop",
+            lr=0.045,
+            momentum=0.9,
+            weight_decay=4e-5,
+            batch_size=96,
+            epochs=300,
+            schedule="exponential",
+            lr_decay=0.98,
+            label_smoothing=0.1,
+        ),
+        Recipe(
+            "imagenet-v3",
+            "MobileNetV3 paper: RMSprop momentum 0.9, lr 0.1 (batch 4096), x0.01 every 3 epochs, wd 1e-5",
+            optimizer="rmsprop",
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-5,
+            batch_size=4096,
+            epochs=600,
+            schedule="exponential",
+            lr_decay=0.01 ** (1 / 3),  # 0.01 every 3 epochs, applied per epoch
+        ),
+    ]
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
