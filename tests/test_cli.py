@@ -55,3 +55,53 @@ def test_models_lists_costs(capsys):
 def test_help_via_python_m(command):
     result = subprocess.run([sys.executable, "-m", "mobilenets", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: mobilenets" in result.stdout
+
+
+def test_predict_with_torchvision_weights_names_the_classes(capsys, shared_data):
+    from .conftest import TORCHVISION_V2_WEIGHTS
+
+    images = sorted((shared_data / "imagenet-sample").glob("n01440764/*.jpg"))[:1]  # a tench
+    images += sorted((shared_data / "imagenet-sample").glob("n02123045/*.jpg"))[:1]  # a tabby cat
+    code, out, _ = run(
+        capsys,
+        "predict",
+        "--model",
+        "mobilenet_v2",
+        "--weights",
+        str(TORCHVISION_V2_WEIGHTS),
+        *map(str, images),
+        "--json",
+    )
+    assert code == 0
+    results = json.loads(out)
+    assert results[0]["top"][0][0] == "tench"
+    assert results[1]["top"][0][0] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert len(results[0]["top"]) == 5 and results[0]["top"][0][1] > results[0]["top"][1][1]
+
+
+def test_predict_a_file_that_is_not_an_image(capsys, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("hello")
+    code, _, err = run(capsys, "predict", "--model", "mobilenet_v2", "--width-mult", "0.35", str(bad))
+    assert code == 2 and "notes.jpg" in err
+
+
+def test_train_predict_and_plot_a_run(capsys, shared_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "mobilenet_v1", "--width-mult", "0.25", "--data-dir", str(shared_data / "cifar10")]
+    args += ["--train-subset", "60", "--val-subset", "20", "--epochs", "1", "--batch-size", "20", "--workers", "0"]
+    code, text, _ = run(capsys, *args, "--no-progress", "--out", str(out))
+    assert code == 0 and "mult-adds" in text and "ms per image" in text
+    image = sorted((shared_data / "cifar10" / "test" / "cat").glob("*.jpg"))[0]
+    code, text, _ = run(capsys, "predict", "--checkpoint", str(out / "best.pt"), str(image), "--json")
+    top = json.loads(text)[0]["top"]
+    assert code == 0 and {name for name, _ in top} <= {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}  # fmt: skip
+    code, text, _ = run(capsys, "plot", str(out), "--out", str(tmp_path / "p.png"))
+    assert code == 0 and (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run(capsys, "plot", str(tmp_path), "--out", str(tmp_path / "q.png"))
+    assert code == 2 and "not a training run" in err
+
+
+def test_show_recipe(capsys):
+    code, out, _ = run(capsys, "train", "--show-recipe", "imagenet-v2")
+    assert code == 0 and "0.045" in out and "rmsprop" in out

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets.data import DataError, build_datasets
+from mobilenets.data import CIFAR_MEAN, CIFAR_STD, DataError, build_datasets
 from mobilenets.train import RECIPES, TrainConfig, train
 
 
@@ -105,3 +105,91 @@ def test_missing_or_empty_data(tmp_path):
     (tmp_path / "tree" / "train" / "empty").mkdir()
     with pytest.raises(DataError, match="at least one image"):
         build_datasets(tmp_path / "tree", style="imagenet", resolution=32)
+
+
+def test_resume_from_the_middle_of_an_epoch(shared_data, tmp_path):
+    quiet = dict(progress=False, log=lambda *_: None)
+    straight = train(config(shared_data, tmp_path / "a"), **quiet)
+    # 4 steps per epoch: stop after step 2 of epoch 2, then run the same command again.
+    assert train(config(shared_data, tmp_path / "b"), stop_after_steps=6, **quiet) is None
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 2)
+    resumed = train(config(shared_data, tmp_path / "b"), **quiet)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert straight["top1"] == resumed["top1"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers(shared_data, tmp_path):
+    from mobilenets.data import ResumableSampler, SeededDataset, make_loader
+
+    train_set, _, _ = build_datasets(shared_data / "cifar10", style="cifar", resolution=32, train_subset=40)
+    batches = []
+    for workers in (0, 2):
+        seeded = SeededDataset(train_set, seed=3)
+        seeded.epoch = 5
+        sampler = ResumableSampler(seeded, seed=3)
+        sampler.set_epoch(5)
+        batches.append(next(iter(make_loader(seeded, 16, workers=workers, sampler=sampler)))[0])
+    assert torch.equal(batches[0], batches[1])
+    # Each epoch draws new crops and flips for the same image.
+    seeded = SeededDataset(train_set, seed=3)
+    views = []
+    for epoch in (0, 1):
+        seeded.epoch = epoch
+        views.append(seeded[0][0])
+    assert not torch.equal(views[0], views[1])
+    seeded.epoch = 0
+    assert torch.equal(seeded[0][0], views[0])
+
+
+def test_learning_rate_schedules():
+    from mobilenets.train import lr_factor
+
+    quick = RECIPES["cifar10-quick"].override(epochs=4, warmup_epochs=1.0)
+    f = lr_factor(quick, steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # linear warm-up over epoch 1
+    assert f(10) == pytest.approx(1.0) and f(25) == pytest.approx(0.5) and f(40) == pytest.approx(0.0)
+    v2 = lr_factor(RECIPES["imagenet-v2"], steps_per_epoch=10)
+    assert v2(9) == 1.0 and v2(10) == pytest.approx(0.98) and v2(35) == pytest.approx(0.98**3)
+
+
+def test_data_kept_on_the_device_matches_the_cpu_pipeline(shared_data):
+    from mobilenets.data import DeviceResidentLoader, ResumableSampler, make_loader
+
+    _, val_set, _ = build_datasets(shared_data / "cifar10", style="cifar", resolution=32, val_subset=20)
+    resident = DeviceResidentLoader(val_set, 20, None, device="cpu", resolution=32, augment=False)
+    on_device, labels = next(iter(resident))
+    on_cpu, cpu_labels = next(iter(make_loader(val_set, 20, workers=0)))
+    assert torch.equal(labels, cpu_labels)
+    torch.testing.assert_close(on_device, on_cpu, atol=1e-5, rtol=0)
+    # Augmented: every image is a zero-padded shift (up to 4 px) of the original, maybe mirrored.
+    sampler = ResumableSampler(val_set, shuffle=False)
+    augmented, _ = next(iter(DeviceResidentLoader(val_set, 20, sampler, device="cpu", resolution=32, augment=True)))
+    padded = torch.nn.functional.pad(
+        on_cpu * torch.tensor(CIFAR_STD).view(3, 1, 1) + torch.tensor(CIFAR_MEAN).view(3, 1, 1), (4, 4, 4, 4)
+    )
+    raw_aug = augmented * torch.tensor(CIFAR_STD).view(3, 1, 1) + torch.tensor(CIFAR_MEAN).view(3, 1, 1)
+    for image, source in zip(raw_aug, padded):
+        candidates = [source[:, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+        candidates += [c.flip(2) for c in candidates]
+        assert min((image - c).abs().max().item() for c in candidates) < 1e-5
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shared_data, tmp_path):
+    from mobilenets.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="intact"):
+        train(config(shared_data, tmp_path, lr=1e12, checkpoint_every=1), progress=False, log=lambda *_: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_eval_refuses_a_dataset_with_another_class_count(shared_data, tmp_path):
+    from mobilenets.cli import main
+
+    train(config(shared_data, tmp_path / "run", epochs=1), progress=False, log=lambda *_: None)
+    make_tree(tmp_path / "two")  # 2 classes; the checkpoint has 10
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data-dir", str(tmp_path / "two")]) == 2

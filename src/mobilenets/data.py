@@ -13,17 +13,33 @@ a file that cannot be decoded raises :class:`DataError` naming it.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets
 from torchvision.transforms import v2 as T
+from tqdm.auto import tqdm
 
 from .errors import MobileNetsError
 
-__all__ = ["CIFAR_MEAN", "CIFAR_STD", "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "build_datasets", "transforms_for"]
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataError",
+    "DeviceResidentLoader",
+    "ResumableSampler",
+    "SeededDataset",
+    "build_datasets",
+    "make_loader",
+    "mix_seed",
+    "transforms_for",
+]
 
 # The reviewed CIFAR experiment's normalisation (and pytorch-cifar's).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -145,3 +161,146 @@ def build_datasets(
         balanced_subset(val, val_subset, val_targets, seed + 1),
         list(classes),
     )
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (seed, epoch, step, rank, ...)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**63 - 1)
+    return value
+
+
+class SeededDataset(Dataset):
+    """Makes each sample's random augmentation a function of (seed, epoch, index).
+
+    Random transforms draw from torch's global generator, whose state would
+    otherwise depend on which worker loaded what and how far a run got.  Seeding
+    per sample makes a run reproducible with any number of workers and lets a
+    run resumed in the middle of an epoch see exactly the images it would have.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, self.epoch, index))
+            return self.dataset[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """torch's DistributedSampler (seeded by seed + epoch, one shard per rank)
+    that can start part-way into an epoch, for resuming mid-epoch."""
+
+    def __init__(self, dataset: Dataset, *, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None, shuffle: bool = False) -> DataLoader:
+    """A DataLoader with the settings that keep a model busy (pinned memory on GPU)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+    )
+
+
+def _raw_images(dataset: Dataset, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a (Subset of a) CIFAR or ImageFolder dataset as uint8 N x 3 x R x R."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    if isinstance(dataset, datasets.CIFAR10):  # CIFAR-100 subclasses it
+        images = torch.from_numpy(dataset.data[indices]).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor([dataset.targets[i] for i in indices])
+    elif isinstance(dataset, datasets.ImageFolder):
+        to_tensor = T.Compose([T.ToImage(), T.Resize((resolution, resolution), antialias=True)])
+        images = torch.stack(
+            [to_tensor(load_rgb(dataset.samples[i][0])) for i in tqdm(indices, desc="loading images", leave=False)]
+        )
+        labels = torch.tensor([dataset.targets[i] for i in indices])
+    else:
+        raise DataError(f"cannot keep a {type(dataset).__name__} on the device; use a CIFAR or ImageFolder dataset")
+    if images.shape[-1] != resolution:
+        images = T.functional.resize(images, [resolution, resolution], antialias=True)
+    return images, labels
+
+
+class DeviceResidentLoader:
+    """A small dataset (CIFAR-sized) kept on the device as uint8, augmented there.
+
+    Random crop with zero padding, horizontal flip and normalisation are done on
+    whole batches on the device, so a GPU never waits for CPU image decoding.
+    Batches follow the same :class:`ResumableSampler` order as the CPU loader,
+    and each batch's augmentation is seeded by (seed, epoch, position).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        sampler: ResumableSampler | None,
+        *,
+        device: str | torch.device,
+        resolution: int,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        augment: bool,
+        seed: int = 0,
+    ):
+        images, labels = _raw_images(dataset, resolution)
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.sampler, self.augment, self.seed = batch_size, sampler, augment, seed
+        self.padding = 4 * resolution // 32
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.labels)
+        return -(-n // self.batch_size)
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        p = self.padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n, 1), device=x.device, generator=generator)
+        dx = torch.randint(0, 2 * p + 1, (n, 1), device=x.device, generator=generator)
+        rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        channel = torch.arange(3, device=x.device)[None, :, None, None]
+        x = padded[batch, channel, rows, cols]
+        flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+    def __iter__(self):
+        if self.sampler is not None:
+            order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.labels.device)
+            first_batch = self.sampler.start // self.batch_size
+            epoch = self.sampler.epoch
+        else:
+            order, first_batch, epoch = torch.arange(len(self.labels), device=self.labels.device), 0, 0
+        generator = torch.Generator(device=self.labels.device)
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            index = order[start : start + self.batch_size]
+            x = self.images[index].float().div_(255)
+            if self.augment:
+                generator.manual_seed(mix_seed(self.seed, epoch, first_batch + b))
+                x = self._augment(x, generator)
+            yield (x - self.mean) / self.std, self.labels[index]

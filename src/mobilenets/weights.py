@@ -27,7 +27,15 @@ from torch import Tensor, nn
 
 from .errors import WeightsError
 
-__all__ = ["load_model", "load_state_dict_file", "load_weights", "save_weights", "torchvision_key_map"]
+__all__ = [
+    "load_model",
+    "load_model_with_info",
+    "load_state_dict_file",
+    "load_weights",
+    "read_weights_file",
+    "save_weights",
+    "torchvision_key_map",
+]
 
 _FORMAT = "mobilenets"
 
@@ -46,11 +54,12 @@ def atomic_write(path: str | Path, write: Any) -> None:
         raise
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
+def save_weights(model: nn.Module, path: str | Path, *, data_info: Mapping[str, Any] | None = None) -> Path:
     """Save ``model``'s state dict: safetensors for ``.safetensors``, else ``torch.save``.
 
-    The safetensors metadata records the architecture (``model.arch``), so
-    ``load_model(path)`` needs no other information.
+    The file records the architecture (``model.arch``), so ``load_model(path)``
+    needs no other information, and ``data_info`` (class names, transforms,
+    resolution) so that prediction preprocesses images as training did.
     """
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -59,10 +68,11 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
         # safetensors refuses tensors that share memory; state dicts of these models have none
-        metadata = {"format": _FORMAT, "arch": json.dumps(arch)}
+        metadata = {"format": _FORMAT, "arch": json.dumps(arch), "data": json.dumps(dict(data_info or {}))}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
-        atomic_write(path, lambda tmp: torch.save({"arch": arch, "state_dict": state}, tmp))
+        payload = {"arch": arch, "state_dict": state, "data": dict(data_info or {})}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
@@ -70,8 +80,16 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str,
     """Read a weights file; return ``(state_dict, arch)`` (``arch`` may be empty).
 
     Accepts safetensors, a bare ``torch.save``'d state dict, and checkpoints that
-    wrap one under ``state_dict``, ``model`` or ``model_state``.
+    wrap one under ``state_dict``, ``ema``, ``model`` or ``model_state``.
     """
+    state, arch, _ = read_weights_file(path)
+    return state, arch
+
+
+def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    """Like :func:`load_state_dict_file`, plus what the file says about its data:
+    ``{"classes": [...], "transforms": "cifar"|"imagenet", "resolution": R}``
+    where known (training checkpoints and files saved with ``data_info``)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -85,7 +103,8 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str,
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
         arch = json.loads(metadata["arch"]) if "arch" in metadata else {}
-        return state, arch
+        info = json.loads(metadata["data"]) if "data" in metadata else {}
+        return state, arch, info
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -94,15 +113,26 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str,
             "only tensors and plain containers are loaded, never pickled code"
         ) from exc
     arch: dict[str, Any] = {}
+    info: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         arch = dict(obj.get("arch") or {}) if isinstance(obj.get("arch"), Mapping) else {}
-        for key in ("state_dict", "model", "model_state", "ema_state"):
+        if isinstance(obj.get("data"), Mapping):
+            info = dict(obj["data"])
+        elif isinstance(obj.get("resolved"), Mapping):  # a training checkpoint
+            resolved = obj["resolved"]
+            info = {
+                "classes": resolved["classes"],
+                "transforms": resolved["recipe"]["transforms"],
+                "resolution": resolved["resolution"],
+            }
+        # A training checkpoint with an EMA evaluates (and so deploys) the EMA weights.
+        for key in ("state_dict", "ema", "model", "model_state", "ema_state"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(obj), arch
+    return dict(obj), arch, info
 
 
 def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -204,12 +234,20 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], *
 
 
 def load_model(path: str | Path, **overrides: Any) -> nn.Module:
-    """Rebuild a model saved by :func:`save_weights` from its file alone."""
+    """Rebuild a model saved by :func:`save_weights` (or a training checkpoint) from its file alone."""
+    return load_model_with_info(path, **overrides)[0]
+
+
+def load_model_with_info(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model`, reading the file once, plus its data info (see :func:`read_weights_file`)."""
     from .models.registry import create_model
 
-    _, arch = load_state_dict_file(path)
+    state, arch, info = read_weights_file(path)
     if "name" not in arch:
         raise WeightsError(f"{path} records no architecture; use create_model(NAME, weights={str(path)!r}) instead")
     arch = {**arch, **overrides}
     name = arch.pop("name")
-    return create_model(name, weights=path, **arch)
+    model = create_model(name, **arch)
+    load_weights(model, state)
+    model.eval()
+    return model, info

@@ -8,12 +8,12 @@ from typing import Any
 from ..models import create_model, list_models
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:
     """``NAME --width-mult --resolution --num-classes --cifar --activation --weights``."""
     if positional:
         parser.add_argument("model", metavar="MODEL", help=f"model name: {', '.join(list_models())}")
     else:
-        parser.add_argument("--model", required=True, help=f"model name: {', '.join(list_models())}")
+        parser.add_argument("--model", required=required, help=f"model name: {', '.join(list_models())}")
     parser.add_argument(
         "--width-mult",
         "-a",

@@ -1,61 +1,90 @@
-"""``mobilenets train`` and ``mobilenets eval``."""
+"""``mobilenets train``, ``mobilenets eval`` and ``mobilenets predict``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+from dataclasses import fields
 
 import torch
 
 from .._table import human
-from ..data import build_datasets
-from ..train import RECIPES, TrainConfig, evaluate, train
-from ..train.loop import _loader
-from ..weights import load_model
+from ..data import DataError, build_datasets, make_loader
+from ..errors import ConfigError
+from ..predict import default_data_info, predict_images
+from ..train import RECIPES, TrainConfig, evaluate, get_recipe, train
+from ..weights import load_model_with_info
+from .common import add_model_options, model_from_args
+
+TRAIN_EXAMPLES = """\
+Examples:
+  # a few CPU minutes on a slice of the shared CIFAR-10 copy
+  mobilenets train --model mobilenet_v2 --width-mult 0.5 --recipe cifar10-quick \\
+      --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 2000 --out runs/quick
+  # the full CIFAR-10 recipe on one GPU, data kept on the GPU
+  mobilenets train --model mobilenet_v2 --data-dir DIR --out runs/v2 --device cuda \\
+      --precision bf16 --channels-last --compile --data-on-device
+  # 4 GPUs (or CPU processes with --device cpu) through torchrun; the recipe's batch is the global batch
+  torchrun --nproc_per_node=4 -m mobilenets train --model mobilenet_v2 --data-dir DIR --out runs/ddp
+  # print a recipe's settings
+  mobilenets train --show-recipe imagenet-v2
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    recipes = "\n".join(f"  {r.name:12s} {r.description}" for r in RECIPES.values())
+    recipes = "\n".join(f"  {r.name:14s} {r.description}" for r in RECIPES.values())
     parser = subparsers.add_parser(
         "train",
         help="train a model on CIFAR-10/100 or an ImageFolder tree with a paper's recipe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train a model and evaluate it after every epoch. The run directory (--out) holds\n"
-            "config.json, last.pt / best.pt checkpoints (written atomically) and metrics.jsonl;\n"
-            "re-running the same command in the same --out resumes where it stopped.\n\n"
-            f"Recipes:\n{recipes}"
+            "config.json, last.pt / best.pt checkpoints (written atomically; last.pt also every\n"
+            "--checkpoint-minutes) and metrics.jsonl. Re-running the same command in the same --out\n"
+            "resumes exactly where it stopped, even mid-epoch; a NaN loss stops the run and keeps\n"
+            "the last good checkpoint.\n\n"
+            f"Recipes (--show-recipe NAME prints every setting):\n{recipes}"
         ),
-        epilog=(
-            "Example (a few CPU minutes on the shared CIFAR-10 copy):\n"
-            "  mobilenets train --model mobilenet_v2 --width-mult 0.5 --data-dir ../shared/data/cifar10 \\\n"
-            "      --train-subset 5000 --val-subset 1000 --epochs 3 --out runs/quick"
-        ),
+        epilog=TRAIN_EXAMPLES,
     )
-    parser.add_argument("--model", required=True, help="model name (see 'mobilenets models')")
-    parser.add_argument("--data-dir", required=True, help="ImageFolder tree (train/ + val/ or test/) or CIFAR root")
-    parser.add_argument("--out", required=True, help="run directory; an existing run there is resumed")
+    parser.add_argument("--show-recipe", metavar="NAME", help="print a recipe's settings and exit")
+    parser.add_argument("--model", help="model name (see 'mobilenets models')")
+    parser.add_argument("--data-dir", help="ImageFolder tree (train/ + val/ or test/) or CIFAR root")
+    parser.add_argument("--out", help="run directory; an existing run there is resumed")
     parser.add_argument(
         "--recipe", default="cifar10", choices=sorted(RECIPES), help="training recipe (default cifar10)"
     )
-    parser.add_argument(
-        "--dataset", choices=["cifar10", "cifar100"], help="use torchvision's CIFAR files in --data-dir"
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=["cifar10", "cifar100"], help="use torchvision's CIFAR files in --data-dir")
+    data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
+    data.add_argument("--train-subset", type=int, help="train on a fixed class-balanced slice of N images")
+    data.add_argument("--val-subset", type=int, help="validate on a fixed class-balanced slice of N images")
+    data.add_argument("--workers", type=int, default=2, help="data-loading processes per training process (default 2)")
+    data.add_argument(
+        "--data-on-device", action="store_true", help="keep a CIFAR-sized dataset on the device, augment it there"
     )
-    parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    parser.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    parser.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
-    parser.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
-    parser.add_argument("--resolution", type=int, help="input side (default 32 for CIFAR recipes, else 224)")
-    parser.add_argument("--activation", help="relu or relu6 inside the blocks (V1/V2 ablation)")
-    parser.add_argument("--train-subset", type=int, help="train on a fixed class-balanced slice of N images")
-    parser.add_argument("--val-subset", type=int, help="validate on a fixed class-balanced slice of N images")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    data.add_argument("--seed", type=int, default=0, help="seeds weights, data order, augmentation, dropout")
+    recipe = parser.add_argument_group("recipe overrides")
+    recipe.add_argument("--epochs", type=int)
+    recipe.add_argument("--batch-size", type=int, help="global batch (split over torchrun processes)")
+    recipe.add_argument("--lr", type=float, help="peak learning rate")
+    recipe.add_argument("--weight-decay", type=float)
+    recipe.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up")
+    recipe.add_argument("--label-smoothing", type=float)
+    recipe.add_argument("--ema-decay", type=float, help="EMA of weights (e.g. 0.9999); 0 turns it off")
+    model = parser.add_argument_group("model")
+    model.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
+    model.add_argument("--resolution", type=int, help="input side (default 32 for CIFAR recipes, else 224)")
+    model.add_argument("--activation", help="relu or relu6 inside the blocks (the V1/V2 ablation)")
+    speed = parser.add_argument_group("speed and bookkeeping")
+    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    speed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
+    speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--checkpoint-every", type=int, default=0, help="also save last.pt every N steps")
+    speed.add_argument("--checkpoint-minutes", type=float, default=10.0, help="save last.pt at least this often")
+    speed.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
+    speed.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_train)
 
     ev = subparsers.add_parser(
@@ -72,29 +101,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(run=run_eval)
 
+    pr = subparsers.add_parser(
+        "predict",
+        help="top-5 classes with names for image files",
+        description=(
+            "Classify images with a checkpoint (its class names and preprocessing travel with it) or with "
+            "--model/--weights (e.g. torchvision's ImageNet weights; ImageNet class names are built in)."
+        ),
+    )
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
+    pr.add_argument("--top", type=int, default=5)
+    pr.add_argument("--json", action="store_true")
+    add_model_options(pr, positional=False, required=False)
+    pr.set_defaults(run=run_predict)
+
 
 def run_train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        model=args.model,
-        data_dir=args.data_dir,
-        out=args.out,
-        recipe=args.recipe,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        width_mult=args.width_mult,
-        resolution=args.resolution,
-        activation=args.activation,
-        dataset=args.dataset,
-        download=args.download,
-        train_subset=args.train_subset,
-        val_subset=args.val_subset,
-        workers=args.workers,
-        seed=args.seed,
-        device=args.device,
-    )
+    if args.show_recipe:
+        recipe = get_recipe(args.show_recipe)
+        print(f"{recipe.name}: {recipe.description}\n{recipe.describe()}")
+        return 0
+    missing = [flag for flag in ("model", "data_dir", "out") if not getattr(args, flag)]
+    if missing:
+        raise ConfigError("train needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     s = train(config, progress=not args.no_progress)
+    if s is None:  # not rank 0 of a torchrun job
+        return 0
     print(
         f"\n{s['model']} after {s['epochs']} epochs: top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), "
         f"top-5 {100 * s['top5']:.2f}%\n{human(s['mult_adds'])} mult-adds, {human(s['params'])} params, "
@@ -104,24 +138,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    path = Path(args.checkpoint)
-    state = torch.load(path, map_location="cpu", weights_only=True) if path.suffix != ".safetensors" else None
-    model = load_model(path)
-    if state is not None and "resolved" in state:
-        style = state["resolved"]["recipe"]["transforms"]
-        resolution = state["resolved"]["resolution"]
-    else:
-        style, resolution = ("cifar", 32) if model.arch.get("cifar") else ("imagenet", model.default_resolution)
+    model, info = load_model_with_info(args.checkpoint)
+    info = default_data_info(model, info)
     _, val_set, classes = build_datasets(
-        args.data_dir, style=style, resolution=resolution, dataset=args.dataset, val_subset=args.val_subset
+        args.data_dir,
+        style=info["transforms"],
+        resolution=info["resolution"],
+        dataset=args.dataset,
+        val_subset=args.val_subset,
     )
     if len(classes) != model.arch["num_classes"]:
-        from ..data import DataError
-
         raise DataError(
             f"{args.data_dir} has {len(classes)} classes but the checkpoint has {model.arch['num_classes']}"
         )
-    metrics = evaluate(model, _loader(val_set, args.batch_size, shuffle=False, workers=args.workers), len(classes))
+    if "classes" in info and len(info["classes"]) == len(classes) and info["classes"] != classes:
+        raise DataError(f"the class folders of {args.data_dir} are not the classes the checkpoint was trained on")
+    metrics = evaluate(model, make_loader(val_set, args.batch_size, workers=args.workers), len(classes))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -131,4 +163,24 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         for name, acc in zip(classes, metrics["per_class_top1"]):
             print(f"  {name:20s} {100 * acc:6.2f}%")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        model, info = load_model_with_info(args.checkpoint)
+    elif args.model:
+        model, resolution = model_from_args(args)
+        info = {"resolution": resolution}
+    else:
+        raise ConfigError("predict needs --checkpoint, or --model (with --weights)")
+    info = default_data_info(model, info)
+    results = predict_images(model, args.images, info, top=args.top)
+    if args.json:
+        print(json.dumps([{"image": p, "top": r} for p, r in zip(args.images, results)], indent=2))
+        return 0
+    for path, top in zip(args.images, results):
+        print(path)
+        for name, probability in top:
+            print(f"  {100 * probability:6.2f}%  {name}")
     return 0

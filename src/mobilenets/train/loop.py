@@ -1,18 +1,23 @@
-"""The training and evaluation loop, with atomic checkpoints and exact resume.
+"""The training and evaluation loop: one process, or many through ``torchrun``.
 
 A run directory (``--out``) holds ``config.json`` (the resolved settings),
-``last.pt`` (written atomically after every epoch), ``best.pt`` (best validation
-top-1) and ``metrics.jsonl`` (one line per epoch).  Re-running the same command
-in the same directory continues from ``last.pt``: the model, optimizer,
-scheduler and RNG states are restored and every epoch's data order is seeded by
-(seed, epoch), so the resumed run reproduces an uninterrupted one.
+``last.pt`` (written atomically after every epoch and every
+``checkpoint_every`` steps / ``checkpoint_minutes``), ``best.pt`` (best
+validation top-1), ``metrics.jsonl`` (one line per epoch), ``summary.json`` and,
+if asked for, TensorBoard logs.  Re-running the same command in the same
+directory continues from ``last.pt``, also from the middle of an epoch.
+
+Resuming reproduces an uninterrupted run exactly because nothing random
+depends on history: each epoch's data order is seeded by (seed, epoch), each
+sample's augmentation by (seed, epoch, index) and each step's dropout by
+(seed, epoch, step, rank).  The checkpoint therefore needs model, optimizer,
+scheduler, gradient scaler, EMA and the epoch's running sums, and no RNG state.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,18 +26,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ..cost import profile
 from ..cost.latency import measure_latency
-from ..data import build_datasets
+from ..data import DeviceResidentLoader, ResumableSampler, SeededDataset, build_datasets, make_loader, mix_seed
 from ..errors import ConfigError, MobileNetsError
 from ..models import create_model
 from ..weights import atomic_write
+from .distributed import Distributed, setup
 from .recipes import Recipe, get_recipe
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "train"]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Settings that may differ when a run is resumed: they change how the run is
+# carried out or how long it goes on, not what an epoch computes.
+RESUMABLE_CHANGES = {"epochs", "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard"}
 
 
 class TrainingDiverged(MobileNetsError, RuntimeError):
@@ -45,24 +57,45 @@ class TrainConfig:
     data_dir: str
     out: str
     recipe: str = "cifar10"
+    # recipe overrides (None: the recipe's value)
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    ema_decay: float | None = None
+    # model
     width_mult: float = 1.0
     resolution: int | None = None
     activation: str | None = None
+    # data
     dataset: str | None = None
     download: bool = False
     train_subset: int | None = None
     val_subset: int | None = None
     workers: int = 0
+    data_on_device: bool = False
     seed: int = 0
+    # speed
     device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    # bookkeeping
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: time-based only)
+    checkpoint_minutes: float = 10.0
+    tensorboard: bool = False
 
     def resolved_recipe(self) -> Recipe:
         return get_recipe(self.recipe).override(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs,
+            label_smoothing=self.label_smoothing,
+            ema_decay=self.ema_decay,
         )
 
 
@@ -83,57 +116,81 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {recipe.optimizer!r}")
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
-    if recipe.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
-    if recipe.schedule == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=recipe.lr_decay)
-    raise ConfigError(f"unknown schedule {recipe.schedule!r}")
+def lr_factor(recipe: Recipe, steps_per_epoch: int):
+    """The learning-rate multiplier after ``step`` optimizer steps (per-step schedule).
 
+    A linear warm-up over ``warmup_epochs``, then cosine decay to zero at the
+    last step, or the papers' staircase ×``lr_decay`` per epoch.
+    """
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    total = recipe.epochs * steps_per_epoch
 
-def _loader(dataset, batch_size: int, *, shuffle: bool, workers: int, generator=None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        generator=generator,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=False,
-    )
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if recipe.schedule == "exponential":
+            return recipe.lr_decay ** (step // steps_per_epoch)
+        raise ConfigError(f"unknown schedule {recipe.schedule!r}")
+
+    return factor
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str = "cpu") -> dict[str, Any]:
-    """Top-1, top-5, mean loss, per-class top-1 and images/s over ``loader``."""
+def evaluate(
+    model: nn.Module,
+    loader,
+    num_classes: int,
+    device: str = "cpu",
+    *,
+    dist: Distributed | None = None,
+    channels_last: bool = False,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Top-1, top-5, mean loss, per-class top-1 and images/s over ``loader``.
+
+    Under torchrun each process passes its shard; the counts are summed.
+    """
     model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    per_class_correct = torch.zeros(num_classes, dtype=torch.long)
-    per_class_total = torch.zeros(num_classes, dtype=torch.long)
+    device_type = torch.device(device).type
+    counts = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, samples, loss sum
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # hits, samples
     start = time.perf_counter()
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=PRECISIONS[precision], enabled=precision != "fp32"):
+            logits = model(images)
+        logits = logits.float()
         top = logits.topk(min(5, num_classes), dim=1).indices
         hit1 = top[:, 0] == labels
-        correct1 += hit1.sum().item()
-        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-        total += labels.numel()
-        per_class_total += torch.bincount(labels.cpu(), minlength=num_classes)
-        per_class_correct += torch.bincount(labels.cpu()[hit1.cpu()], minlength=num_classes)
+        counts += torch.stack(
+            [
+                hit1.sum().double(),
+                (top == labels[:, None]).any(dim=1).sum().double(),
+                torch.tensor(labels.numel(), device=device, dtype=torch.float64),
+                F.cross_entropy(logits, labels, reduction="sum").double(),
+            ]
+        )
+        per_class[0] += torch.bincount(labels[hit1], minlength=num_classes)
+        per_class[1] += torch.bincount(labels, minlength=num_classes)
+    if dist is not None:
+        dist.all_sum(counts)
+        dist.all_sum(per_class)
     elapsed = time.perf_counter() - start
+    hits1, hits5, total, loss_sum = counts.tolist()
     if total == 0:
         raise ConfigError("the validation set is empty")
     return {
-        "top1": correct1 / total,
-        "top5": correct5 / total,
+        "top1": hits1 / total,
+        "top5": hits5 / total,
         "loss": loss_sum / total,
-        "per_class_top1": (per_class_correct / per_class_total.clamp(min=1)).tolist(),
+        "per_class_top1": (per_class[0] / per_class[1].clamp(min=1)).tolist(),
         "images_per_s": total / elapsed,
-        "samples": total,
+        "samples": int(total),
     }
 
 
@@ -147,142 +204,329 @@ def _check_writable(out: Path) -> None:
         raise ConfigError(f"cannot write to --out {out}: {exc}") from exc
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    config = [k for k in set(saved["config"]) | set(now["config"]) if k not in RESUMABLE_CHANGES]
+    differ = [k for k in config if saved["config"].get(k) != now["config"].get(k)]
+    recipe = set(saved["recipe"]) | set(now["recipe"])
+    return differ + [k for k in recipe if k != "epochs" and saved["recipe"].get(k) != now["recipe"].get(k)]
 
 
-def train(config: TrainConfig, *, progress: bool = True, log=print, stop_after: int | None = None) -> dict[str, Any]:
-    """Train ``config.model`` with its recipe; resume from ``out/last.pt`` if present.
+class Trainer:
+    """One training run: data, model, optimizer and the run directory."""
 
-    ``stop_after`` ends this call after that many epochs in total, as an
-    interruption would; calling again with the same config continues the run.
-    """
-    out = Path(config.out)
-    _check_writable(out)
-    recipe = config.resolved_recipe()
-    resolution = config.resolution or (32 if recipe.transforms == "cifar" else 224)
-    train_set, val_set, classes = build_datasets(
-        config.data_dir,
-        style=recipe.transforms,
-        resolution=resolution,
-        dataset=config.dataset,
-        download=config.download,
-        train_subset=config.train_subset,
-        val_subset=config.val_subset,
-        seed=config.seed,
-    )
-    resolved = {"config": asdict(config), "recipe": asdict(recipe), "resolution": resolution, "classes": classes}
+    def __init__(self, config: TrainConfig, dist: Distributed, *, progress: bool, log):
+        self.config, self.dist, self.log = config, dist, log if dist.is_main else (lambda *_: None)
+        self.progress = progress and dist.is_main
+        self.out = Path(config.out)
+        if dist.is_main:
+            _check_writable(self.out)
+        if config.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.device = dist.device
+        self.device_type = torch.device(self.device).type
+        if config.precision == "fp16" and self.device_type != "cuda":
+            raise ConfigError("fp16 training needs a GPU; use --precision bf16 on CPU")
+        recipe = self.recipe = config.resolved_recipe()
+        if recipe.batch_size % dist.world_size:
+            raise ConfigError(f"batch size {recipe.batch_size} does not split evenly over {dist.world_size} processes")
+        self.batch_size = recipe.batch_size // dist.world_size  # the recipe's batch is the global batch
+        self.resolution = config.resolution or (32 if recipe.transforms == "cifar" else 224)
+        train_set, val_set, self.classes = build_datasets(
+            config.data_dir,
+            style=recipe.transforms,
+            resolution=self.resolution,
+            dataset=config.dataset,
+            download=config.download and dist.is_main,
+            train_subset=config.train_subset,
+            val_subset=config.val_subset,
+            seed=config.seed,
+        )
+        self.resolved = {
+            "config": asdict(config),
+            "recipe": asdict(recipe),
+            "resolution": self.resolution,
+            "classes": self.classes,
+            "world_size": dist.world_size,
+        }
+        self._build_loaders(train_set, val_set)
+        self._build_model()
+        self.epoch, self.step, self.best_top1, self.history = 0, 0, -1.0, []
+        self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, samples, non-finite
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    options: dict[str, Any] = {"resolution": resolution}
-    if recipe.cifar_strides:
-        options["cifar"] = True
-    if config.activation:
-        options["activation"] = config.activation
-    model = create_model(config.model, num_classes=len(classes), width_mult=config.width_mult, **options)
-    model.to(config.device)
-    optimizer = _optimizer(model, recipe)
-    scheduler = _scheduler(optimizer, recipe)
-    history: list[dict[str, Any]] = []
-    start_epoch, best_top1 = 0, -1.0
+    def _build_loaders(self, train_set, val_set) -> None:
+        config, dist = self.config, self.dist
+        # Each process validates every world_size-th image; the counts are summed.
+        val_shard = Subset(val_set, range(dist.rank, len(val_set), dist.world_size)) if dist.enabled else val_set
+        if config.data_on_device:
+            if self.recipe.transforms != "cifar":
+                raise ConfigError("--data-on-device keeps CIFAR-sized data on the device; use a cifar recipe")
+            self.sampler = ResumableSampler(train_set, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
+            common = dict(device=self.device, resolution=self.resolution, seed=config.seed)
+            self.train_loader = DeviceResidentLoader(train_set, self.batch_size, self.sampler, augment=True, **common)
+            self.val_loader = DeviceResidentLoader(val_shard, self.batch_size, None, augment=False, **common)
+        else:
+            self.seeded = SeededDataset(train_set, config.seed)
+            self.sampler = ResumableSampler(self.seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
+            self.train_loader = make_loader(self.seeded, self.batch_size, workers=config.workers, sampler=self.sampler)
+            self.val_loader = make_loader(val_shard, self.batch_size, workers=config.workers)
+        self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
-    last_path = out / "last.pt"
-    if last_path.exists():
-        state = torch.load(last_path, map_location=config.device, weights_only=True)
-        if state["resolved"]["config"] | {"epochs": None} != resolved["config"] | {"epochs": None} or {
-            k: v for k, v in state["resolved"]["recipe"].items() if k != "epochs"
-        } != {k: v for k, v in resolved["recipe"].items() if k != "epochs"}:
-            raise ConfigError(f"{out} holds a run with different settings; use another --out to start a new run")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(_to_random_state(state["python_rng"]))
-        start_epoch, best_top1, history = state["epoch"], state["best_top1"], state["history"]
-        log(f"resuming {out} after epoch {start_epoch}")
-    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=2)))
+    def _build_model(self) -> None:
+        config, recipe = self.config, self.recipe
+        torch.manual_seed(config.seed)  # the same initial weights in every process
+        options: dict[str, Any] = {"resolution": self.resolution}
+        if recipe.cifar_strides:
+            options["cifar"] = True
+        if config.activation:
+            options["activation"] = config.activation
+        model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [self.dist.local_rank] if self.device_type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+        self.net = torch.compile(net) if config.compile else net
+        self.optimizer = _optimizer(self.model, recipe)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=config.precision == "fp16")
+        self.ema = None
+        if recipe.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    val_loader = _loader(val_set, recipe.batch_size, shuffle=False, workers=config.workers)
-    end_epoch = recipe.epochs if stop_after is None else min(stop_after, recipe.epochs)
-    for epoch in range(start_epoch, end_epoch):
-        # The data order of every epoch depends on (seed, epoch) only: resumable.
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        train_loader = _loader(train_set, recipe.batch_size, shuffle=True, workers=config.workers, generator=generator)
-        model.train()
-        loss_sum, seen, started = 0.0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress, leave=False)
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "arch": self.model.arch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,  # epochs completed
+            "step": self.step,  # steps done in the epoch after those
+            "epoch_sums": self.epoch_sums.cpu(),
+            "best_top1": self.best_top1,
+            "history": self.history,
+            "resolved": self.resolved,
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
+
+    def save(self, name: str = "last.pt") -> None:
+        if not self.dist.is_main:
+            return
+        # Never overwrite a good checkpoint with a diverged model: a finite loss
+        # can still be followed by an update that made the weights infinite.
+        finite = all(p.isfinite().all() for p in self.model.state_dict().values() if p.is_floating_point())
+        if self.epoch_sums[2].item() or not finite:
+            raise self._diverged()
+        state = self.state()
+        atomic_write(self.out / name, lambda tmp: torch.save(state, tmp))
+
+    def resume(self) -> bool:
+        path = self.out / "last.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        differ = _settings_differ(state["resolved"], self.resolved)
+        if differ:
+            raise ConfigError(
+                f"{self.out} holds a run with different settings ({', '.join(sorted(differ))}); "
+                "use another --out to start a new run"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.fill_(state["ema_updates"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_top1, self.history = state["best_top1"], state["history"]
+        self.epoch_sums = state["epoch_sums"].to(self.device)
+        where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"the end of epoch {self.epoch}"
+        self.log(f"resuming {self.out} from {where}")
+        return True
+
+    def _diverged(self) -> TrainingDiverged:
+        last = self.out / "last.pt"
+        return TrainingDiverged(
+            f"the loss became NaN or infinite in epoch {self.epoch + 1}; the last good checkpoint "
+            f"({last if last.exists() else 'none yet'}) is intact - lower --lr and run the command again"
+        )
+
+    # -- training ------------------------------------------------------------------
+    def train_epoch(self, stop_at_step: int | None) -> bool:
+        """Train from ``self.step`` to the end of the epoch; False if stopped early."""
+        config, dist = self.config, self.dist
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.step * self.batch_size
+        if hasattr(self, "seeded"):
+            self.seeded.epoch = self.epoch
+        self.net.train()
+        dtype = PRECISIONS[config.precision]
+        started, seen_at_start, last_save = time.perf_counter(), self.epoch_sums[1].item(), time.monotonic()
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{self.recipe.epochs}",
+            total=self.steps_per_epoch,
+            initial=self.step,
+            disable=not self.progress,
+            leave=False,
+            unit="batch",
+        )
         for images, labels in bar:
-            images, labels = images.to(config.device), labels.to(config.device)
-            loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} in epoch {epoch + 1}; the last good checkpoint "
-                    f"({last_path if last_path.exists() else 'none yet'}) is intact - lower --lr and resume"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * labels.numel()
-            seen += labels.numel()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
-        scheduler.step()
-        metrics = evaluate(model, val_loader, len(classes), config.device)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            torch.manual_seed(mix_seed(config.seed, self.epoch, self.step, dist.rank))  # dropout
+            with torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None):
+                loss = F.cross_entropy(self.net(images), labels, label_smoothing=self.recipe.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            loss = loss.detach().double()
+            n = torch.tensor(labels.numel(), device=loss.device, dtype=torch.float64)
+            self.epoch_sums += torch.stack([loss * n, n, (~loss.isfinite()).double()])
+            self.step += 1
+            # Reading the loss waits for the GPU, so on GPU it is checked every 20 steps.
+            if self.device_type == "cpu" or self.step % 20 == 0 or self.step == self.steps_per_epoch:
+                loss_sum, seen, bad = self.epoch_sums.tolist()
+                if bad:
+                    raise self._diverged()
+                rate = (seen - seen_at_start) * dist.world_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", img_s=f"{rate:.0f}", refresh=False)
+            global_step = self.epoch * self.steps_per_epoch + self.step
+            if self.step < self.steps_per_epoch and (
+                (config.checkpoint_every and self.step % config.checkpoint_every == 0)
+                or time.monotonic() - last_save > 60 * config.checkpoint_minutes
+            ):
+                self.save()
+                last_save = time.monotonic()
+            if stop_at_step is not None and global_step >= stop_at_step:
+                self.save()
+                return False
+        self.train_seconds = time.perf_counter() - started
+        self.train_images_per_s = (self.epoch_sums[1].item() - seen_at_start) * dist.world_size / self.train_seconds
+        return True
+
+    def end_epoch(self, writer) -> None:
+        eval_model = self.ema.module if self.ema is not None else self.model
+        metrics = evaluate(
+            eval_model,
+            self.val_loader,
+            len(self.classes),
+            self.device,
+            dist=self.dist,
+            channels_last=self.config.channels_last,
+            precision=self.config.precision,
+        )
+        loss_sum, seen, _ = self.dist.all_sum(self.epoch_sums.clone()).tolist()
         record = {
-            "epoch": epoch + 1,
+            "epoch": self.epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
-            "train_images_per_s": seen / (time.perf_counter() - started),
-            "lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_s": self.train_images_per_s,
+            "train_seconds": self.train_seconds,
+            "lr": self.optimizer.param_groups[0]["lr"],
             **{k: v for k, v in metrics.items() if k != "per_class_top1"},
         }
-        history.append(record)
-        log(
-            f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f}, "
-            f"val top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%"
+        self.history.append(record)
+        self.log(
+            f"epoch {self.epoch + 1}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
+            f"val top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
+            f"{record['train_images_per_s']:.0f} img/s"
         )
-        state = {
-            "model": model.state_dict(),
-            "arch": model.arch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": _from_random_state(random.getstate()),
-            "epoch": epoch + 1,
-            "best_top1": max(best_top1, metrics["top1"]),
-            "history": history,
-            "resolved": resolved,
+        if writer is not None:
+            for key in ("train_loss", "loss", "top1", "top5", "lr", "train_images_per_s"):
+                writer.add_scalar(
+                    key if key.startswith("train") or key == "lr" else f"val_{key}", record[key], self.epoch + 1
+                )
+            writer.flush()
+        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch_sums.zero_()
+        improved = metrics["top1"] > self.best_top1
+        self.best_top1 = max(self.best_top1, metrics["top1"])
+        self.save()
+        if improved:
+            self.save("best.pt")
+        if self.dist.is_main:
+            lines = "".join(json.dumps(h) + "\n" for h in self.history)
+            atomic_write(self.out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
+
+    def summary(self) -> dict[str, Any]:
+        model = self.ema.module if self.ema is not None else self.model
+        model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+        cost = profile(model, (model.in_channels, self.resolution, self.resolution))
+        final = self.history[-1] if self.history else {}
+        summary = {
+            "model": self.config.model,
+            "epochs": self.recipe.epochs,
+            "top1": final.get("top1"),
+            "top5": final.get("top5"),
+            "best_top1": self.best_top1,
+            "mult_adds": cost.mult_adds,
+            "params": cost.params,
+            "latency_ms_batch1_cpu": measure_latency(model, self.resolution),
+            "train_seconds": sum(h["train_seconds"] for h in self.history),
+            "world_size": self.dist.world_size,
+            "out": str(self.out),
         }
-        _save_checkpoint(last_path, state)
-        if metrics["top1"] > best_top1:
-            best_top1 = metrics["top1"]
-            _save_checkpoint(out / "best.pt", state)
-        lines = "".join(json.dumps(h) + "\n" for h in history)
-        atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
-
-    model.eval()
-    cost = profile(model, (model.in_channels, resolution, resolution))
-    latency = measure_latency(model.cpu(), resolution)
-    final = history[-1] if history else {}
-    summary = {
-        "model": config.model,
-        "epochs": recipe.epochs,
-        "top1": final.get("top1"),
-        "top5": final.get("top5"),
-        "best_top1": best_top1,
-        "mult_adds": cost.mult_adds,
-        "params": cost.params,
-        "latency_ms_batch1_cpu": latency,
-        "out": str(out),
-    }
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
-    return summary
+        atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+        return summary
 
 
-# Python's random state holds a tuple; checkpoints loaded with weights_only=True
-# accept lists and ints, so it is stored as lists.
-def _from_random_state(state: tuple) -> list:
-    return [state[0], list(state[1]), state[2]]
+def train(
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    log=print,
+    stop_after: int | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any] | None:
+    """Train ``config.model`` with its recipe; resume from ``out/last.pt`` if present.
 
-
-def _to_random_state(state: list) -> tuple:
-    return (state[0], tuple(state[1]), state[2])
+    Under ``torchrun`` this is one process of a DistributedDataParallel run; only
+    rank 0 logs and writes files.  ``stop_after`` (epochs) and
+    ``stop_after_steps`` (optimizer steps in all) end this call early with a
+    checkpoint, as an interruption would; calling again with the same config
+    continues the run.  Returns the summary (None if stopped early, or on ranks
+    other than 0).
+    """
+    dist = setup(config.device)
+    try:
+        trainer = Trainer(config, dist, progress=progress, log=log)
+        trainer.resume()
+        if dist.is_main:
+            atomic_write(
+                trainer.out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(trainer.resolved, indent=2))
+            )
+            if dist.enabled:
+                log(f"training on {dist.world_size} processes ({dist.device} on rank 0)")
+        writer = None
+        if config.tensorboard and dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+            writer = SummaryWriter(str(trainer.out / "tensorboard"))
+        end_epoch = trainer.recipe.epochs if stop_after is None else min(stop_after, trainer.recipe.epochs)
+        while trainer.epoch < end_epoch:
+            if not trainer.train_epoch(stop_after_steps):
+                return None
+            trainer.end_epoch(writer)
+        if writer is not None:
+            writer.close()
+        if stop_after is not None and trainer.epoch < trainer.recipe.epochs:
+            return None
+        return trainer.summary() if dist.is_main else None
+    finally:
+        dist.shutdown()

@@ -29,6 +29,8 @@ class Recipe:
     rmsprop_decay: float = 0.9  # RMSprop's squared-gradient averaging (TF "decay")
     rmsprop_eps: float = 1.0  # TF-slim's RMSprop epsilon; 1.0 is the reference setting
     label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0  # linear ramp from ~0 to lr, per step
+    ema_decay: float = 0.0  # exponential moving average of weights (0: off); evaluated and saved
     transforms: str = "imagenet"  # "cifar" or "imagenet"
     cifar_strides: bool = False  # build the 32x32 variant of the model
 
@@ -55,6 +57,20 @@ RECIPES: dict[str, Recipe] = {
             batch_size=128,
             epochs=200,
             schedule="cosine",
+            transforms="cifar",
+            cifar_strides=True,
+        ),
+        Recipe(
+            "cifar10-quick",
+            "a few CPU minutes on a CIFAR slice: the cifar10 recipe with a 1-epoch warm-up, lr 0.05, batch 64",
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=64,
+            epochs=4,
+            schedule="cosine",
+            warmup_epochs=1.0,
             transforms="cifar",
             cifar_strides=True,
         ),
@@ -94,6 +110,7 @@ RECIPES: dict[str, Recipe] = {
             epochs=600,
             schedule="exponential",
             lr_decay=0.01 ** (1 / 3),  # 0.01 every 3 epochs, applied per epoch
+            ema_decay=0.9999,
         ),
     ]
 }

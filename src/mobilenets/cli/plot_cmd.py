@@ -1,0 +1,28 @@
+"""``mobilenets plot``: training curves and accuracy against mult-adds as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..plots import plot_runs
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="plot training runs: loss and top-1 per epoch, top-1 against mult-adds",
+        description=(
+            "Read the metrics.jsonl / summary.json of one or more run directories and write one PNG: "
+            "training and validation loss, validation top-1 per epoch, and final top-1 against "
+            "mult-adds (log scale, the papers' Figure 4/5 style) across finished runs."
+        ),
+        epilog="Example: mobilenets plot runs/width-* --out widths.png",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by 'mobilenets train'")
+    parser.add_argument("--out", default="runs.png", help="PNG file to write (default runs.png)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"wrote {plot_runs(args.runs, args.out)}")
+    return 0

@@ -1,0 +1,99 @@
+"""PNG figures: training curves and accuracy against cost, in the papers' style.
+
+matplotlib is imported lazily with the file-only Agg backend, so plotting works
+on headless machines and importing mobilenets stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .weights import atomic_write
+
+__all__ = ["load_run", "plot_runs", "plot_tradeoff"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's per-epoch metrics and summary (the summary may be missing mid-run)."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ConfigError(f"{run_dir} is not a training run directory (no metrics.jsonl)")
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {"name": run_dir.name, "history": history, "summary": summary}
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    return out
+
+
+def plot_tradeoff(ax, points: Sequence[dict[str, Any]], *, x: str = "mult_adds", y: str = "top1", group: str | None = None):
+    """Accuracy (%) against millions of mult-adds on a log axis, like the papers' Figures 4/5.
+
+    ``points`` are dicts with ``x``, ``y``, a ``label`` and optionally ``group``
+    (points of one group are joined by a line, e.g. one line per method).
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for point in points:
+        groups.setdefault(point.get(group, "") if group else "", []).append(point)
+    for name, members in groups.items():
+        members = sorted(members, key=lambda p: p[x])
+        xs, ys = [p[x] / 1e6 for p in members], [100 * p[y] for p in members]
+        ax.plot(xs, ys, marker="o", linestyle="-" if name else "none", label=name or None)
+        for p, xv, yv in zip(members, xs, ys):
+            ax.annotate(p.get("label", ""), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("million mult-adds (log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    if group:
+        ax.legend(fontsize=8)
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """One PNG: training loss and validation top-1 per epoch for each run, and
+    final top-1 against mult-adds across the runs that have finished."""
+    runs = [load_run(d) for d in run_dirs]
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    for run in runs:
+        epochs = [h["epoch"] for h in run["history"]]
+        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], label=f"{run['name']} train")
+        loss_ax.plot(epochs, [h["loss"] for h in run["history"]], linestyle="--", label=f"{run['name']} val")
+        acc_ax.plot(epochs, [100 * h["top1"] for h in run["history"]], marker=".", label=run["name"])
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="validation top-1")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    finished = [
+        {"mult_adds": r["summary"]["mult_adds"], "top1": r["summary"]["top1"], "label": r["name"]}
+        for r in runs
+        if r["summary"].get("mult_adds") and r["summary"].get("top1") is not None
+    ]
+    if finished:
+        plot_tradeoff(cost_ax, finished)
+    else:
+        cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
+    cost_ax.set_title("accuracy against cost")
+    fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path

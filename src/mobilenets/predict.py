@@ -1,0 +1,57 @@
+"""Classify image files with a trained model, preprocessing them as training did."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import load_rgb, transforms_for
+
+__all__ = ["default_data_info", "predict_images"]
+
+
+def default_data_info(model: nn.Module, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill in what a weights file did not record: ImageNet class names for
+    1000-way models (torchvision ships them, no download), the model's resolution
+    and ImageNet-style preprocessing (CIFAR-style for ``cifar`` models)."""
+    info = dict(info or {})
+    arch = getattr(model, "arch", {}) or {}
+    if "transforms" not in info:
+        info["transforms"] = "cifar" if arch.get("cifar") else "imagenet"
+    if "resolution" not in info:
+        info["resolution"] = arch.get("resolution") or getattr(model, "default_resolution", 224)
+    num_classes = arch.get("num_classes")
+    if "classes" not in info:
+        if num_classes == 1000:
+            from torchvision.models import MobileNet_V2_Weights
+
+            info["classes"] = list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+        elif num_classes:
+            info["classes"] = [f"class {i}" for i in range(num_classes)]
+    return info
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module, paths: Sequence[str | Path], info: dict[str, Any], *, top: int = 5, batch_size: int = 32
+) -> list[list[tuple[str, float]]]:
+    """Top-``top`` (class name, probability) for each image file.
+
+    Files that are not images raise :class:`~mobilenets.data.DataError` naming them.
+    """
+    transform = transforms_for(info["transforms"], info["resolution"], train=False)
+    classes = info["classes"]
+    model.eval()
+    results: list[list[tuple[str, float]]] = []
+    for start in range(0, len(paths), batch_size):
+        batch = torch.stack([transform(load_rgb(str(p))) for p in paths[start : start + batch_size]])
+        probs = model(batch).softmax(dim=1)
+        values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        results += [
+            [(classes[i], v) for i, v in zip(row_i.tolist(), row_v.tolist())] for row_i, row_v in zip(indices, values)
+        ]
+    return results
