@@ -9,6 +9,7 @@ load torchvision's published weights::
 """
 
 from .cost import Profile, profile
+from .decouple import decompose, decouple
 from .errors import ConfigError, InputShapeError, MobileNetsError, UnknownModelError, WeightsError
 from .models import create_model, list_models
 from .weights import load_model, load_weights, save_weights
@@ -24,6 +25,8 @@ __all__ = [
     "WeightsError",
     "__version__",
     "create_model",
+    "decompose",
+    "decouple",
     "list_models",
     "load_model",
     "load_weights",

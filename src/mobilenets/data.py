@@ -36,6 +36,8 @@ __all__ = [
     "ResumableSampler",
     "SeededDataset",
     "build_datasets",
+    "calibration_images",
+    "image_files",
     "make_loader",
     "mix_seed",
     "transforms_for",
@@ -304,3 +306,28 @@ class DeviceResidentLoader:
                 generator.manual_seed(mix_seed(self.seed, epoch, first_batch + b))
                 x = self._augment(x, generator)
             yield (x - self.mean) / self.std, self.labels[index]
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def calibration_images(folder: str | Path, *, style: str, resolution: int, count: int = 256) -> torch.Tensor:
+    """``count`` unlabelled images from ``folder`` (any layout), evenly spread over its
+    sorted files and preprocessed for evaluation: calibration for decoupling
+    refinement and int8 quantization."""
+    files = image_files(folder)
+    if not files:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate with")
+    if count < len(files):
+        step = len(files) / count
+        files = [files[int(i * step)] for i in range(count)]
+    transform = transforms_for(style, resolution, train=False)
+    return torch.stack([transform(load_rgb(str(p))) for p in tqdm(files, desc="calibration images", leave=False)])

@@ -23,6 +23,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
+    "BasicResidual",
     "ConvBNAct",
     "DepthwiseSeparable",
     "InvertedResidual",
@@ -280,3 +281,32 @@ class InvertedResidual(nn.Module):
             out = self.se(out)
         out = self.project(out)
         return out + x if self.use_residual else out
+
+
+class BasicResidual(nn.Module):
+    """ResNet-18/34's block: two 3x3 conv + BN, added to the input (through a 1x1
+    conv + BN when the stride or width changes), then ReLU.
+
+    Children are named like torchvision's BasicBlock (``conv1 bn1 conv2 bn2``,
+    ``downsample``) and registered in the same order, so torchvision's ResNet
+    state dicts map onto it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + shortcut)

@@ -44,7 +44,9 @@ def _save(fig, out: str | Path) -> Path:
     return out
 
 
-def plot_tradeoff(ax, points: Sequence[dict[str, Any]], *, x: str = "mult_adds", y: str = "top1", group: str | None = None):
+def plot_tradeoff(
+    ax, points: Sequence[dict[str, Any]], *, x: str = "mult_adds", y: str = "top1", group: str | None = None
+):
     """Accuracy (%) against millions of mult-adds on a log axis, like the papers' Figures 4/5.
 
     ``points`` are dicts with ``x``, ``y``, a ``label`` and optionally ``group``

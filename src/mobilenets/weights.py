@@ -247,7 +247,12 @@ def load_model_with_info(path: str | Path, **overrides: Any) -> tuple[nn.Module,
         raise WeightsError(f"{path} records no architecture; use create_model(NAME, weights={str(path)!r}) instead")
     arch = {**arch, **overrides}
     name = arch.pop("name")
+    decoupled = arch.pop("decoupled", None)
     model = create_model(name, **arch)
+    if decoupled:
+        from .decouple import apply_decoupled_structure
+
+        apply_decoupled_structure(model, decoupled)
     load_weights(model, state)
     model.eval()
     return model, info

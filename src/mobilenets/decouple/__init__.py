@@ -1,0 +1,29 @@
+"""Network decoupling (Guo et al. 2018) and the decomposition baselines it is judged against.
+
+``decouple(model, rank=|energy=|target_reduction=)`` turns a trained network's
+regular convolutions into sums of depthwise separable convolutions without
+training; ``decompose(model, method="cp"|"tucker"|"spatial")`` applies the
+classic low-rank decompositions with the same interface and report.
+"""
+
+from .baselines import METHODS, cp_conv, spatial_conv, tucker_conv
+from .convert import DecoupleReport, LayerReport, apply_decoupled_structure, decompose, decouple, eligible_convs
+from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
+
+__all__ = [
+    "METHODS",
+    "ORDERS",
+    "DecoupleReport",
+    "DecoupledConv",
+    "LayerReport",
+    "apply_decoupled_structure",
+    "cp_conv",
+    "decompose",
+    "decouple",
+    "decoupled_mult_adds",
+    "eligible_convs",
+    "max_rank",
+    "singular_values",
+    "spatial_conv",
+    "tucker_conv",
+]

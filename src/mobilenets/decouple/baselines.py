@@ -1,0 +1,156 @@
+"""The decompositions network decoupling is judged against, as drop-in modules.
+
+* **CP** (Lebedev et al. 2015): W ~ sum_r a_r (x) b_r (x) c_r (x) d_r, run as
+  1x1 (M -> R), k x 1 depthwise, 1 x k depthwise, 1x1 (R -> N).  Fitted by
+  tensorly's CP-ALS.
+* **Tucker-2** (Kim et al. 2016): W ~ core x_out U x_in V, run as 1x1 (M -> R_in),
+  k x k (R_in -> R_out), 1x1 (R_out -> N).  Fitted by tensorly's partial Tucker (HOOI).
+* **Spatial** (Jaderberg et al. 2014, scheme 2): W[n,m,y,x] ~ sum_r V[r,m,y] H[n,r,x],
+  run as k x 1 (M -> R) then 1 x k (R -> N); the optimal V, H come from the SVD of W
+  reshaped to (M k) x (N k), exact at R = min(M k, N k).
+
+Each ``*_mult_adds`` gives a layer's cost at a rank, so ranks can be chosen for
+equal mult-adds across methods.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["METHODS", "cp_conv", "decomposed_mult_adds", "max_decomposition_rank", "spatial_conv", "tucker_conv"]
+
+METHODS = ("cp", "tucker", "spatial")
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _tensorly():
+    try:
+        import tensorly
+    except ImportError as exc:  # the [decompose] extra
+        from ..errors import ConfigError
+
+        raise ConfigError("CP and Tucker need tensorly: pip install 'mobilenets[decompose]'") from exc
+    tensorly.set_backend("pytorch")
+    return tensorly
+
+
+def _set(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None = None) -> nn.Conv2d:
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(conv.weight.shape).to(conv.weight.dtype))
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+def _split_spatial(conv: nn.Conv2d) -> tuple[dict, dict]:
+    """Stride/padding/dilation of a k x k conv split into its k x 1 and 1 x k parts."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation)
+    vertical = dict(stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1))
+    horizontal = dict(stride=(1, sw), padding=(0, pw), dilation=(1, dw))
+    return vertical, horizontal
+
+
+def _check(conv: nn.Conv2d) -> None:
+    if conv.groups != 1:
+        raise ValueError("only regular (groups=1) convolutions can be decomposed")
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise ValueError("the decompositions support numeric zero padding only")
+
+
+def max_decomposition_rank(conv: nn.Conv2d, method: str) -> int:
+    n, m, kh, kw = conv.weight.shape
+    if method == "spatial":
+        return min(m * kh, n * kw)
+    if method == "tucker":
+        return max(n, m)  # the rank of the larger side; see tucker_ranks
+    return n * m  # CP has no exactness bound that small; a generous ceiling
+
+
+def cp_conv(conv: nn.Conv2d, rank: int, *, seed: int = 0, iterations: int = 25) -> nn.Sequential:
+    _check(conv)
+    from tensorly.decomposition import parafac
+
+    _tensorly()
+    n, m, kh, kw = conv.weight.shape
+    cp = parafac(
+        conv.weight.detach().double().cpu(),
+        rank=rank,
+        init="random",
+        random_state=seed,
+        n_iter_max=iterations,
+        tol=1e-7,
+    )
+    out_f, in_f, v_f, h_f = cp.factors  # (N, R) (M, R) (kh, R) (kw, R)
+    out_f = out_f * cp.weights[None, :]
+    vertical, horizontal = _split_spatial(conv)
+    return nn.Sequential(
+        _set(nn.Conv2d(m, rank, 1, bias=False), in_f.T),
+        _set(nn.Conv2d(rank, rank, (kh, 1), groups=rank, bias=False, **vertical), v_f.T),
+        _set(nn.Conv2d(rank, rank, (1, kw), groups=rank, bias=False, **horizontal), h_f.T),
+        _set(nn.Conv2d(rank, n, 1, bias=conv.bias is not None), out_f, conv.bias),
+    ).to(conv.weight.device)
+
+
+def tucker_ranks(conv: nn.Conv2d, rank: int) -> tuple[int, int]:
+    """(input rank, output rank): ``rank`` for the larger side, the other in proportion."""
+    n, m = conv.weight.shape[:2]
+    scale = rank / max(n, m)
+    return max(1, min(m, round(m * scale))), max(1, min(n, round(n * scale)))
+
+
+def tucker_conv(conv: nn.Conv2d, rank: int, *, iterations: int = 50) -> nn.Sequential:
+    _check(conv)
+    from tensorly.decomposition import partial_tucker
+
+    _tensorly()
+    n, m, kh, kw = conv.weight.shape
+    r_in, r_out = tucker_ranks(conv, rank)
+    (core, (out_f, in_f)), _ = partial_tucker(
+        conv.weight.detach().double().cpu(), rank=[r_out, r_in], modes=[0, 1], n_iter_max=iterations
+    )
+    return nn.Sequential(
+        _set(nn.Conv2d(m, r_in, 1, bias=False), in_f.T),
+        _set(
+            nn.Conv2d(
+                r_in, r_out, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False
+            ),
+            core,
+        ),
+        _set(nn.Conv2d(r_out, n, 1, bias=conv.bias is not None), out_f, conv.bias),
+    ).to(conv.weight.device)
+
+
+def spatial_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    _check(conv)
+    n, m, kh, kw = conv.weight.shape
+    # A[(m, y), (n, x)] = W[n, m, y, x]
+    a = conv.weight.detach().double().permute(1, 2, 0, 3).reshape(m * kh, n * kw)
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    root = s[:rank].sqrt()
+    v = (u[:, :rank] * root).T.reshape(rank, m, kh, 1)  # vertical filters
+    h = (vh[:rank].T * root).reshape(n, kw, rank).permute(0, 2, 1).reshape(n, rank, 1, kw)
+    vertical, horizontal = _split_spatial(conv)
+    return nn.Sequential(
+        _set(nn.Conv2d(m, rank, (kh, 1), bias=False, **vertical), v),
+        _set(nn.Conv2d(rank, n, (1, kw), bias=conv.bias is not None, **horizontal), h, conv.bias),
+    ).to(conv.weight.device)
+
+
+def decomposed_mult_adds(
+    conv: nn.Conv2d, method: str, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> int:
+    n, m, kh, kw = conv.weight.shape
+    in_px, out_px = in_hw[0] * in_hw[1], out_hw[0] * out_hw[1]
+    mid_px = out_hw[0] * in_hw[1]  # after the k x 1 part (vertical stride only); approximate with padding
+    if method == "cp":
+        return m * rank * in_px + kh * rank * mid_px + kw * rank * out_px + rank * n * out_px
+    if method == "tucker":
+        r_in, r_out = tucker_ranks(conv, rank)
+        return m * r_in * in_px + kh * kw * r_in * r_out * out_px + r_out * n * out_px
+    if method == "spatial":
+        return kh * m * rank * mid_px + kw * rank * n * out_px
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -1,0 +1,603 @@
+"""Whole-network conversion: pick each layer's rank, swap the modules, report what it cost.
+
+``decouple(model, ...)`` and ``decompose(model, method=...)`` copy the model,
+replace every eligible regular conv (groups = 1, kernel larger than 1x1) and
+return ``(new_model, report)``; the input model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._table import format_table, human
+from ..cost import profile
+from ..errors import ConfigError
+from .baselines import METHODS, cp_conv, decomposed_mult_adds, max_decomposition_rank, spatial_conv, tucker_conv
+from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
+
+__all__ = ["DecoupleReport", "LayerReport", "apply_decoupled_structure", "decompose", "decouple", "eligible_convs"]
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kernel: tuple[int, int, int, int]  # N, M, kh, kw
+    out_hw: tuple[int, int]
+    rank: int | None  # None: left as it was (see ``note``)
+    note: str = ""
+    retained_energy: float | None = None
+    relative_error: float | None = None
+    mult_adds_before: int = 0
+    mult_adds_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+
+
+@dataclass
+class DecoupleReport:
+    method: str  # "decouple-dw_pw", "decouple-pw_dw", "cp", "tucker", "spatial"
+    layers: list[LayerReport]
+    mult_adds_before: int
+    mult_adds_after: int
+    params_before: int
+    params_after: int
+    refined: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # latency, accuracy (added by the CLI/benchmarks)
+
+    @property
+    def reduction(self) -> float:
+        return self.mult_adds_before / max(1, self.mult_adds_after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reduction": self.reduction}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        rows = [
+            [
+                layer.name,
+                "x".join(map(str, layer.kernel)),
+                "kept" if layer.rank is None else str(layer.rank),
+                "" if layer.retained_energy is None else f"{100 * layer.retained_energy:.2f}%",
+                "" if layer.relative_error is None else f"{layer.relative_error:.2e}",
+                human(layer.mult_adds_before),
+                human(layer.mult_adds_after),
+                human(layer.params_before),
+                human(layer.params_after),
+                layer.note,
+            ]
+            for layer in self.layers
+        ]
+        header = [
+            "layer",
+            "N x M x k x k",
+            "T",
+            "energy",
+            "rel. error",
+            "MACs",
+            "MACs after",
+            "params",
+            "after",
+            "note",
+        ]
+        totals = (
+            f"{self.method}{' + least-squares refinement' if self.refined else ''}: "
+            f"{human(self.mult_adds_before)} -> {human(self.mult_adds_after)} mult-adds ({self.reduction:.2f}x fewer), "
+            f"{human(self.params_before)} -> {human(self.params_after)} params"
+        )
+        extras = "".join(f"\n{k}: {v}" for k, v in self.extra.items())
+        return format_table(header, rows) + "\n" + totals + extras
+
+
+def eligible_convs(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """Names of the regular k x k convs, and why each other conv is skipped."""
+    eligible, skipped = [], {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d) or isinstance(module, DecoupledConv):
+            continue
+        if module.groups != 1:
+            skipped[name] = "grouped or depthwise conv: already separable per group"
+        elif module.kernel_size == (1, 1):
+            skipped[name] = "1x1 conv: already pointwise"
+        elif isinstance(module.padding, str):
+            skipped[name] = f"padding={module.padding!r} is not supported"
+        else:
+            eligible.append(name)
+    return eligible, skipped
+
+
+def _default_input(model: nn.Module, input_size) -> tuple[int, int, int]:
+    if input_size is not None:
+        return tuple(input_size)
+    resolution = getattr(model, "default_resolution", 224)
+    return (getattr(model, "in_channels", 3), resolution, resolution)
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, names: list[str], x: Tensor, *, keep_inputs: bool) -> dict[str, dict[str, Any]]:
+    """Input/output spatial sizes (and optionally inputs) of the named convs in one forward pass."""
+    seen: dict[str, dict[str, Any]] = {}
+    handles = []
+    for name in names:
+
+        def hook(module, args, output, name=name):
+            seen[name] = {"in_hw": tuple(args[0].shape[-2:]), "out_hw": tuple(output.shape[-2:])}
+            if keep_inputs:
+                seen[name]["input"] = args[0].detach()
+
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ConfigError(f"layers not used by the forward pass: {', '.join(missing)}")
+    return seen
+
+
+def _conv_mult_adds(conv: nn.Conv2d, out_hw) -> int:
+    n, m_per_group, kh, kw = conv.weight.shape
+    return kh * kw * m_per_group * n * out_hw[0] * out_hw[1]
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+class _Layer:
+    """What rank selection needs to know about one eligible conv."""
+
+    def __init__(self, name: str, conv: nn.Conv2d, shapes: dict[str, Any], order: str):
+        self.name, self.conv, self.order = name, conv, order
+        self.in_hw, self.out_hw = shapes["in_hw"], shapes["out_hw"]
+        self.original_cost = _conv_mult_adds(conv, self.out_hw)
+        self.max_rank = max_rank(conv, order)
+        sigma2 = singular_values(conv.weight, order) ** 2
+        cumulative = sigma2.sum(0).cumsum(0)  # energy kept by the top-T terms of every channel
+        self.retained = (cumulative / cumulative[-1].clamp(min=1e-300)).tolist()
+
+    def cost(self, rank: int) -> int:
+        return decoupled_mult_adds(self.conv, rank, self.order, self.in_hw, self.out_hw)
+
+    def cheaper_ranks(self) -> list[int]:
+        """Ranks whose decoupling costs less than the original conv, ascending."""
+        return [t for t in range(1, self.max_rank + 1) if self.cost(t) < self.original_cost]
+
+
+def _greedy(layers: list[_Layer], saving_needed: float, cost: Callable[[_Layer, int | None], float]) -> dict[str, int]:
+    """Lower ranks one step at a time, always where the least energy is lost per unit of cost
+    saved, until the saving is reached.  ``None`` stands for the original conv."""
+    chosen: dict[str, int | None] = {layer.name: None for layer in layers}
+    ladders = {layer.name: layer.cheaper_ranks() for layer in layers}
+    saved = 0.0
+    while saved < saving_needed:
+        best = None
+        for layer in layers:
+            current, ladder = chosen[layer.name], ladders[layer.name]
+            if not ladder or current == ladder[0]:
+                continue
+            nxt = ladder[-1] if current is None else ladder[ladder.index(current) - 1]
+            lost = (1.0 if current is None else layer.retained[current - 1]) - layer.retained[nxt - 1]
+            gain = cost(layer, current) - cost(layer, nxt)
+            if gain <= 0:
+                continue
+            ratio = max(lost, 0.0) / gain
+            if best is None or ratio < best[0]:
+                best = (ratio, layer, nxt, gain)
+        if best is None:
+            break
+        _, layer, nxt, gain = best
+        chosen[layer.name] = nxt
+        saved += gain
+    if saved < saving_needed:
+        raise _unreachable(saved, saving_needed)
+    return {name: rank for name, rank in chosen.items() if rank is not None}
+
+
+class _Unreachable(ConfigError):
+    pass
+
+
+def _unreachable(saved: float, needed: float) -> _Unreachable:
+    return _Unreachable(f"the target cannot be met: at most {saved:.4g} of the {needed:.4g} needed can be saved")
+
+
+def _measure(module: nn.Module, shape: tuple[int, ...], runs: int = 7) -> float:
+    x = torch.randn(1, *shape).contiguous(memory_format=torch.channels_last)
+    module = module.eval().to(memory_format=torch.channels_last)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 2):
+            start = time.perf_counter()
+            module(x)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _latency_table(layers: list[_Layer]) -> dict[tuple[str, int | None], float]:
+    """Per-layer batch-1 channels_last latency (ms) of the original conv and every cheaper rank."""
+    table = {}
+    for layer in layers:
+        shape = (layer.conv.in_channels, *layer.in_hw)
+        table[(layer.name, None)] = _measure(copy.deepcopy(layer.conv), shape)
+        for rank in layer.cheaper_ranks():
+            table[(layer.name, rank)] = _measure(DecoupledConv.from_conv(layer.conv, rank, layer.order), shape)
+    return table
+
+
+def _calibration_batches(calibration) -> list[Tensor]:
+    if calibration is None:
+        return []
+    if isinstance(calibration, Tensor):
+        return list(calibration.split(32))
+    batches = []
+    for item in calibration:
+        batches.append(item[0] if isinstance(item, (tuple, list)) else item)
+    if not batches:
+        raise ConfigError("the calibration data holds no images")
+    return batches
+
+
+@torch.no_grad()
+def _refine(
+    original: nn.Module, converted: nn.Module, names: list[str], batches: list[Tensor], max_rows: int = 4096
+) -> list[str]:
+    """Re-fit each decoupled layer's 1x1 conv (and bias) by least squares so that,
+    fed the converted network's own features, it reproduces the original layer's
+    output; layers are fitted in forward order so each absorbs earlier errors."""
+    generator = torch.Generator().manual_seed(0)
+    skipped: list[str] = []
+    for name in names:
+        module = converted.get_submodule(name)
+        if not isinstance(module, DecoupledConv) or module.order != "dw_pw":
+            continue
+        width = module.pointwise.in_channels + 1
+        gram = torch.zeros(width, width, dtype=torch.float64)
+        cross = torch.zeros(width, module.out_channels, dtype=torch.float64)
+        total_rows = 0
+        for images in batches:
+            x_converted = _capture(converted, [name], images, keep_inputs=True)[name]["input"]
+            target = original.get_submodule(name)(_capture(original, [name], images, keep_inputs=True)[name]["input"])
+            features = module.depthwise(x_converted)
+            rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
+            targets = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
+            if rows.shape[0] > max_rows:
+                pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows]
+                rows, targets = rows[pick], targets[pick]
+            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
+            gram += rows.T @ rows
+            cross += rows.T @ targets
+            total_rows += rows.shape[0]
+        if total_rows < 2 * width:
+            skipped.append(name)  # too few samples to fit M*T+1 unknowns: keep the SVD weights
+            continue
+        # Ridge towards the SVD solution, so that weakly determined directions stay where they were.
+        start = torch.cat([module.pointwise.weight.reshape(module.out_channels, -1).T.double(), _bias_row(module)], 0)
+        strength = 1e-3 * gram.diagonal().mean()
+        solution = torch.linalg.solve(gram + strength * torch.eye(width, dtype=gram.dtype), cross + strength * start)
+        weight, bias = solution[:-1].T, solution[-1]
+        module.pointwise.weight.copy_(weight.reshape(module.pointwise.weight.shape).to(module.pointwise.weight.dtype))
+        if module.pointwise.bias is None:
+            module.pointwise.bias = nn.Parameter(bias.to(module.pointwise.weight.dtype))
+        else:
+            module.pointwise.bias.copy_(bias)
+    return skipped
+
+
+def _bias_row(module: DecoupledConv) -> Tensor:
+    bias = module.pointwise.bias
+    if bias is None:
+        return torch.zeros(1, module.out_channels, dtype=torch.float64)
+    return bias.detach().double()[None, :]
+
+
+@torch.no_grad()
+def _relative_error(original: nn.Module, replacement: nn.Module, x: Tensor) -> float:
+    reference = original(x)
+    return ((replacement(x) - reference).norm() / reference.norm().clamp(min=1e-12)).item()
+
+
+def _convert(
+    model: nn.Module,
+    method: str,
+    *,
+    rank: int | None,
+    energy: float | None,
+    target_reduction: float | None,
+    order: str,
+    allocation: str,
+    budget: str,
+    calibration,
+    input_size,
+    layers: Iterable[str] | None,
+    replace_all: bool,
+    build: Callable[[nn.Conv2d, int], nn.Module],
+    layer_cost: Callable[[nn.Conv2d, int, tuple, tuple], int],
+    layer_max_rank: Callable[[nn.Conv2d], int],
+) -> tuple[nn.Module, DecoupleReport]:
+    given = [
+        k for k, v in {"rank": rank, "energy": energy, "target_reduction": target_reduction}.items() if v is not None
+    ]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of rank=, energy= or target_reduction=")
+    if energy is not None and not 0 < energy <= 1:
+        raise ConfigError(f"energy is the fraction of squared singular values to keep, in (0, 1]; got {energy}")
+    if target_reduction is not None and target_reduction <= 1:
+        raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
+    if rank is not None and rank < 1:
+        raise ConfigError(f"rank must be at least 1, got {rank}")
+    if allocation not in ("greedy", "uniform") or budget not in ("mult_adds", "latency"):
+        raise ConfigError("allocation is 'greedy' or 'uniform'; budget is 'mult_adds' or 'latency'")
+
+    names, skipped = eligible_convs(model)
+    if layers is not None:
+        wanted = set(layers)
+        unknown = wanted - set(names)
+        if unknown:
+            raise ConfigError(f"not eligible regular convs: {', '.join(sorted(unknown))}")
+        names = [n for n in names if n in wanted]
+    if not names:
+        raise ConfigError(
+            "the model has no regular k x k convolutions to convert"
+            + (f" (skipped: {'; '.join(f'{n}: {r}' for n, r in list(skipped.items())[:4])})" if skipped else "")
+        )
+    size = _default_input(model, input_size)
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in _calibration_batches(calibration)]
+    probe = batches[0][:8] if batches else torch.randn(2, *size, device=device)
+    shapes = _capture(model, names, probe, keep_inputs=True)
+    before = profile(model, tuple(probe.shape[1:]))
+
+    convs = {n: model.get_submodule(n) for n in names}
+    if method == "decouple":
+        for conv in convs.values():
+            if rank is not None and rank > conv.kernel_size[0] * conv.kernel_size[1]:
+                raise ConfigError(f"rank {rank} is larger than k^2 = {conv.kernel_size[0] * conv.kernel_size[1]} terms")
+
+    chosen: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    retained: dict[str, float] = {}
+    if method == "decouple":
+        info = {n: _Layer(n, convs[n], shapes[n], order) for n in names}
+        if rank is not None or energy is not None:
+            for n, layer in info.items():
+                t = (
+                    min(rank, layer.max_rank)
+                    if rank is not None
+                    else next(i + 1 for i, r in enumerate(layer.retained) if r >= energy - 1e-12)
+                )
+                if layer.cost(t) >= layer.original_cost and not replace_all:
+                    notes[n] = f"T={t} would cost more than the conv"
+                else:
+                    chosen[n] = t
+        else:
+            saving = before.mult_adds * (1 - 1 / target_reduction)
+            if allocation == "uniform":
+                fraction = 1 - saving / sum(layer.original_cost for layer in info.values())
+                for n, layer in info.items():
+                    fits = [t for t in layer.cheaper_ranks() if layer.cost(t) <= fraction * layer.original_cost]
+                    if not fits:
+                        raise _unreachable(0, saving)
+                    chosen[n] = fits[-1]
+            elif budget == "mult_adds":
+                chosen = _greedy(
+                    list(info.values()), saving, lambda layer, t: layer.original_cost if t is None else layer.cost(t)
+                )
+            else:
+                table = _latency_table(list(info.values()))
+                total_ms = sum(table[(n, None)] for n in names)
+                needed_ms = total_ms * (1 - 1 / target_reduction)
+                chosen = _greedy(list(info.values()), needed_ms, lambda layer, t: table[(layer.name, t)])
+        retained = {n: info[n].retained[t - 1] for n, t in chosen.items()}
+        for n in names:
+            if n not in chosen and n not in notes:
+                notes[n] = "kept: decoupling it buys the least"
+    else:
+        for n in names:
+            conv, shape = convs[n], shapes[n]
+            original = _conv_mult_adds(conv, shape["out_hw"])
+            if rank is not None:
+                t = min(rank, layer_max_rank(conv))
+            else:
+                fraction = 1 - before.mult_adds * (1 - 1 / target_reduction) / sum(
+                    _conv_mult_adds(convs[m], shapes[m]["out_hw"]) for m in names
+                )
+                fits = [
+                    t
+                    for t in range(1, layer_max_rank(conv) + 1)
+                    if layer_cost(conv, t, shape["in_hw"], shape["out_hw"]) <= fraction * original
+                ]
+                if not fits:
+                    raise _unreachable(0, 1)
+                t = fits[-1]
+            if layer_cost(conv, t, shape["in_hw"], shape["out_hw"]) >= original and not replace_all:
+                notes[n] = f"rank {t} would cost more than the conv"
+            else:
+                chosen[n] = t
+
+    converted = copy.deepcopy(model)
+    for n, t in chosen.items():
+        _replace(converted, n, build(convs[n], t))
+    refined = False
+    if batches:
+        if method == "decouple" and order == "dw_pw":
+            unrefined = _refine(model, converted, [n for n in names if n in chosen], batches)
+            for n in unrefined:
+                notes[n] = "not refined: too few calibration samples at this resolution"
+            refined = True
+        else:
+            warnings.warn(
+                "least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=3
+            )
+
+    after = profile(converted, tuple(probe.shape[1:]))
+    reports = []
+    for n in names:
+        conv, shape = convs[n], shapes[n]
+        new = converted.get_submodule(n)
+        t = chosen.get(n)
+        reports.append(
+            LayerReport(
+                name=n,
+                kernel=tuple(conv.weight.shape),
+                out_hw=shape["out_hw"],
+                rank=t,
+                note=notes.get(n, ""),
+                retained_energy=retained.get(n),
+                relative_error=_relative_error(conv, new, shape["input"]) if t is not None else None,
+                mult_adds_before=_conv_mult_adds(conv, shape["out_hw"]),
+                mult_adds_after=_conv_mult_adds(conv, shape["out_hw"])
+                if t is None
+                else layer_cost(conv, t, shape["in_hw"], shape["out_hw"]),
+                params_before=_params(conv),
+                params_after=_params(new),
+            )
+        )
+    label = f"decouple-{order}" if method == "decouple" else method
+    report = DecoupleReport(label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined)
+    if skipped:
+        report.extra["skipped"] = f"{len(skipped)} convs that are grouped/depthwise or 1x1"
+    arch = getattr(model, "arch", None)
+    if arch and method == "decouple":
+        # Recorded with saved weights so that load_model rebuilds the decoupled layers.
+        converted.arch = {**arch, "decoupled": {"order": order, "ranks": dict(chosen)}}
+    elif arch:
+        converted.arch = {}  # no rebuildable description: save with torch.save(model)
+    return converted, report
+
+
+def apply_decoupled_structure(model: nn.Module, decoupled: dict[str, Any]) -> nn.Module:
+    """Swap the recorded convs for (untrained) :class:`DecoupledConv` modules of the
+    recorded ranks, so that a saved decoupled model's state dict fits; in place."""
+    order = decoupled.get("order", "dw_pw")
+    for name, rank in decoupled.get("ranks", {}).items():
+        try:
+            conv = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"the recorded decoupled layer {name!r} is not in the model") from None
+        with torch.no_grad():
+            _replace(model, name, DecoupledConv.from_conv(conv, rank, order))
+    model.arch = {**getattr(model, "arch", {}), "decoupled": decoupled}
+    return model
+
+
+def decouple(
+    model: nn.Module,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    target_reduction: float | None = None,
+    order: str = "dw_pw",
+    calibration=None,
+    allocation: str = "greedy",
+    budget: str = "mult_adds",
+    input_size: tuple[int, int, int] | None = None,
+    layers: Iterable[str] | None = None,
+    replace_all: bool = False,
+) -> tuple[nn.Module, DecoupleReport]:
+    """Convert ``model``'s regular convs into sums of depthwise separable convs, without training.
+
+    Say how much to keep with exactly one of:
+
+    * ``rank=T``: T terms per layer (T = k^2 reproduces the network exactly);
+    * ``energy=e``: per layer, the fewest terms keeping a fraction e of the
+      squared singular values;
+    * ``target_reduction=r``: the whole model's mult-adds divided by r, ranks
+      allocated greedily where the least energy is lost per mult-add saved
+      (``allocation="uniform"``: every layer cut by the same factor;
+      ``budget="latency"``: per millisecond saved, measured here on each
+      layer, channels_last, batch 1).
+
+    ``order`` is ``"dw_pw"`` (depthwise then pointwise) or ``"pw_dw"``.
+    ``calibration`` (images, a tensor or an iterable of batches; unlabelled)
+    re-fits each decoupled layer's 1x1 conv by least squares to the original
+    layer's outputs, fed the decoupled network's own features.  Layers where
+    decoupling would cost more than the conv are left as they are; grouped and
+    1x1 convs are skipped (``replace_all=True`` converts costlier layers too,
+    e.g. to check that T = k^2 is exact).  ``layers`` limits the conversion to
+    the named convs; ``input_size`` (C, H, W) sets the size costs are counted at.
+    Returns ``(new_model, report)``; ``model`` is not modified.
+    """
+    if order not in ORDERS:
+        raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    return _convert(
+        model,
+        "decouple",
+        rank=rank,
+        energy=energy,
+        target_reduction=target_reduction,
+        order=order,
+        allocation=allocation,
+        budget=budget,
+        calibration=calibration,
+        input_size=input_size,
+        layers=layers,
+        replace_all=replace_all,
+        build=lambda conv, t: DecoupledConv.from_conv(conv, t, order),
+        layer_cost=lambda conv, t, i, o: decoupled_mult_adds(conv, t, order, i, o),
+        layer_max_rank=lambda conv: max_rank(conv, order),
+    )
+
+
+def decompose(
+    model: nn.Module,
+    method: str = "cp",
+    *,
+    rank: int | None = None,
+    target_reduction: float | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    layers: Iterable[str] | None = None,
+    seed: int = 0,
+    replace_all: bool = False,
+) -> tuple[nn.Module, DecoupleReport]:
+    """The baselines: CP (``"cp"``), Tucker-2 (``"tucker"``) or spatial (``"spatial"``)
+    decomposition of every regular conv, at a fixed ``rank`` or with every layer
+    cut to ``1/target_reduction``-ish of the mult-adds so the whole model meets it.
+    Same report as :func:`decouple`."""
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    builders = {
+        "cp": lambda conv, t: cp_conv(conv, t, seed=seed),
+        "tucker": tucker_conv,
+        "spatial": spatial_conv,
+    }
+    return _convert(
+        model,
+        method,
+        rank=rank,
+        energy=None,
+        target_reduction=target_reduction,
+        order="dw_pw",
+        allocation="uniform",
+        budget="mult_adds",
+        calibration=None,
+        input_size=input_size,
+        layers=layers,
+        replace_all=replace_all,
+        build=builders[method],
+        layer_cost=lambda conv, t, i, o: decomposed_mult_adds(conv, method, t, i, o),
+        layer_max_rank=lambda conv: max_decomposition_rank(conv, method),
+    )

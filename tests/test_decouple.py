@@ -1,0 +1,188 @@
+"""Network decoupling: exactness at T = k^2, error falling with T, the cost formula,
+rank allocation, refinement, the baselines, save/load, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mobilenets
+from mobilenets.decouple import DecoupledConv, decompose, decouple, max_rank, singular_values
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+CONVS = [
+    dict(in_channels=5, out_channels=7, kernel_size=3, padding=1),
+    dict(in_channels=6, out_channels=4, kernel_size=3, stride=2, padding=2, dilation=2),
+    dict(in_channels=3, out_channels=16, kernel_size=(3, 5), stride=(2, 1), padding=(1, 2), bias=False),
+    dict(in_channels=4, out_channels=12, kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(in_channels=8, out_channels=8, kernel_size=5, padding=0),
+]
+
+
+@pytest.mark.parametrize("order", ["dw_pw", "pw_dw"])
+@pytest.mark.parametrize("spec", CONVS)
+def test_all_terms_reproduce_the_conv(order, spec):
+    conv = nn.Conv2d(**spec)
+    x = torch.randn(2, spec["in_channels"], 17, 15)
+    full = DecoupledConv.from_conv(conv, max_rank(conv, order), order)
+    assert rel(full(x), conv(x)) < 1e-5
+    torch.testing.assert_close(full.to_conv().weight, conv.weight, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["dw_pw", "pw_dw"])
+def test_error_falls_as_terms_are_added_and_matches_the_spectrum(order):
+    conv = nn.Conv2d(32, 48, 3, padding=1)
+    errors = []
+    for t in range(1, 10):
+        approx = DecoupledConv.from_conv(conv, t, order).to_conv().weight
+        errors.append(((approx - conv.weight).norm() / conv.weight.norm()).item())
+        # Eckart-Young: the kernel error is exactly the energy of the dropped singular values
+        s2 = singular_values(conv.weight, order) ** 2
+        assert errors[-1] == pytest.approx((s2[:, t:].sum() / s2.sum()).sqrt().item(), abs=1e-5)
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-6
+
+
+def test_mult_adds_follow_the_formula():
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1))
+    new, report = decouple(model, rank=2, input_size=(16, 20, 20))
+    k2 = 9
+    expected_first = k2 * 16 * 2 * 400 + 16 * 2 * 32 * 400  # k^2 M T F^2 + M T N F^2
+    expected_second = k2 * 32 * 2 * 100 + 32 * 2 * 64 * 100
+    assert [layer.mult_adds_after for layer in report.layers] == [expected_first, expected_second]
+    assert report.mult_adds_after == mobilenets.profile(new, (16, 20, 20)).mult_adds
+    assert report.mult_adds_after == expected_first + expected_second
+    assert isinstance(new[0], DecoupledConv) and isinstance(model[0], nn.Conv2d)  # input untouched
+
+
+@pytest.mark.parametrize("order", ["dw_pw", "pw_dw"])
+def test_whole_network_is_exact_at_k_squared_terms(order):
+    model = mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25).eval()
+    with torch.no_grad():  # pretrained-like BN statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2)
+    new, report = decouple(model, rank=9, order=order, replace_all=True)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert rel(new(x), model(x)) < 1e-5
+    rows = {"dw_pw": 0, "pw_dw": 1}[order]  # the SVD's matrices have N (dw_pw) or M (pw_dw) rows
+    assert [layer.rank for layer in report.layers] == [min(9, layer.kernel[rows]) for layer in report.layers]
+
+
+def test_resnet_skips_1x1_and_target_reduction_is_met():
+    model = mobilenets.create_model("resnet18", num_classes=10, cifar=True, width_mult=0.25).eval()
+    new, report = decouple(model, target_reduction=2)
+    assert report.reduction >= 2
+    assert all(".downsample." not in layer.name for layer in report.layers)  # 1x1 shortcuts skipped
+    assert "skipped" in report.extra
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert new(x).shape == (2, 10)
+    uniform, uniform_report = decouple(model, target_reduction=2, allocation="uniform")
+    assert uniform_report.reduction >= 2
+
+
+def test_energy_threshold_keeps_at_least_that_energy():
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1))
+    _, report = decouple(model, energy=0.5, input_size=(64, 8, 8))
+    (layer,) = report.layers
+    assert layer.retained_energy >= 0.5
+    s2 = singular_values(model[0].weight) ** 2
+    fewer = s2[:, : layer.rank - 1].sum() / s2.sum()
+    assert layer.rank == 1 or fewer < 0.5
+
+
+def test_refinement_with_calibration_images_reduces_the_network_error(shared_data):
+    from mobilenets.data import calibration_images
+
+    torch.manual_seed(0)
+    model = mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25).eval()
+    images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=64)
+    held_out = calibration_images(shared_data / "cifar10" / "test", style="cifar", resolution=32, count=32)
+    early = ["features.1.conv", "features.3.conv", "features.4.conv", "features.6.conv"]  # 32x32 .. 8x8 maps
+    plain, _ = decouple(model, rank=2, layers=early)
+    refined, report = decouple(model, rank=2, layers=early, calibration=images)
+    assert report.refined
+    with torch.no_grad():
+        reference = model.features[:8](held_out)
+        assert rel(refined.features[:8](held_out), reference) < 0.8 * rel(plain.features[:8](held_out), reference)
+    # Deep layers with 2x2 maps have fewer samples than unknowns: left as the SVD gives them, and said so.
+    _, everything = decouple(model, rank=2, calibration=images[:8])
+    assert any("too few" in layer.note for layer in everything.layers)
+
+
+@pytest.mark.parametrize("method", ["spatial", "tucker", "cp"])
+def test_baselines(method):
+    conv = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+    model = nn.Sequential(conv)
+    x = torch.randn(2, 8, 9, 9)
+    full_rank = {"spatial": 24, "tucker": 12, "cp": 8 * 9}[method]
+    new, report = decompose(model, method, rank=full_rank, input_size=(8, 9, 9), replace_all=True)
+    with torch.no_grad():
+        error = rel(new(x), conv(x))
+    assert error < (1e-4 if method != "cp" else 0.05)  # CP-ALS is iterative
+    assert new(x).shape == conv(x).shape
+    small, small_report = decompose(model, method, target_reduction=2, input_size=(8, 9, 9))
+    assert small_report.mult_adds_after <= report.mult_adds_before / 2 * 1.05
+
+
+def test_decoupled_model_saves_and_loads(tmp_path):
+    model = mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25).eval()
+    new, _ = decouple(model, target_reduction=1.5)
+    path = mobilenets.save_weights(new, tmp_path / "nd.safetensors")
+    loaded = mobilenets.load_model(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), new(x))
+    assert any(isinstance(m, DecoupledConv) for m in loaded.modules())
+
+
+def test_torchvision_classifier():
+    import torchvision
+
+    model = torchvision.models.alexnet(num_classes=10).eval()
+    new, report = decouple(model, target_reduction=1.5, input_size=(3, 96, 96))
+    assert report.reduction >= 1.5 and new(torch.randn(1, 3, 96, 96)).shape == (1, 10)
+
+
+def test_bad_input():
+    conv_free = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, groups=8, padding=1))
+    with pytest.raises(mobilenets.ConfigError, match="no regular"):
+        decouple(conv_free, rank=2, input_size=(4, 8, 8))
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
+    with pytest.raises(mobilenets.ConfigError, match="larger than k"):
+        decouple(model, rank=10, input_size=(4, 8, 8))
+    for energy in (0, 1.5):
+        with pytest.raises(mobilenets.ConfigError, match="energy"):
+            decouple(model, energy=energy, input_size=(4, 8, 8))
+    with pytest.raises(mobilenets.ConfigError, match="exactly one"):
+        decouple(model, input_size=(4, 8, 8))
+    with pytest.raises(mobilenets.ConfigError, match="cannot be met"):
+        decouple(model, target_reduction=50, input_size=(4, 8, 8))
+    with pytest.raises(mobilenets.ConfigError, match="order"):
+        decouple(model, rank=1, order="sideways", input_size=(4, 8, 8))
+
+
+def test_cli_decouple_report(capsys, tmp_path, shared_data):
+    import json
+
+    from mobilenets.cli import main
+
+    weights = tmp_path / "vgg.safetensors"
+    mobilenets.save_weights(mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25), weights)
+    code = main(
+        ["decouple", "--checkpoint", str(weights), "--target-reduction", "2", "--out", str(tmp_path / "out"),
+         "--eval-data", str(shared_data / "cifar10"), "--val-subset", "20"]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["reduction"] >= 2 and {"accuracy_before", "accuracy_after", "latency_after"} <= set(report["extra"])
+    assert mobilenets.load_model(tmp_path / "out" / "model.safetensors") is not None
+    assert main(["decouple", "--checkpoint", str(weights), "--energy", "2", "--out", str(tmp_path / "o2")]) == 2
