@@ -14,7 +14,7 @@ from typing import Any
 from .errors import ConfigError
 from .weights import atomic_write
 
-__all__ = ["load_run", "plot_runs", "plot_tradeoff"]
+__all__ = ["load_run", "plot_runs", "plot_sweep", "plot_tradeoff"]
 
 
 def _pyplot():
@@ -96,6 +96,24 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
     cost_ax.set_title("accuracy against cost")
     fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(results: Sequence[dict[str, Any]], before: dict[str, float] | None, out: str | Path) -> Path:
+    """Top-1 against the mult-adds reduction reached, one line per compression method
+    (``results``: dicts with ``method``, ``reduction``, ``top1``); the original as a dotted line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name in dict.fromkeys(r["method"] for r in results):
+        points = sorted((r["reduction"], 100 * r["top1"]) for r in results if r["method"] == name)
+        ax.plot(*zip(*points), marker="o", label=name)
+    if before:
+        ax.axhline(100 * before["top1"], color="gray", linestyle=":", label="original")
+    ax.set(xlabel="mult-adds reduction (x)", ylabel="top-1 (%)", title="training-free compression")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     path = _save(fig, out)
     plt.close(fig)
     return path

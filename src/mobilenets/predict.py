@@ -14,17 +14,20 @@ from .data import load_rgb, transforms_for
 __all__ = ["default_data_info", "predict_images"]
 
 
-def default_data_info(model: nn.Module, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def default_data_info(
+    model: nn.Module, info: dict[str, Any] | None = None, *, num_classes: int | None = None
+) -> dict[str, Any]:
     """Fill in what a weights file did not record: ImageNet class names for
     1000-way models (torchvision ships them, no download), the model's resolution
-    and ImageNet-style preprocessing (CIFAR-style for ``cifar`` models)."""
+    and ImageNet-style preprocessing (CIFAR-style for ``cifar`` models).
+    ``num_classes`` is for models that record no architecture (torchvision's)."""
     info = dict(info or {})
     arch = getattr(model, "arch", {}) or {}
     if "transforms" not in info:
         info["transforms"] = "cifar" if arch.get("cifar") else "imagenet"
     if "resolution" not in info:
         info["resolution"] = arch.get("resolution") or getattr(model, "default_resolution", 224)
-    num_classes = arch.get("num_classes")
+    num_classes = arch.get("num_classes", num_classes)
     if "classes" not in info:
         if num_classes == 1000:
             from torchvision.models import MobileNet_V2_Weights

@@ -15,6 +15,7 @@ from ..cost.latency import measure_latency
 from ..data import DataError, build_datasets, calibration_images, make_loader
 from ..decouple import decompose, decouple
 from ..errors import ConfigError
+from ..plots import plot_sweep
 from ..predict import default_data_info
 from ..train import evaluate
 from ..weights import atomic_write, load_model_with_info, load_weights, save_weights
@@ -89,17 +90,9 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         resolution = args.resolution or 224
         model.arch = {}
         info = {"transforms": "imagenet", "resolution": resolution}
-        return model.eval(), default_data_info(model, {**info, "classes": _imagenet_or_numbered(args.num_classes)})
+        return model.eval(), default_data_info(model, info, num_classes=args.num_classes)
     model, resolution = model_from_args(args)
     return model.eval(), default_data_info(model, {"resolution": resolution})
-
-
-def _imagenet_or_numbered(num_classes: int) -> list[str]:
-    if num_classes == 1000:
-        from torchvision.models import MobileNet_V2_Weights
-
-        return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
-    return [f"class {i}" for i in range(num_classes)]
 
 
 def _accuracy(model: nn.Module, loader, num_classes: int) -> dict[str, float]:
@@ -121,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     resolution = info["resolution"]
     size = (getattr(model, "in_channels", 3), resolution, resolution)
-    loader = None
+    loader, num_classes = None, len(info["classes"])
     if args.eval_data:
         _, val_set, classes = build_datasets(
             args.eval_data, style=info["transforms"], resolution=resolution, val_subset=args.val_subset
@@ -129,14 +122,14 @@ def run(args: argparse.Namespace) -> int:
         expected = (getattr(model, "arch", {}) or {}).get("num_classes", args.num_classes)
         if len(classes) != expected:
             raise DataError(f"{args.eval_data} has {len(classes)} classes but the model has {expected}")
-        loader = make_loader(val_set, 128, workers=2)
+        loader, num_classes = make_loader(val_set, 128, workers=2), len(classes)
     calibration = None
     if args.calibration:
         calibration = calibration_images(
             args.calibration, style=info["transforms"], resolution=resolution, count=args.calibration_images
         )
     if args.sweep:
-        return _sweep(args, model, size, loader, calibration, out)
+        return _sweep(args, model, size, loader, num_classes, calibration, out)
     if args.method == "decouple":
         new, report = decouple(
             model, rank=args.rank, energy=args.energy, target_reduction=args.target_reduction, order=args.order,
@@ -151,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     report.extra["latency_before"] = _latency(model, resolution)
     report.extra["latency_after"] = _latency(new, resolution)
     if loader is not None:
-        report.extra["accuracy_before"] = _accuracy(model, loader, len(info["classes"]))
-        report.extra["accuracy_after"] = _accuracy(new, loader, len(info["classes"]))
+        report.extra["accuracy_before"] = _accuracy(model, loader, num_classes)
+        report.extra["accuracy_after"] = _accuracy(new, loader, num_classes)
     text = report.table()
     print(text)
     atomic_write(out / "report.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
@@ -165,11 +158,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args, model, size, loader, calibration, out: Path) -> int:
-    from ..plots import _pyplot
-
+def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) -> int:
     reductions = [float(r) for r in args.sweep.split(",")]
-    before = _accuracy(model, loader, len_classes(loader)) if loader is not None else None
+    before = _accuracy(model, loader, num_classes) if loader is not None else None
     methods: list[tuple[str, Any]] = [
         ("decouple (greedy)", lambda r: decouple(model, target_reduction=r, input_size=size)),
         ("decouple (uniform)", lambda r: decouple(model, target_reduction=r, allocation="uniform", input_size=size)),
@@ -191,7 +182,7 @@ def _sweep(args, model, size, loader, calibration, out: Path) -> int:
             except ConfigError as exc:
                 rows.append([name, f"{r:g}x", "-", "-", str(exc)[:60]])
                 continue
-            acc = _accuracy(new, loader, len_classes(loader)) if loader is not None else {"top1": float("nan")}
+            acc = _accuracy(new, loader, num_classes) if loader is not None else {"top1": float("nan")}
             results.append({"method": name, "target": r, "reduction": report.reduction, **acc})
             rows.append([name, f"{r:g}x", f"{report.reduction:.2f}x", f"{100 * acc['top1']:.2f}%", ""])
     text = format_table(["method", "target", "mult-adds cut", "top-1", "note"], rows)
@@ -203,24 +194,6 @@ def _sweep(args, model, size, loader, calibration, out: Path) -> int:
         out / "sweep.json",
         lambda tmp: Path(tmp).write_text(json.dumps({"before": before, "results": results}, indent=2)),
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in dict.fromkeys(r["method"] for r in results):
-        points = sorted((r["reduction"], 100 * r["top1"]) for r in results if r["method"] == name)
-        ax.plot(*zip(*points), marker="o", label=name)
-    if before:
-        ax.axhline(100 * before["top1"], color="gray", linestyle=":", label="original")
-    ax.set(xlabel="mult-adds reduction (x)", ylabel="top-1 (%)", title="training-free compression")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    atomic_write(out / "sweep.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    plot_sweep(results, before, out / "sweep.png")
     print(f"wrote {out}/sweep.txt, sweep.json, sweep.png")
     return 0
-
-
-def len_classes(loader) -> int:
-    dataset = loader.dataset
-    while hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
-    return len(dataset.classes)

@@ -126,8 +126,10 @@ def _default_input(model: nn.Module, input_size) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def _capture(model: nn.Module, names: list[str], x: Tensor, *, keep_inputs: bool) -> dict[str, dict[str, Any]]:
-    """Input/output spatial sizes (and optionally inputs) of the named convs in one forward pass."""
+def _capture(
+    model: nn.Module, names: list[str], x: Tensor, *, keep_inputs: bool = False, keep_outputs: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Input/output spatial sizes (and optionally the tensors) of the named convs in one forward pass."""
     seen: dict[str, dict[str, Any]] = {}
     handles = []
     for name in names:
@@ -136,6 +138,8 @@ def _capture(model: nn.Module, names: list[str], x: Tensor, *, keep_inputs: bool
             seen[name] = {"in_hw": tuple(args[0].shape[-2:]), "out_hw": tuple(output.shape[-2:])}
             if keep_inputs:
                 seen[name]["input"] = args[0].detach()
+            if keep_outputs:
+                seen[name]["output"] = output.detach()
 
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
@@ -216,12 +220,8 @@ def _greedy(layers: list[_Layer], saving_needed: float, cost: Callable[[_Layer, 
     return {name: rank for name, rank in chosen.items() if rank is not None}
 
 
-class _Unreachable(ConfigError):
-    pass
-
-
-def _unreachable(saved: float, needed: float) -> _Unreachable:
-    return _Unreachable(f"the target cannot be met: at most {saved:.4g} of the {needed:.4g} needed can be saved")
+def _unreachable(saved: float, needed: float) -> ConfigError:
+    return ConfigError(f"the target cannot be met: at most {saved:.4g} of the {needed:.4g} needed can be saved")
 
 
 def _measure(module: nn.Module, shape: tuple[int, ...], runs: int = 7) -> float:
@@ -280,7 +280,7 @@ def _refine(
         total_rows = 0
         for images in batches:
             x_converted = _capture(converted, [name], images, keep_inputs=True)[name]["input"]
-            target = original.get_submodule(name)(_capture(original, [name], images, keep_inputs=True)[name]["input"])
+            target = _capture(original, [name], images, keep_outputs=True)[name]["output"]
             features = module.depthwise(x_converted)
             rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
             targets = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
