@@ -118,12 +118,12 @@ def test_refinement_with_calibration_images_reduces_the_network_error(shared_dat
     assert any("too few" in layer.note for layer in everything.layers)
 
 
-@pytest.mark.parametrize("method", ["spatial", "tucker", "cp"])
+@pytest.mark.parametrize("method", ["spatial", "tucker", "cp", "channel"])
 def test_baselines(method):
     conv = nn.Conv2d(8, 12, 3, stride=2, padding=1)
     model = nn.Sequential(conv)
     x = torch.randn(2, 8, 9, 9)
-    full_rank = {"spatial": 24, "tucker": 12, "cp": 8 * 9}[method]
+    full_rank = {"spatial": 24, "tucker": 12, "cp": 8 * 9, "channel": 12}[method]
     new, report = decompose(model, method, rank=full_rank, input_size=(8, 9, 9), replace_all=True)
     with torch.no_grad():
         error = rel(new(x), conv(x))
@@ -131,6 +131,42 @@ def test_baselines(method):
     assert new(x).shape == conv(x).shape
     small, small_report = decompose(model, method, target_reduction=2, input_size=(8, 9, 9))
     assert small_report.mult_adds_after <= report.mult_adds_before / 2 * 1.05
+
+
+def test_channel_decomposition_fits_the_calibration_responses_best():
+    """With calibration images the kept subspace is the responses' principal one, which
+    (with the mean added back) is the best rank-R affine fit to them: it must beat the
+    data-free choice on those images, and be exact at full rank."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 16, 3, padding=1)
+    # inputs with very unequal channel scales, so the filters' own subspace is not the responses'
+    images = torch.randn(16, 6, 10, 10) * torch.tensor([4.0, 2.0, 1.0, 0.5, 0.2, 0.1])[None, :, None, None] + 0.5
+    model = nn.Sequential(conv)
+    exact, _ = decompose(model, "channel", rank=16, calibration=images, input_size=(6, 10, 10), replace_all=True)
+    free, free_report = decompose(model, "channel", rank=4, input_size=(6, 10, 10))
+    fitted, fitted_report = decompose(model, "channel", rank=4, calibration=images, input_size=(6, 10, 10))
+    assert free_report.mult_adds_after == fitted_report.mult_adds_after == (9 * 6 + 16) * 4 * 100
+    with torch.no_grad():
+        reference = conv(images)
+        assert rel(exact(images), reference) < 1e-5
+        assert rel(fitted(images), reference) < 0.9 * rel(free(images), reference)
+
+
+def test_channel_then_decouple_meets_the_target(shared_data):
+    from mobilenets.data import calibration_images
+
+    torch.manual_seed(0)
+    model = mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25).eval()
+    images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=32)
+    new, report = decompose(model, "channel+decouple", target_reduction=3, calibration=images)
+    assert report.method == "channel+decouple" and 3 <= report.reduction < 3.3
+    assert report.mult_adds_before == mobilenets.profile(model, (3, 32, 32)).mult_adds
+    assert any(isinstance(m, DecoupledConv) for m in new.modules())
+    assert new(images[:2]).shape == (2, 10)
+    with pytest.raises(mobilenets.ConfigError, match="target_reduction"):
+        decompose(model, "channel+decouple", rank=2)
+    with pytest.raises(mobilenets.ConfigError, match="channel decomposition only"):
+        decompose(model, "tucker", target_reduction=2, calibration=images)
 
 
 def test_decoupled_model_saves_and_loads(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from torch import nn
 from .._table import format_table
 from ..cost.latency import measure_latency
 from ..data import DataError, build_datasets, calibration_images, make_loader
-from ..decouple import decompose, decouple
+from ..decouple import METHODS, decompose, decouple
 from ..errors import ConfigError
 from ..plots import plot_sweep
 from ..predict import default_data_info
@@ -47,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "multiplier T and one 1x1 conv. Writes OUT/model.safetensors (architecture recorded, so\n"
             "mobilenets.load_model rebuilds it), OUT/report.json and OUT/report.txt: per layer T, retained\n"
             "energy, relative output error, mult-adds and params before/after, CPU latency before/after\n"
-            "and, with --eval-data, top-1/top-5 before/after. --method cp|tucker|spatial runs the baselines."
+            "and, with --eval-data, top-1/top-5 before/after. --method cp|tucker|spatial|channel runs the\n"
+            "baselines; channel+decouple is the paper's combination (channel decomposition, then decoupling)."
         ),
         epilog=EXAMPLES,
     )
@@ -60,14 +63,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--target-reduction", type=float, help="divide the model's mult-adds by this factor")
     how.add_argument("--sweep", help="comma-separated reductions: run every method at each and plot")
     opts = parser.add_argument_group("options")
-    opts.add_argument("--method", default="decouple", choices=["decouple", "cp", "tucker", "spatial"])
+    opts.add_argument("--method", default="decouple", choices=["decouple", *METHODS, "channel+decouple"])
     opts.add_argument("--order", default="dw_pw", choices=["dw_pw", "pw_dw"], help="depthwise first or pointwise first")
     opts.add_argument("--allocation", default="greedy", choices=["greedy", "uniform"], help="ranks under a target")
     opts.add_argument("--budget", default="mult_adds", choices=["mult_adds", "latency"], help="what the greedy saves")
-    opts.add_argument("--calibration", help="folder of unlabelled images for least-squares refinement")
+    opts.add_argument(
+        "--calibration",
+        help="folder of unlabelled images: least-squares refinement (decouple), principal directions (channel)",
+    )
     opts.add_argument("--calibration-images", type=int, default=256)
     opts.add_argument("--eval-data", help="dataset (ImageFolder tree or CIFAR root) to measure top-1/top-5 on")
     opts.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
+    opts.add_argument("--device", default="cpu", help="where to convert and evaluate (cpu, cuda); latency is CPU")
     opts.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(run=run)
 
@@ -96,20 +103,21 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _accuracy(model: nn.Module, loader, num_classes: int) -> dict[str, float]:
-    metrics = evaluate(model, loader, num_classes)
+    metrics = evaluate(model, loader, num_classes, device=str(next(model.parameters()).device))
     return {"top1": metrics["top1"], "top5": metrics["top5"]}
 
 
 def _latency(model: nn.Module, resolution: int) -> dict[str, float]:
+    model = copy.deepcopy(model).cpu()
     eager = measure_latency(model, resolution)
     model = model.to(memory_format=torch.channels_last)
     channels_last = measure_latency(model, resolution)
-    model.to(memory_format=torch.contiguous_format)
     return {"eager_ms": round(eager, 2), "channels_last_ms": round(channels_last, 2)}
 
 
 def run(args: argparse.Namespace) -> int:
     model, info = _load(args)
+    model.to(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     resolution = info["resolution"]
@@ -129,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             args.calibration, style=info["transforms"], resolution=resolution, count=args.calibration_images
         )
     if args.sweep:
+        if loader is not None and len(loader.dataset) * size[0] * resolution**2 * 4 <= 2**31:
+            loader = list(loader)  # decoded once: a sweep evaluates every method at every target
         return _sweep(args, model, size, loader, num_classes, calibration, out)
     if args.method == "decouple":
         new, report = decouple(
@@ -138,9 +148,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.energy is not None:
             raise ConfigError("--energy applies to --method decouple only")
+        if calibration is not None and args.method not in ("channel", "channel+decouple"):
+            raise ConfigError("--calibration applies to --method decouple, channel and channel+decouple")
         new, report = decompose(
-            model, args.method, rank=args.rank, target_reduction=args.target_reduction, input_size=size
-        )
+            model, args.method, rank=args.rank, target_reduction=args.target_reduction, input_size=size,
+            calibration=calibration,
+        )  # fmt: skip
     report.extra["latency_before"] = _latency(model, resolution)
     report.extra["latency_after"] = _latency(new, resolution)
     if loader is not None:
@@ -150,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     atomic_write(out / "report.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(report.to_json()))
+    new.cpu()
     if getattr(new, "arch", None):
         save_weights(new, out / "model.safetensors", data_info=info)
     else:
@@ -158,42 +172,63 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_methods(model, size, calibration) -> list[tuple[str, Any]]:
+    """(label, reduction -> (model, report)) for every method, the slow CP last."""
+
+    def method(name: str, **options):
+        if name == "decouple":
+            return lambda r: decouple(model, target_reduction=r, input_size=size, **options)
+        return lambda r: decompose(model, name, target_reduction=r, input_size=size, **options)
+
+    methods = [
+        ("decouple (greedy)", method("decouple")),
+        ("decouple (uniform)", method("decouple", allocation="uniform")),
+        ("spatial", method("spatial")),
+        ("tucker", method("tucker")),
+        ("channel", method("channel")),
+    ]
+    if calibration is not None:
+        methods += [
+            ("decouple + refine", method("decouple", calibration=calibration)),
+            ("channel (calibrated)", method("channel", calibration=calibration)),
+            ("channel+decouple (calibrated)", method("channel+decouple", calibration=calibration)),
+        ]
+    else:
+        methods.append(("channel+decouple", method("channel+decouple")))
+    return methods + [("cp", method("cp"))]
+
+
 def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) -> int:
     reductions = [float(r) for r in args.sweep.split(",")]
     before = _accuracy(model, loader, num_classes) if loader is not None else None
-    methods: list[tuple[str, Any]] = [
-        ("decouple (greedy)", lambda r: decouple(model, target_reduction=r, input_size=size)),
-        ("decouple (uniform)", lambda r: decouple(model, target_reduction=r, allocation="uniform", input_size=size)),
-    ]
-    if calibration is not None:
-        methods.append(
-            (
-                "decouple + refine",
-                lambda r: decouple(model, target_reduction=r, calibration=calibration, input_size=size),
-            )
-        )
-    for method in ("spatial", "tucker", "cp"):
-        methods.append((method, lambda r, m=method: decompose(model, m, target_reduction=r, input_size=size)))
     rows, results = [], []
-    for name, convert in methods:
+
+    def write() -> str:
+        text = format_table(["method", "target", "mult-adds cut", "top-1", "convert s", "note"], rows)
+        if before:
+            text = f"original: top-1 {100 * before['top1']:.2f}%\n" + text
+        atomic_write(out / "sweep.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
+        payload = {"before": before, "results": results}
+        atomic_write(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+        return text
+
+    for name, convert in _sweep_methods(model, size, calibration):
         for r in reductions:
+            start = time.perf_counter()
             try:
                 new, report = convert(r)
-            except ConfigError as exc:
-                rows.append([name, f"{r:g}x", "-", "-", str(exc)[:60]])
+            except Exception as exc:  # one method failing (or unreachable) must not lose the others
+                rows.append([name, f"{r:g}x", "-", "-", "", f"{type(exc).__name__}: {exc}"[:70]])
                 continue
+            seconds = time.perf_counter() - start
             acc = _accuracy(new, loader, num_classes) if loader is not None else {"top1": float("nan")}
-            results.append({"method": name, "target": r, "reduction": report.reduction, **acc})
-            rows.append([name, f"{r:g}x", f"{report.reduction:.2f}x", f"{100 * acc['top1']:.2f}%", ""])
-    text = format_table(["method", "target", "mult-adds cut", "top-1", "note"], rows)
-    if before:
-        text = f"original: top-1 {100 * before['top1']:.2f}%\n" + text
-    print(text)
-    atomic_write(out / "sweep.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
-    atomic_write(
-        out / "sweep.json",
-        lambda tmp: Path(tmp).write_text(json.dumps({"before": before, "results": results}, indent=2)),
-    )
+            results.append(
+                {"method": name, "target": r, "reduction": report.reduction, "seconds": round(seconds, 2), **acc}
+            )
+            top1 = f"{100 * acc['top1']:.2f}%"
+            rows.append([name, f"{r:g}x", f"{report.reduction:.2f}x", top1, f"{seconds:.1f}", ""])
+            write()  # a sweep can run for long: what is done so far is always on disk
+    print(write())
     plot_sweep(results, before, out / "sweep.png")
     print(f"wrote {out}/sweep.txt, sweep.json, sweep.png")
     return 0

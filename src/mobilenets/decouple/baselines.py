@@ -5,6 +5,10 @@
   tensorly's CP-ALS.
 * **Tucker-2** (Kim et al. 2016): W ~ core x_out U x_in V, run as 1x1 (M -> R_in),
   k x k (R_in -> R_out), 1x1 (R_out -> N).  Fitted by tensorly's partial Tucker (HOOI).
+* **Channel** (Zhang et al. 2016, the linear case): the N outputs of a conv live
+  near an R-dimensional subspace, so run a k x k conv to R channels, then a 1x1
+  back to N.  The subspace is the top principal directions of the layer's
+  responses on calibration images, or (no data) of the filters themselves.
 * **Spatial** (Jaderberg et al. 2014, scheme 2): W[n,m,y,x] ~ sum_r V[r,m,y] H[n,r,x],
   run as k x 1 (M -> R) then 1 x k (R -> N); the optimal V, H come from the SVD of W
   reshaped to (M k) x (N k), exact at R = min(M k, N k).
@@ -18,9 +22,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["METHODS", "cp_conv", "decomposed_mult_adds", "max_decomposition_rank", "spatial_conv", "tucker_conv"]
+__all__ = [
+    "METHODS",
+    "channel_conv",
+    "cp_conv",
+    "decomposed_mult_adds",
+    "max_decomposition_rank",
+    "spatial_conv",
+    "tucker_conv",
+]
 
-METHODS = ("cp", "tucker", "spatial")
+METHODS = ("cp", "tucker", "spatial", "channel")
 
 
 def _pair(value) -> tuple[int, int]:
@@ -67,6 +79,8 @@ def max_decomposition_rank(conv: nn.Conv2d, method: str) -> int:
         return min(m * kh, n * kw)
     if method == "tucker":
         return max(n, m)  # the rank of the larger side; see tucker_ranks
+    if method == "channel":
+        return min(n, m * kh * kw)
     return n * m  # CP has no exactness bound that small; a generous ceiling
 
 
@@ -77,7 +91,7 @@ def cp_conv(conv: nn.Conv2d, rank: int, *, seed: int = 0, iterations: int = 25) 
     _tensorly()
     n, m, kh, kw = conv.weight.shape
     cp = parafac(
-        conv.weight.detach().double().cpu(),
+        conv.weight.detach().double(),  # on the conv's device: CP-ALS at rank ~1000 wants a GPU
         rank=rank,
         init="random",
         random_state=seed,
@@ -110,7 +124,7 @@ def tucker_conv(conv: nn.Conv2d, rank: int, *, iterations: int = 50) -> nn.Seque
     n, m, kh, kw = conv.weight.shape
     r_in, r_out = tucker_ranks(conv, rank)
     (core, (out_f, in_f)), _ = partial_tucker(
-        conv.weight.detach().double().cpu(), rank=[r_out, r_in], modes=[0, 1], n_iter_max=iterations
+        conv.weight.detach().double(), rank=[r_out, r_in], modes=[0, 1], n_iter_max=iterations
     )
     return nn.Sequential(
         _set(nn.Conv2d(m, r_in, 1, bias=False), in_f.T),
@@ -140,6 +154,36 @@ def spatial_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     ).to(conv.weight.device)
 
 
+def channel_conv(conv: nn.Conv2d, rank: int, moments: tuple[Tensor, Tensor] | None = None) -> nn.Sequential:
+    """A k x k conv to ``rank`` channels, then a 1x1 back to the N outputs.
+
+    ``moments`` = (mean, covariance) of the layer's responses without bias,
+    measured on calibration images: the kept subspace is their top principal
+    directions V, and the 1x1 conv adds back the mean of what is projected away
+    (y ~ V V^T (y - mean) + mean).  Without them the filters' own top left
+    singular vectors are used (the same thing for white inputs).  Exact at
+    rank = min(N, M k^2).
+    """
+    _check(conv)
+    n, m, kh, kw = conv.weight.shape
+    weight = conv.weight.detach().double().reshape(n, -1)
+    if moments is None:
+        basis = torch.linalg.svd(weight, full_matrices=False)[0][:, :rank]
+        offset = torch.zeros(n, dtype=torch.float64, device=weight.device)
+    else:
+        mean, covariance = (t.double().to(weight.device) for t in moments)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        basis = eigenvectors[:, eigenvalues.argsort(descending=True)[:rank]]
+        offset = mean - basis @ (basis.T @ mean)
+    bias = offset if conv.bias is None else offset + conv.bias.detach().double()
+    reduced = nn.Conv2d(m, rank, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False)
+    expand = nn.Conv2d(rank, n, 1, bias=conv.bias is not None or moments is not None)
+    return nn.Sequential(
+        _set(reduced, basis.T @ weight),
+        _set(expand, basis, bias.to(conv.weight.dtype) if expand.bias is not None else None),
+    ).to(conv.weight.device)
+
+
 def decomposed_mult_adds(
     conv: nn.Conv2d, method: str, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]
 ) -> int:
@@ -153,4 +197,6 @@ def decomposed_mult_adds(
         return m * r_in * in_px + kh * kw * r_in * r_out * out_px + r_out * n * out_px
     if method == "spatial":
         return kh * m * rank * mid_px + kw * rank * n * out_px
+    if method == "channel":
+        return (kh * kw * m + n) * rank * out_px
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 from .._table import format_table, human
 from ..cost import profile
 from ..errors import ConfigError
-from .baselines import METHODS, cp_conv, decomposed_mult_adds, max_decomposition_rank, spatial_conv, tucker_conv
+from .baselines import (
+    METHODS,
+    channel_conv,
+    cp_conv,
+    decomposed_mult_adds,
+    max_decomposition_rank,
+    spatial_conv,
+    tucker_conv,
+)
 from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
 
 __all__ = ["DecoupleReport", "LayerReport", "apply_decoupled_structure", "decompose", "decouple", "eligible_convs"]
@@ -275,8 +283,9 @@ def _refine(
         if not isinstance(module, DecoupledConv) or module.order != "dw_pw":
             continue
         width = module.pointwise.in_channels + 1
-        gram = torch.zeros(width, width, dtype=torch.float64)
-        cross = torch.zeros(width, module.out_channels, dtype=torch.float64)
+        device = module.pointwise.weight.device
+        gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+        cross = torch.zeros(width, module.out_channels, dtype=torch.float64, device=device)
         total_rows = 0
         for images in batches:
             x_converted = _capture(converted, [name], images, keep_inputs=True)[name]["input"]
@@ -285,9 +294,9 @@ def _refine(
             rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
             targets = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
             if rows.shape[0] > max_rows:
-                pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows]
+                pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows].to(device)
                 rows, targets = rows[pick], targets[pick]
-            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
+            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=device)], 1)
             gram += rows.T @ rows
             cross += rows.T @ targets
             total_rows += rows.shape[0]
@@ -297,7 +306,8 @@ def _refine(
         # Ridge towards the SVD solution, so that weakly determined directions stay where they were.
         start = torch.cat([module.pointwise.weight.reshape(module.out_channels, -1).T.double(), _bias_row(module)], 0)
         strength = 1e-3 * gram.diagonal().mean()
-        solution = torch.linalg.solve(gram + strength * torch.eye(width, dtype=gram.dtype), cross + strength * start)
+        identity = torch.eye(width, dtype=gram.dtype, device=device)
+        solution = torch.linalg.solve(gram + strength * identity, cross + strength * start)
         weight, bias = solution[:-1].T, solution[-1]
         module.pointwise.weight.copy_(weight.reshape(module.pointwise.weight.shape).to(module.pointwise.weight.dtype))
         if module.pointwise.bias is None:
@@ -310,8 +320,40 @@ def _refine(
 def _bias_row(module: DecoupledConv) -> Tensor:
     bias = module.pointwise.bias
     if bias is None:
-        return torch.zeros(1, module.out_channels, dtype=torch.float64)
+        return torch.zeros(1, module.out_channels, dtype=torch.float64, device=module.pointwise.weight.device)
     return bias.detach().double()[None, :]
+
+
+@torch.no_grad()
+def _response_moments(model: nn.Module, names: list[str], batches: list[Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per conv, the mean and covariance of its bias-free output vectors over every
+    pixel of the calibration images (accumulated in float64 as the batches pass)."""
+    sums: dict[str, list] = {}
+
+    def hook(module, args, output, name):
+        y = output if module.bias is None else output - module.bias[None, :, None, None]
+        rows = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
+        if name not in sums:
+            sums[name] = [0, torch.zeros_like(rows[0]), torch.zeros(rows.shape[1], rows.shape[1], dtype=rows.dtype)]
+        sums[name][0] += rows.shape[0]
+        sums[name][1] += rows.sum(0)
+        sums[name][2] += (rows.T @ rows).to(sums[name][2].device)
+
+    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for images in batches:
+            model(images)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    moments = {}
+    for name, (count, total, outer) in sums.items():
+        mean = total / count
+        moments[name] = (mean, outer.to(mean.device) / count - torch.outer(mean, mean))
+    return moments
 
 
 @torch.no_grad()
@@ -334,7 +376,7 @@ def _convert(
     input_size,
     layers: Iterable[str] | None,
     replace_all: bool,
-    build: Callable[[nn.Conv2d, int], nn.Module],
+    build: Callable[[str, nn.Conv2d, int], nn.Module],
     layer_cost: Callable[[nn.Conv2d, int, tuple, tuple], int],
     layer_max_rank: Callable[[nn.Conv2d], int],
 ) -> tuple[nn.Module, DecoupleReport]:
@@ -439,10 +481,13 @@ def _convert(
                 chosen[n] = t
 
     converted = copy.deepcopy(model)
+    if method == "channel" and batches:
+        moments = _response_moments(model, list(chosen), batches)
+        build = lambda name, conv, t: channel_conv(conv, t, moments[name])  # noqa: E731
     for n, t in chosen.items():
-        _replace(converted, n, build(convs[n], t))
+        _replace(converted, n, build(n, convs[n], t))
     refined = False
-    if batches:
+    if batches and method != "channel":
         if method == "decouple" and order == "dw_pw":
             unrefined = _refine(model, converted, [n for n in names if n in chosen], batches)
             for n in unrefined:
@@ -556,7 +601,7 @@ def decouple(
         input_size=input_size,
         layers=layers,
         replace_all=replace_all,
-        build=lambda conv, t: DecoupledConv.from_conv(conv, t, order),
+        build=lambda name, conv, t: DecoupledConv.from_conv(conv, t, order),
         layer_cost=lambda conv, t, i, o: decoupled_mult_adds(conv, t, order, i, o),
         layer_max_rank=lambda conv: max_rank(conv, order),
     )
@@ -570,19 +615,32 @@ def decompose(
     target_reduction: float | None = None,
     input_size: tuple[int, int, int] | None = None,
     layers: Iterable[str] | None = None,
+    calibration=None,
     seed: int = 0,
     replace_all: bool = False,
 ) -> tuple[nn.Module, DecoupleReport]:
-    """The baselines: CP (``"cp"``), Tucker-2 (``"tucker"``) or spatial (``"spatial"``)
-    decomposition of every regular conv, at a fixed ``rank`` or with every layer
-    cut to ``1/target_reduction``-ish of the mult-adds so the whole model meets it.
-    Same report as :func:`decouple`."""
+    """The baselines: CP (``"cp"``), Tucker-2 (``"tucker"``), spatial (``"spatial"``) or
+    channel (``"channel"``) decomposition of every regular conv, at a fixed ``rank``
+    or with every layer cut to ``1/target_reduction``-ish of the mult-adds so the
+    whole model meets it.  Same report as :func:`decouple`.
+
+    ``calibration`` images let the channel decomposition keep the principal
+    directions of each layer's real responses instead of its filters'.
+    ``"channel+decouple"`` is the paper's combination: a channel decomposition
+    taking the square root of ``target_reduction``, then network decoupling of
+    the reduced k x k convs for the rest (refined on ``calibration`` if given).
+    """
+    if method == "channel+decouple":
+        return _channel_then_decouple(model, target_reduction, calibration, input_size, layers)
     if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ConfigError(f"method must be one of {', '.join((*METHODS, 'channel+decouple'))}, got {method!r}")
+    if calibration is not None and method != "channel":
+        raise ConfigError(f"calibration images are used by the channel decomposition only, not {method!r}")
     builders = {
-        "cp": lambda conv, t: cp_conv(conv, t, seed=seed),
-        "tucker": tucker_conv,
-        "spatial": spatial_conv,
+        "cp": lambda name, conv, t: cp_conv(conv, t, seed=seed),
+        "tucker": lambda name, conv, t: tucker_conv(conv, t),
+        "spatial": lambda name, conv, t: spatial_conv(conv, t),
+        "channel": lambda name, conv, t: channel_conv(conv, t),
     }
     return _convert(
         model,
@@ -593,7 +651,7 @@ def decompose(
         order="dw_pw",
         allocation="uniform",
         budget="mult_adds",
-        calibration=None,
+        calibration=calibration,
         input_size=input_size,
         layers=layers,
         replace_all=replace_all,
@@ -601,3 +659,31 @@ def decompose(
         layer_cost=lambda conv, t, i, o: decomposed_mult_adds(conv, method, t, i, o),
         layer_max_rank=lambda conv: max_decomposition_rank(conv, method),
     )
+
+
+def _channel_then_decouple(
+    model, target_reduction, calibration, input_size, layers
+) -> tuple[nn.Module, DecoupleReport]:
+    if target_reduction is None:
+        raise ConfigError("channel+decouple is steered by target_reduction= alone")
+    if target_reduction <= 1:
+        raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
+    if isinstance(calibration, Iterable) and not isinstance(calibration, Tensor):
+        calibration = list(calibration)  # read twice, once per stage
+    reduced, channel_report = decompose(
+        model,
+        "channel",
+        target_reduction=target_reduction**0.5,
+        calibration=calibration,
+        input_size=input_size,
+        layers=layers,
+    )
+    # decouple() counts its target against the channel-reduced model's cost
+    remaining = target_reduction * channel_report.mult_adds_after / channel_report.mult_adds_before
+    if remaining <= 1:
+        return reduced, channel_report
+    converted, report = decouple(reduced, target_reduction=remaining, calibration=calibration, input_size=input_size)
+    report.method = "channel+decouple"
+    report.mult_adds_before, report.params_before = channel_report.mult_adds_before, channel_report.params_before
+    report.extra["channel stage"] = f"{channel_report.reduction:.2f}x fewer mult-adds, then decoupling for the rest"
+    return converted, report
