@@ -37,6 +37,7 @@ __all__ = [
     "SeededDataset",
     "build_datasets",
     "calibration_images",
+    "eval_dataset",
     "image_files",
     "make_loader",
     "mix_seed",
@@ -163,6 +164,22 @@ def build_datasets(
         balanced_subset(val, val_subset, val_targets, seed + 1),
         list(classes),
     )
+
+
+def eval_dataset(
+    folder: str | Path, *, style: str, resolution: int, subset: int | None = None
+) -> tuple[Dataset, list[str]]:
+    """An evaluation set: the val/ (or test/) split of a train/val tree, or, for a
+    folder of class folders (e.g. ``../shared/data/imagenet-sample``), the folder itself."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data directory not found: {folder}")
+    split = next((folder / s for s in ("val", "test") if (folder / s).is_dir()), None)
+    if split is None and (folder / "cifar-10-batches-py").is_dir():
+        _, val, classes = build_datasets(folder, style=style, resolution=resolution, val_subset=subset)
+        return val, classes
+    dataset = _image_folder(split or folder, transforms_for(style, resolution, train=False))
+    return balanced_subset(dataset, subset, dataset.targets, 1), list(dataset.classes)
 
 
 def mix_seed(*parts: int) -> int:

@@ -44,11 +44,15 @@ def predict_images(
 ) -> list[list[tuple[str, float]]]:
     """Top-``top`` (class name, probability) for each image file.
 
+    ``model`` is a PyTorch module or any callable from a batch to logits (e.g. an
+    :class:`~mobilenets.export.OnnxClassifier`).
+
     Files that are not images raise :class:`~mobilenets.data.DataError` naming them.
     """
     transform = transforms_for(info["transforms"], info["resolution"], train=False)
     classes = info["classes"]
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(paths), batch_size):
         batch = torch.stack([transform(load_rgb(str(p))) for p in paths[start : start + batch_size]])

@@ -64,3 +64,34 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
         **options,
     )
     return model, resolution
+
+
+def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str, Any]]:
+    """The model a command works on and its data info (classes, preprocessing, resolution):
+    ``--checkpoint`` (a run's checkpoint or a saved file), or ``--model`` with optional
+    ``--weights``; ``--model torchvision.NAME`` builds torchvision's classifier."""
+    from ..errors import ConfigError
+    from ..predict import default_data_info
+    from ..weights import load_model_with_info, load_weights
+
+    if getattr(args, "checkpoint", None):
+        model, info = load_model_with_info(args.checkpoint)
+        if getattr(args, "resolution", None):
+            info["resolution"] = args.resolution
+        return model.eval(), default_data_info(model, info)
+    if not args.model:
+        raise ConfigError(f"{command} needs --checkpoint, or --model (with --weights)")
+    if args.model.startswith("torchvision."):
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(args.model.split(".", 1)[1], num_classes=args.num_classes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if args.weights:
+            load_weights(model, args.weights)
+        model.arch = {}
+        info = {"transforms": "imagenet", "resolution": args.resolution or 224}
+        return model.eval(), default_data_info(model, info, num_classes=args.num_classes)
+    model, resolution = model_from_args(args)
+    return model.eval(), default_data_info(model, {"resolution": resolution})

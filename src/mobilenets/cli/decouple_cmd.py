@@ -18,10 +18,9 @@ from ..data import DataError, build_datasets, calibration_images, make_loader
 from ..decouple import METHODS, decompose, decouple
 from ..errors import ConfigError
 from ..plots import plot_sweep
-from ..predict import default_data_info
 from ..train import evaluate
-from ..weights import atomic_write, load_model_with_info, load_weights, save_weights
-from .common import add_model_options, model_from_args
+from ..weights import atomic_write, save_weights
+from .common import add_model_options, load_for_cli
 
 EXAMPLES = """\
 Examples:
@@ -79,29 +78,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
-    if args.checkpoint:
-        model, info = load_model_with_info(args.checkpoint)
-        return model, default_data_info(model, info)
-    if not args.model:
-        raise ConfigError("decouple needs --checkpoint, or --model (with --weights)")
-    if args.model.startswith("torchvision."):
-        import torchvision
-
-        try:
-            model = torchvision.models.get_model(args.model.split(".", 1)[1], num_classes=args.num_classes)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        if args.weights:
-            load_weights(model, args.weights)
-        resolution = args.resolution or 224
-        model.arch = {}
-        info = {"transforms": "imagenet", "resolution": resolution}
-        return model.eval(), default_data_info(model, info, num_classes=args.num_classes)
-    model, resolution = model_from_args(args)
-    return model.eval(), default_data_info(model, {"resolution": resolution})
-
-
 def _accuracy(model: nn.Module, loader, num_classes: int) -> dict[str, float]:
     metrics = evaluate(model, loader, num_classes, device=str(next(model.parameters()).device))
     return {"top1": metrics["top1"], "top5": metrics["top5"]}
@@ -116,7 +92,7 @@ def _latency(model: nn.Module, resolution: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, info = _load(args)
+    model, info = load_for_cli(args, "decouple")
     model.to(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..predict import default_data_info, predict_images
 from ..train import RECIPES, TrainConfig, evaluate, get_recipe, train
 from ..weights import load_model_with_info
-from .common import add_model_options, model_from_args
+from .common import add_model_options, load_for_cli
 
 TRAIN_EXAMPLES = """\
 Examples:
@@ -105,12 +105,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="top-5 classes with names for image files",
         description=(
-            "Classify images with a checkpoint (its class names and preprocessing travel with it) or with "
-            "--model/--weights (e.g. torchvision's ImageNet weights; ImageNet class names are built in)."
+            "Classify images with a checkpoint or an ONNX export (their class names and preprocessing travel "
+            "with them) or with --model/--weights (e.g. torchvision's ImageNet weights; ImageNet class names "
+            "are built in)."
         ),
     )
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
+    pr.add_argument("--onnx", help="a model written by 'mobilenets export', run by ONNX Runtime")
     pr.add_argument("--top", type=int, default=5)
     pr.add_argument("--json", action="store_true")
     add_model_options(pr, positional=False, required=False)
@@ -167,14 +169,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    if args.checkpoint:
-        model, info = load_model_with_info(args.checkpoint)
-    elif args.model:
-        model, resolution = model_from_args(args)
-        info = {"resolution": resolution}
+    if args.onnx:
+        from ..export import OnnxClassifier
+
+        model = OnnxClassifier(args.onnx)
+        info = model.info
     else:
-        raise ConfigError("predict needs --checkpoint, or --model (with --weights)")
-    info = default_data_info(model, info)
+        model, info = load_for_cli(args, "predict")
     results = predict_images(model, args.images, info, top=args.top)
     if args.json:
         print(json.dumps([{"image": p, "top": r} for p, r in zip(args.images, results)], indent=2))

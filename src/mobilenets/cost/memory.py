@@ -32,8 +32,11 @@ class LiveActivations:
 
 
 class _LiveTensorTracker(TorchDispatchMode):
-    def __init__(self) -> None:
+    def __init__(self, weights: set[int] = frozenset()) -> None:
         super().__init__()
+        # storages of parameters and buffers: views of them (a Linear's transposed
+        # weight) are created by operators but are not activations
+        self._weights = weights
         self.live_bytes = 0
         self.peak_bytes = 0
         self.allocated_bytes = 0
@@ -46,6 +49,8 @@ class _LiveTensorTracker(TorchDispatchMode):
             return
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
+        if key in self._weights:
+            return
         entry = self._storages.get(key)
         if entry is None:
             entry = self._storages[key] = [storage.nbytes(), 0]
@@ -82,7 +87,8 @@ def trace_live_activations(model: nn.Module, example: Tensor) -> LiveActivations
     model in eval mode first if you want inference behaviour; this function does
     not change the mode.
     """
-    tracker = _LiveTensorTracker()
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    tracker = _LiveTensorTracker(weights)
     with tracker:
         tracker.track(example)
         output = model(example)

@@ -1,0 +1,105 @@
+"""``mobilenets bench``: inference latency per backend, beside torchvision's, as a table, JSON and PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..data import calibration_images
+from ..errors import ConfigError
+from ..export.bench import BACKENDS, machine_description, plot_latency, results_json, results_table, run_bench
+from ..models import list_models
+from ..weights import atomic_write
+
+EXAMPLES = """\
+Examples:
+  # the headline comparison: batch 1, 224x224, 1 and 2 threads
+  mobilenets bench --models mobilenet_v2,mobilenet_v3_large --threads 1,2 --out bench/
+  # every backend, two batch sizes, int8 calibrated on real images
+  mobilenets bench --models mobilenet_v2 --backends eager,channels_last,compile,onnxruntime,onnxruntime-int8 \\
+      --batch-sizes 1,8 --calibration ../shared/data/imagenet-sample --out bench/
+"""
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+    return parse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="CPU inference latency per backend, beside torchvision's models",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Time registry models on each backend (eager, channels_last = BN folded + NHWC, compile,\n"
+            "onnxruntime, onnxruntime-int8) and torchvision's model of the same name (eager and its own ONNX\n"
+            "export) in the same process. Reports median and p90 latency, throughput, peak resident memory,\n"
+            "the ratio to the compute floor (mult-adds / this CPU's measured multiply-add rate) and to\n"
+            "torchvision's ONNX Runtime export. Writes bench.txt, bench.json and bench.png to --out."
+        ),
+        epilog=EXAMPLES,
+    )
+    parser.add_argument("--models", type=_csv(str), default=["mobilenet_v2"], help=f"from: {', '.join(list_models())}")
+    parser.add_argument(
+        "--backends",
+        type=_csv(str),
+        default=["eager", "channels_last", "onnxruntime", "onnxruntime-int8"],
+        help=f"comma-separated, from: {', '.join(BACKENDS)} (default: all but compile)",
+    )
+    parser.add_argument("--batch-sizes", type=_csv(int), default=[1])
+    parser.add_argument("--threads", type=_csv(int), default=[2], help="intra-op threads (default 2)")
+    parser.add_argument("--resolution", type=int, help="input side (default: each model's, 224)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per configuration (default 30)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-reference", action="store_true", help="skip torchvision's models")
+    parser.add_argument("--calibration", help="images to calibrate int8 with (default: random, latency only)")
+    parser.add_argument("--out", help="folder for bench.txt, bench.json, bench.png")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [m for m in args.models if m not in list_models()]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    if any(b < 1 for b in args.batch_sizes) or any(t < 1 for t in args.threads) or args.runs < 1:
+        raise ConfigError("batch sizes, thread counts and --runs must be positive")
+    calibration = None
+    if args.calibration:
+        calibration = calibration_images(
+            args.calibration, style="imagenet", resolution=args.resolution or 224, count=64
+        )
+    results = run_bench(
+        args.models,
+        backends=args.backends,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        resolution=args.resolution,
+        runs=args.runs,
+        warmup=args.warmup,
+        references=not args.no_reference,
+        calibration=calibration,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    machine = machine_description(args.threads)
+    text = results_table(results)
+    rates = ", ".join(f"{t} thread(s) {r} G/s" for t, r in machine["peak_gmac_per_s"].items())
+    text += f"\n{machine['cpu']}, {machine['logical_cpus']} logical CPUs; measured multiply-add peak: {rates}"
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "bench.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
+        payload = json.dumps(results_json(results, machine), indent=2)
+        atomic_write(out / "bench.json", lambda tmp: Path(tmp).write_text(payload))
+        if any(r.median_ms for r in results):
+            plot_latency(results, out / "bench.png")
+        print(f"wrote {out}/bench.txt, bench.json, bench.png")
+    return 0

@@ -1,0 +1,19 @@
+"""Deployment: ONNX export (BN folded, checked against PyTorch), ONNX Runtime
+prediction, int8 quantization, latency benchmarks and memory-efficient inference."""
+
+from .memory_efficient import MemoryEfficientInvertedResidual, memory_efficient
+from .onnx import ExportError, ExportReport, OnnxClassifier, export_onnx, fold_batchnorm, read_metadata
+from .quantize import CALIBRATION_METHODS, quantize_onnx
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "ExportError",
+    "ExportReport",
+    "MemoryEfficientInvertedResidual",
+    "OnnxClassifier",
+    "export_onnx",
+    "fold_batchnorm",
+    "memory_efficient",
+    "quantize_onnx",
+    "read_metadata",
+]

@@ -1,0 +1,375 @@
+"""Inference latency of registry models on every CPU path, beside torchvision's as references.
+
+Backends:
+
+* ``eager`` - the model as built, NCHW, ``torch.inference_mode``;
+* ``channels_last`` - batch norm folded into the convs, NHWC memory format;
+* ``compile`` - the ``channels_last`` model through ``torch.compile`` (needs a C++ compiler);
+* ``onnxruntime`` - ``mobilenets export`` (BN folded) run by ONNX Runtime;
+* ``onnxruntime-int8`` - the same, quantized to int8 (QDQ, per-channel weights, uint8 activations).
+
+torchvision's model of the same name (when it has one) runs ``eager`` and
+``onnxruntime`` (its plain ``torch.onnx.export``) in the same process, so every
+figure can be read as a ratio measured side by side.  Each configuration is timed
+``runs`` times after ``warmup`` runs; the median, 90th percentile, throughput and
+the process's peak resident memory while it ran are reported, with the compute
+floor: mult-adds over this CPU's measured multiply-add rate at that thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._table import format_table, human
+from ..cost import profile
+from ..errors import ConfigError
+from ..models import create_model
+from ..predict import default_data_info
+from .onnx import export_onnx, fold_batchnorm, ort_session
+from .quantize import quantize_onnx
+
+__all__ = ["BACKENDS", "BenchResult", "run_bench", "peak_multiply_add_rate", "results_table"]
+
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
+REFERENCE_BACKENDS = ("eager", "onnxruntime")
+# torchvision's builders for the registry models it also ships
+TORCHVISION_NAMES = {
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3_large": "mobilenet_v3_large",
+    "mobilenet_v3_small": "mobilenet_v3_small",
+    "resnet18": "resnet18",
+}
+
+
+@dataclass
+class BenchResult:
+    model: str
+    source: str  # "mobilenets" or "torchvision"
+    backend: str
+    batch_size: int
+    threads: int
+    resolution: int
+    mult_adds: int  # per image
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    images_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    floor_ms: float | None = None
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}" if self.source == "mobilenets" else f"torchvision {self.model}"
+
+
+def peak_multiply_add_rate(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """Multiply-adds per second of a large fp32 matrix product at ``threads`` threads:
+    a practical peak for this CPU (the compute floor's denominator)."""
+    with _threads(threads):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)
+        best = min(_time(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return size**3 / best
+
+
+def _time(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: start a new high-water mark for this process's resident memory."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _torch_runner(model: nn.Module, channels_last: bool) -> Callable[[Tensor], Any]:
+    def run(x: Tensor):
+        with torch.inference_mode():
+            return model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+
+    return run
+
+
+def _ort_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
+    session = ort_session(path, threads)
+
+    def run(x: Tensor):
+        return session.run(None, {"image": x.numpy()})
+
+    return run
+
+
+class _Prepared:
+    """Per model, the artefacts every backend needs, built once (exports, quantization)."""
+
+    def __init__(self, model: nn.Module, info: dict[str, Any], workdir: Path, calibration: Tensor | None, tag: str):
+        self.model, self.info, self.workdir, self.calibration, self.tag = model, info, workdir, calibration, tag
+        self._cache: dict[str, Any] = {}
+
+    def folded(self) -> nn.Module:
+        if "folded" not in self._cache:
+            folded, _ = fold_batchnorm(self.model)
+            self._cache["folded"] = folded.to(memory_format=torch.channels_last)
+        return self._cache["folded"]
+
+    def onnx(self) -> Path:
+        if "onnx" not in self._cache:
+            path = self.workdir / f"{self.tag}.onnx"
+            export_onnx(self.model, path, info=self.info, dynamic_batch=True)
+            self._cache["onnx"] = path
+        return self._cache["onnx"]
+
+    def torchvision_onnx(self) -> Path:
+        """torchvision's model exported the plain way a user would (no folding of ours)."""
+        if "tv_onnx" not in self._cache:
+            path = self.workdir / f"{self.tag}.onnx"
+            x = torch.randn(1, 3, self.info["resolution"], self.info["resolution"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    self.model.eval(), (x,), str(path), input_names=["image"], output_names=["logits"],
+                    opset_version=17, dynamic_axes={"image": {0: "batch"}}, dynamo=False,
+                )  # fmt: skip
+            self._cache["tv_onnx"] = path
+        return self._cache["tv_onnx"]
+
+    def int8(self) -> Path:
+        if "int8" not in self._cache:
+            resolution = self.info["resolution"]
+            calibration = self.calibration
+            if calibration is None:
+                # Latency does not depend on the ranges; accuracy does (pass --calibration for that).
+                calibration = torch.randn(16, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+            path = self.workdir / f"{self.tag}-int8.onnx"
+            quantize_onnx(self.onnx(), path, calibration)
+            self._cache["int8"] = path
+        return self._cache["int8"]
+
+    def runner(self, backend: str, threads: int) -> Callable[[Tensor], Any]:
+        if backend == "eager":
+            return _torch_runner(self.model.eval(), channels_last=False)
+        if backend == "channels_last":
+            return _torch_runner(self.folded(), channels_last=True)
+        if backend == "compile":
+            if "compiled" not in self._cache:
+                self._cache["compiled"] = torch.compile(self.folded())
+            return _torch_runner(self._cache["compiled"], channels_last=True)
+        if backend == "onnxruntime":
+            return _ort_runner(self.torchvision_onnx() if self.tag.startswith("tv-") else self.onnx(), threads)
+        if backend == "onnxruntime-int8":
+            return _ort_runner(self.int8(), threads)
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _measure(run: Callable[[Tensor], Any], x: Tensor, runs: int, warmup: int) -> tuple[float, float, float | None]:
+    for _ in range(warmup):
+        run(x)
+    tracked = _reset_peak_rss()
+    times = sorted(1000 * _time(lambda: run(x)) for _ in range(runs))
+    peak = _peak_rss_mb() if tracked else None
+    return statistics.median(times), float(np.percentile(times, 90)), peak
+
+
+def run_bench(
+    models: Sequence[str],
+    *,
+    backends: Sequence[str] = ("eager", "channels_last", "onnxruntime", "onnxruntime-int8"),
+    batch_sizes: Sequence[int] = (1,),
+    threads: Sequence[int] = (torch.get_num_threads(),),
+    resolution: int | None = None,
+    runs: int = 30,
+    warmup: int = 5,
+    references: bool = True,
+    calibration: Tensor | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time every (model, backend, batch size, thread count); see the module docstring."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    if not models:
+        raise ConfigError("name at least one model")
+    rates = {t: peak_multiply_add_rate(t) for t in threads}
+    results: list[BenchResult] = []
+    with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
+        workdir = Path(tmp)
+        for name in models:
+            model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
+            info = default_data_info(model)
+            size = info["resolution"]
+            mult_adds = profile(model, (3, size, size)).mult_adds
+            entries = [("mobilenets", _Prepared(model, info, workdir, calibration, name), backends)]
+            if references and name in TORCHVISION_NAMES:
+                import torchvision
+
+                reference = torchvision.models.get_model(TORCHVISION_NAMES[name]).eval()
+                ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
+                entries.append(("torchvision", _Prepared(reference, info, workdir, None, f"tv-{name}"), ref_backends))
+            for source, prepared, chosen in entries:
+                for backend in chosen:
+                    for count in threads:
+                        with _threads(count):
+                            try:
+                                run = prepared.runner(backend, count)
+                            except Exception as exc:  # one broken path must not hide the others
+                                error = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+                                run = None
+                            for batch in batch_sizes:
+                                result = BenchResult(name, source, backend, batch, count, size, mult_adds)
+                                if run is None:
+                                    result.error = error
+                                else:
+                                    x = torch.randn(batch, 3, size, size)
+                                    try:
+                                        result.median_ms, result.p90_ms, result.peak_rss_mb = _measure(
+                                            run, x, runs, warmup
+                                        )
+                                        result.images_per_s = 1000 * batch / result.median_ms
+                                        result.floor_ms = 1000 * mult_adds * batch / rates[count]
+                                    except Exception as exc:
+                                        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+                                results.append(result)
+                                if progress:
+                                    progress(_line(result))
+    return results
+
+
+def _line(r: BenchResult) -> str:
+    timing = r.error or f"{r.median_ms:.2f} ms median"
+    return f"{r.label} {r.backend} batch {r.batch_size} threads {r.threads}: {timing}"
+
+
+def results_table(results: Sequence[BenchResult]) -> str:
+    """One row per configuration; 'vs tv ORT' is the ratio to torchvision's ONNX Runtime
+    export at the same batch size and threads (< 1: we are faster)."""
+    reference = {
+        (r.model, r.batch_size, r.threads): r.median_ms
+        for r in results
+        if r.source == "torchvision" and r.backend == "onnxruntime" and r.median_ms
+    }
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.label, r.backend, r.batch_size, r.threads, "-", "-", "-", "-", "-", "-", r.error[:50]])
+            continue
+        ref = reference.get((r.model, r.batch_size, r.threads))
+        rows.append(
+            [
+                r.label,
+                r.backend,
+                r.batch_size,
+                r.threads,
+                f"{r.median_ms:.2f}",
+                f"{r.p90_ms:.2f}",
+                f"{r.images_per_s:.1f}",
+                "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+                f"{r.median_ms / r.floor_ms:.1f}x",
+                f"{r.median_ms / ref:.2f}" if ref else "",
+                "",
+            ]
+        )
+    header = ["model", "backend", "batch", "threads", "median ms", "p90 ms", "img/s", "peak RSS MB"]
+    header += ["vs floor", "vs tv ORT", "error"]
+    mult_adds = {r.label: r.mult_adds for r in results}
+    notes = ", ".join(f"{k} {human(v)}" for k, v in mult_adds.items())
+    return format_table(header, rows) + f"\nmult-adds per image: {notes}"
+
+
+def results_json(results: Sequence[BenchResult], machine: dict[str, Any]) -> dict[str, Any]:
+    return {"machine": machine, "results": [asdict(r) for r in results]}
+
+
+def machine_description(threads: Sequence[int]) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import onnxruntime
+
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "peak_gmac_per_s": {str(t): round(peak_multiply_add_rate(t) / 1e9, 1) for t in threads},
+    }
+
+
+def plot_latency(results: Sequence[BenchResult], out: str | Path) -> Path:
+    """Latency (batch 1, most threads) against mult-adds: one marker per backend, one colour per model."""
+    from ..plots import _pyplot, _save
+
+    plt = _pyplot()
+    ok = [r for r in results if r.median_ms and r.batch_size == min(x.batch_size for x in results)]
+    if not ok:
+        raise ConfigError("no successful measurements to plot")
+    most = max(r.threads for r in ok)
+    ok = [r for r in ok if r.threads == most]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    markers = dict(zip(BACKENDS, "osD^v"))
+    colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r.label for r in ok))}
+    for r in ok:
+        ax.scatter(
+            r.mult_adds / 1e6,
+            r.median_ms,
+            marker=markers.get(r.backend, "x"),
+            color=colours[r.label],
+            facecolors="none" if r.source == "torchvision" else colours[r.label],
+        )
+    for label, colour in colours.items():
+        ax.scatter([], [], color=colour, label=label)
+    for backend, marker in markers.items():
+        if any(r.backend == backend for r in ok):
+            ax.scatter([], [], marker=marker, color="gray", label=backend)
+    ax.set(
+        xlabel="mult-adds per image (M)",
+        ylabel="median latency (ms)",
+        title=f"batch {ok[0].batch_size}, {most} thread(s); hollow = torchvision",
+    )
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    path = _save(fig, out)
+    plt.close(fig)
+    return path

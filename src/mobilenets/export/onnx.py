@@ -1,0 +1,271 @@
+"""ONNX export with batch norm folded, checked against PyTorch, and an ONNX Runtime classifier.
+
+The exported file carries what prediction needs in its metadata (key
+``mobilenets``): architecture, class names, the preprocessing style and
+resolution, mean/std.  :class:`OnnxClassifier` reads it back, so
+``mobilenets predict --onnx model.onnx`` preprocesses images exactly as
+training and evaluation did, and a file exported by another tool is refused
+with a clear message instead of being fed wrongly sized or normalised images.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError, InputShapeError, MobileNetsError
+from ..weights import atomic_write
+
+__all__ = [
+    "METADATA_KEY",
+    "ExportError",
+    "ExportReport",
+    "OnnxClassifier",
+    "export_onnx",
+    "fold_batchnorm",
+    "ort_session",
+]
+
+METADATA_KEY = "mobilenets"
+FORMAT = "mobilenets-onnx/1"
+MIN_OPSET = 17
+# fp32 ONNX Runtime against PyTorch: different kernels and summation orders, same
+# arithmetic.  Measured ~1e-6 on every registry model; 1e-3 catches real mistakes.
+MAX_RELATIVE_ERROR = 1e-3
+
+# Children that feed each other directly inside modules that are not Sequential:
+# torchvision's ResNet blocks and stem, and our BasicResidual (same names).
+_PAIRED = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3"}
+
+
+class ExportError(MobileNetsError, RuntimeError):
+    """Export failed, or the exported model does not compute what the PyTorch model does."""
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:  # the [onnx] extra
+        raise ConfigError("ONNX export needs onnx and onnxruntime: pip install 'mobilenets[onnx]'") from exc
+    return onnx, onnxruntime
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with every BatchNorm that directly follows a conv
+    folded into the conv's weight and bias; returns (model, number folded).
+
+    Folding is exact arithmetic (w' = w * gamma / sigma, b' = (b - mu) * gamma / sigma + beta),
+    so outputs agree to float rounding; a BN that follows something else stays.
+    """
+    model = copy.deepcopy(model).eval()
+    folded = 0
+    for module in list(model.modules()):
+        children = dict(module.named_children())
+        if isinstance(module, nn.Sequential):
+            names = list(children)
+            pairs = list(zip(names, names[1:]))
+        else:
+            pairs = [(conv, bn) for conv, bn in _PAIRED.items() if conv in children and bn in children]
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+                folded += 1
+    return model, folded
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimisation."""
+    _, ort = _onnx()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
+def _relative_error(actual, expected: Tensor) -> float:
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = expected.detach().double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)).item()
+
+
+def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
+    """What a consumer needs to turn an image file into the model's input."""
+    style = info.get("transforms", "imagenet")
+    resolution = int(info["resolution"])
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if style == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
+    steps = (
+        f"RGB, to float in [0, 1]{'' if resolution == 32 else f', resize to {resolution}'}, normalise"
+        if style == "cifar"
+        else f"RGB, to float in [0, 1], resize shorter side to {round(resolution / 0.875)}, "
+        f"center-crop {resolution}, normalise"
+    )
+    return {"transforms": style, "resolution": resolution, "mean": list(mean), "std": list(std), "steps": steps}
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    batchnorm_folded: int
+    max_relative_error: float
+    dynamic_batch: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"wrote {self.path} (opset {self.opset}, {self.batchnorm_folded} batch norms folded, "
+            f"{'dynamic' if self.dynamic_batch else 'fixed'} batch); ONNX Runtime vs PyTorch max relative error "
+            f"{self.max_relative_error:.2e}"
+        )
+
+
+@torch.no_grad()
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    info: dict[str, Any],
+    dynamic_batch: bool = False,
+    opset: int = MIN_OPSET,
+    check_input: Tensor | None = None,
+    tolerance: float = MAX_RELATIVE_ERROR,
+) -> ExportReport:
+    """Export ``model`` (eval mode, BN folded) to ONNX and check ONNX Runtime against PyTorch.
+
+    ``info`` holds ``resolution``, ``transforms`` and ``classes`` (see
+    :func:`mobilenets.predict.default_data_info`); they are written into the
+    file's metadata.  ``check_input`` (default: random images) is run through
+    both; a max relative error above ``tolerance`` deletes nothing but raises
+    :class:`ExportError` (the file is written atomically only after the check).
+    """
+    onnx, _ = _onnx()
+    if opset < MIN_OPSET:
+        raise ConfigError(f"opset must be at least {MIN_OPSET}, got {opset}")
+    path = Path(path)
+    resolution = int(info["resolution"])
+    channels = getattr(model, "in_channels", 3)
+    reference_model = copy.deepcopy(model).eval().float()
+    folded_model, folded = fold_batchnorm(reference_model)
+    example = torch.randn(2 if dynamic_batch else 1, channels, resolution, resolution)
+    x = check_input if check_input is not None else example
+    dynamic_axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    tmp = path.with_name(f".{path.name}.export.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # The exporter's notes about python-side input checks and its own deprecation are not the user's concern.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                folded_model,
+                (example,),
+                str(tmp),
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        graph = onnx.load(str(tmp))
+        metadata = {
+            "format": FORMAT,
+            "arch": getattr(model, "arch", None) or {},
+            "classes": list(info.get("classes") or []),
+            "dynamic_batch": dynamic_batch,
+            "precision": "fp32",
+            **preprocessing_metadata(info),
+        }
+        _set_metadata(graph, metadata)
+        onnx.save(graph, str(tmp))
+        session = ort_session(tmp)
+        if not dynamic_batch and x.shape[0] != 1:
+            x = x[:1]
+        actual = session.run(None, {"image": x.float().numpy()})[0]
+        error = _relative_error(actual, reference_model(x.float()))
+        if not error <= tolerance:  # also catches NaN
+            raise ExportError(
+                f"ONNX Runtime's output differs from PyTorch's by {error:.2e} relative (tolerance {tolerance:.0e}); "
+                "the export is wrong and was not written"
+            )
+        atomic_write(path, lambda out: Path(tmp).replace(out))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(path, opset, folded, error, dynamic_batch, metadata)
+
+
+def _set_metadata(graph, metadata: dict[str, Any]) -> None:
+    for prop in list(graph.metadata_props):
+        if prop.key == METADATA_KEY:
+            graph.metadata_props.remove(prop)
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    graph.producer_name = "mobilenets"
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The preprocessing and class names a mobilenets export carries."""
+    onnx, _ = _onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors
+        raise ExportError(f"{path} is not an ONNX model: {exc}") from exc
+    props = {p.key: p.value for p in graph.metadata_props}
+    if METADATA_KEY not in props:
+        producer = graph.producer_name or "an unknown tool"
+        raise ExportError(
+            f"{path} was exported by {producer}, not by 'mobilenets export': it carries no preprocessing or class "
+            "names, so its input cannot be prepared safely. Export the model with 'mobilenets export'."
+        )
+    return json.loads(props[METADATA_KEY])
+
+
+class OnnxClassifier:
+    """A mobilenets ONNX export run by ONNX Runtime: call it on a preprocessed batch.
+
+    ``info`` has the same keys as a checkpoint's data info (``classes``,
+    ``transforms``, ``resolution``), so :func:`mobilenets.predict.predict_images`
+    takes it like a PyTorch model.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.info = read_metadata(self.path)
+        self.session = ort_session(self.path, threads)
+        shape = self.session.get_inputs()[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.input_shape = tuple(shape[1:])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        images = torch.as_tensor(images)
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise InputShapeError(
+                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(images.shape)}"
+            )
+        if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
+            # exported without --dynamic-batch: run the batch one image at a time
+            parts = [self.session.run(None, {"image": image[None].float().numpy()})[0] for image in images]
+            return torch.from_numpy(np.concatenate(parts))
+        return torch.from_numpy(self.session.run(None, {"image": images.float().numpy()})[0])

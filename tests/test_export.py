@@ -1,0 +1,220 @@
+"""Deployment: ONNX export against PyTorch, BN folding, metadata-driven prediction,
+int8 against fp32 on real images, memory-efficient inference, the benchmark's output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import mobilenets
+from mobilenets.cli import main
+from mobilenets.cost import trace_live_activations
+from mobilenets.data import DataError
+from mobilenets.errors import InputShapeError
+
+from .conftest import SHARED_DATA, TORCHVISION_V2_WEIGHTS
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from mobilenets.export import (  # noqa: E402
+    ExportError,
+    OnnxClassifier,
+    export_onnx,
+    fold_batchnorm,
+    memory_efficient,
+    quantize_onnx,
+)
+from mobilenets.predict import default_data_info  # noqa: E402
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Give batch norms non-trivial statistics, as training would, so folding is really tested."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: mobilenets.create_model("mobilenet_v2", width_mult=0.5),
+        lambda: mobilenets.create_model("mobilenet_v3_small"),
+        lambda: mobilenets.create_model("resnet18", num_classes=10, cifar=True, width_mult=0.25),
+        lambda: __import__("torchvision").models.resnet18(),
+    ],
+    ids=["mobilenet_v2", "mobilenet_v3_small", "resnet18", "torchvision_resnet18"],
+)
+def test_batchnorm_folding_is_exact_and_complete(build):
+    model = trained_like(build())
+    folded, count = fold_batchnorm(model)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert rel(folded(x), model(x)) < 1e-5
+    assert count > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+def test_export_matches_pytorch_and_carries_its_preprocessing(tmp_path):
+    model = trained_like(mobilenets.create_model("mobilenet_v2", width_mult=0.35, resolution=96))
+    info = default_data_info(model)
+    report = export_onnx(model, tmp_path / "m.onnx", info=info, dynamic_batch=True)
+    assert report.max_relative_error < 1e-4 and report.batchnorm_folded == 52
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    assert graph.opset_import[0].version >= 17
+    assert "BatchNormalization" not in {node.op_type for node in graph.graph.node}
+    classifier = OnnxClassifier(tmp_path / "m.onnx")
+    assert classifier.info["resolution"] == 96 and classifier.info["classes"][0] == "tench"
+    assert classifier.info["mean"] == [0.485, 0.456, 0.406]
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        assert rel(classifier(x), model(x)) < 1e-4
+    with pytest.raises(InputShapeError, match="takes images shaped"):
+        classifier(torch.randn(1, 3, 128, 128))  # not the resolution it was exported at
+    with pytest.raises(InputShapeError):
+        classifier(torch.randn(1, 1, 96, 96))  # one channel
+
+
+def test_fixed_batch_export_runs_any_batch_one_image_at_a_time(tmp_path):
+    model = mobilenets.create_model("mobilenet_v3_small", resolution=64).eval()
+    export_onnx(model, tmp_path / "m.onnx", info=default_data_info(model))
+    classifier = OnnxClassifier(tmp_path / "m.onnx")
+    assert classifier.fixed_batch == 1
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert rel(classifier(x), model(x)) < 1e-4
+
+
+def test_a_wrong_export_is_refused(tmp_path):
+    model = mobilenets.create_model("mobilenet_v3_small", resolution=64).eval()
+    # an exporter bug simulated: ONNX Runtime sees a different network than PyTorch runs
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(model, tmp_path / "m.onnx", info=default_data_info(model), tolerance=0.0)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_foreign_onnx_files_are_refused_clearly(tmp_path):
+    model = mobilenets.create_model("mobilenet_v3_small", resolution=64).eval()
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(tmp_path / "plain.onnx"), dynamo=False)
+    with pytest.raises(ExportError, match="not by 'mobilenets export'"):
+        OnnxClassifier(tmp_path / "plain.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not a protobuf at all" * 10)
+    with pytest.raises(ExportError):
+        OnnxClassifier(tmp_path / "junk.onnx")
+
+
+def test_cli_export_and_predict_real_images(tmp_path, capsys):
+    """torchvision's real ImageNet weights, exported and run by ONNX Runtime from the CLI:
+    the top class of real images is the labelled one, with a class name."""
+    out = tmp_path / "mnv2.onnx"
+    assert main(["export", "--model", "mobilenet_v2", "--weights", str(TORCHVISION_V2_WEIGHTS), "--out", str(out)]) == 0
+    assert "max relative error" in capsys.readouterr().out
+    folder = SHARED_DATA / "imagenet-sample" / "n01443537"  # goldfish
+    images = sorted(folder.iterdir())[:1]
+    assert main(["predict", "--onnx", str(out), "--json", *map(str, images)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["top"][0][0] == "goldfish"
+    text = tmp_path / "not-an-image.jpg"
+    text.write_text("hello")
+    assert main(["predict", "--onnx", str(out), str(text)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
+    """Static int8 (QDQ, per-channel, calibrated on COCO photos, evaluated on other images):
+    on 300 ImageNet images the top-1 of torchvision's MobileNetV2 may fall by at most
+    5 points (measured here: 2 points on all 1000) and most predictions must agree."""
+    from mobilenets.data import calibration_images, eval_dataset, make_loader
+
+    model = mobilenets.create_model("mobilenet_v2", weights=TORCHVISION_V2_WEIGHTS).eval()
+    info = default_data_info(model)
+    export_onnx(model, tmp_path / "fp32.onnx", info=info, dynamic_batch=True)
+    calibration = calibration_images(SHARED_DATA / "coco128" / "images", style="imagenet", resolution=224, count=64)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    dataset, _ = eval_dataset(SHARED_DATA / "imagenet-sample", style="imagenet", resolution=224, subset=300)
+    fp32, int8 = OnnxClassifier(tmp_path / "fp32.onnx"), OnnxClassifier(tmp_path / "int8.onnx")
+    assert int8.info["precision"] == "int8"
+    hits = {"fp32": 0, "int8": 0}
+    agree = total = 0
+    for images, labels in make_loader(dataset, 50, workers=0):
+        a, b = fp32(images).argmax(1), int8(images).argmax(1)
+        hits["fp32"] += (a == labels).sum().item()
+        hits["int8"] += (b == labels).sum().item()
+        agree += (a == b).sum().item()
+        total += len(labels)
+    assert hits["fp32"] / total > 0.75
+    assert hits["int8"] / total >= hits["fp32"] / total - 0.05
+    assert agree / total > 0.85
+    with pytest.raises(mobilenets.ConfigError, match="already quantized"):
+        quantize_onnx(tmp_path / "int8.onnx", tmp_path / "again.onnx", calibration)
+
+
+def test_export_bad_input(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["export", "--model", "mobilenet_v3_small", "--out", str(tmp_path / "m.onnx"), "--int8"]
+    assert main(args) == 2
+    assert "--int8 needs --calibration" in capsys.readouterr().err
+    assert main([*args, "--calibration", str(empty)]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["export", "--model", "no_such_net", "--out", str(tmp_path / "m.onnx")]) == 2
+    with pytest.raises(DataError):
+        from mobilenets.data import calibration_images
+
+        calibration_images(empty, style="imagenet", resolution=224)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 4, 8])
+def test_memory_efficient_inference_is_exact_and_holds_less(splits):
+    model = trained_like(mobilenets.create_model("mobilenet_v2", resolution=160))
+    efficient = memory_efficient(model, splits=splits)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert rel(efficient(x), model(x)) < 1e-5
+        eager = trace_live_activations(model, x).peak_bytes
+        peak = trace_live_activations(efficient, x).peak_bytes
+    # the expanded tensors are never whole: from 4 pieces on, under half of eager's peak
+    assert peak < eager * (0.5 if splits >= 4 else 0.8)
+    with pytest.raises(mobilenets.ConfigError, match="no inverted residual"):
+        memory_efficient(mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25))
+
+
+def test_bench_output_format(tmp_path, capsys):
+    code = main(
+        [
+            "bench", "--models", "mobilenet_v3_small", "--backends", "eager,channels_last,onnxruntime",
+            "--resolution", "64", "--runs", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    for column in ("median ms", "p90 ms", "img/s", "peak RSS MB", "vs floor", "vs tv ORT"):
+        assert column in text
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    rows = payload["results"]
+    got = {(r["source"], r["backend"]) for r in rows}
+    assert got == {
+        ("mobilenets", "eager"),
+        ("mobilenets", "channels_last"),
+        ("mobilenets", "onnxruntime"),
+        ("torchvision", "eager"),
+        ("torchvision", "onnxruntime"),
+    }
+    assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and not r["error"] for r in rows)
+    assert payload["machine"]["peak_gmac_per_s"]["1"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    assert main(["bench", "--models", "mobilenet_v2", "--backends", "tpu"]) == 2
