@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 images, epochs / 50: a CPU smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="*", help="run only these names")
+    parser.add_argument(
+        "--epochs-scale", type=float, default=1.0, help="multiply every run's epochs (e.g. 0.15 for a GPU-minutes form)"
+    )
     args = parser.parse_args()
     rows = []
     for name, activation, epochs, width in GRID:
@@ -53,7 +56,7 @@ def main() -> None:
             data_dir=str(args.data_dir),
             out=str(args.out / name),
             recipe="cifar10",
-            epochs=max(1, epochs // 50) if args.quick else epochs,
+            epochs=max(1, round((epochs // 50 if args.quick else epochs) * args.epochs_scale)),
             batch_size=64 if args.quick else None,
             lr=0.05 if args.quick else None,
             warmup_epochs=0.5 if args.quick else None,

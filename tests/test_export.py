@@ -55,8 +55,17 @@ def trained_like(model: nn.Module) -> nn.Module:
         lambda: mobilenets.create_model("mobilenet_v3_small"),
         lambda: mobilenets.create_model("resnet18", num_classes=10, cifar=True, width_mult=0.25),
         lambda: __import__("torchvision").models.resnet18(),
+        lambda: mobilenets.decouple(
+            trained_like(mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25)),
+            target_reduction=2,
+        )[0],
+        lambda: mobilenets.decompose(
+            trained_like(mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25)),
+            "channel",
+            target_reduction=2,
+        )[0],
     ],
-    ids=["mobilenet_v2", "mobilenet_v3_small", "resnet18", "torchvision_resnet18"],
+    ids=["mobilenet_v2", "mobilenet_v3_small", "resnet18", "torchvision_resnet18", "decoupled", "decomposed"],
 )
 def test_batchnorm_folding_is_exact_and_complete(build):
     model = trained_like(build())

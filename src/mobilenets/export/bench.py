@@ -10,10 +10,11 @@ Backends:
 
 torchvision's model of the same name (when it has one) runs ``eager`` and
 ``onnxruntime`` (its plain ``torch.onnx.export``) in the same process, so every
-figure can be read as a ratio measured side by side.  Each configuration is timed
-``runs`` times after ``warmup`` runs; the median, 90th percentile, throughput and
-the process's peak resident memory while it ran are reported, with the compute
-floor: mult-adds over this CPU's measured multiply-add rate at that thread count.
+figure can be read as a ratio measured side by side: at each thread count every
+configuration is timed ``runs`` times in three rounds that take turns.  The median,
+90th percentile, throughput and the process's peak resident memory while that
+configuration ran alone (after ``warmup`` runs) are reported, with the compute floor:
+mult-adds over this CPU's measured multiply-add rate at that thread count.
 """
 
 from __future__ import annotations
@@ -42,10 +43,19 @@ from ..predict import default_data_info
 from .onnx import export_onnx, fold_batchnorm, ort_session
 from .quantize import quantize_onnx
 
-__all__ = ["BACKENDS", "BenchResult", "run_bench", "peak_multiply_add_rate", "results_table"]
+__all__ = [
+    "BACKENDS",
+    "BenchResult",
+    "PreparedModel",
+    "measure_runner",
+    "peak_multiply_add_rate",
+    "results_table",
+    "run_bench",
+]
 
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
 REFERENCE_BACKENDS = ("eager", "onnxruntime")
+ROUNDS = 3
 # torchvision's builders for the registry models it also ships
 TORCHVISION_NAMES = {
     "mobilenet_v2": "mobilenet_v2",
@@ -138,7 +148,7 @@ def _ort_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
     return run
 
 
-class _Prepared:
+class PreparedModel:
     """Per model, the artefacts every backend needs, built once (exports, quantization)."""
 
     def __init__(self, model: nn.Module, info: dict[str, Any], workdir: Path, calibration: Tensor | None, tag: str):
@@ -200,13 +210,58 @@ class _Prepared:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _measure(run: Callable[[Tensor], Any], x: Tensor, runs: int, warmup: int) -> tuple[float, float, float | None]:
+def measure_runner(
+    run: Callable[[Tensor], Any], x: Tensor, runs: int, warmup: int
+) -> tuple[float, float, float | None]:
     for _ in range(warmup):
         run(x)
     tracked = _reset_peak_rss()
     times = sorted(1000 * _time(lambda: run(x)) for _ in range(runs))
     peak = _peak_rss_mb() if tracked else None
     return statistics.median(times), float(np.percentile(times, 90)), peak
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+
+
+def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, runs, warmup) -> list[BenchResult]:
+    """Time every backend of ours and the reference's at one thread count, in ``ROUNDS``
+    rounds that visit each in turn, so that drift of a noisy machine (clock, neighbours)
+    reaches all alike; each round's runs are back to back, as a deployed model would run."""
+    timed: list[tuple[BenchResult, Callable[[Tensor], Any], Tensor]] = []
+    results = []
+    for source, prepared, chosen in entries:
+        for backend in chosen:
+            try:
+                run, error = prepared.runner(backend, threads), ""
+            except Exception as exc:  # one broken path must not hide the others
+                run, error = None, _error(exc)
+            for batch in batch_sizes:
+                result = BenchResult(name, source, backend, batch, threads, size, mult_adds, error=error)
+                results.append(result)
+                if run is None:
+                    continue
+                x = torch.randn(batch, 3, size, size)
+                try:  # warm-up, and the peak resident memory of running this one alone
+                    for _ in range(warmup):
+                        run(x)
+                    tracked = _reset_peak_rss()
+                    run(x)
+                    result.peak_rss_mb = _peak_rss_mb() if tracked else None
+                    timed.append((result, run, x))
+                except Exception as exc:
+                    result.error = _error(exc)
+    times: dict[int, list[float]] = {id(r): [] for r, _, _ in timed}
+    per_round = max(1, -(-runs // ROUNDS))
+    for _ in range(ROUNDS):
+        for result, run, x in timed:
+            time.sleep(0.05)  # let the previous engine's worker threads stop spinning
+            times[id(result)] += [1000 * _time(lambda: run(x)) for _ in range(per_round)]
+    for result, _, _ in timed:
+        samples = times[id(result)]
+        result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
+    return results
 
 
 def run_bench(
@@ -237,39 +292,25 @@ def run_bench(
             info = default_data_info(model)
             size = info["resolution"]
             mult_adds = profile(model, (3, size, size)).mult_adds
-            entries = [("mobilenets", _Prepared(model, info, workdir, calibration, name), backends)]
+            entries = [("mobilenets", PreparedModel(model, info, workdir, calibration, name), backends)]
             if references and name in TORCHVISION_NAMES:
                 import torchvision
 
                 reference = torchvision.models.get_model(TORCHVISION_NAMES[name]).eval()
                 ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
-                entries.append(("torchvision", _Prepared(reference, info, workdir, None, f"tv-{name}"), ref_backends))
-            for source, prepared, chosen in entries:
-                for backend in chosen:
-                    for count in threads:
-                        with _threads(count):
-                            try:
-                                run = prepared.runner(backend, count)
-                            except Exception as exc:  # one broken path must not hide the others
-                                error = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
-                                run = None
-                            for batch in batch_sizes:
-                                result = BenchResult(name, source, backend, batch, count, size, mult_adds)
-                                if run is None:
-                                    result.error = error
-                                else:
-                                    x = torch.randn(batch, 3, size, size)
-                                    try:
-                                        result.median_ms, result.p90_ms, result.peak_rss_mb = _measure(
-                                            run, x, runs, warmup
-                                        )
-                                        result.images_per_s = 1000 * batch / result.median_ms
-                                        result.floor_ms = 1000 * mult_adds * batch / rates[count]
-                                    except Exception as exc:
-                                        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
-                                results.append(result)
-                                if progress:
-                                    progress(_line(result))
+                entries.append(
+                    ("torchvision", PreparedModel(reference, info, workdir, None, f"tv-{name}"), ref_backends)
+                )
+            for count in threads:
+                with _threads(count):
+                    done = _time_side_by_side(entries, name, count, batch_sizes, size, mult_adds, runs, warmup)
+                for result in done:
+                    if result.median_ms:
+                        result.images_per_s = 1000 * result.batch_size / result.median_ms
+                        result.floor_ms = 1000 * mult_adds * result.batch_size / rates[count]
+                    results.append(result)
+                    if progress:
+                        progress(_line(result))
     return results
 
 

@@ -78,12 +78,26 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         else:
             pairs = [(conv, bn) for conv, bn in _PAIRED.items() if conv in children and bn in children]
         for conv_name, bn_name in pairs:
-            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+            owner, last = _output_conv(module, conv_name)
+            bn = getattr(module, bn_name)
+            if owner is not None and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                setattr(owner, last, fuse_conv_bn_eval(getattr(owner, last), bn))
                 setattr(module, bn_name, nn.Identity())
                 folded += 1
     return model, folded
+
+
+def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
+    """(module, attribute) of the plain conv whose output ``parent.name`` returns: the
+    module itself, or the last conv of a decoupled / decomposed replacement."""
+    module = getattr(parent, name)
+    if type(module) is nn.Conv2d:
+        return parent, name
+    if type(module).__name__ == "DecoupledConv":  # no import: decouple depends on more than export needs
+        return module, "pointwise" if module.order == "dw_pw" else "depthwise"
+    if type(module) is nn.Sequential and len(module) and type(module[-1]) is nn.Conv2d:
+        return module, str(len(module) - 1)
+    return None, name
 
 
 def ort_session(path: str | Path, threads: int | None = None):

@@ -21,6 +21,7 @@ which measured here lifted torchvision's MobileNetV2 from 74.0% to 80.7% top-1
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,14 +53,7 @@ def quantize_onnx(
     ``reduce_range=None`` uses 7-bit weights where the CPU lacks VNNI (see above).
     """
     onnx, _ = _onnx()
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader
 
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
@@ -81,6 +75,20 @@ def quantize_onnx(
         def get_next(self):
             images = next(self.batches, None)
             return None if images is None else {"image": images.float().numpy()}
+
+    try:
+        return _quantize(onnx, fp32_path, out_path, Reader, metadata, method, per_channel, reduce_range)
+    except ValueError as exc:
+        # ONNX Runtime's histogram calibration fails on tensors whose observed range is
+        # (nearly) a single value, e.g. saturated squeeze-excite gates.
+        if method == "minmax" or "bins" not in str(exc):
+            raise
+        warnings.warn(f"{method} calibration failed ({exc}); using minmax instead", stacklevel=2)
+        return _quantize(onnx, fp32_path, out_path, Reader, metadata, "minmax", per_channel, reduce_range)
+
+
+def _quantize(onnx, fp32_path, out_path, Reader, metadata, method, per_channel, reduce_range) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     prepared = out_path.with_name(f".{out_path.name}.pre.tmp")
     quantized = out_path.with_name(f".{out_path.name}.q.tmp")
