@@ -8,7 +8,7 @@ Mult-adds lie on CPUs: a depthwise conv runs far below its mult-add count.  This
 converts the network at each target reduction, then times the original and every
 converted copy at batch 1 on eager PyTorch (NCHW), channels_last (BN folded, NHWC)
 and ONNX Runtime (the ``mobilenets export`` of the converted model), each against
-the original on the same backend.  With ``--eval-data`` the converted models' top-1
+the original on the same backend; all of them take turns, in three rounds.  With ``--eval-data`` the converted models' top-1
 is measured too (in PyTorch; the ONNX export is checked against it at export time).
 """
 
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import mobilenets  # noqa: E402
 from mobilenets.data import calibration_images, eval_dataset, make_loader  # noqa: E402
-from mobilenets.export.bench import PreparedModel, measure_runner  # noqa: E402
+from mobilenets.export.bench import ROUNDS, PreparedModel, time_call  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 from mobilenets.train import evaluate  # noqa: E402
 from mobilenets.weights import load_model_with_info  # noqa: E402
@@ -34,19 +36,54 @@ BACKENDS = ("eager", "channels_last", "onnxruntime")
 
 
 def conversions(model, targets, calibration, size, methods):
-    """(label, target, converted model, report) for every method and target."""
+    """(label, target, converted model, report) for every method and target; a method
+    that cannot reach a target (e.g. a latency saving no layer choice buys) is reported and skipped."""
+    options = {"input_size": size}
+    recipes = [
+        ("decouple", "decouple", lambda r: mobilenets.decouple(model, target_reduction=r, **options)),
+        (
+            "latency",
+            "decouple, ORT latency budget",
+            lambda r: mobilenets.decouple(model, target_reduction=r, budget="latency", **options),
+        ),
+    ]
+    if calibration is not None:
+        recipes.append(
+            (
+                "latency",
+                "decouple, ORT latency budget + refine",
+                lambda r: mobilenets.decouple(
+                    model, target_reduction=r, budget="latency", calibration=calibration, **options
+                ),
+            )
+        )
+    if calibration is not None:
+        recipes += [
+            (
+                "refine",
+                "decouple + refine",
+                lambda r: mobilenets.decouple(model, target_reduction=r, calibration=calibration, **options),
+            ),
+            (
+                "channel+decouple",
+                "channel+decouple",
+                lambda r: mobilenets.decompose(
+                    model, "channel+decouple", target_reduction=r, calibration=calibration, **options
+                ),
+            ),
+        ]
+    recipes += [
+        (name, name, lambda r, name=name: mobilenets.decompose(model, name, target_reduction=r, **options))
+        for name in ("cp", "tucker", "spatial")
+    ]
     for r in targets:
-        if "decouple" in methods:
-            yield ("decouple", r, *mobilenets.decouple(model, target_reduction=r, input_size=size))
-        if "latency" in methods:
-            yield ("decouple, latency budget", r, *mobilenets.decouple(model, target_reduction=r, budget="latency", input_size=size))  # fmt: skip
-        if calibration is not None and "refine" in methods:
-            yield ("decouple + refine", r, *mobilenets.decouple(model, target_reduction=r, calibration=calibration, input_size=size))  # fmt: skip
-        if calibration is not None and "channel+decouple" in methods:
-            yield ("channel+decouple", r, *mobilenets.decompose(model, "channel+decouple", target_reduction=r, calibration=calibration, input_size=size))  # fmt: skip
-        for name in ("cp", "tucker", "spatial"):
-            if name in methods:
-                yield (name, r, *mobilenets.decompose(model, name, target_reduction=r, input_size=size))
+        for key, label, convert in recipes:
+            if key not in methods:
+                continue
+            try:
+                yield (label, r, *convert(r))
+            except mobilenets.ConfigError as exc:
+                print(f"{label} at {r:g}x: {exc}", file=sys.stderr)
 
 
 def main() -> None:
@@ -90,22 +127,31 @@ def main() -> None:
     methods = set(args.methods.split(","))
 
     x = torch.randn(1, *size)
+    converted = [("original", None, model, 1.0)]
+    converted += [(label, r, net, report.reduction) for label, r, net, report in conversions(model, targets, calibration, size, methods)]  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-
-        def measure(label, target, net, reduction):
-            prepared = PreparedModel(net, info, Path(tmp), None, f"m{len(rows)}")
+        runners = []
+        for i, (label, target, net, reduction) in enumerate(converted):
             row = {"method": label, "target": target, "reduction": reduction}
-            for backend in BACKENDS:
-                row[backend] = measure_runner(prepared.runner(backend, args.threads), x, args.runs, 5)[0]
             if batches is not None:
                 row["top1"] = evaluate(net, batches, len(info["classes"]))["top1"]
+            prepared = PreparedModel(net, info, Path(tmp), None, f"m{i}")
+            for backend in BACKENDS:
+                run = prepared.runner(backend, args.threads)
+                for _ in range(5):
+                    run(x)
+                runners.append((row, backend, run))
+                row[backend] = []
             rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-
-        measure("original", None, model, 1.0)
-        for label, target, net, report in conversions(model, targets, calibration, size, methods):
-            measure(label, target, net, report.reduction)
+            print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), file=sys.stderr, flush=True)
+        # Every configuration in turn, three rounds: a noisy machine slows all alike.
+        for _ in range(ROUNDS):
+            for row, backend, run in runners:
+                time.sleep(0.05)
+                row[backend] += [1000 * time_call(lambda: run(x)) for _ in range(-(-args.runs // ROUNDS))]
+        for row, backend, _ in runners:
+            row[backend] = statistics.median(row[backend])
 
     base = rows[0]
     print(

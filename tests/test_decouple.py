@@ -204,6 +204,8 @@ def test_bad_input():
         decouple(model, target_reduction=50, input_size=(4, 8, 8))
     with pytest.raises(mobilenets.ConfigError, match="order"):
         decouple(model, rank=1, order="sideways", input_size=(4, 8, 8))
+    with pytest.raises(mobilenets.ConfigError, match="latency_backend"):
+        decouple(model, target_reduction=1.5, budget="latency", latency_backend="tpu", input_size=(4, 8, 8))
 
 
 def test_cli_decouple_report(capsys, tmp_path, shared_data):

@@ -227,3 +227,23 @@ def test_bench_output_format(tmp_path, capsys):
     assert payload["machine"]["peak_gmac_per_s"]["1"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert main(["bench", "--models", "mobilenet_v2", "--backends", "tpu"]) == 2
+
+
+def test_decoupled_networks_export_to_onnx(tmp_path):
+    """Network decoupling's output deploys like any model: exported (BN folded into the
+    pointwise convs), checked against PyTorch, and runnable from the metadata alone."""
+    model = trained_like(mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25))
+    decoupled, _ = mobilenets.decouple(model, target_reduction=2)
+    report = export_onnx(decoupled, tmp_path / "nd.onnx", info=default_data_info(decoupled), dynamic_batch=True)
+    assert report.max_relative_error < 1e-4 and report.batchnorm_folded == 13
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "nd.onnx")).graph.node}
+    assert "BatchNormalization" not in ops
+    grouped = [
+        node
+        for node in onnx.load(str(tmp_path / "nd.onnx")).graph.node
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+    ]
+    assert grouped  # the depthwise convs survive export as grouped convs
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert rel(OnnxClassifier(tmp_path / "nd.onnx")(x), decoupled(x)) < 1e-4

@@ -67,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument("--allocation", default="greedy", choices=["greedy", "uniform"], help="ranks under a target")
     opts.add_argument("--budget", default="mult_adds", choices=["mult_adds", "latency"], help="what the greedy saves")
     opts.add_argument(
+        "--latency-backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "channels_last"],
+        help="where --budget latency measures each layer (default onnxruntime)",
+    )
+    opts.add_argument(
         "--calibration",
         help="folder of unlabelled images: least-squares refinement (decouple), principal directions (channel)",
     )
@@ -120,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         new, report = decouple(
             model, rank=args.rank, energy=args.energy, target_reduction=args.target_reduction, order=args.order,
             calibration=calibration, allocation=args.allocation, budget=args.budget, input_size=size,
+            latency_backend=args.latency_backend,
         )  # fmt: skip
     else:
         if args.energy is not None:

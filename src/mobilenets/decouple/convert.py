@@ -208,13 +208,14 @@ def _greedy(layers: list[_Layer], saving_needed: float, cost: Callable[[_Layer, 
         best = None
         for layer in layers:
             current, ladder = chosen[layer.name], ladders[layer.name]
-            if not ladder or current == ladder[0]:
+            below = ladder if current is None else ladder[: ladder.index(current)]
+            # the highest lower rank that is actually cheaper: measured latency need not
+            # fall with every term removed, so a step may skip ranks
+            nxt = next((t for t in reversed(below) if cost(layer, t) < cost(layer, current)), None)
+            if nxt is None:
                 continue
-            nxt = ladder[-1] if current is None else ladder[ladder.index(current) - 1]
             lost = (1.0 if current is None else layer.retained[current - 1]) - layer.retained[nxt - 1]
             gain = cost(layer, current) - cost(layer, nxt)
-            if gain <= 0:
-                continue
             ratio = max(lost, 0.0) / gain
             if best is None or ratio < best[0]:
                 best = (ratio, layer, nxt, gain)
@@ -232,27 +233,50 @@ def _unreachable(saved: float, needed: float) -> ConfigError:
     return ConfigError(f"the target cannot be met: at most {saved:.4g} of the {needed:.4g} needed can be saved")
 
 
-def _measure(module: nn.Module, shape: tuple[int, ...], runs: int = 7) -> float:
-    x = torch.randn(1, *shape).contiguous(memory_format=torch.channels_last)
-    module = module.eval().to(memory_format=torch.channels_last)
+LATENCY_BACKENDS = ("onnxruntime", "channels_last")
+
+
+def _median_ms(call: Callable[[], Any], runs: int) -> float:
     times = []
-    with torch.no_grad():
-        for i in range(runs + 2):
-            start = time.perf_counter()
-            module(x)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
+    for i in range(runs + 2):
+        start = time.perf_counter()
+        call()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def _latency_table(layers: list[_Layer]) -> dict[tuple[str, int | None], float]:
-    """Per-layer batch-1 channels_last latency (ms) of the original conv and every cheaper rank."""
+@torch.no_grad()
+def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int = 9) -> float:
+    """Batch-1 latency (ms) of one layer on the backend the model will run on."""
+    module = module.eval().cpu()
+    x = torch.randn(1, *shape)
+    if backend == "channels_last":
+        module = module.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _median_ms(lambda: module(x), runs)
+    import tempfile
+
+    from ..export.onnx import ort_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/layer.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), path, input_names=["x"], opset_version=17, dynamo=False)
+        session = ort_session(path, torch.get_num_threads())
+        feed = {"x": x.numpy()}
+        return _median_ms(lambda: session.run(None, feed), runs)
+
+
+def _latency_table(layers: list[_Layer], backend: str) -> dict[tuple[str, int | None], float]:
+    """Per-layer batch-1 latency (ms) of the original conv and every cheaper rank, on ``backend``."""
     table = {}
     for layer in layers:
         shape = (layer.conv.in_channels, *layer.in_hw)
-        table[(layer.name, None)] = _measure(copy.deepcopy(layer.conv), shape)
+        table[(layer.name, None)] = _measure(copy.deepcopy(layer.conv), shape, backend)
         for rank in layer.cheaper_ranks():
-            table[(layer.name, rank)] = _measure(DecoupledConv.from_conv(layer.conv, rank, layer.order), shape)
+            table[(layer.name, rank)] = _measure(DecoupledConv.from_conv(layer.conv, rank, layer.order), shape, backend)
     return table
 
 
@@ -373,6 +397,7 @@ def _convert(
     allocation: str,
     budget: str,
     calibration,
+    latency_backend: str = "onnxruntime",
     input_size,
     layers: Iterable[str] | None,
     replace_all: bool,
@@ -393,6 +418,8 @@ def _convert(
         raise ConfigError(f"rank must be at least 1, got {rank}")
     if allocation not in ("greedy", "uniform") or budget not in ("mult_adds", "latency"):
         raise ConfigError("allocation is 'greedy' or 'uniform'; budget is 'mult_adds' or 'latency'")
+    if latency_backend not in LATENCY_BACKENDS:
+        raise ConfigError(f"latency_backend must be one of {', '.join(LATENCY_BACKENDS)}, got {latency_backend!r}")
 
     names, skipped = eligible_convs(model)
     if layers is not None:
@@ -449,7 +476,7 @@ def _convert(
                     list(info.values()), saving, lambda layer, t: layer.original_cost if t is None else layer.cost(t)
                 )
             else:
-                table = _latency_table(list(info.values()))
+                table = _latency_table(list(info.values()), latency_backend)
                 total_ms = sum(table[(n, None)] for n in names)
                 needed_ms = total_ms * (1 - 1 / target_reduction)
                 chosen = _greedy(list(info.values()), needed_ms, lambda layer, t: table[(layer.name, t)])
@@ -559,6 +586,7 @@ def decouple(
     calibration=None,
     allocation: str = "greedy",
     budget: str = "mult_adds",
+    latency_backend: str = "onnxruntime",
     input_size: tuple[int, int, int] | None = None,
     layers: Iterable[str] | None = None,
     replace_all: bool = False,
@@ -574,7 +602,9 @@ def decouple(
       allocated greedily where the least energy is lost per mult-add saved
       (``allocation="uniform"``: every layer cut by the same factor;
       ``budget="latency"``: per millisecond saved, measured here on each
-      layer, channels_last, batch 1).
+      layer at batch 1 on ``latency_backend`` - ``"onnxruntime"`` (the
+      fast deployed path; needs the [onnx] extra) or ``"channels_last"``
+      eager PyTorch, where depthwise convs are slow and little can be saved).
 
     ``order`` is ``"dw_pw"`` (depthwise then pointwise) or ``"pw_dw"``.
     ``calibration`` (images, a tensor or an iterable of batches; unlabelled)
@@ -598,6 +628,7 @@ def decouple(
         allocation=allocation,
         budget=budget,
         calibration=calibration,
+        latency_backend=latency_backend,
         input_size=input_size,
         layers=layers,
         replace_all=replace_all,

@@ -47,7 +47,7 @@ __all__ = [
     "BACKENDS",
     "BenchResult",
     "PreparedModel",
-    "measure_runner",
+    "time_call",
     "peak_multiply_add_rate",
     "results_table",
     "run_bench",
@@ -92,11 +92,12 @@ def peak_multiply_add_rate(threads: int, size: int = 1024, repeats: int = 5) -> 
     with _threads(threads):
         a, b = torch.randn(size, size), torch.randn(size, size)
         torch.mm(a, b)
-        best = min(_time(lambda: torch.mm(a, b)) for _ in range(repeats))
+        best = min(time_call(lambda: torch.mm(a, b)) for _ in range(repeats))
     return size**3 / best
 
 
-def _time(call: Callable[[], Any]) -> float:
+def time_call(call: Callable[[], Any]) -> float:
+    """Seconds one call takes."""
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
@@ -210,17 +211,6 @@ class PreparedModel:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def measure_runner(
-    run: Callable[[Tensor], Any], x: Tensor, runs: int, warmup: int
-) -> tuple[float, float, float | None]:
-    for _ in range(warmup):
-        run(x)
-    tracked = _reset_peak_rss()
-    times = sorted(1000 * _time(lambda: run(x)) for _ in range(runs))
-    peak = _peak_rss_mb() if tracked else None
-    return statistics.median(times), float(np.percentile(times, 90)), peak
-
-
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
@@ -257,7 +247,7 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
     for _ in range(ROUNDS):
         for result, run, x in timed:
             time.sleep(0.05)  # let the previous engine's worker threads stop spinning
-            times[id(result)] += [1000 * _time(lambda: run(x)) for _ in range(per_round)]
+            times[id(result)] += [1000 * time_call(lambda: run(x)) for _ in range(per_round)]
     for result, _, _ in timed:
         samples = times[id(result)]
         result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
