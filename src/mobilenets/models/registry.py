@@ -114,6 +114,9 @@ def create_model(
     # Record every option, defaults included, so saved weights rebuild this exact model.
     resolved = {k: p.default for k, p in accepted.items() if p.default is not inspect.Parameter.empty}
     resolved.update(kwargs)
+    if "resolution" in resolved and "resolution" not in kwargs:
+        # the variant's own default, e.g. 32 for cifar=True, not the signature's 224
+        resolved["resolution"] = getattr(model, "default_resolution", resolved["resolution"])
     model.arch = {"name": entry.name, **resolved}
     if weights is not None:
         from ..weights import load_weights
