@@ -14,7 +14,7 @@ from torch import nn
 
 from .._table import format_table
 from ..cost.latency import measure_latency
-from ..data import DataError, build_datasets, calibration_images, make_loader
+from ..data import DataError, calibration_images, eval_dataset, make_loader
 from ..decouple import METHODS, decompose, decouple
 from ..errors import ConfigError
 from ..plots import plot_sweep
@@ -77,7 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="folder of unlabelled images: least-squares refinement (decouple), principal directions (channel)",
     )
     opts.add_argument("--calibration-images", type=int, default=256)
-    opts.add_argument("--eval-data", help="dataset (ImageFolder tree or CIFAR root) to measure top-1/top-5 on")
+    opts.add_argument(
+        "--eval-data", help="labelled images (class folders, a train/val tree or a CIFAR root): top-1/top-5"
+    )
     opts.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
     opts.add_argument("--device", default="cpu", help="where to convert and evaluate (cpu, cuda); latency is CPU")
     opts.add_argument("--out", required=True, help="output folder")
@@ -106,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     size = (getattr(model, "in_channels", 3), resolution, resolution)
     loader, num_classes = None, len(info["classes"])
     if args.eval_data:
-        _, val_set, classes = build_datasets(
-            args.eval_data, style=info["transforms"], resolution=resolution, val_subset=args.val_subset
+        val_set, classes = eval_dataset(
+            args.eval_data, style=info["transforms"], resolution=resolution, subset=args.val_subset
         )
         expected = (getattr(model, "arch", {}) or {}).get("num_classes", args.num_classes)
         if len(classes) != expected:
