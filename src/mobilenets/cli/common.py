@@ -66,6 +66,13 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     return model, resolution
 
 
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`load_for_cli` reads: a checkpoint, or a model with its weights."""
+    source = parser.add_argument_group("the network")
+    source.add_argument("--checkpoint", help="a training run's best.pt/last.pt or a saved .safetensors")
+    add_model_options(source, positional=False, required=False)
+
+
 def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str, Any]]:
     """The model a command works on and its data info (classes, preprocessing, resolution):
     ``--checkpoint`` (a run's checkpoint or a saved file), or ``--model`` with optional

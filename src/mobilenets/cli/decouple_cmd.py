@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..plots import plot_sweep
 from ..train import evaluate
 from ..weights import atomic_write, save_weights
-from .common import add_model_options, load_for_cli
+from .common import add_source_options, load_for_cli
 
 EXAMPLES = """\
 Examples:
@@ -53,9 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXAMPLES,
     )
-    source = parser.add_argument_group("the network")
-    source.add_argument("--checkpoint", help="a training run's best.pt/last.pt or a saved .safetensors")
-    add_model_options(source, positional=False, required=False)
+    add_source_options(parser)
     how = parser.add_argument_group("how much to keep (one of)")
     how.add_argument("--rank", type=int, help="T terms per layer (T = k^2 is exact)")
     how.add_argument("--energy", type=float, help="per layer, keep this fraction of squared singular values")

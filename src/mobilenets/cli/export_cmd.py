@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..export import CALIBRATION_METHODS, OnnxClassifier, export_onnx, quantize_onnx
 from ..train import evaluate
 from ..weights import atomic_write
-from .common import add_model_options, load_for_cli
+from .common import add_source_options, load_for_cli
 
 EXAMPLES = """\
 Examples:
@@ -45,9 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXAMPLES,
     )
-    source = parser.add_argument_group("the network")
-    source.add_argument("--checkpoint", help="a training run's best.pt/last.pt or a saved .safetensors")
-    add_model_options(source, positional=False, required=False)
+    add_source_options(parser)
     opts = parser.add_argument_group("export")
     opts.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     opts.add_argument("--out", required=True, help="the .onnx file to write")
