@@ -67,16 +67,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _onnx_accuracy(classifier: OnnxClassifier, loader) -> dict[str, float]:
-    correct1 = correct5 = total = 0
-    for images, labels in loader:
-        top = classifier(images).topk(5, dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-        total += len(labels)
-    return {"top1": correct1 / total, "top5": correct5 / total, "images": total}
-
-
 def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
@@ -105,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
         if len(classes) != len(info["classes"]):
             raise DataError(f"{args.eval_data} has {len(classes)} classes but the model has {len(info['classes'])}")
         batches = list(make_loader(dataset, 50, workers=2))
-        accuracy = {
-            "pytorch": {k: v for k, v in evaluate(model, batches, len(classes)).items() if k in ("top1", "top5")}
-        }
-        accuracy["onnx_fp32"] = _onnx_accuracy(OnnxClassifier(fp32_path), batches)
+        runners = {"pytorch": model, "onnx_fp32": OnnxClassifier(fp32_path)}
         if args.int8:
-            accuracy["onnx_int8"] = _onnx_accuracy(OnnxClassifier(out), batches)
+            runners["onnx_int8"] = OnnxClassifier(out)
+        accuracy = {}
+        for name, runner in runners.items():
+            metrics = evaluate(runner, batches, len(classes))
+            accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
         for name, acc in accuracy.items():
             print(f"{name:10s} top-1 {100 * acc['top1']:.2f}%  top-5 {100 * acc['top5']:.2f}%  ({len(dataset)} images)")
         summary["accuracy"] = accuracy

@@ -7,10 +7,10 @@ return ``(new_model, report)``; the input model is never modified.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .._table import format_table, human
 from ..cost import profile
+from ..cost.latency import median_ms
 from ..errors import ConfigError
 from .baselines import (
     METHODS,
@@ -133,31 +134,37 @@ def _default_input(model: nn.Module, input_size) -> tuple[int, int, int]:
     return (getattr(model, "in_channels", 3), resolution, resolution)
 
 
+@contextlib.contextmanager
+def _forward_hooks(model: nn.Module, names: list[str], hook: Callable[..., None]):
+    """``hook(module, args, output, name=...)`` on each named submodule, the model in
+    eval mode, for the duration of the block; hooks and mode are restored after."""
+    handles = [model.get_submodule(name).register_forward_hook(functools.partial(hook, name=name)) for name in names]
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def _capture(
     model: nn.Module, names: list[str], x: Tensor, *, keep_inputs: bool = False, keep_outputs: bool = False
 ) -> dict[str, dict[str, Any]]:
     """Input/output spatial sizes (and optionally the tensors) of the named convs in one forward pass."""
     seen: dict[str, dict[str, Any]] = {}
-    handles = []
-    for name in names:
 
-        def hook(module, args, output, name=name):
-            seen[name] = {"in_hw": tuple(args[0].shape[-2:]), "out_hw": tuple(output.shape[-2:])}
-            if keep_inputs:
-                seen[name]["input"] = args[0].detach()
-            if keep_outputs:
-                seen[name]["output"] = output.detach()
+    def hook(module, args, output, name):
+        seen[name] = {"in_hw": tuple(args[0].shape[-2:]), "out_hw": tuple(output.shape[-2:])}
+        if keep_inputs:
+            seen[name]["input"] = args[0].detach()
+        if keep_outputs:
+            seen[name]["output"] = output.detach()
 
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
+    with _forward_hooks(model, names, hook):
         model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
     missing = [n for n in names if n not in seen]
     if missing:
         raise ConfigError(f"layers not used by the forward pass: {', '.join(missing)}")
@@ -236,16 +243,6 @@ def _unreachable(saved: float, needed: float) -> ConfigError:
 LATENCY_BACKENDS = ("onnxruntime", "channels_last")
 
 
-def _median_ms(call: Callable[[], Any], runs: int) -> float:
-    times = []
-    for i in range(runs + 2):
-        start = time.perf_counter()
-        call()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 @torch.no_grad()
 def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int = 9) -> float:
     """Batch-1 latency (ms) of one layer on the backend the model will run on."""
@@ -254,7 +251,7 @@ def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int 
     if backend == "channels_last":
         module = module.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-        return _median_ms(lambda: module(x), runs)
+        return median_ms(lambda: module(x), runs=runs, warmup=2)
     import tempfile
 
     from ..export.onnx import ort_session
@@ -266,7 +263,7 @@ def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int 
             torch.onnx.export(module, (x,), path, input_names=["x"], opset_version=17, dynamo=False)
         session = ort_session(path, torch.get_num_threads())
         feed = {"x": x.numpy()}
-        return _median_ms(lambda: session.run(None, feed), runs)
+        return median_ms(lambda: session.run(None, feed), runs=runs, warmup=2)
 
 
 def _latency_table(layers: list[_Layer], backend: str) -> dict[tuple[str, int | None], float]:
@@ -363,16 +360,9 @@ def _response_moments(model: nn.Module, names: list[str], batches: list[Tensor])
         sums[name][1] += rows.sum(0)
         sums[name][2] += (rows.T @ rows).to(sums[name][2].device)
 
-    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
-    was_training = model.training
-    model.eval()
-    try:
+    with _forward_hooks(model, names, hook):
         for images in batches:
             model(images)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
     moments = {}
     for name, (count, total, outer) in sums.items():
         mean = total / count

@@ -152,8 +152,18 @@ def _ort_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
 class PreparedModel:
     """Per model, the artefacts every backend needs, built once (exports, quantization)."""
 
-    def __init__(self, model: nn.Module, info: dict[str, Any], workdir: Path, calibration: Tensor | None, tag: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: dict[str, Any],
+        workdir: Path,
+        calibration: Tensor | None,
+        tag: str,
+        *,
+        reference: bool = False,
+    ):
         self.model, self.info, self.workdir, self.calibration, self.tag = model, info, workdir, calibration, tag
+        self.reference = reference  # torchvision's model: exported the plain way, not through export_onnx
         self._cache: dict[str, Any] = {}
 
     def folded(self) -> nn.Module:
@@ -205,7 +215,7 @@ class PreparedModel:
                 self._cache["compiled"] = torch.compile(self.folded())
             return _torch_runner(self._cache["compiled"], channels_last=True)
         if backend == "onnxruntime":
-            return _ort_runner(self.torchvision_onnx() if self.tag.startswith("tv-") else self.onnx(), threads)
+            return _ort_runner(self.torchvision_onnx() if self.reference else self.onnx(), threads)
         if backend == "onnxruntime-int8":
             return _ort_runner(self.int8(), threads)
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -289,7 +299,11 @@ def run_bench(
                 reference = torchvision.models.get_model(TORCHVISION_NAMES[name]).eval()
                 ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
                 entries.append(
-                    ("torchvision", PreparedModel(reference, info, workdir, None, f"tv-{name}"), ref_backends)
+                    (
+                        "torchvision",
+                        PreparedModel(reference, info, workdir, None, f"tv-{name}", reference=True),
+                        ref_backends,
+                    )
                 )
             for count in threads:
                 with _threads(count):

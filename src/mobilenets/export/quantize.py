@@ -134,15 +134,3 @@ def needs_reduced_range() -> bool:
     except OSError:
         return True
     return "vnni" not in flags
-
-
-def describe(path: str | Path) -> str:
-    """One line on what a mobilenets ONNX file is: precision, resolution, classes."""
-    meta = read_metadata(path)
-    arch = meta.get("arch") or {}
-    name = arch.get("name", "model")
-    return (
-        f"{Path(path).name}: {name} {meta.get('precision', 'fp32')}, {meta['resolution']}x{meta['resolution']} "
-        f"{meta['transforms']} preprocessing, {len(meta.get('classes') or [])} classes"
-        + (f", calibrated with {meta['calibration']}" if "calibration" in meta else "")
-    )

@@ -152,8 +152,11 @@ def evaluate(
     """Top-1, top-5, mean loss, per-class top-1 and images/s over ``loader``.
 
     Under torchrun each process passes its shard; the counts are summed.
+    ``model`` may also be any callable from a batch to logits (an
+    :class:`~mobilenets.export.OnnxClassifier`).
     """
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     device_type = torch.device(device).type
     counts = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, samples, loss sum
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # hits, samples
