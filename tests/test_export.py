@@ -144,16 +144,17 @@ def test_cli_export_and_predict_real_images(tmp_path, capsys):
 
 
 def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
-    """Static int8 (QDQ, per-channel, calibrated on COCO photos, evaluated on other images):
-    on 300 ImageNet images the top-1 of torchvision's MobileNetV2 may fall by at most
-    5 points (measured here: 2 points on all 1000) and most predictions must agree."""
+    """Static int8 as exported by default (QDQ, per-channel, percentile ranges and GPTQ rounding
+    calibrated on 64 COCO photos, evaluated on other images): on 300 ImageNet images the top-1
+    of torchvision's MobileNetV2 may fall by at most 3 points (measured on all 1000 with 200
+    calibration images: 1.6 points, 95% of predictions agree) and 92% of predictions must agree."""
     from mobilenets.data import calibration_images, eval_dataset, make_loader
 
     model = mobilenets.create_model("mobilenet_v2", weights=TORCHVISION_V2_WEIGHTS).eval()
     info = default_data_info(model)
     export_onnx(model, tmp_path / "fp32.onnx", info=info, dynamic_batch=True)
     calibration = calibration_images(SHARED_DATA / "coco128" / "images", style="imagenet", resolution=224, count=64)
-    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, model=model)
     dataset, _ = eval_dataset(SHARED_DATA / "imagenet-sample", style="imagenet", resolution=224, subset=300)
     fp32, int8 = OnnxClassifier(tmp_path / "fp32.onnx"), OnnxClassifier(tmp_path / "int8.onnx")
     assert int8.info["precision"] == "int8"
@@ -166,10 +167,116 @@ def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
         agree += (a == b).sum().item()
         total += len(labels)
     assert hits["fp32"] / total > 0.75
-    assert hits["int8"] / total >= hits["fp32"] / total - 0.05
-    assert agree / total > 0.85
+    assert hits["int8"] / total >= hits["fp32"] / total - 0.03
+    assert agree / total > 0.92
     with pytest.raises(mobilenets.ConfigError, match="already quantized"):
         quantize_onnx(tmp_path / "int8.onnx", tmp_path / "again.onnx", calibration)
+
+
+def _correlated_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Inputs whose channels are strongly correlated, as real activations are (GPTQ's gain comes from that)."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(channels, 3, generator=generator)
+    latent = torch.randn(n, 3, size, size, generator=generator)
+    return torch.einsum("cl,nlhw->nchw", basis, latent) + 0.1 * torch.randn(
+        n, channels, size, size, generator=generator
+    )
+
+
+def test_weight_rounding_lands_on_the_grid_and_gptq_beats_nearest():
+    """Every rounded weight is an integer number of its channel's step within +-qmax, and GPTQ's
+    error feedback leaves each dense layer's output closer to the float layer's than nearest
+    rounding on the calibration inputs (the quantity it minimises); depthwise layers are
+    rounded to nearest either way."""
+    from mobilenets.export import ptq
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Conv2d(32, 24, 3, padding=1)
+    ).eval()
+    images = _correlated_images(16, 16, 12)
+    gptq, grids = ptq.round_weights(model, images, method="gptq")
+    nearest, _ = ptq.round_weights(model, images, method="nearest")
+    assert grids["0"].qmax == ptq.QMAX_REDUCED and grids["2"].qmax == ptq.QMAX_FULL
+    for name, layer in ptq.weight_layers(gptq).items():
+        steps = layer.weight / grids[name].scale.view(-1, 1, 1, 1)
+        assert torch.allclose(steps, steps.round(), atol=1e-3)
+        assert steps.abs().max() <= grids[name].qmax + 1e-3
+    assert torch.equal(gptq[2].weight, nearest[2].weight)
+    inputs = {"0": images, "3": model[2](model[1](model[0](images)))}
+    for index, x in inputs.items():
+        exact = model[int(index)](x)
+        gptq_error = (gptq[int(index)](x) - exact).norm()
+        nearest_error = (nearest[int(index)](x) - exact).norm()
+        assert gptq_error < 0.8 * nearest_error, (index, gptq_error, nearest_error)
+
+
+def _small_int8(tmp_path, **options):
+    model = trained_like(mobilenets.create_model("mobilenet_v2", width_mult=0.35, num_classes=10, resolution=64))
+    info = {"resolution": 64, "transforms": "imagenet", "classes": [str(i) for i in range(10)]}
+    export_onnx(model, tmp_path / "fp32.onnx", info=info)
+    calibration = torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, model=model, **options)
+    return model, calibration, onnx.load(str(tmp_path / "int8.onnx"))
+
+
+def test_int8_file_holds_exactly_the_weights_rounded_in_pytorch(tmp_path):
+    """ONNX Runtime's quantizer is told our steps, so the file's int8 weights are exactly the
+    integers GPTQ chose: 7-bit for dense layers where reduce_range is on, 8-bit for depthwise."""
+    from onnx import numpy_helper
+
+    from mobilenets.export import ptq
+
+    model, calibration, graph = _small_int8(tmp_path, reduce_range=True, bias_correction=False)
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    rounded, grids = ptq.round_weights(fold_batchnorm(model)[0], calibration, method="gptq")
+    checked = 0
+    for name, layer in ptq.weight_layers(rounded).items():
+        integers = (layer.weight / grids[name].scale.view(-1, *[1] * (layer.weight.dim() - 1))).round()
+        assert (stored[f"{name}.weight_quantized"] == integers.detach().numpy()).all(), name
+        largest = abs(stored[f"{name}.weight_quantized"]).max()
+        assert largest == ptq.QMAX_FULL if ptq.is_depthwise(layer) else largest <= ptq.QMAX_REDUCED
+        checked += 1
+    assert checked == 53
+    assert json.loads(dict((p.key, p.value) for p in graph.metadata_props)["mobilenets"])["weight_rounding"] == "gptq"
+
+
+def test_bias_correction_cancels_the_mean_shift_of_every_layer(tmp_path):
+    """After correction, each conv's mean output in the int8 graph matches the fp32 graph's on the
+    calibration images far better than before (a shift that compounds through the network)."""
+    from mobilenets.export import ptq
+
+    _, calibration, graph = _small_int8(tmp_path, reduce_range=True, bias_correction=False)
+
+    def shift(g):
+        targets = ptq._bias_targets(g)
+        reference = ptq._channel_means(
+            onnx.load(str(tmp_path / "fp32.onnx")), [t.reference for t in targets], calibration, 1
+        )
+        measured = ptq._channel_means(g, [t.measured for t in targets], calibration, 1)
+        return sum(float(abs(r - m).mean()) for r, m in zip(reference, measured)) / len(targets)
+
+    before = shift(graph)
+    assert ptq.correct_biases(graph, tmp_path / "fp32.onnx", calibration) == 53
+    after = shift(graph)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_activation_ranges_cut_at_the_percentile(tmp_path):
+    """At 100 the range is the observed one (widened to hold 0); lower cuts only the top of a
+    tensor after a ReLU and both ends of a signed one."""
+    from mobilenets.export import ptq
+
+    model = trained_like(mobilenets.create_model("mobilenet_v2", width_mult=0.35, num_classes=10, resolution=64))
+    export_onnx(model, tmp_path / "fp32.onnx", info={"resolution": 64, "transforms": "imagenet", "classes": []})
+    graph = onnx.load(str(tmp_path / "fp32.onnx"))
+    relu = next(n.output[0] for n in graph.graph.node if n.op_type == "Clip")
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    full = ptq.activation_ranges(tmp_path / "fp32.onnx", ["image", relu], images, percentile=100.0)
+    assert full["image"] == pytest.approx((images.min().item(), images.max().item()), rel=1e-5)
+    cut = ptq.activation_ranges(tmp_path / "fp32.onnx", ["image", relu], images, percentile=99.0)
+    assert full["image"][0] < cut["image"][0] < 0 < cut["image"][1] < full["image"][1]
+    assert cut[relu][0] == full[relu][0] == 0 and 0 < cut[relu][1] < full[relu][1]
 
 
 def test_export_bad_input(tmp_path, capsys):

@@ -3,10 +3,11 @@ prediction, int8 quantization, latency benchmarks and memory-efficient inference
 
 from .memory_efficient import MemoryEfficientInvertedResidual, memory_efficient
 from .onnx import ExportError, ExportReport, OnnxClassifier, export_onnx, fold_batchnorm, read_metadata
-from .quantize import CALIBRATION_METHODS, quantize_onnx
+from .quantize import CALIBRATION_METHODS, WEIGHT_ROUNDING, quantize_onnx
 
 __all__ = [
     "CALIBRATION_METHODS",
+    "WEIGHT_ROUNDING",
     "ExportError",
     "ExportReport",
     "MemoryEfficientInvertedResidual",

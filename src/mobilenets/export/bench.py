@@ -201,7 +201,7 @@ class PreparedModel:
                 # Latency does not depend on the ranges; accuracy does (pass --calibration for that).
                 calibration = torch.randn(16, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
             path = self.workdir / f"{self.tag}-int8.onnx"
-            quantize_onnx(self.onnx(), path, calibration)
+            quantize_onnx(self.onnx(), path, calibration, model=self.model)
             self._cache["int8"] = path
         return self._cache["int8"]
 

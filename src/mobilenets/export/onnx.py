@@ -100,8 +100,8 @@ def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
     return None, name
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with full graph optimisation."""
+def ort_session(path: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimisation (a file, or a serialized model)."""
     _, ort = _onnx()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -110,9 +110,11 @@ def ort_session(path: str | Path, threads: int | None = None):
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        where = "the model" if isinstance(path, bytes) else path
+        raise ExportError(f"ONNX Runtime cannot load {where}: {exc}") from exc
 
 
 def _relative_error(actual, expected: Tensor) -> float:

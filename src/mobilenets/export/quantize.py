@@ -9,7 +9,8 @@ MobileNets are hard to quantize per tensor: depthwise filters and ReLU6 ranges
 vary a lot between channels.  The calibration method is the first lever:
 
 * ``minmax`` - the observed range; one outlier widens every step;
-* ``percentile`` - clip the range at the 99.999th percentile of the histogram;
+* ``percentile`` - cut the range at a percentile of each tensor's histogram (99.99 by default;
+  only the top for tensors after a ReLU, both ends for signed ones);
 * ``entropy`` - the range minimising the KL divergence of the quantized histogram.
 
 The second lever is the weights' range on x86 CPUs without VNNI: their u8 x s8
@@ -25,15 +26,19 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from torch import Tensor
+import numpy as np
+import torch
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..weights import atomic_write
-from .onnx import _onnx, _set_metadata, read_metadata
+from . import ptq
+from .onnx import _onnx, _set_metadata, fold_batchnorm, read_metadata
 
-__all__ = ["CALIBRATION_METHODS", "quantize_onnx"]
+__all__ = ["CALIBRATION_METHODS", "WEIGHT_ROUNDING", "quantize_onnx"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+WEIGHT_ROUNDING = ("gptq", "nearest")
 
 
 def quantize_onnx(
@@ -42,21 +47,45 @@ def quantize_onnx(
     calibration: Tensor,
     *,
     method: str = "percentile",
+    percentile: float = 99.99,
     per_channel: bool = True,
     reduce_range: bool | None = None,
+    model: nn.Module | None = None,
+    weight_rounding: str = "gptq",
+    full_range_depthwise: bool = True,
+    bias_correction: bool = False,
+    bias_correction_images: int = 128,
+    progress: bool = False,
 ) -> Path:
     """Write an int8 (QDQ) copy of the fp32 export ``fp32_path`` to ``out_path``.
 
     ``calibration`` is a batch of preprocessed images (e.g. from
     :func:`mobilenets.data.calibration_images`); a few hundred are plenty.
     The metadata (class names, preprocessing) is carried over, marked int8.
-    ``reduce_range=None`` uses 7-bit weights where the CPU lacks VNNI (see above).
+
+    The steps, each measured in docs/benchmarks.md#int8-accuracy:
+
+    * ``method``: how activation ranges are chosen (see the module docstring);
+    * ``reduce_range``: 7-bit dense weights; ``None`` = where the CPU lacks VNNI;
+    * ``full_range_depthwise``: depthwise weights keep 8 bits even then (their kernel
+      does not saturate);
+    * ``weight_rounding="gptq"`` with the PyTorch ``model`` the file was exported from:
+      dense weights rounded with error feedback (:func:`mobilenets.export.ptq.round_weights`);
+      without ``model``, or ``"nearest"``, each weight goes to its nearest step;
+    * ``bias_correction``: every conv's mean output shift cancelled on the first
+      ``bias_correction_images`` calibration images (:func:`mobilenets.export.ptq.correct_biases`).
+      Off by default: it helped with wide (99.999th percentile, symmetric) ranges and
+      nearest rounding, but on top of per-tensor 99.99 ranges and GPTQ it moved the int8
+      model *away* from fp32 (mean KL 0.028 -> 0.050 on imagenet-sample): the mean
+      shift left there comes mostly from clipping, which a bias cannot undo.
     """
     onnx, _ = _onnx()
     from onnxruntime.quantization import CalibrationDataReader
 
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    if weight_rounding not in WEIGHT_ROUNDING:
+        raise ConfigError(f"weight rounding must be one of {', '.join(WEIGHT_ROUNDING)}, got {weight_rounding!r}")
     if calibration.dim() != 4 or calibration.shape[0] == 0:
         raise ConfigError(
             f"calibration must be a non-empty batch of images (N, C, H, W), got {tuple(calibration.shape)}"
@@ -69,55 +98,168 @@ def quantize_onnx(
     out_path = Path(out_path)
 
     class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches: Iterator[Tensor] = iter(calibration.split(batch or 16))
+        def __init__(self, images: Tensor) -> None:
+            self.batches: Iterator[Tensor] = iter(images.split(batch or 16))
 
         def get_next(self):
             images = next(self.batches, None)
             return None if images is None else {"image": images.float().numpy()}
 
+    graph = onnx.load(str(fp32_path))
+    qmax = {True: ptq.QMAX_REDUCED, False: ptq.QMAX_FULL}
+    grids = _weight_grids(graph, qmax[reduce_range], ptq.QMAX_FULL if full_range_depthwise else qmax[reduce_range])
+    rounding = weight_rounding if model is not None else "nearest"
+    if rounding == "gptq":
+        _round_with_gptq(graph, model, calibration, grids)
+    details = {
+        "calibration": method if method != "percentile" else f"percentile {percentile}",
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "full_range_depthwise": full_range_depthwise,
+        "weight_rounding": rounding,
+        "bias_correction": bias_correction,
+    }
+    steps = {
+        "fp32_path": fp32_path,
+        "graph": graph,
+        "grids": grids if per_channel else {},
+        "reader": Reader,
+        "metadata": {**metadata, "precision": "int8", **details},
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "bias_images": calibration[:bias_correction_images] if bias_correction else None,
+        "batch": batch or 16,
+        "progress": progress,
+        "calibration": calibration,
+        "percentile": percentile,
+    }
     try:
-        return _quantize(onnx, fp32_path, out_path, Reader, metadata, method, per_channel, reduce_range)
+        return _quantize(onnx, out_path, method, **steps)
     except ValueError as exc:
-        # ONNX Runtime's histogram calibration fails on tensors whose observed range is
+        # ONNX Runtime's entropy calibration fails on tensors whose observed range is
         # (nearly) a single value, e.g. saturated squeeze-excite gates.
-        if method == "minmax" or "bins" not in str(exc):
+        if method != "entropy" or "bins" not in str(exc):
             raise
         warnings.warn(f"{method} calibration failed ({exc}); using minmax instead", stacklevel=2)
-        return _quantize(onnx, fp32_path, out_path, Reader, metadata, "minmax", per_channel, reduce_range)
+        steps["metadata"]["calibration"] = "minmax"
+        return _quantize(onnx, out_path, "minmax", **steps)
 
 
-def _quantize(onnx, fp32_path, out_path, Reader, metadata, method, per_channel, reduce_range) -> Path:
+def _weight_grids(graph, dense_qmax: int, depthwise_qmax: int) -> dict[str, ptq.WeightGrid]:
+    """Per-channel steps for every Conv/Gemm weight initializer of an fp32 graph."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.graph.initializer}
+    grids = {}
+    for node in graph.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in initializers:
+            continue
+        weight = torch.from_numpy(numpy_helper.to_array(initializers[node.input[1]]).copy())
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+            weight = weight.T  # per-channel steps follow the output axis
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        depthwise = node.op_type == "Conv" and groups > 1 and groups == weight.shape[0] and weight.shape[1] == 1
+        grids[node.input[1]] = ptq.grid_for(weight, depthwise_qmax if depthwise else dense_qmax)
+    return grids
+
+
+def _round_with_gptq(graph, model: nn.Module, calibration: Tensor, grids: dict[str, ptq.WeightGrid]) -> None:
+    """Replace the graph's weights by GPTQ-rounded ones from the PyTorch layers they were exported from."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.graph.initializer}
+    folded, _ = fold_batchnorm(model)
+    matched = {}
+    for name, layer in ptq.weight_layers(folded).items():
+        key = f"{name}.weight"
+        if key in grids and tuple(initializers[key].dims) == tuple(layer.weight.shape):
+            exported = torch.from_numpy(numpy_helper.to_array(initializers[key]).copy())
+            if torch.allclose(exported, layer.weight.detach(), rtol=1e-4, atol=1e-6):
+                matched[name] = grids[key]
+    # Layers the exporter renamed or transformed keep nearest rounding (done by ONNX Runtime).
+    rounded, _ = ptq.round_weights(folded, calibration, grids=matched, method="gptq")
+    layers = ptq.weight_layers(rounded)
+    for name in matched:
+        key = f"{name}.weight"
+        initializers[key].CopyFrom(numpy_helper.from_array(layers[name].weight.detach().numpy(), key))
+
+
+def _quantize(
+    onnx,
+    out_path,
+    method,
+    *,
+    fp32_path,
+    graph,
+    grids,
+    reader,
+    metadata,
+    per_channel,
+    reduce_range,
+    bias_images,
+    batch,
+    progress,
+    calibration,
+    percentile,
+) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    rounded = out_path.with_name(f".{out_path.name}.rounded.tmp")
     prepared = out_path.with_name(f".{out_path.name}.pre.tmp")
     quantized = out_path.with_name(f".{out_path.name}.q.tmp")
     try:
+        onnx.save(graph, str(rounded))
         # Shape inference and graph cleanup first, as ONNX Runtime recommends for static quantization.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[method],
-            reduce_range=reduce_range,
-            extra_options={"CalibMovingAverage": False},
-        )
-        graph = onnx.load(str(quantized))
-        details = {"calibration": method, "per_channel": per_channel, "reduce_range": reduce_range}
-        _set_metadata(graph, {**metadata, "precision": "int8", **details})
-        atomic_write(out_path, lambda tmp: onnx.save(graph, tmp))
+        quant_pre_process(str(rounded), str(prepared), skip_symbolic_shape=True)
+        present = {init.name for init in onnx.load(str(prepared)).graph.initializer}
+        overrides = ptq.onnx_weight_overrides(grids, present)
+
+        def run(calibrate: str, images: Tensor, activations: dict[str, list[dict]]) -> None:
+            quantize_static(
+                str(prepared),
+                str(quantized),
+                reader(images),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                }[calibrate],
+                reduce_range=reduce_range,
+                extra_options={
+                    "CalibMovingAverage": False,
+                    # Our weight steps, so the integers are the ones rounded above (the int32
+                    # bias has range to spare), and our activation ranges where given.
+                    "TensorQuantOverrides": {**overrides, **activations},
+                    "QDQDisableWeightAdjustForInt32Bias": True,
+                },
+            )
+
+        if method == "percentile":
+            # A quick pass names the activations ONNX Runtime quantizes; their ranges are ours.
+            run("minmax", calibration[:1], {})
+            names = [
+                node.input[0].removesuffix("_QuantizeLinear_Input")
+                for node in onnx.load(str(quantized)).graph.node
+                if node.op_type == "QuantizeLinear"
+            ]
+            ranges = ptq.activation_ranges(prepared, names, calibration, percentile=percentile, batch_size=batch)
+            activations = {
+                name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for name, (lo, hi) in ranges.items()
+            }
+            run("minmax", calibration[:1], activations)
+        else:
+            run(method, calibration, {})
+        result = onnx.load(str(quantized))
+        if bias_images is not None:
+            ptq.correct_biases(result, fp32_path, bias_images, batch_size=batch, progress=progress)
+        _set_metadata(result, metadata)
+        atomic_write(out_path, lambda tmp: onnx.save(result, tmp))
     finally:
-        prepared.unlink(missing_ok=True)
-        quantized.unlink(missing_ok=True)
+        for tmp in (rounded, prepared, quantized):
+            tmp.unlink(missing_ok=True)
         for leftover in out_path.parent.glob(f".{out_path.name}*.data"):
             leftover.unlink()
     return out_path
