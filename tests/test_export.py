@@ -354,3 +354,23 @@ def test_decoupled_networks_export_to_onnx(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert rel(OnnxClassifier(tmp_path / "nd.onnx")(x), decoupled(x)) < 1e-4
+
+
+def test_bench_scores_every_backend_of_a_trained_model(tmp_path, capsys):
+    """With weights and labelled images each backend's top-1 is measured (the PyTorch ones
+    share one function, ONNX Runtime fp32 matches it) and plotted against latency."""
+    code = main(
+        [
+            "bench", "--models", "mobilenet_v2", "--backends", "eager,onnxruntime", "--runs", "2", "--warmup", "1",
+            "--threads", "1", "--weights", f"mobilenet_v2={TORCHVISION_V2_WEIGHTS}",
+            "--eval-data", str(SHARED_DATA / "imagenet-sample"), "--val-subset", "50", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert "top-1 %" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    top1 = {(r["source"], r["backend"]): r["top1"] for r in rows}
+    assert top1[("mobilenets", "eager")] == top1[("mobilenets", "onnxruntime")] > 60
+    # torchvision's reference took the same (torchvision-layout) weights: the same function
+    assert top1[("torchvision", "eager")] == top1[("mobilenets", "eager")]
+    assert main(["bench", "--models", "mobilenet_v2", "--eval-data", str(tmp_path)]) == 2

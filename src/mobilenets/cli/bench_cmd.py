@@ -19,7 +19,11 @@ Examples:
   mobilenets bench --models mobilenet_v2,mobilenet_v3_large --threads 1,2 --out bench/
   # every backend, two batch sizes, int8 calibrated on real images
   mobilenets bench --models mobilenet_v2 --backends eager,channels_last,compile,onnxruntime,onnxruntime-int8 \\
-      --batch-sizes 1,8 --calibration ../shared/data/imagenet-sample --out bench/
+      --batch-sizes 1,8 --calibration ../shared/data/coco128/images --out bench/
+  # with trained weights: top-1 of every backend (int8 included) and a latency-against-accuracy plot
+  mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8 \
+      --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \
+      --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample --out bench/
 """
 
 
@@ -61,6 +65,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-reference", action="store_true", help="skip torchvision's models")
     parser.add_argument("--calibration", help="images to calibrate int8 with (default: random, latency only)")
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="MODEL=FILE",
+        help="trained weights for a model (ours or torchvision's; repeat per model); without them models are "
+        "untrained, which times the same but has no accuracy",
+    )
+    parser.add_argument("--eval-data", help="labelled images: top-1 of every backend of models given --weights")
+    parser.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
     parser.add_argument("--out", help="folder for bench.txt, bench.json, bench.png")
     parser.set_defaults(run=run)
 
@@ -71,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
     if any(b < 1 for b in args.batch_sizes) or any(t < 1 for t in args.threads) or args.runs < 1:
         raise ConfigError("batch sizes, thread counts and --runs must be positive")
+    weights = {}
+    for item in args.weights:
+        model, sep, path = item.partition("=")
+        if not sep or model not in args.models:
+            raise ConfigError(f"--weights takes MODEL=FILE for one of --models, got {item!r}")
+        weights[model] = path
+    if args.eval_data and not weights:
+        raise ConfigError("--eval-data needs --weights MODEL=FILE: untrained models have no accuracy to measure")
     calibration = None
     if args.calibration:
         calibration = calibration_images(
@@ -86,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         references=not args.no_reference,
         calibration=calibration,
+        weights=weights,
+        eval_data=args.eval_data,
+        val_subset=args.val_subset,
         progress=lambda line: print(line, file=sys.stderr),
     )
     machine = machine_description(args.threads)

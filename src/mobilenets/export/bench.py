@@ -14,7 +14,8 @@ figure can be read as a ratio measured side by side: at each thread count every
 configuration is timed ``runs`` times in three rounds that take turns.  The median,
 90th percentile, throughput and the process's peak resident memory while that
 configuration ran alone (after ``warmup`` runs) are reported, with the compute floor:
-mult-adds over this CPU's measured multiply-add rate at that thread count.
+mult-adds over this CPU's measured multiply-add rate at that thread count.  Given
+trained weights and labelled images, each backend's top-1 is measured as well.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from ..cost import profile
 from ..errors import ConfigError
 from ..models import create_model
 from ..predict import default_data_info
+from ..weights import WeightsError, load_weights
 from .onnx import export_onnx, fold_batchnorm, ort_session
 from .quantize import quantize_onnx
 
@@ -79,6 +81,7 @@ class BenchResult:
     images_per_s: float | None = None
     peak_rss_mb: float | None = None
     floor_ms: float | None = None
+    top1: float | None = None  # % on the evaluation images, when weights and images were given
     error: str = ""
 
     @property
@@ -165,6 +168,22 @@ class PreparedModel:
         self.model, self.info, self.workdir, self.calibration, self.tag = model, info, workdir, calibration, tag
         self.reference = reference  # torchvision's model: exported the plain way, not through export_onnx
         self._cache: dict[str, Any] = {}
+        self._top1: dict[str, float] = {}
+
+    def top1(self, backend: str, batches: list, num_classes: int) -> float:
+        """Top-1 (%) of this backend's model on ``batches``; the PyTorch backends share one
+        evaluation (they compute the same function), the ONNX Runtime ones run their files."""
+        from ..train import evaluate
+
+        kind = backend if backend.startswith("onnxruntime") else "pytorch"
+        if kind not in self._top1:
+            if kind == "pytorch":
+                runner = self.model.eval()
+            else:
+                run = self.runner(backend, threads=0)
+                runner = lambda x: torch.from_numpy(run(x)[0])  # noqa: E731
+            self._top1[kind] = 100 * evaluate(runner, batches, num_classes)["top1"]
+        return self._top1[kind]
 
     def folded(self) -> nn.Module:
         if "folded" not in self._cache:
@@ -275,9 +294,18 @@ def run_bench(
     warmup: int = 5,
     references: bool = True,
     calibration: Tensor | None = None,
+    weights: Mapping[str, str | Path] | None = None,
+    eval_data: str | Path | None = None,
+    val_subset: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Time every (model, backend, batch size, thread count); see the module docstring."""
+    """Time every (model, backend, batch size, thread count); see the module docstring.
+
+    ``weights`` maps model names to weight files (ours or torchvision's; torchvision's
+    reference model gets them too when they are in its layout).  With ``eval_data``
+    (labelled images), every backend of a model with weights also gets its top-1 there:
+    int8 is measured, not assumed.
+    """
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
@@ -289,6 +317,9 @@ def run_bench(
         workdir = Path(tmp)
         for name in models:
             model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
+            weight_file = (weights or {}).get(name)
+            if weight_file:
+                load_weights(model, weight_file)
             info = default_data_info(model)
             size = info["resolution"]
             mult_adds = profile(model, (3, size, size)).mult_adds
@@ -297,6 +328,11 @@ def run_bench(
                 import torchvision
 
                 reference = torchvision.models.get_model(TORCHVISION_NAMES[name]).eval()
+                reference.has_weights = False
+                if weight_file:
+                    with contextlib.suppress(WeightsError):  # our layout: the reference stays untrained
+                        load_weights(reference, weight_file)
+                        reference.has_weights = True
                 ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
                 entries.append(
                     (
@@ -315,7 +351,36 @@ def run_bench(
                     results.append(result)
                     if progress:
                         progress(_line(result))
+            if eval_data and weight_file:
+                _score(results, entries, name, info, eval_data, val_subset, progress)
     return results
+
+
+def _score(results, entries, name, info, eval_data, val_subset, progress) -> None:
+    """Fill in top-1 for every result of ``name`` whose model has trained weights."""
+    from ..data import eval_dataset, make_loader
+
+    dataset, classes = eval_dataset(
+        eval_data, style=info["transforms"], resolution=info["resolution"], subset=val_subset
+    )
+    if len(classes) != len(info["classes"]):
+        raise ConfigError(f"{eval_data} has {len(classes)} classes but {name} has {len(info['classes'])}")
+    batches = list(make_loader(dataset, 50, workers=0))
+    for source, prepared, chosen in entries:
+        if source == "torchvision" and not getattr(prepared.model, "has_weights", False):
+            continue
+        for backend in chosen:
+            try:
+                top1 = prepared.top1(backend, batches, len(classes))
+            except Exception as exc:  # noqa: BLE001 - an unscorable path keeps its timings
+                if progress:
+                    progress(f"{name} {source} {backend}: no accuracy ({_error(exc)})")
+                continue
+            for r in results:
+                if (r.model, r.source, r.backend) == (name, source, backend):
+                    r.top1 = top1
+            if progress:
+                progress(f"{name} {source} {backend}: top-1 {top1:.1f}% on {len(dataset)} images")
 
 
 def _line(r: BenchResult) -> str:
@@ -332,6 +397,7 @@ def results_table(results: Sequence[BenchResult]) -> str:
         if r.source == "torchvision" and r.backend == "onnxruntime" and r.median_ms
     }
     rows = []
+    scored = any(r.top1 is not None for r in results)
     for r in results:
         if r.error:
             rows.append([r.label, r.backend, r.batch_size, r.threads, "-", "-", "-", "-", "-", "-", r.error[:50]])
@@ -354,6 +420,10 @@ def results_table(results: Sequence[BenchResult]) -> str:
         )
     header = ["model", "backend", "batch", "threads", "median ms", "p90 ms", "img/s", "peak RSS MB"]
     header += ["vs floor", "vs tv ORT", "error"]
+    if scored:
+        header.insert(-1, "top-1 %")
+        for row, r in zip(rows, results):
+            row.insert(-1, "-" if r.top1 is None or r.error else f"{r.top1:.1f}")
     mult_adds = {r.label: r.mult_adds for r in results}
     notes = ", ".join(f"{k} {human(v)}" for k, v in mult_adds.items())
     return format_table(header, rows) + f"\nmult-adds per image: {notes}"
@@ -391,17 +461,25 @@ def plot_latency(results: Sequence[BenchResult], out: str | Path) -> Path:
         raise ConfigError("no successful measurements to plot")
     most = max(r.threads for r in ok)
     ok = [r for r in ok if r.threads == most]
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    scored = [r for r in ok if r.top1 is not None]
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(12 if scored else 7, 4.8), squeeze=False)
+    ax = axes[0][0]
     markers = dict(zip(BACKENDS, "osD^v"))
     colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r.label for r in ok))}
-    for r in ok:
-        ax.scatter(
-            r.mult_adds / 1e6,
-            r.median_ms,
-            marker=markers.get(r.backend, "x"),
-            color=colours[r.label],
-            facecolors="none" if r.source == "torchvision" else colours[r.label],
-        )
+    for panel, rows, x in ((ax, ok, lambda r: r.mult_adds / 1e6), (axes[0][-1], scored, lambda r: r.top1)):
+        for r in rows:
+            panel.scatter(
+                x(r),
+                r.median_ms,
+                marker=markers.get(r.backend, "x"),
+                color=colours[r.label],
+                facecolors="none" if r.source == "torchvision" else colours[r.label],
+            )
+    if scored:
+        side = axes[0][1]
+        side.set(xlabel="top-1 on the evaluation images (%)", ylabel="median latency (ms)", yscale="log")
+        side.set_title("latency against accuracy (lower right is better)")
+        side.grid(True, alpha=0.3)
     for label, colour in colours.items():
         ax.scatter([], [], color=colour, label=label)
     for backend, marker in markers.items():
