@@ -374,3 +374,17 @@ def test_bench_scores_every_backend_of_a_trained_model(tmp_path, capsys):
     # torchvision's reference took the same (torchvision-layout) weights: the same function
     assert top1[("torchvision", "eager")] == top1[("mobilenets", "eager")]
     assert main(["bench", "--models", "mobilenet_v2", "--eval-data", str(tmp_path)]) == 2
+
+
+def test_cli_int8_export_records_its_steps(tmp_path, capsys):
+    """Every int8 option reaches the file: the metadata says how it was quantized."""
+    out = tmp_path / "small-int8.onnx"
+    args = ["export", "--model", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--out", str(out)]
+    args += ["--int8", "--calibration", str(SHARED_DATA / "coco128" / "images"), "--calibration-images", "8"]
+    assert main([*args, "--weight-rounding", "nearest", "--bias-correction", "--calibration-percentile", "99.9"]) == 0
+    assert "nearest weight rounding, bias correction" in capsys.readouterr().out
+    info = OnnxClassifier(out).info
+    assert (info["precision"], info["weight_rounding"], info["bias_correction"]) == ("int8", "nearest", True)
+    assert info["calibration"] == "percentile 99.9"
+    assert main([*args, "--calibration-percentile", "20"]) == 2
+    assert "percentile must be in (50, 100]" in capsys.readouterr().err

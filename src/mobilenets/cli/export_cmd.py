@@ -19,9 +19,9 @@ Examples:
   # torchvision's ImageNet MobileNetV2 weights into our model, exported with a dynamic batch
   mobilenets export --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --out mnv2.onnx --dynamic-batch
-  # the same, int8 (calibrated on 200 images), with fp32 vs int8 top-1 on labelled images
+  # the same, int8 (calibrated on 200 other photos), with fp32 vs int8 top-1 on labelled images
   mobilenets export --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
-      --out mnv2-int8.onnx --int8 --calibration ../shared/data/imagenet-sample \\
+      --out mnv2-int8.onnx --int8 --calibration ../shared/data/coco128/images \\
       --eval-data ../shared/data/imagenet-sample
   # a checkpoint from 'mobilenets train' (class names and CIFAR preprocessing travel with it)
   mobilenets export --checkpoint runs/quick/best.pt --out cifar.onnx
@@ -61,6 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="percentile",
         choices=CALIBRATION_METHODS,
         help="how activation ranges are chosen (default percentile)",
+    )
+    quant.add_argument(
+        "--calibration-percentile",
+        type=float,
+        default=99.99,
+        help="percentile method: where each activation range is cut (default 99.99; measured best on MobileNetV2, "
+        "and sharp: 99.95 and 99.999 were both worse)",
     )
     quant.add_argument(
         "--weight-rounding",
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             out,
             calibration,
             method=args.calibration_method,
+            percentile=args.calibration_percentile,
             model=model,
             weight_rounding=args.weight_rounding,
             bias_correction=args.bias_correction,

@@ -84,6 +84,8 @@ def quantize_onnx(
 
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    if not 50.0 < percentile <= 100.0:
+        raise ConfigError(f"percentile must be in (50, 100], got {percentile}")
     if weight_rounding not in WEIGHT_ROUNDING:
         raise ConfigError(f"weight rounding must be one of {', '.join(WEIGHT_ROUNDING)}, got {weight_rounding!r}")
     if calibration.dim() != 4 or calibration.shape[0] == 0:
