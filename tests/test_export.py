@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -144,10 +145,13 @@ def test_cli_export_and_predict_real_images(tmp_path, capsys):
 
 
 def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
-    """Static int8 as exported by default (QDQ, per-channel, percentile ranges and GPTQ rounding
-    calibrated on 64 COCO photos, evaluated on other images): on 300 ImageNet images the top-1
-    of torchvision's MobileNetV2 may fall by at most 3 points (measured on all 1000 with 200
-    calibration images: 1.6 points, 95% of predictions agree) and 92% of predictions must agree."""
+    """Static int8 as exported by default (QDQ, per-channel, percentile ranges, GPTQ rounding,
+    float logits, ranges searched against the output; calibrated on 64 COCO photos, evaluated
+    on the 1,000 ImageNet images, which it never saw): torchvision's MobileNetV2 keeps its top-1
+    within 1.5 points and 94% of its predictions, and the range search brings the output closer
+    to fp32 on those unseen images than the percentile ranges it starts from.  Measured here:
+    82.9% against 83.8%, 96.4% agreement, KL to fp32 0.0197 against 0.0219 unsearched (with
+    200 calibration images, docs/benchmarks.md: 83.9%, KL 0.0199 against 0.0231)."""
     from mobilenets.data import calibration_images, eval_dataset, make_loader
 
     model = mobilenets.create_model("mobilenet_v2", weights=TORCHVISION_V2_WEIGHTS).eval()
@@ -155,20 +159,28 @@ def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
     export_onnx(model, tmp_path / "fp32.onnx", info=info, dynamic_batch=True)
     calibration = calibration_images(SHARED_DATA / "coco128" / "images", style="imagenet", resolution=224, count=64)
     quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, model=model)
-    dataset, _ = eval_dataset(SHARED_DATA / "imagenet-sample", style="imagenet", resolution=224, subset=300)
-    fp32, int8 = OnnxClassifier(tmp_path / "fp32.onnx"), OnnxClassifier(tmp_path / "int8.onnx")
-    assert int8.info["precision"] == "int8"
-    hits = {"fp32": 0, "int8": 0}
-    agree = total = 0
-    for images, labels in make_loader(dataset, 50, workers=0):
-        a, b = fp32(images).argmax(1), int8(images).argmax(1)
-        hits["fp32"] += (a == labels).sum().item()
-        hits["int8"] += (b == labels).sum().item()
-        agree += (a == b).sum().item()
-        total += len(labels)
-    assert hits["fp32"] / total > 0.75
-    assert hits["int8"] / total >= hits["fp32"] / total - 0.03
-    assert agree / total > 0.92
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "unsearched.onnx", calibration, model=model, range_search=False)
+    dataset, _ = eval_dataset(SHARED_DATA / "imagenet-sample", style="imagenet", resolution=224)
+    batches = list(make_loader(dataset, 50, workers=2))
+    labels = torch.cat([y for _, y in batches])
+    logits = {
+        name: torch.cat([OnnxClassifier(tmp_path / f"{name}.onnx")(images) for images, _ in batches])
+        for name in ("fp32", "int8", "unsearched")
+    }
+    assert OnnxClassifier(tmp_path / "int8.onnx").info["precision"] == "int8"
+    top1 = {name: (values.argmax(1) == labels).float().mean().item() for name, values in logits.items()}
+    agree = (logits["int8"].argmax(1) == logits["fp32"].argmax(1)).float().mean().item()
+    reference = logits["fp32"].log_softmax(1)
+    kl = {
+        name: torch.nn.functional.kl_div(
+            logits[name].log_softmax(1), reference, log_target=True, reduction="batchmean"
+        ).item()
+        for name in ("int8", "unsearched")
+    }
+    assert top1["fp32"] > 0.75
+    assert top1["int8"] >= top1["fp32"] - 0.015
+    assert agree > 0.94
+    assert kl["int8"] < kl["unsearched"]
     with pytest.raises(mobilenets.ConfigError, match="already quantized"):
         quantize_onnx(tmp_path / "int8.onnx", tmp_path / "again.onnx", calibration)
 
@@ -211,8 +223,25 @@ def test_weight_rounding_lands_on_the_grid_and_gptq_beats_nearest():
         assert gptq_error < 0.8 * nearest_error, (index, gptq_error, nearest_error)
 
 
-def _small_int8(tmp_path, **options):
-    model = trained_like(mobilenets.create_model("mobilenet_v2", width_mult=0.35, num_classes=10, resolution=64))
+def with_batch_statistics(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Batch norms set to the statistics of ``images``, as training leaves them.  With random
+    weights and made-up statistics, activations fade layer by layer and every image gets the
+    same logits, which would make int8-against-fp32 comparisons vacuous."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batch
+    model.train()
+    with torch.no_grad():
+        model(images)
+    return model.eval()
+
+
+def _small_int8(tmp_path, logit_scale: float = 1.0, **options):
+    model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, num_classes=10, resolution=64)
+    model = with_batch_statistics(model, torch.randn(64, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():  # logits as spread as a trained classifier's
+        model.classifier[-1].weight.mul_(logit_scale)
     info = {"resolution": 64, "transforms": "imagenet", "classes": [str(i) for i in range(10)]}
     export_onnx(model, tmp_path / "fp32.onnx", info=info)
     calibration = torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -260,6 +289,66 @@ def test_bias_correction_cancels_the_mean_shift_of_every_layer(tmp_path):
     assert ptq.correct_biases(graph, tmp_path / "fp32.onnx", calibration) == 53
     after = shift(graph)
     assert after < 0.5 * before, (before, after)
+
+
+def test_logits_stay_float(tmp_path):
+    """The classifier's output is not quantized (its largest values decide the prediction): the
+    last Gemm writes the graph output directly, no scale is left behind, and the logits are off
+    the uint8 grid that ONNX Runtime's default puts them on."""
+    _, calibration, graph = _small_int8(tmp_path, range_search=False, float_outputs=False)
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+    step, zero = float(scales["logits_scale"]), int(scales["logits_zero_point"])
+    on_grid = OnnxClassifier(tmp_path / "int8.onnx")(calibration) / step + zero
+    assert torch.allclose(on_grid, on_grid.round(), atol=1e-3)
+
+    _, _, graph = _small_int8(tmp_path, range_search=False)
+    producer = {out: node for node in graph.graph.node for out in node.output}[graph.graph.output[0].name]
+    assert producer.op_type == "Gemm"
+    used = {name for node in graph.graph.node for name in node.input}
+    assert all(init.name in used for init in graph.graph.initializer)
+    off_grid = OnnxClassifier(tmp_path / "int8.onnx")(calibration) / step + zero
+    assert (off_grid - off_grid.round()).abs().mean() > 0.1
+
+
+def test_range_search_keeps_what_it_measured_and_restores_every_bias(tmp_path):
+    """The search leaves the graph in the state whose output KL it reports (never worse than where
+    it started, with some ranges moved), and every int32 bias is re-stored in its layer's new
+    step (input step x weight step) without moving its value.  Its effect on accuracy is
+    measured on real images in test_int8_stays_close_to_fp32_on_real_images."""
+    from onnx import numpy_helper
+
+    from mobilenets.export import ptq
+
+    _, calibration, graph = _small_int8(tmp_path, logit_scale=20, range_search=False)
+    fp32_path = tmp_path / "fp32.onnx"
+    reference = OnnxClassifier(fp32_path)(calibration).log_softmax(1)
+
+    def kl(g) -> float:
+        logits = torch.from_numpy(ptq._Runner(g)(calibration))
+        return torch.nn.functional.kl_div(
+            logits.log_softmax(1), reference, log_target=True, reduction="batchmean"
+        ).item()
+
+    before = {q.scale: (q.low, q.high) for q in ptq._activation_quantizers(graph)}
+    start = kl(graph)
+    reported = ptq.tune_activation_ranges(graph, fp32_path, calibration)
+    assert reported == pytest.approx(kl(graph), rel=1e-4)
+    assert reported < start
+    quantizers = ptq._activation_quantizers(graph)
+    moved = [q for q in quantizers if not np.allclose((q.low, q.high), before[q.scale], rtol=1e-5, atol=1e-7)]
+    assert 0 < len(moved) < len(quantizers)
+
+    values = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in graph.graph.initializer}
+    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32_path)).graph.initializer}
+    restored = 0
+    for quantizer in quantizers:
+        for bias, bias_scale, weight_scale, _ in quantizer.biases:
+            step = values[quantizer.scale] * weight_scale
+            assert values[bias_scale] == pytest.approx(step, rel=1e-6)
+            original = fp32[bias.removesuffix("_quantized")]
+            assert (abs(values[bias] * values[bias_scale] - original) <= step / 2 * 1.0001).all()
+            restored += 1
+    assert restored == 53
 
 
 def test_activation_ranges_cut_at_the_percentile(tmp_path):
@@ -381,10 +470,15 @@ def test_cli_int8_export_records_its_steps(tmp_path, capsys):
     out = tmp_path / "small-int8.onnx"
     args = ["export", "--model", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--out", str(out)]
     args += ["--int8", "--calibration", str(SHARED_DATA / "coco128" / "images"), "--calibration-images", "8"]
-    assert main([*args, "--weight-rounding", "nearest", "--bias-correction", "--calibration-percentile", "99.9"]) == 0
-    assert "nearest weight rounding, bias correction" in capsys.readouterr().out
+    options = ["--weight-rounding", "nearest", "--bias-correction", "--calibration-percentile", "99.9"]
+    assert main([*args, *options, "--no-range-search"]) == 0
+    assert "nearest weight rounding, bias correction;" in capsys.readouterr().out
     info = OnnxClassifier(out).info
     assert (info["precision"], info["weight_rounding"], info["bias_correction"]) == ("int8", "nearest", True)
     assert info["calibration"] == "percentile 99.9"
+    assert (info["range_search"], info["float_outputs"]) == (False, True)
+    assert main([*args, "--range-search-images", "4"]) == 0
+    assert "gptq weight rounding, ranges searched against the output" in capsys.readouterr().out
+    assert OnnxClassifier(out).info["range_search"] is True
     assert main([*args, "--calibration-percentile", "20"]) == 2
     assert "percentile must be in (50, 100]" in capsys.readouterr().err

@@ -215,12 +215,13 @@ class PreparedModel:
     def int8(self) -> Path:
         if "int8" not in self._cache:
             resolution = self.info["resolution"]
-            calibration = self.calibration
-            if calibration is None:
+            calibration, real = self.calibration, self.calibration is not None
+            if not real:
                 # Latency does not depend on the ranges; accuracy does (pass --calibration for that).
                 calibration = torch.randn(16, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
             path = self.workdir / f"{self.tag}-int8.onnx"
-            quantize_onnx(self.onnx(), path, calibration, model=self.model)
+            # The range search costs minutes and only matters for accuracy, so only with real images.
+            quantize_onnx(self.onnx(), path, calibration, model=self.model, range_search=real, progress=real)
             self._cache["int8"] = path
         return self._cache["int8"]
 

@@ -1,7 +1,7 @@
 """Post-training quantization algorithms that run before and after ONNX Runtime's quantizer.
 
-Two sources of int8 error, measured on torchvision's MobileNetV2 (see
-docs/benchmarks.md#int8-accuracy), about equal in size:
+The sources of int8 error, measured on torchvision's MobileNetV2 (see
+docs/benchmarks.md#int8-accuracy), and what is done about each:
 
 * **Weights.**  On x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels add pairs
   of products in 16 bits, so dense (GEMM) weights must be 7-bit to avoid saturation.
@@ -16,6 +16,12 @@ docs/benchmarks.md#int8-accuracy), about equal in size:
   mean output in the int8 graph against the fp32 graph on calibration images and
   moves the int32 bias to cancel it, layer by layer in graph order ("empirical bias
   correction", Nagel et al. 2019, "Data-Free Quantization", Section 4.2).
+* **Activation ranges.**  Each uint8 activation range trades clipping against step
+  size.  :func:`activation_ranges` starts from a percentile of each tensor's own
+  histogram; :func:`tune_activation_ranges` then rescales each range to whatever
+  brings the *network's output* closest to fp32 (the int8 graph itself run in ONNX
+  Runtime for every trial), and :func:`keep_outputs_float` leaves the logits
+  unquantized.  Together: top-1 82.2 -> 83.9% (fp32 83.8%).
 
 Weights are quantized symmetrically per output channel: step = max|w| / qmax with
 qmax = 64 (7-bit, ONNX Runtime's reduced range) or 127.  The steps are handed to
@@ -33,7 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["WeightGrid", "correct_biases", "is_depthwise", "round_weights", "weight_layers"]
+from .onnx import ExportError, ort_session
+
+__all__ = [
+    "WeightGrid",
+    "correct_biases",
+    "is_depthwise",
+    "keep_outputs_float",
+    "round_weights",
+    "tune_activation_ranges",
+    "weight_layers",
+]
 
 QMAX_FULL = 127  # symmetric int8
 QMAX_REDUCED = 64  # ONNX Runtime's reduced range for int8: [-64, 64]
@@ -238,13 +254,19 @@ class _BiasTarget:
     bias_scale: str
 
 
-def _bias_targets(graph) -> list[_BiasTarget]:
-    nodes = graph.graph.node
-    producers = {out: node for node in nodes for out in node.output}
+def _wiring(graph) -> tuple[dict, dict[str, list]]:
+    """Each tensor's producing node, and the nodes that read it."""
+    producers = {out: node for node in graph.graph.node for out in node.output}
     consumers: dict[str, list] = {}
-    for node in nodes:
+    for node in graph.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return producers, consumers
+
+
+def _bias_targets(graph) -> list[_BiasTarget]:
+    nodes = graph.graph.node
+    producers, consumers = _wiring(graph)
     initializers = {init.name for init in graph.graph.initializer}
     targets = []
     for node in nodes:
@@ -270,8 +292,6 @@ def _bias_targets(graph) -> list[_BiasTarget]:
 def _channel_means(graph, names: list[str], images: Tensor, batch_size: int) -> list[np.ndarray]:
     """Mean over batch and space of each named tensor, per channel."""
     import onnx
-
-    from .onnx import ort_session
 
     exposed = onnx.ModelProto()
     exposed.CopyFrom(graph)
@@ -309,8 +329,6 @@ def activation_ranges(
     histograms between them.
     """
     import onnx
-
-    from .onnx import ort_session
 
     graph = onnx.load(str(graph_path))
     outputs = {o.name for o in graph.graph.output}
@@ -350,3 +368,220 @@ def activation_ranges(
                 lo = float(edges[np.searchsorted(cdf, cut)])
         ranges[name] = (min(lo, 0.0), max(hi, 0.0))
     return ranges
+
+
+def keep_outputs_float(int8_graph) -> list[str]:
+    """Drop the quantize/dequantize pair on each graph output of ``int8_graph`` (edited in place).
+
+    ONNX Runtime quantizes the classifier's logits like any other activation, so the
+    largest logits (the ones that decide the prediction) are clipped to the range seen
+    in calibration and rounded to 1/255 of it.  Nothing consumes them as int8, so they
+    may as well stay float: the last layer still runs on int8 inputs and weights.
+    Measured on MobileNetV2: KL to fp32 0.0275 -> 0.0231, no latency change.
+    Returns the outputs changed.
+    """
+    graph = int8_graph.graph
+    producers, readers = _wiring(int8_graph)
+    consumers = {name: len(nodes) for name, nodes in readers.items()}
+    changed = []
+    for output in graph.output:
+        dequantize = producers.get(output.name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = producers.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or consumers[quantize.output[0]] != 1:
+            continue
+        layer = producers.get(quantize.input[0])
+        if layer is None or consumers[quantize.input[0]] != 1:
+            continue
+        graph.node.remove(dequantize)
+        graph.node.remove(quantize)
+        layer.output[list(layer.output).index(quantize.input[0])] = output.name
+        changed.append(output.name)
+    _drop_unused_initializers(int8_graph)
+    return changed
+
+
+def _drop_unused_initializers(graph) -> None:
+    used = {name for node in graph.graph.node for name in node.input}
+    for init in [init for init in graph.graph.initializer if init.name not in used]:
+        graph.graph.initializer.remove(init)
+
+
+@dataclass
+class _ActivationQuantizer:
+    """One activation step shared by the QuantizeLinear nodes that name the same scale."""
+
+    tensors: list[str]
+    scale: str
+    zero_point: str
+    low: float
+    high: float
+    # Conv/Gemm layers that read it: their int32 bias is stored in steps of input scale x weight scale.
+    biases: list[tuple[str, str, np.ndarray, np.ndarray]]  # (bias, bias scale, weight scale, float bias)
+
+
+def _activation_quantizers(graph, float_biases: dict[str, np.ndarray] | None = None) -> list[_ActivationQuantizer]:
+    """The activation quantizers of a QDQ graph.  ``float_biases`` (the fp32 graph's initializers)
+    lets biases be re-stored from their exact values rather than from their int32 copies."""
+    from onnx import numpy_helper
+
+    float_biases = float_biases or {}
+    initializers = {init.name: init for init in graph.graph.initializer}
+    nodes = graph.graph.node
+    producers, consumers = _wiring(graph)
+
+    def value(name: str) -> np.ndarray:
+        return numpy_helper.to_array(initializers[name])
+
+    found: dict[str, _ActivationQuantizer] = {}
+    for node in nodes:
+        if node.op_type != "QuantizeLinear" or node.input[0] in initializers or len(node.input) < 3:
+            continue
+        scale, zero_point = node.input[1], node.input[2]
+        if scale not in initializers or zero_point not in initializers or value(zero_point).dtype != np.uint8:
+            continue
+        if scale not in found:
+            step, zero = float(value(scale)), int(value(zero_point))
+            found[scale] = _ActivationQuantizer([], scale, zero_point, -zero * step, (255 - zero) * step, [])
+        entry = found[scale]
+        entry.tensors.append(node.input[0])
+        for dequantize in consumers.get(node.output[0], []):
+            for layer in consumers.get(dequantize.output[0], []):
+                if (
+                    layer.op_type not in ("Conv", "Gemm")
+                    or layer.input[0] != dequantize.output[0]
+                    or len(layer.input) < 3
+                ):
+                    continue
+                weight, bias = producers.get(layer.input[1]), producers.get(layer.input[2])
+                if weight is None or bias is None or bias.op_type != "DequantizeLinear":
+                    continue
+                if bias.input[0] not in initializers or weight.op_type != "DequantizeLinear":
+                    continue
+                weight_scale = value(weight.input[1]).astype(np.float64)
+                float_bias = value(bias.input[0]).astype(np.float64) * value(bias.input[1]).astype(np.float64)
+                exact = float_biases.get(bias.input[0].removesuffix("_quantized"))  # ONNX Runtime's naming
+                if exact is not None and exact.shape == float_bias.shape:
+                    float_bias = exact.astype(np.float64)
+                entry.biases.append((bias.input[0], bias.input[1], weight_scale, float_bias))
+    return list(found.values())
+
+
+def _set_range(initializers, quantizer: _ActivationQuantizer, low: float, high: float) -> None:
+    from onnx import numpy_helper
+
+    def put(name: str, array: np.ndarray) -> None:
+        initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    step = (high - low) / 255.0
+    zero = int(np.clip(np.round(-low / step), 0, 255))
+    put(quantizer.scale, np.array(step, np.float32))
+    put(quantizer.zero_point, np.array(zero, np.uint8))
+    for bias, bias_scale, weight_scale, float_bias in quantizer.biases:
+        steps = (np.float32(step) * weight_scale).astype(np.float32)
+        put(bias_scale, steps)
+        integers = np.round(float_bias / steps.astype(np.float64))
+        put(bias, np.clip(integers, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32))
+
+
+RANGE_FACTORS = (0.5, 0.7, 0.85, 1.2, 1.5)
+
+
+def tune_activation_ranges(
+    int8_graph,
+    fp32_path: str | Path,
+    images: Tensor,
+    *,
+    factors: tuple[float, ...] = RANGE_FACTORS,
+    sweeps: int = 1,
+    progress: bool = False,
+) -> float:
+    """Rescale each activation range of ``int8_graph`` (QDQ ``onnx.ModelProto``, edited in place)
+    to whatever brings the *network's output* closest to the fp32 graph's on ``images``.
+
+    A percentile picks every range by looking at its own tensor only, but the error
+    that matters is at the output: an early tensor feeding a residual path may need
+    more range than its histogram suggests, a late one less.  Here each activation
+    range, in graph order, is tried at each of ``factors`` times its current size
+    (both ends scaled for signed tensors) and kept where the mean KL divergence of the
+    int8 class probabilities from the fp32 ones is lowest; the int32 biases of the
+    layers reading that tensor are re-stored in the new steps.  Every trial runs the
+    real int8 graph in ONNX Runtime, so what is measured is what ships.  Returns the
+    final KL on ``images``.
+
+    Measured on MobileNetV2 (64 COCO calibration photos; docs/benchmarks.md#int8-accuracy):
+    the KL on 1,000 other (ImageNet) images fell 0.023 -> 0.020 and top-1 rose
+    82.4 -> 83.9% (fp32: 83.8%), so one scale per tensor, fitted on 64 images, does not
+    overfit them.  Cost: ``len(factors)`` int8 sessions per activation tensor (65 in
+    MobileNetV2; about 3 minutes on 2 cores).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    fp32 = onnx.load(str(fp32_path))
+    initializers = {init.name: init for init in int8_graph.graph.initializer}
+    quantizers = _activation_quantizers(int8_graph, {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer})
+    if not quantizers:
+        return float("nan")
+    reference = _log_probabilities(_Runner(fp32)(images))
+    probabilities = np.exp(reference)
+
+    def loss() -> float:
+        current = _log_probabilities(_Runner(int8_graph)(images))
+        return float((probabilities * (reference - current)).sum(1).mean())
+
+    best = loss()
+    steps = [quantizer for _ in range(sweeps) for quantizer in quantizers]
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="activation ranges", unit="tensor", leave=False)
+    for quantizer in steps:
+        chosen = original = (quantizer.low, quantizer.high)
+        for factor in factors:
+            _set_range(initializers, quantizer, original[0] * factor, original[1] * factor)
+            trial = loss()
+            if trial < best:
+                best, chosen = trial, (original[0] * factor, original[1] * factor)
+        _set_range(initializers, quantizer, *chosen)
+        quantizer.low, quantizer.high = chosen
+    return best
+
+
+class _Runner:
+    """Runs a graph on a batch of images: in one call when the batch size can vary, else image by image."""
+
+    def __init__(self, graph) -> None:
+        import onnx
+
+        free = onnx.ModelProto()
+        free.CopyFrom(graph)
+        del free.graph.value_info[:]  # shapes inferred for batch 1 would pin it
+        for value in [*free.graph.input, *free.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if dims:
+                dims[0].dim_param = "batch"
+        self.graph = graph
+        self.name = graph.graph.input[0].name
+        try:
+            self.session = ort_session(free.SerializeToString())
+        except ExportError:
+            self.session = None
+
+    def __call__(self, images: Tensor) -> np.ndarray:
+        x = images.float().numpy()
+        if self.session is not None:
+            try:
+                return self.session.run(None, {self.name: x})[0]
+            except Exception:  # noqa: BLE001 - onnxruntime's own types; e.g. a batch-1 reshape inside
+                pass
+        # One image at a time on the graph as it is.
+        session = ort_session(self.graph.SerializeToString())
+        return np.concatenate([session.run(None, {self.name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def _log_probabilities(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
