@@ -149,9 +149,9 @@ def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
     float logits, ranges searched against the output; calibrated on 64 COCO photos, evaluated
     on the 1,000 ImageNet images, which it never saw): torchvision's MobileNetV2 keeps its top-1
     within 1.5 points and 94% of its predictions, and the range search brings the output closer
-    to fp32 on those unseen images than the percentile ranges it starts from.  Measured here:
-    82.9% against 83.8%, 96.4% agreement, KL to fp32 0.0197 against 0.0219 unsearched (with
-    200 calibration images, docs/benchmarks.md: 83.9%, KL 0.0199 against 0.0231)."""
+    to fp32 on those unseen images than the percentile ranges it starts from (by 10%).  Measured
+    here: 83.3% against 83.8%, 96.4% agreement, KL to fp32 0.0164 against 0.0219 unsearched
+    (with 200 calibration images, docs/benchmarks.md: 83.6%, KL 0.019 against 0.023)."""
     from mobilenets.data import calibration_images, eval_dataset, make_loader
 
     model = mobilenets.create_model("mobilenet_v2", weights=TORCHVISION_V2_WEIGHTS).eval()
@@ -180,7 +180,7 @@ def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
     assert top1["fp32"] > 0.75
     assert top1["int8"] >= top1["fp32"] - 0.015
     assert agree > 0.94
-    assert kl["int8"] < kl["unsearched"]
+    assert kl["int8"] < 0.9 * kl["unsearched"]
     with pytest.raises(mobilenets.ConfigError, match="already quantized"):
         quantize_onnx(tmp_path / "int8.onnx", tmp_path / "again.onnx", calibration)
 
@@ -313,7 +313,7 @@ def test_logits_stay_float(tmp_path):
 def test_range_search_keeps_what_it_measured_and_restores_every_bias(tmp_path):
     """The search leaves the graph in the state whose output KL it reports (never worse than where
     it started, with some ranges moved), and every int32 bias is re-stored in its layer's new
-    step (input step x weight step) without moving its value.  Its effect on accuracy is
+    step (input step x weight step) without moving its value, corrections included.  Its effect on accuracy is
     measured on real images in test_int8_stays_close_to_fp32_on_real_images."""
     from onnx import numpy_helper
 
@@ -329,7 +329,12 @@ def test_range_search_keeps_what_it_measured_and_restores_every_bias(tmp_path):
             logits.log_softmax(1), reference, log_target=True, reduction="batchmean"
         ).item()
 
+    # Stand-in for a bias correction made before the search: it must survive it.
+    corrected = next(init for init in graph.graph.initializer if init.name.endswith("bias_quantized"))
+    corrected.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(corrected) + 1000, corrected.name))
     before = {q.scale: (q.low, q.high) for q in ptq._activation_quantizers(graph)}
+    old_steps = {q.scale: (q.high - q.low) / 255 for q in ptq._activation_quantizers(graph)}
+    old_biases = {b[0]: b[3] for q in ptq._activation_quantizers(graph) for b in q.biases}
     start = kl(graph)
     reported = ptq.tune_activation_ranges(graph, fp32_path, calibration)
     assert reported == pytest.approx(kl(graph), rel=1e-4)
@@ -339,14 +344,15 @@ def test_range_search_keeps_what_it_measured_and_restores_every_bias(tmp_path):
     assert 0 < len(moved) < len(quantizers)
 
     values = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in graph.graph.initializer}
-    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32_path)).graph.initializer}
     restored = 0
     for quantizer in quantizers:
         for bias, bias_scale, weight_scale, _ in quantizer.biases:
             step = values[quantizer.scale] * weight_scale
             assert values[bias_scale] == pytest.approx(step, rel=1e-6)
-            original = fp32[bias.removesuffix("_quantized")]
-            assert (abs(values[bias] * values[bias_scale] - original) <= step / 2 * 1.0001).all()
+            # Moved by at most the rounding to the old and the new step, from the value before the search
+            # (which may hold a bias correction), not reset to the fp32 bias.
+            bound = (step + old_steps[quantizer.scale] * weight_scale) / 2 * 1.0001
+            assert (abs(values[bias] * values[bias_scale] - old_biases[bias]) <= bound).all()
             restored += 1
     assert restored == 53
 

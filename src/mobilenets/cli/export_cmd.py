@@ -93,6 +93,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     quant.add_argument(
         "--range-search-images", type=int, default=64, help="calibration images the range search uses (default 64)"
     )
+    quant.add_argument(
+        "--range-search-sweeps",
+        type=int,
+        default=2,
+        help="passes over all activation tensors (default 2; each pass costs the same, the second gains less)",
+    )
     check = parser.add_argument_group("accuracy")
     check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
     check.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             bias_correction=args.bias_correction,
             range_search=args.range_search,
             range_search_images=args.range_search_images,
+            range_search_sweeps=args.range_search_sweeps,
             progress=True,
         )
         steps = (
