@@ -412,7 +412,6 @@ def _drop_unused_initializers(graph) -> None:
 class _ActivationQuantizer:
     """One activation step shared by the QuantizeLinear nodes that name the same scale."""
 
-    tensors: list[str]
     scale: str
     zero_point: str
     low: float
@@ -441,9 +440,8 @@ def _activation_quantizers(graph) -> list[_ActivationQuantizer]:
             continue
         if scale not in found:
             step, zero = float(value(scale)), int(value(zero_point))
-            found[scale] = _ActivationQuantizer([], scale, zero_point, -zero * step, (255 - zero) * step, [])
+            found[scale] = _ActivationQuantizer(scale, zero_point, -zero * step, (255 - zero) * step, [])
         entry = found[scale]
-        entry.tensors.append(node.input[0])
         for dequantize in consumers.get(node.output[0], []):
             for layer in consumers.get(dequantize.output[0], []):
                 if (

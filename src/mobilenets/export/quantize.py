@@ -137,20 +137,27 @@ def quantize_onnx(
         "float_outputs": float_outputs,
         "range_search": range_search,
     }
+
+    def refine(result) -> None:
+        """The steps that edit ONNX Runtime's int8 graph, in this order."""
+        if float_outputs:
+            ptq.keep_outputs_float(result)
+        if bias_correction:
+            images = calibration[:bias_correction_images]
+            ptq.correct_biases(result, fp32_path, images, batch_size=batch or 16, progress=progress)
+        if range_search:
+            images = calibration[:range_search_images]
+            ptq.tune_activation_ranges(result, fp32_path, images, sweeps=range_search_sweeps, progress=progress)
+
     steps = {
-        "fp32_path": fp32_path,
         "graph": graph,
         "grids": grids if per_channel else {},
         "reader": Reader,
         "metadata": {**metadata, "precision": "int8", **details},
         "per_channel": per_channel,
         "reduce_range": reduce_range,
-        "bias_images": calibration[:bias_correction_images] if bias_correction else None,
-        "range_images": calibration[:range_search_images] if range_search else None,
-        "range_sweeps": range_search_sweeps,
-        "float_outputs": float_outputs,
+        "refine": refine,
         "batch": batch or 16,
-        "progress": progress,
         "calibration": calibration,
         "percentile": percentile,
     }
@@ -210,19 +217,14 @@ def _quantize(
     out_path,
     method,
     *,
-    fp32_path,
     graph,
     grids,
     reader,
     metadata,
     per_channel,
     reduce_range,
-    bias_images,
-    range_images,
-    range_sweeps,
-    float_outputs,
+    refine,
     batch,
-    progress,
     calibration,
     percentile,
 ) -> Path:
@@ -277,12 +279,7 @@ def _quantize(
         else:
             run(method, calibration, {})
         result = onnx.load(str(quantized))
-        if float_outputs:
-            ptq.keep_outputs_float(result)
-        if bias_images is not None:
-            ptq.correct_biases(result, fp32_path, bias_images, batch_size=batch, progress=progress)
-        if range_images is not None:
-            ptq.tune_activation_ranges(result, fp32_path, range_images, sweeps=range_sweeps, progress=progress)
+        refine(result)
         _set_metadata(result, metadata)
         atomic_write(out_path, lambda tmp: onnx.save(result, tmp))
     finally:
