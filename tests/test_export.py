@@ -374,6 +374,25 @@ def test_activation_ranges_cut_at_the_percentile(tmp_path):
     assert cut[relu][0] == full[relu][0] == 0 and 0 < cut[relu][1] < full[relu][1]
 
 
+def test_activation_ranges_of_a_tensor_that_barely_varies(tmp_path):
+    """A saturated gate varies by a few float32 steps: too narrow for 4096 float32 histogram bins,
+    which NumPy refuses; the range is still found (MobileNetV3 with random weights hit this)."""
+    from mobilenets.export import ptq
+
+    class NearlyConstant(nn.Module):
+        def forward(self, image):
+            return image * 1e-6 + 1.0
+
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    torch.onnx.export(
+        NearlyConstant(), (images[:1],), str(tmp_path / "gate.onnx"), input_names=["image"], output_names=["gate"],
+        dynamo=False,
+    )  # fmt: skip
+    values = images * 1e-6 + 1.0
+    lo, hi = ptq.activation_ranges(tmp_path / "gate.onnx", ["gate"], images, percentile=99.99)["gate"]
+    assert lo == 0.0 and values.min().item() < hi <= values.max().item() + 1e-6
+
+
 def test_export_bad_input(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -355,7 +355,10 @@ def activation_ranges(
     for values in activations():
         for name, value in values.items():
             if high[name] > low[name]:
-                counts[name] += np.histogram(value, bins, (low[name], high[name]))[0]
+                # float64 edges: a float32 tensor that barely varies (a saturated gate) has too
+                # narrow a range for 4096 distinct float32 edges, and NumPy would refuse it.
+                edges = (np.float64(low[name]), np.float64(high[name]))
+                counts[name] += np.histogram(value, bins, edges)[0]
     ranges = {}
     for name in names:
         lo, hi = low[name], high[name]
