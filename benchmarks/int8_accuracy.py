@@ -2,7 +2,7 @@
 
     python benchmarks/int8_accuracy.py --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
         --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample \\
-        [--model mobilenet_v2] [--calibration-images 200] [--json out.json]
+        [--model mobilenet_v2] [--calibration-images 200] [--json out.json] [--search-sizes 64x1,64x2,128x2]
 
 Starting from ONNX Runtime's defaults (MinMax ranges, 8-bit weights rounded to
 nearest), each row adds one step of :func:`mobilenets.export.quantize_onnx` and
@@ -10,6 +10,8 @@ reports, on the labelled evaluation images: top-1 and top-5, how often the int8
 model's top-1 agrees with the fp32 model's, and the mean KL divergence of the int8
 softmax from the fp32 softmax (smaller is closer; it moves less by chance than
 top-1 on 1,000 images).  Calibration images should not be evaluation images.
+``--search-sizes IMAGESxSWEEPS,...`` replaces the steps by the range search at each
+size (after the unsearched default), to weigh its cost against its gain.
 The last lines time the fp32 export and the default int8 model side by side
 (batch 1, in alternating rounds).
 """
@@ -38,7 +40,7 @@ from mobilenets.weights import load_weights  # noqa: E402
 # Cumulative: each step keeps the ones above it.
 EARLY = dict(float_outputs=False, range_search=False)
 GPTQ = dict(method="percentile", reduce_range=True, weight_rounding="gptq")
-DEFAULT = "+ range search against the output (the default)"
+DEFAULT = "+ range search against the output (the default: 64 images x 2 sweeps)"
 STEPS = [
     ("ONNX Runtime defaults (MinMax, 8-bit weights)", dict(method="minmax", reduce_range=False)),
     ("+ percentile ranges (99.99, per tensor)", dict(method="percentile", reduce_range=False)),
@@ -49,6 +51,17 @@ STEPS = [
     (DEFAULT, dict(GPTQ, float_outputs=True, range_search=True)),
     ("+ bias correction (not default)", dict(GPTQ, float_outputs=True, range_search=True, bias_correction=True)),
 ]
+
+
+def search_steps(sizes: str) -> list[tuple[str, dict]]:
+    """The unsearched default, then the range search at each IMAGESxSWEEPS size."""
+    steps = [("float logits, no range search", dict(GPTQ, float_outputs=True))]
+    for size in sizes.split(","):
+        images, sweeps = (int(n) for n in size.lower().split("x"))
+        name = DEFAULT if (images, sweeps) == (64, 2) else f"+ range search, {images} images x {sweeps} sweeps"
+        options = dict(GPTQ, float_outputs=True, range_search=True)
+        steps.append((name, dict(options, range_search_images=images, range_search_sweeps=sweeps)))
+    return steps
 
 
 def logits_of(runner, batches) -> torch.Tensor:
@@ -79,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the last comparison")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--search-sizes", help="compare range-search sizes instead, e.g. 64x1,64x2,128x2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -104,7 +118,8 @@ def main() -> None:
         rows.append(["fp32 (ONNX Runtime)", f"{scores['top1']:.1f}", f"{scores['top5']:.1f}", "100.0", "0", "-"])
         results.append({"step": "fp32", **scores})
         int8_path = Path(workdir) / "int8.onnx"
-        for name, options in STEPS:
+        default_path = int8_path.with_name("default.onnx")
+        for name, options in search_steps(args.search_sizes) if args.search_sizes else STEPS:
             options = {"weight_rounding": "nearest", "bias_correction": False, **EARLY, **options}
             start = time.perf_counter()
             quantize_onnx(fp32_path, int8_path, calibration, model=model, **options)
@@ -114,8 +129,7 @@ def main() -> None:
                          f"{scores['kl']:.4f}", f"{seconds:.0f}"])  # fmt: skip
             results.append({"step": name, "options": options, "seconds": seconds, **scores})
             print(f"{name}: top-1 {scores['top1']:.1f}%", flush=True)
-            if name == DEFAULT:
-                default_path = int8_path.with_name("default.onnx")
+            if name == DEFAULT or not default_path.exists():
                 default_path.write_bytes(int8_path.read_bytes())
 
         image = calibration[:1].float()
