@@ -405,6 +405,19 @@ def keep_outputs_float(int8_graph) -> list[str]:
     return changed
 
 
+def activation_groups(int8_graph) -> list[list[str]]:
+    """The activation tensors a QDQ graph quantizes, grouped by shared step (ONNX Runtime
+    gives e.g. a Flatten's output its input's step), in graph order; names as in the
+    fp32 graph."""
+    initializers = {init.name for init in int8_graph.graph.initializer}
+    groups: dict[str, list[str]] = {}
+    for node in int8_graph.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers:
+            # The quantizer renames a graph output it quantizes (logits -> logits_QuantizeLinear_Input).
+            groups.setdefault(node.input[1], []).append(node.input[0].removesuffix("_QuantizeLinear_Input"))
+    return list(groups.values())
+
+
 def _drop_unused_initializers(graph) -> None:
     used = {name for node in graph.graph.node for name in node.input}
     for init in [init for init in graph.graph.initializer if init.name not in used]:
