@@ -248,11 +248,16 @@ def load_model_with_info(path: str | Path, **overrides: Any) -> tuple[nn.Module,
     arch = {**arch, **overrides}
     name = arch.pop("name")
     decoupled = arch.pop("decoupled", None)
+    qat = arch.pop("qat", None)  # a quantization-aware checkpoint (mobilenets.export.qat)
     model = create_model(name, **arch)
     if decoupled:
         from .decouple import apply_decoupled_structure
 
         apply_decoupled_structure(model, decoupled)
+    if qat:
+        from .export.qat import apply_qat_structure
+
+        model = apply_qat_structure(model, qat)
     load_weights(model, state)
     model.eval()
     return model, info
