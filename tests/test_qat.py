@@ -13,11 +13,12 @@ import torch
 
 import mobilenets
 from mobilenets.cli import main
+from mobilenets.data import build_datasets, make_loader
 from mobilenets.errors import ConfigError
-from mobilenets.export import export_onnx, ptq, quantize_onnx
+from mobilenets.export import OnnxClassifier, export_onnx, ptq, quantize_onnx
 from mobilenets.export.onnx import ort_session
 from mobilenets.export.qat import ActivationQuantizer, activation_quantizers, convert_qat, onnx_ranges, prepare_qat
-from mobilenets.train import TrainConfig, train
+from mobilenets.train import TrainConfig, evaluate, train
 
 from .test_export import with_batch_statistics
 
@@ -206,11 +207,35 @@ def test_qat_through_the_training_pipeline_then_int8_export(shared_data, tmp_pat
     cifar = str(shared_data / "cifar10")
     main(["eval", "--checkpoint", str(checkpoint), "--data-dir", cifar, "--val-subset", "100", "--json"])
     simulated = json.loads(capsys.readouterr().out)["top1"]
-    from mobilenets.data import build_datasets, make_loader
-    from mobilenets.export import OnnxClassifier
-    from mobilenets.train import evaluate
-
     _, val_set, classes = build_datasets(shared_data / "cifar10", style="cifar", resolution=32, val_subset=100)
-    int8 = evaluate(OnnxClassifier(out), make_loader(val_set, 50), len(classes))["top1"]
+    int8 = evaluate(OnnxClassifier(out), make_loader(val_set, 50, workers=0), len(classes))["top1"]
     assert abs(int8 - simulated) <= 0.03, (int8, simulated)
     assert mobilenets.export.read_metadata(out)["precision"] == "int8"
+
+
+def test_qat_simulates_mobilenet_v3_hard_swish_gates(tmp_path):
+    """ONNX exports hard-swish as HardSigmoid then Mul and ONNX Runtime quantizes the gate between
+    them, a tensor no PyTorch module returns: the QAT model rounds it too, and stays close to the file."""
+    model = mobilenets.create_model("mobilenet_v3_small", num_classes=10, resolution=64)
+    model = with_batch_statistics(model, _images(64, 0))
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(20)
+    qat_model = prepare_qat(model, _images(16, 1)).eval()
+    kinds = [p["at"] for p in qat_model.arch["qat"]["activations"]]
+    assert kinds.count("hardswish_gate") >= 10
+    plain, ranges = convert_qat(qat_model)
+    export_onnx(plain, tmp_path / "fp32.onnx", info=INFO)
+    probe = _images(2, 2)
+    quantize_onnx(
+        tmp_path / "fp32.onnx",
+        tmp_path / "int8.onnx",
+        probe,
+        weight_rounding="nearest",
+        range_search=False,
+        activation_ranges=onnx_ranges(plain, ranges, probe),
+    )
+    images = _images(16, 4)
+    (int8,) = _run(tmp_path / "int8.onnx", images)
+    with torch.no_grad():
+        simulated, fp32 = qat_model(images).numpy(), model(images).numpy()
+    assert np.abs(simulated - int8).mean() < 0.25 * np.abs(fp32 - int8).mean()

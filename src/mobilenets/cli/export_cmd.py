@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data import DataError, calibration_images, eval_dataset, make_loader
 from ..errors import ConfigError
 from ..export import CALIBRATION_METHODS, WEIGHT_ROUNDING, OnnxClassifier, export_onnx, quantize_onnx
+from ..export.qat import convert_qat, is_qat, onnx_ranges
 from ..train import evaluate
 from ..weights import atomic_write
 from .common import add_source_options, load_for_cli
@@ -25,6 +28,8 @@ Examples:
       --eval-data ../shared/data/imagenet-sample
   # a checkpoint from 'mobilenets train' (class names and CIFAR preprocessing travel with it)
   mobilenets export --checkpoint runs/quick/best.pt --out cifar.onnx
+  # a quantization-aware checkpoint ('mobilenets train --qat'): int8 with its learned ranges
+  mobilenets export --checkpoint runs/qat/best.pt --out cifar-int8.onnx --int8
   # then
   mobilenets predict --onnx mnv2.onnx photo.jpg
 """
@@ -42,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "in the file's metadata, so 'mobilenets predict --onnx' needs nothing else. --int8 adds\n"
             "post-training static quantization (ONNX Runtime QDQ: int8 per-channel weights, uint8\n"
             "activations with ranges cut at the 99.99th percentile on --calibration images, dense\n"
-            "weights rounded with GPTQ on the same images); the fp32 model is kept beside it."
+            "weights rounded with GPTQ on the same images); the fp32 model is kept beside it. A checkpoint\n"
+            "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained."
         ),
         epilog=EXAMPLES,
     )
@@ -53,7 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary at run time")
     opts.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
     quant = parser.add_argument_group("int8")
-    quant.add_argument("--int8", action="store_true", help="quantize to int8; needs --calibration")
+    quant.add_argument(
+        "--int8", action="store_true", help="quantize to int8; needs --calibration unless the checkpoint is from --qat"
+    )
     quant.add_argument("--calibration", help="folder of representative images (any layout, labels unused)")
     quant.add_argument("--calibration-images", type=int, default=200, help="how many to use (default 200)")
     quant.add_argument(
@@ -106,22 +114,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.int8 and not args.calibration:
-        raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
     model, info = load_for_cli(args, "export")
+    trained_for_int8 = is_qat(model)
+    if args.int8 and not args.calibration and not trained_for_int8:
+        raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
     calibration = None
     if args.calibration:
         calibration = calibration_images(
             args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
         )
     fp32_path = out.with_name(out.stem + ".fp32.onnx") if args.int8 else out
-    report = export_onnx(model, fp32_path, info=info, dynamic_batch=args.dynamic_batch, opset=args.opset)
+    # A quantization-aware checkpoint exports the float model it simulates (BN folded,
+    # weights already on their int8 grids); its int8 ranges were learned, not calibrated.
+    float_model, learned_ranges = convert_qat(model) if trained_for_int8 else (model, None)
+    report = export_onnx(float_model, fp32_path, info=info, dynamic_batch=args.dynamic_batch, opset=args.opset)
     print(report.summary())
     summary: dict[str, Any] = {"fp32": str(fp32_path), "max_relative_error": report.max_relative_error}
-    if args.int8:
+    if args.int8 and trained_for_int8:
+        torch.manual_seed(0)
+        probe = (
+            calibration[:2]
+            if calibration is not None
+            else torch.randn(2, getattr(model, "in_channels", 3), info["resolution"], info["resolution"])
+        )
+        quantize_onnx(
+            fp32_path,
+            out,
+            probe,
+            weight_rounding="nearest",
+            range_search=False,
+            activation_ranges=onnx_ranges(float_model, learned_ranges, probe),
+        )
+        print(f"wrote {out} (int8 QDQ from quantization-aware training: learned ranges and weights)")
+        summary["int8"] = str(out)
+    elif args.int8:
         quantize_onnx(
             fp32_path,
             out,
@@ -150,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         if len(classes) != len(info["classes"]):
             raise DataError(f"{args.eval_data} has {len(classes)} classes but the model has {len(info['classes'])}")
         batches = list(make_loader(dataset, 50, workers=2))
-        runners = {"pytorch": model, "onnx_fp32": OnnxClassifier(fp32_path)}
+        runners = {"pytorch_qat" if trained_for_int8 else "pytorch": model, "onnx_fp32": OnnxClassifier(fp32_path)}
         if args.int8:
             runners["onnx_int8"] = OnnxClassifier(out)
         accuracy = {}

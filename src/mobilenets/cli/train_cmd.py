@@ -26,6 +26,10 @@ Examples:
       --precision bf16 --channels-last --compile --data-on-device
   # 4 GPUs (or CPU processes with --device cpu) through torchrun; the recipe's batch is the global batch
   torchrun --nproc_per_node=4 -m mobilenets train --model mobilenet_v2 --data-dir DIR --out runs/ddp
+  # quantization-aware fine-tuning of a trained run, then an int8 export with the learned ranges
+  mobilenets train --model mobilenet_v2 --width-mult 0.5 --recipe cifar10-qat --init-from runs/quick/best.pt \
+      --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 2000 --qat --out runs/qat
+  mobilenets export --checkpoint runs/qat/best.pt --int8 --out cifar-int8.onnx
   # print a recipe's settings
   mobilenets train --show-recipe imagenet-v2
 """
@@ -72,6 +76,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up")
     recipe.add_argument("--label-smoothing", type=float)
     recipe.add_argument("--ema-decay", type=float, help="EMA of weights (e.g. 0.9999); 0 turns it off")
+    start = parser.add_argument_group("fine-tuning and quantization-aware training")
+    start.add_argument(
+        "--init-from", metavar="CHECKPOINT", help="start from these weights (a run's best.pt, or saved weights)"
+    )
+    start.add_argument(
+        "--qat",
+        action="store_true",
+        help="quantization-aware training: the model computes what its int8 ONNX export will (folded BN, int8 "
+        "weights, uint8 activations with learned ranges); needs --init-from; use a -qat recipe",
+    )
+    start.add_argument(
+        "--qat-calibration", type=int, default=256, help="training images that set the initial int8 ranges (256)"
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
     model.add_argument("--resolution", type=int, help="input side (default 32 for CIFAR recipes, else 224)")

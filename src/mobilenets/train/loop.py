@@ -34,7 +34,7 @@ from ..cost.latency import measure_latency
 from ..data import DeviceResidentLoader, ResumableSampler, SeededDataset, build_datasets, make_loader, mix_seed
 from ..errors import ConfigError, MobileNetsError
 from ..models import create_model
-from ..weights import atomic_write
+from ..weights import atomic_write, load_weights
 from .distributed import Distributed, setup
 from .recipes import Recipe, get_recipe
 
@@ -69,6 +69,10 @@ class TrainConfig:
     width_mult: float = 1.0
     resolution: int | None = None
     activation: str | None = None
+    # start from trained weights (fine-tuning), optionally quantization-aware
+    init_from: str | None = None
+    qat: bool = False
+    qat_calibration: int = 256  # training images whose activations set the initial int8 ranges
     # data
     dataset: str | None = None
     download: bool = False
@@ -99,14 +103,21 @@ class TrainConfig:
         )
 
 
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay for the weights; none for the int8 ranges of a quantization-aware
+    model (decay would only shrink them, clipping more every step)."""
+    ranges = [p for name, p in model.named_parameters() if "quantizer." in name]
+    ids = {id(p) for p in ranges}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": weight_decay}]
+    return groups + ([{"params": ranges, "weight_decay": 0.0}] if ranges else [])
+
+
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-        )
+        return torch.optim.SGD(_parameter_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum)
     if recipe.optimizer == "rmsprop":
         return torch.optim.RMSprop(
-            model.parameters(),
+            _parameter_groups(model, recipe.weight_decay),
             lr=recipe.lr,
             alpha=recipe.rmsprop_decay,
             eps=recipe.rmsprop_eps,
@@ -252,7 +263,7 @@ class Trainer:
             "world_size": dist.world_size,
         }
         self._build_loaders(train_set, val_set)
-        self._build_model()
+        self._build_model(train_set)
         self.epoch, self.step, self.best_top1, self.history = 0, 0, -1.0, []
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, samples, non-finite
 
@@ -274,7 +285,7 @@ class Trainer:
             self.val_loader = make_loader(val_shard, self.batch_size, workers=config.workers)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
-    def _build_model(self) -> None:
+    def _build_model(self, train_set) -> None:
         config, recipe = self.config, self.recipe
         torch.manual_seed(config.seed)  # the same initial weights in every process
         options: dict[str, Any] = {"resolution": self.resolution}
@@ -283,6 +294,10 @@ class Trainer:
         if config.activation:
             options["activation"] = config.activation
         model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
+        if config.init_from:
+            load_weights(model, config.init_from)
+        if config.qat:
+            model = self._prepare_qat(model, train_set)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         net: nn.Module = self.model
@@ -298,6 +313,26 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+
+    def _prepare_qat(self, model: nn.Module, train_set) -> nn.Module:
+        """Quantization-aware copy of the --init-from model, ranges set on training images.
+
+        Every process computes the same thing (the images are a fixed, evenly spread
+        slice with seeded augmentation), so no broadcast is needed.
+        """
+        from ..export.qat import prepare_qat
+
+        if not self.config.init_from:
+            raise ConfigError("--qat fine-tunes a trained model: give it with --init-from CHECKPOINT")
+        if self.config.data_on_device:
+            raise ConfigError("--qat reads its calibration images from the dataset; drop --data-on-device")
+        if self.config.qat_calibration < 1:
+            raise ConfigError(f"--qat-calibration must be at least 1 image, got {self.config.qat_calibration}")
+        seeded = SeededDataset(train_set, self.config.seed)
+        count = min(self.config.qat_calibration, len(seeded))
+        images = torch.stack([seeded[int(i * len(seeded) / count)][0] for i in range(count)])
+        self.log(f"preparing quantization-aware training: int8 ranges from {count} training images")
+        return prepare_qat(model.eval(), images).train()
 
     # -- checkpoints -----------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -468,6 +503,12 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         model = self.ema.module if self.ema is not None else self.model
         model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+        if self.config.qat:
+            from ..export.qat import convert_qat
+
+            # Cost and latency of what is deployed (the float graph the int8 export is made from),
+            # not of the rounding simulation.
+            model, _ = convert_qat(model)
         cost = profile(model, (model.in_channels, self.resolution, self.resolution))
         final = self.history[-1] if self.history else {}
         summary = {
