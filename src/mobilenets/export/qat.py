@@ -19,7 +19,7 @@ and ``mobilenets export --int8`` of a QAT checkpoint writes the learned ranges a
 integers without calibration.
 
 Use through the training pipeline: ``mobilenets train --qat --init-from CHECKPOINT``
-(see docs/deployment.md#quantization-aware-training), or directly::
+(measured in docs/benchmarks.md#quantization-aware-training-cifar-10), or directly::
 
     qat_model = prepare_qat(model, calibration_images)
     ...train qat_model as usual...
