@@ -432,10 +432,11 @@ def test_bench_output_format(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
-    for column in ("median ms", "p90 ms", "img/s", "peak RSS MB", "vs floor", "vs tv ORT"):
+    for column in ("median ms", "p90 ms", "img/s", "peak RSS MB", "run MB", "vs floor", "vs tv ORT"):
         assert column in text
     payload = json.loads((tmp_path / "bench.json").read_text())
     rows = payload["results"]
+    assert all(0 <= r["run_mb"] < r["peak_rss_mb"] for r in rows)
     got = {(r["source"], r["backend"]) for r in rows}
     assert got == {
         ("mobilenets", "eager"),
@@ -448,6 +449,25 @@ def test_bench_output_format(tmp_path, capsys):
     assert payload["machine"]["peak_gmac_per_s"]["1"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert main(["bench", "--models", "mobilenet_v2", "--backends", "tpu"]) == 2
+
+
+def test_bench_memory_probe_sees_the_activations(tmp_path):
+    """The memory probe's "run MB" is what running adds to the loaded model: a conv whose
+    output is 16 MB per image must add at least 3 x 16 MB more at batch 4 than at batch 1.
+    Measured: about 96 MB in both (eager holds the conv's and the ReLU's outputs at once;
+    ONNX Runtime fuses them but its arena grows in powers of two)."""
+    from mobilenets.export.bench import isolated_memory
+
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU()).eval()  # 64 x 256 x 256 floats = 16 MB
+    torch.onnx.export(
+        model, (torch.randn(1, 3, 256, 256),), str(tmp_path / "conv.onnx"), input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}}, opset_version=17, dynamo=False,
+    )  # fmt: skip
+    torch.save(model, tmp_path / "conv.pt")
+    for kind, path in (("onnxruntime", tmp_path / "conv.onnx"), ("eager", tmp_path / "conv.pt")):
+        (peak1, run1), (peak4, run4) = (isolated_memory(kind, path, b, 256, 1, 2) for b in (1, 4))
+        assert 45 < run4 - run1 < 150, (kind, run1, run4)
+        assert peak4 > run4 and peak1 > run1
 
 
 def test_decoupled_networks_export_to_onnx(tmp_path):

@@ -45,9 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Time registry models on each backend (eager, channels_last = BN folded + NHWC, compile,\n"
             "onnxruntime, onnxruntime-int8) and torchvision's model of the same name (eager and its own ONNX\n"
-            "export) in the same process. Reports median and p90 latency, throughput, peak resident memory,\n"
-            "the ratio to the compute floor (mult-adds / this CPU's measured multiply-add rate) and to\n"
-            "torchvision's ONNX Runtime export. Writes bench.txt, bench.json and bench.png to --out."
+            "export) in the same process. Reports median and p90 latency, throughput, the ratio to the compute\n"
+            "floor (mult-adds / this CPU's measured multiply-add rate) and to torchvision's ONNX Runtime export,\n"
+            "and memory: the peak resident memory of a fresh process that runs only that configuration, and how\n"
+            "much its runs added to the loaded model. Writes bench.txt, bench.json and bench.png to --out."
         ),
         epilog=EXAMPLES,
     )
@@ -64,6 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per configuration (default 30)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-reference", action="store_true", help="skip torchvision's models")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the memory probes (one process per configuration, seconds each)"
+    )
     parser.add_argument("--calibration", help="images to calibrate int8 with (default: random, latency only)")
     parser.add_argument(
         "--weights",
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         weights=weights,
         eval_data=args.eval_data,
         val_subset=args.val_subset,
+        memory=not args.no_memory,
         progress=lambda line: print(line, file=sys.stderr),
     )
     machine = machine_description(args.threads)

@@ -12,18 +12,28 @@ torchvision's model of the same name (when it has one) runs ``eager`` and
 ``onnxruntime`` (its plain ``torch.onnx.export``) in the same process, so every
 figure can be read as a ratio measured side by side: at each thread count every
 configuration is timed ``runs`` times in three rounds that take turns.  The median,
-90th percentile, throughput and the process's peak resident memory while that
-configuration ran alone (after ``warmup`` runs) are reported, with the compute floor:
-mult-adds over this CPU's measured multiply-add rate at that thread count.  Given
-trained weights and labelled images, each backend's top-1 is measured as well.
+90th percentile and throughput are reported, with the compute floor: mult-adds over
+this CPU's measured multiply-add rate at that thread count.
+
+Memory is measured apart from the timing, in a fresh process per configuration that
+loads only that model (an ONNX Runtime one imports only onnxruntime and numpy, as a
+deployment would): its peak resident memory over ``warmup + 1`` runs, and how much of
+that the runs added to the loaded model (activations, workspaces, thread buffers).
+A process that has held other models keeps their allocator pools, so in-process
+figures would mostly measure the benchmark.  ``compile`` is not measured (its child
+would recompile for a minute).  Given trained weights and labelled images, each
+backend's top-1 is measured as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -79,7 +89,8 @@ class BenchResult:
     median_ms: float | None = None
     p90_ms: float | None = None
     images_per_s: float | None = None
-    peak_rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # a process running only this configuration
+    run_mb: float | None = None  # of which the runs added beyond the loaded model
     floor_ms: float | None = None
     top1: float | None = None  # % on the evaluation images, when weights and images were given
     error: str = ""
@@ -116,23 +127,60 @@ def _threads(count: int):
         torch.set_num_threads(before)
 
 
-def _reset_peak_rss() -> bool:
-    """Linux: start a new high-water mark for this process's resident memory."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+# Run in a fresh interpreter by `isolated_memory`: load one model, note the resident
+# memory, start a new high-water mark (Linux: /proc/self/clear_refs), run it, report.
+_MEMORY_CHILD = """
+import json, sys
+from pathlib import Path
+kind, path, batch, size, threads, runs = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+if kind == "onnxruntime":
+    import numpy as np
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    run = lambda: session.run(None, {"image": x})
+else:
+    import torch
+    torch.set_num_threads(threads)
+    model = torch.load(path, weights_only=False).eval()
+    x = torch.randn(batch, 3, size, size)
+    if kind == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    def run():
+        with torch.inference_mode():
+            model(x)
+loaded = status("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")
+for _ in range(runs):
+    run()
+print(json.dumps({"loaded_mb": loaded, "peak_mb": status("VmHWM")}))
+"""
 
 
-def _peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+def isolated_memory(kind: str, path: Path, batch: int, size: int, threads: int, runs: int) -> tuple[float, float]:
+    """(peak resident MB, MB the runs added to the loaded model) of a fresh process that
+    loads ``path`` - an ONNX file (``kind`` "onnxruntime") or a pickled module ("eager",
+    "channels_last") - and runs it ``runs`` times on a batch of ``batch`` images."""
+    if not Path("/proc/self/clear_refs").exists():
+        raise ConfigError("per-process memory is measured through /proc (Linux only)")
+    package_root = str(Path(__file__).resolve().parents[2])  # unpickling needs mobilenets importable
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-c", _MEMORY_CHILD, kind, str(path), str(batch), str(size), str(threads), str(runs)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report["peak_mb"], report["peak_mb"] - report["loaded_mb"]
 
 
 def _torch_runner(model: nn.Module, channels_last: bool) -> Callable[[Tensor], Any]:
@@ -225,6 +273,30 @@ class PreparedModel:
             self._cache["int8"] = path
         return self._cache["int8"]
 
+    def pickled(self, backend: str) -> Path:
+        """The module ``backend`` runs, saved whole for a memory probe to load."""
+        key = f"pickled-{backend}"
+        if key not in self._cache:
+            path = self.workdir / f"{self.tag}-{backend}.pt"
+            torch.save(self.folded() if backend == "channels_last" else self.model.eval(), path)
+            self._cache[key] = path
+        return self._cache[key]
+
+    def memory(self, backend: str, batch: int, size: int, threads: int, runs: int) -> tuple[float, float] | None:
+        """``isolated_memory`` of this backend's model; None where it is not measured (compile)."""
+        if backend == "compile":
+            return None
+        if backend.startswith("onnxruntime"):
+            path, kind = self.runner_file(backend), "onnxruntime"
+        else:
+            path, kind = self.pickled(backend), backend
+        return isolated_memory(kind, path, batch, size, threads, runs)
+
+    def runner_file(self, backend: str) -> Path:
+        if backend == "onnxruntime":
+            return self.torchvision_onnx() if self.reference else self.onnx()
+        return self.int8()
+
     def runner(self, backend: str, threads: int) -> Callable[[Tensor], Any]:
         if backend == "eager":
             return _torch_runner(self.model.eval(), channels_last=False)
@@ -234,10 +306,8 @@ class PreparedModel:
             if "compiled" not in self._cache:
                 self._cache["compiled"] = torch.compile(self.folded())
             return _torch_runner(self._cache["compiled"], channels_last=True)
-        if backend == "onnxruntime":
-            return _ort_runner(self.torchvision_onnx() if self.reference else self.onnx(), threads)
-        if backend == "onnxruntime-int8":
-            return _ort_runner(self.int8(), threads)
+        if backend in ("onnxruntime", "onnxruntime-int8"):
+            return _ort_runner(self.runner_file(backend), threads)
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -245,10 +315,11 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
-def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, runs, warmup) -> list[BenchResult]:
+def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, runs, warmup, memory) -> list[BenchResult]:
     """Time every backend of ours and the reference's at one thread count, in ``ROUNDS``
     rounds that visit each in turn, so that drift of a noisy machine (clock, neighbours)
-    reaches all alike; each round's runs are back to back, as a deployed model would run."""
+    reaches all alike; each round's runs are back to back, as a deployed model would run.
+    With ``memory``, each configuration's memory is then measured in a process of its own."""
     timed: list[tuple[BenchResult, Callable[[Tensor], Any], Tensor]] = []
     results = []
     for source, prepared, chosen in entries:
@@ -263,12 +334,9 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
                 if run is None:
                     continue
                 x = torch.randn(batch, 3, size, size)
-                try:  # warm-up, and the peak resident memory of running this one alone
+                try:
                     for _ in range(warmup):
                         run(x)
-                    tracked = _reset_peak_rss()
-                    run(x)
-                    result.peak_rss_mb = _peak_rss_mb() if tracked else None
                     timed.append((result, run, x))
                 except Exception as exc:
                     result.error = _error(exc)
@@ -281,6 +349,17 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
     for result, _, _ in timed:
         samples = times[id(result)]
         result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
+    if memory:
+        preparations = {(source, backend): prepared for source, prepared, chosen in entries for backend in chosen}
+        for result, _, _ in timed:
+            prepared = preparations[result.source, result.backend]
+            try:
+                measured = prepared.memory(result.backend, result.batch_size, size, threads, warmup + 1)
+            except Exception as exc:  # noqa: BLE001 - the timings stand without it
+                warnings.warn(f"{result.label} {result.backend}: no memory figure ({_error(exc)})", stacklevel=2)
+                continue
+            if measured:
+                result.peak_rss_mb, result.run_mb = measured
     return results
 
 
@@ -298,6 +377,7 @@ def run_bench(
     weights: Mapping[str, str | Path] | None = None,
     eval_data: str | Path | None = None,
     val_subset: int | None = None,
+    memory: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
     """Time every (model, backend, batch size, thread count); see the module docstring.
@@ -305,7 +385,8 @@ def run_bench(
     ``weights`` maps model names to weight files (ours or torchvision's; torchvision's
     reference model gets them too when they are in its layout).  With ``eval_data``
     (labelled images), every backend of a model with weights also gets its top-1 there:
-    int8 is measured, not assumed.
+    int8 is measured, not assumed.  ``memory=False`` skips the per-configuration memory
+    processes (a few seconds each).
     """
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -344,7 +425,7 @@ def run_bench(
                 )
             for count in threads:
                 with _threads(count):
-                    done = _time_side_by_side(entries, name, count, batch_sizes, size, mult_adds, runs, warmup)
+                    done = _time_side_by_side(entries, name, count, batch_sizes, size, mult_adds, runs, warmup, memory)
                 for result in done:
                     if result.median_ms:
                         result.images_per_s = 1000 * result.batch_size / result.median_ms
@@ -401,7 +482,7 @@ def results_table(results: Sequence[BenchResult]) -> str:
     scored = any(r.top1 is not None for r in results)
     for r in results:
         if r.error:
-            rows.append([r.label, r.backend, r.batch_size, r.threads, "-", "-", "-", "-", "-", "-", r.error[:50]])
+            rows.append([r.label, r.backend, r.batch_size, r.threads, *"-------", r.error[:50]])
             continue
         ref = reference.get((r.model, r.batch_size, r.threads))
         rows.append(
@@ -414,12 +495,13 @@ def results_table(results: Sequence[BenchResult]) -> str:
                 f"{r.p90_ms:.2f}",
                 f"{r.images_per_s:.1f}",
                 "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+                "-" if r.run_mb is None else f"{r.run_mb:.0f}",
                 f"{r.median_ms / r.floor_ms:.1f}x",
                 f"{r.median_ms / ref:.2f}" if ref else "",
                 "",
             ]
         )
-    header = ["model", "backend", "batch", "threads", "median ms", "p90 ms", "img/s", "peak RSS MB"]
+    header = ["model", "backend", "batch", "threads", "median ms", "p90 ms", "img/s", "peak RSS MB", "run MB"]
     header += ["vs floor", "vs tv ORT", "error"]
     if scored:
         header.insert(-1, "top-1 %")
@@ -427,7 +509,10 @@ def results_table(results: Sequence[BenchResult]) -> str:
             row.insert(-1, "-" if r.top1 is None or r.error else f"{r.top1:.1f}")
     mult_adds = {r.label: r.mult_adds for r in results}
     notes = ", ".join(f"{k} {human(v)}" for k, v in mult_adds.items())
-    return format_table(header, rows) + f"\nmult-adds per image: {notes}"
+    return (
+        format_table(header, rows) + f"\nmult-adds per image: {notes}\n"
+        "peak RSS: a process running only that configuration; run MB: what its runs added to the loaded model"
+    )
 
 
 def results_json(results: Sequence[BenchResult], machine: dict[str, Any]) -> dict[str, Any]:
