@@ -6,6 +6,8 @@ Exports the registry model (BN folded), quantizes it with the default int8 pipel
 (without the range search, which changes steps only, not the operators that run),
 runs both with ONNX Runtime's profiler on one image at a time and prints, per
 operator type, the mean kernel time per run and how many such kernels run.
+Convolutions are split by kind (depthwise, pointwise 1x1, full kxk), read from the
+graph ONNX Runtime actually runs (after its fusions and layout changes).
 Without ``--calibration`` the int8 ranges come from random images: the timing is
 the same, the accuracy is not measured here.
 """
@@ -31,8 +33,23 @@ from mobilenets.predict import default_data_info  # noqa: E402
 from mobilenets.weights import load_weights  # noqa: E402
 
 
+def conv_kinds(optimized: Path) -> dict[str, str]:
+    """Node name -> "depthwise", "pointwise" or "full" for every convolution of a saved optimized graph."""
+    import onnx
+
+    kinds = {}
+    for node in onnx.load(str(optimized)).graph.node:
+        if "Conv" not in node.op_type:
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        group = attributes["group"].i if "group" in attributes else 1
+        kernel = list(attributes["kernel_shape"].ints) if "kernel_shape" in attributes else []
+        kinds[node.name] = "depthwise" if group > 1 else "pointwise" if kernel == [1, 1] else "full"
+    return kinds
+
+
 def kernel_times(path: Path, image: np.ndarray, threads: int, runs: int) -> tuple[Counter, Counter]:
-    """Milliseconds per run and kernels per run, by operator type."""
+    """Milliseconds per run and kernels per run, by operator type (convolutions by kind)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,16 +57,19 @@ def kernel_times(path: Path, image: np.ndarray, threads: int, runs: int) -> tupl
     options.log_severity_level = 3
     for _ in range(10):  # warm up without the profiler
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"image": image})
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         session.run(None, {"image": image})
     events = json.loads(Path(session.end_profiling()).read_text())
+    kinds = conv_kinds(Path(options.optimized_model_filepath))
     milliseconds, counts = Counter(), Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            op = event["args"]["op_name"]
+            node = event["name"].removesuffix("_kernel_time")
+            op = event["args"]["op_name"] + (f" {kinds[node]}" if node in kinds else "")
             milliseconds[op] += event["dur"] / 1000 / runs
             counts[op] += 1 / runs
     return milliseconds, counts
