@@ -29,30 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mobilenets._table import format_table  # noqa: E402
 from mobilenets.data import build_datasets, calibration_images, make_loader  # noqa: E402
 from mobilenets.export import OnnxClassifier, export_onnx, quantize_onnx  # noqa: E402
-from mobilenets.export.qat import convert_qat, onnx_ranges, prepare_qat  # noqa: E402
+from mobilenets.export.qat import export_int8, prepare_qat  # noqa: E402
 from mobilenets.train import evaluate  # noqa: E402
 from mobilenets.weights import load_model_with_info  # noqa: E402
-
-
-def export_qat(model, path: Path, info: dict, probe: torch.Tensor) -> Path:
-    """The int8 file of a QAT model: its float model exported, its learned ranges handed over."""
-    plain, ranges = convert_qat(model)
-    fp32 = path.with_suffix(".fp32.onnx")
-    export_onnx(plain, fp32, info=info)
-    return quantize_onnx(
-        fp32,
-        path,
-        probe,
-        weight_rounding="nearest",
-        range_search=False,
-        activation_ranges=onnx_ranges(plain, ranges, probe),
-    )
 
 
 def main() -> None:
@@ -99,14 +82,14 @@ def main() -> None:
         )
         started = time.perf_counter()
         start = prepare_qat(base, calibration)
-        export_qat(start, tmp / "start.onnx", info, calibration[:2])
+        export_int8(start, tmp / "start.onnx", info=info, probe=calibration[:2])
         score(
             "QAT starting point, no training (ONNX Runtime int8)",
             OnnxClassifier(tmp / "start.onnx"),
             time.perf_counter() - started,
         )
         score("QAT checkpoint (PyTorch simulation)", qat_model)
-        export_qat(qat_model, tmp / "qat.onnx", info, calibration[:2])
+        export_int8(qat_model, tmp / "qat.onnx", info=info, probe=calibration[:2])
         score("QAT checkpoint int8 (learned ranges, ONNX Runtime)", OnnxClassifier(tmp / "qat.onnx"))
 
     print()

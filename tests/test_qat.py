@@ -15,12 +15,13 @@ import mobilenets
 from mobilenets.cli import main
 from mobilenets.data import build_datasets, make_loader
 from mobilenets.errors import ConfigError
-from mobilenets.export import OnnxClassifier, export_onnx, ptq, quantize_onnx
+from mobilenets.export import OnnxClassifier, ptq
 from mobilenets.export.onnx import ort_session
-from mobilenets.export.qat import ActivationQuantizer, activation_quantizers, convert_qat, onnx_ranges, prepare_qat
-from mobilenets.train import TrainConfig, evaluate, train
+from mobilenets.export.qat import ActivationQuantizer, activation_quantizers, export_int8, prepare_qat
+from mobilenets.train import evaluate, train
 
 from .test_export import with_batch_statistics
+from .test_train import config
 
 INFO = {"resolution": 64, "transforms": "imagenet", "classes": [str(i) for i in range(10)]}
 
@@ -38,18 +39,8 @@ def small_qat(tmp_path_factory):
     with torch.no_grad():  # logits as spread as a trained classifier's
         model.classifier[-1].weight.mul_(20)
     qat_model = prepare_qat(model, _images(32, 1)).eval()
-    plain, ranges = convert_qat(qat_model)
     tmp = tmp_path_factory.mktemp("qat")
-    export_onnx(plain, tmp / "fp32.onnx", info=INFO)
-    probe = _images(2, 2)
-    quantize_onnx(
-        tmp / "fp32.onnx",
-        tmp / "int8.onnx",
-        probe,
-        weight_rounding="nearest",
-        range_search=False,
-        activation_ranges=onnx_ranges(plain, ranges, probe),
-    )
+    export_int8(qat_model, tmp / "int8.onnx", info=INFO, probe=_images(2, 2))
     return model, qat_model, tmp / "int8.onnx"
 
 
@@ -162,20 +153,8 @@ def test_qat_structure_survives_copies_and_checkpoints(small_qat, tmp_path):
 
 
 def _config(shared_data, out, **changes):
-    settings = dict(
-        model="mobilenet_v2",
-        data_dir=str(shared_data / "cifar10"),
-        out=str(out),
-        recipe="cifar10-quick",
-        width_mult=0.35,
-        train_subset=200,
-        val_subset=100,
-        batch_size=50,
-        epochs=1,
-        workers=0,
-    )
-    settings.update(changes)
-    return TrainConfig(**settings)
+    settings = dict(recipe="cifar10-quick", train_subset=200, val_subset=100, batch_size=50, epochs=1)
+    return config(shared_data, out, **{**settings, **changes})
 
 
 def test_qat_through_the_training_pipeline_then_int8_export(shared_data, tmp_path, capsys):
@@ -223,17 +202,7 @@ def test_qat_simulates_mobilenet_v3_hard_swish_gates(tmp_path):
     qat_model = prepare_qat(model, _images(16, 1)).eval()
     kinds = [p["at"] for p in qat_model.arch["qat"]["activations"]]
     assert kinds.count("hardswish_gate") >= 10
-    plain, ranges = convert_qat(qat_model)
-    export_onnx(plain, tmp_path / "fp32.onnx", info=INFO)
-    probe = _images(2, 2)
-    quantize_onnx(
-        tmp_path / "fp32.onnx",
-        tmp_path / "int8.onnx",
-        probe,
-        weight_rounding="nearest",
-        range_search=False,
-        activation_ranges=onnx_ranges(plain, ranges, probe),
-    )
+    export_int8(qat_model, tmp_path / "int8.onnx", info=INFO, probe=_images(2, 2))
     images = _images(16, 4)
     (int8,) = _run(tmp_path / "int8.onnx", images)
     with torch.no_grad():

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..data import DataError, calibration_images, eval_dataset, make_loader
 from ..errors import ConfigError
 from ..export import CALIBRATION_METHODS, WEIGHT_ROUNDING, OnnxClassifier, export_onnx, quantize_onnx
-from ..export.qat import convert_qat, is_qat, onnx_ranges
+from ..export.qat import convert_qat, is_qat
+from ..export.qat import export_int8 as export_qat_int8
 from ..train import evaluate
 from ..weights import atomic_write
 from .common import add_source_options, load_for_cli
@@ -127,27 +126,17 @@ def run(args: argparse.Namespace) -> int:
             args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
         )
     fp32_path = out.with_name(out.stem + ".fp32.onnx") if args.int8 else out
+    exported = {"info": info, "dynamic_batch": args.dynamic_batch, "opset": args.opset}
     # A quantization-aware checkpoint exports the float model it simulates (BN folded,
     # weights already on their int8 grids); its int8 ranges were learned, not calibrated.
-    float_model, learned_ranges = convert_qat(model) if trained_for_int8 else (model, None)
-    report = export_onnx(float_model, fp32_path, info=info, dynamic_batch=args.dynamic_batch, opset=args.opset)
+    if args.int8 and trained_for_int8:
+        probe = calibration[:2] if calibration is not None else None
+        report = export_qat_int8(model, out, probe=probe, fp32_path=fp32_path, **exported)
+    else:
+        report = export_onnx(convert_qat(model)[0] if trained_for_int8 else model, fp32_path, **exported)
     print(report.summary())
     summary: dict[str, Any] = {"fp32": str(fp32_path), "max_relative_error": report.max_relative_error}
     if args.int8 and trained_for_int8:
-        torch.manual_seed(0)
-        probe = (
-            calibration[:2]
-            if calibration is not None
-            else torch.randn(2, getattr(model, "in_channels", 3), info["resolution"], info["resolution"])
-        )
-        quantize_onnx(
-            fp32_path,
-            out,
-            probe,
-            weight_rounding="nearest",
-            range_search=False,
-            activation_ranges=onnx_ranges(float_model, learned_ranges, probe),
-        )
         print(f"wrote {out} (int8 QDQ from quantization-aware training: learned ranges and weights)")
         summary["int8"] = str(out)
     elif args.int8:

@@ -23,7 +23,7 @@ Use through the training pipeline: ``mobilenets train --qat --init-from CHECKPOI
 
     qat_model = prepare_qat(model, calibration_images)
     ...train qat_model as usual...
-    float_model, ranges = convert_qat(qat_model)
+    export_int8(qat_model, "model-int8.onnx", info=info)   # or: float_model, ranges = convert_qat(qat_model)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ptq
-from .onnx import ExportError, export_onnx, fold_batchnorm, ort_session
+from .onnx import ExportError, ExportReport, export_onnx, fold_batchnorm, ort_session
 
 __all__ = [
     "ActivationQuantizer",
@@ -47,6 +47,7 @@ __all__ = [
     "QuantizedLinear",
     "apply_qat_structure",
     "convert_qat",
+    "export_int8",
     "prepare_qat",
     "quantize_weight",
 ]
@@ -181,12 +182,21 @@ def _share_input_steps(model: nn.Module, inputs) -> None:
         layer.input_step = quantizer.step()
 
 
+# Where each kind of quantization point keeps its quantizer: the model's input on the
+# model, a module's output or a hard-swish gate on that module.
+_QUANTIZER_ATTR = {"input": "input_quantizer", "output": "output_quantizer", "hardswish_gate": "gate_quantizer"}
+
+
+def _quantizer_owner(model: nn.Module, modules: dict[str, nn.Module], point: dict[str, Any]) -> nn.Module:
+    return model if point["at"] == "input" else modules[point["module"]]
+
+
 def apply_qat_structure(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     """Give a freshly built ``model`` the structure :func:`prepare_qat` recorded in ``spec``
     (folded batch norms, weight and activation quantizers), so a QAT checkpoint's state
     dict loads into it.  Returns the new model (the batch-norm fold copies)."""
     model, _ = fold_batchnorm(model)
-    unknown = {point["at"] for point in spec["activations"]} - {"input", "output", "hardswish_gate"}
+    unknown = {point["at"] for point in spec["activations"]} - set(_QUANTIZER_ATTR)
     if unknown:
         raise ValueError(f"unknown quantization point(s) {', '.join(sorted(unknown))}")
     # Hard-swish modules are swapped first, so output hooks land on the modules that stay.
@@ -204,14 +214,13 @@ def apply_qat_structure(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         quantizer = ActivationQuantizer(
             point["low"], point["high"], signed=point["signed"], ceiling=point.get("ceiling")
         )
+        owner = _quantizer_owner(model, modules, point)
+        setattr(owner, _QUANTIZER_ATTR[point["at"]], quantizer)
         if point["at"] == "input":
-            model.input_quantizer = quantizer
-            model.register_forward_pre_hook(_quantize_input)
+            owner.register_forward_pre_hook(_quantize_input)
         elif point["at"] == "output":
-            modules[point["module"]].output_quantizer = quantizer
-            modules[point["module"]].register_forward_hook(_quantize_output)
-        else:
-            modules[point["module"]].gate_quantizer = quantizer
+            owner.register_forward_hook(_quantize_output)
+        # a hard-swish gate is rounded by QuantizedHardswish.forward itself
     # A plain list, not module state: a deep copy maps it to the copy's own modules.
     quantizers = activation_quantizers(model, spec)
     model._qat_layer_inputs = [
@@ -232,15 +241,10 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 def activation_quantizers(model: nn.Module, spec: dict[str, Any] | None = None) -> list[ActivationQuantizer]:
     """The activation quantizers of a QAT model, in the order of its spec."""
     modules = dict(model.named_modules())
-    found = []
-    for point in (spec or model.arch["qat"])["activations"]:
-        if point["at"] == "input":
-            found.append(model.input_quantizer)
-        elif point["at"] == "output":
-            found.append(modules[point["module"]].output_quantizer)
-        else:
-            found.append(modules[point["module"]].gate_quantizer)
-    return found
+    return [
+        getattr(_quantizer_owner(model, modules, point), _QUANTIZER_ATTR[point["at"]])
+        for point in (spec or model.arch["qat"])["activations"]
+    ]
 
 
 def is_qat(model: nn.Module) -> bool:
@@ -369,6 +373,42 @@ def convert_qat(model: nn.Module) -> tuple[nn.Module, list[tuple[dict[str, Any],
     return plain, ranges
 
 
+def export_int8(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    info: dict[str, Any],
+    probe: Tensor | None = None,
+    fp32_path: str | Path | None = None,
+    dynamic_batch: bool = False,
+    opset: int = 17,
+) -> ExportReport:
+    """Write the int8 ONNX file of a QAT ``model`` with its learned ranges and integers, no
+    calibration: the float model it simulates (:func:`convert_qat`) is exported to
+    ``fp32_path`` (default: ``out`` with ``.fp32.onnx``) and quantized with its ranges.
+    ``probe`` - a couple of images, only used to match the graph's tensors to the model's
+    layers by value - defaults to two seeded random ones.  Returns the fp32 export's report."""
+    from .quantize import quantize_onnx
+
+    out = Path(out)
+    fp32_path = Path(fp32_path) if fp32_path is not None else out.with_name(out.stem + ".fp32.onnx")
+    plain, ranges = convert_qat(model)
+    if probe is None:
+        size = info["resolution"]
+        channels = getattr(model, "in_channels", 3)
+        probe = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    report = export_onnx(plain, fp32_path, info=info, dynamic_batch=dynamic_batch, opset=opset)
+    quantize_onnx(
+        fp32_path,
+        out,
+        probe,
+        weight_rounding="nearest",  # the weights are on their grids already
+        range_search=False,
+        activation_ranges=onnx_ranges(plain, ranges, probe),
+    )
+    return report
+
+
 def onnx_ranges(model: nn.Module, ranges, probe: Tensor):
     """An ``activation_ranges`` callback for :func:`mobilenets.export.quantize_onnx` that
     gives each tensor ONNX Runtime quantizes the range learned for it (``model`` and
@@ -469,6 +509,7 @@ def _match_points(model: nn.Module, prepared: Path, groups: list[list[str]], pro
         for handle in handles:
             handle.remove()
 
+    modules = dict(model.named_modules())
     matched = []
     for group in groups:
         point = None
@@ -486,7 +527,7 @@ def _match_points(model: nn.Module, prepared: Path, groups: list[list[str]], pro
                 f"no layer of the PyTorch model computes {group[0]}, which ONNX Runtime quantizes; "
                 "quantization-aware training cannot simulate this model's int8 graph"
             )
-        module = dict(model.named_modules()).get(point.get("module", ""))
+        module = modules.get(point.get("module", ""))
         if point["at"] == "output" and isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh
             point = {**point, "ceiling": float(module.max_val)}
         matched.append((point, group))
