@@ -193,7 +193,7 @@ def test_bad_input():
     with pytest.raises(mobilenets.ConfigError, match="no regular"):
         decouple(conv_free, rank=2, input_size=(4, 8, 8))
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
-    with pytest.raises(mobilenets.ConfigError, match="larger than k"):
+    with pytest.raises(mobilenets.ConfigError, match="larger than the 9 terms of 0 "):
         decouple(model, rank=10, input_size=(4, 8, 8))
     for energy in (0, 1.5):
         with pytest.raises(mobilenets.ConfigError, match="energy"):

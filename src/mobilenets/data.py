@@ -24,7 +24,7 @@ from torchvision import datasets
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from .errors import MobileNetsError
+from .errors import DataError
 
 __all__ = [
     "CIFAR_MEAN",
@@ -49,10 +49,6 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataError(MobileNetsError, ValueError):
-    """Data that cannot be used as given (missing split, empty class, corrupt file)."""
-
-
 def load_rgb(path: str):
     """Open any image file as RGB; corrupt files raise :class:`DataError` naming the file."""
     from PIL import Image, UnidentifiedImageError
@@ -64,25 +60,39 @@ def load_rgb(path: str):
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
-def transforms_for(style: str, resolution: int, *, train: bool) -> T.Compose:
-    """The papers' preprocessing.
+def transforms_for(style: str, resolution: int, *, train: bool, channels: int = 3) -> T.Compose:
+    """The papers' preprocessing, for images of any size.
 
-    ``cifar``: RandomCrop(padding 4) + flip for training, CIFAR mean/std.
+    ``cifar``: resize the shorter side to ``resolution`` (a no-op on CIFAR's own
+    32x32 images), then RandomCrop(padding 4) + flip for training or a center crop
+    for evaluation; CIFAR mean/std.
     ``imagenet``: RandomResizedCrop + flip for training; resize to
     ``resolution / 0.875`` and center-crop for evaluation; ImageNet mean/std.
+    ``channels=1`` converts to grayscale, normalised by the mean of the channels' statistics.
     """
+    if channels not in (1, 3):
+        raise DataError(f"images can be preprocessed for 1 or 3 input channels, not {channels}")
     to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
+    if channels == 1:
+        to_tensor.append(T.Grayscale(1))
     if style == "cifar":
-        resize = [] if resolution == 32 else [T.Resize(resolution)]
-        augment = [T.RandomCrop(resolution, padding=4 * resolution // 32), T.RandomHorizontalFlip()] if train else []
-        return T.Compose([*to_tensor, *resize, *augment, T.Normalize(CIFAR_MEAN, CIFAR_STD)])
-    if style == "imagenet":
+        mean, std = CIFAR_MEAN, CIFAR_STD
+        resize = [T.Resize(resolution, antialias=True)]
+        if train:
+            geometry = [*resize, T.RandomCrop(resolution, padding=4 * resolution // 32), T.RandomHorizontalFlip()]
+        else:
+            geometry = [*resize, T.CenterCrop(resolution)]
+    elif style == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
         if train:
             geometry = [T.RandomResizedCrop(resolution, antialias=True), T.RandomHorizontalFlip()]
         else:
             geometry = [T.Resize(int(round(resolution / 0.875)), antialias=True), T.CenterCrop(resolution)]
-        return T.Compose([*to_tensor, *geometry, T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    raise DataError(f"unknown transform style {style!r}; use 'cifar' or 'imagenet'")
+    else:
+        raise DataError(f"unknown transform style {style!r}; use 'cifar' or 'imagenet'")
+    if channels == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return T.Compose([*to_tensor, *geometry, T.Normalize(mean, std)])
 
 
 def balanced_subset(dataset: Dataset, size: int | None, targets: list[int], seed: int) -> Dataset:
@@ -251,7 +261,10 @@ def _raw_images(dataset: Dataset, resolution: int) -> tuple[torch.Tensor, torch.
     elif isinstance(dataset, datasets.ImageFolder):
         to_tensor = T.Compose([T.ToImage(), T.Resize((resolution, resolution), antialias=True)])
         images = torch.stack(
-            [to_tensor(load_rgb(dataset.samples[i][0])) for i in tqdm(indices, desc="loading images", leave=False)]
+            [
+                to_tensor(load_rgb(dataset.samples[i][0]))
+                for i in tqdm(indices, desc="loading images", leave=False, disable=None)
+            ]
         )
         labels = torch.tensor([dataset.targets[i] for i in indices])
     else:
@@ -347,4 +360,6 @@ def calibration_images(folder: str | Path, *, style: str, resolution: int, count
         step = len(files) / count
         files = [files[int(i * step)] for i in range(count)]
     transform = transforms_for(style, resolution, train=False)
-    return torch.stack([transform(load_rgb(str(p))) for p in tqdm(files, desc="calibration images", leave=False)])
+    return torch.stack(
+        [transform(load_rgb(str(p))) for p in tqdm(files, desc="calibration images", leave=False, disable=None)]
+    )

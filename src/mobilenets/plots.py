@@ -45,12 +45,19 @@ def _save(fig, out: str | Path) -> Path:
 
 
 def plot_tradeoff(
-    ax, points: Sequence[dict[str, Any]], *, x: str = "mult_adds", y: str = "top1", group: str | None = None
+    ax,
+    points: Sequence[dict[str, Any]],
+    *,
+    x: str = "mult_adds",
+    y: str = "top1",
+    group: str | None = None,
+    colors: dict[str, str] | None = None,
 ):
     """Accuracy (%) against millions of mult-adds on a log axis, like the papers' Figures 4/5.
 
     ``points`` are dicts with ``x``, ``y``, a ``label`` and optionally ``group``
-    (points of one group are joined by a line, e.g. one line per method).
+    (points of one group are joined by a line, e.g. one line per method);
+    ``colors`` maps a group to its colour (e.g. a run's colour in the other panels).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for point in points:
@@ -58,7 +65,8 @@ def plot_tradeoff(
     for name, members in groups.items():
         members = sorted(members, key=lambda p: p[x])
         xs, ys = [p[x] / 1e6 for p in members], [100 * p[y] for p in members]
-        ax.plot(xs, ys, marker="o", linestyle="-" if name else "none", label=name or None)
+        color = (colors or {}).get(name)
+        ax.plot(xs, ys, marker="o", linestyle="-" if name else "none", label=name or None, color=color)
         for p, xv, yv in zip(members, xs, ys):
             ax.annotate(p.get("label", ""), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
@@ -75,11 +83,15 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     runs = [load_run(d) for d in run_dirs]
     plt = _pyplot()
     fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    colors = {run["name"]: f"C{i % 10}" for i, run in enumerate(runs)}  # one colour per run, in every panel
     for run in runs:
         epochs = [h["epoch"] for h in run["history"]]
-        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], label=f"{run['name']} train")
-        loss_ax.plot(epochs, [h["loss"] for h in run["history"]], linestyle="--", label=f"{run['name']} val")
-        acc_ax.plot(epochs, [100 * h["top1"] for h in run["history"]], marker=".", label=run["name"])
+        color = colors[run["name"]]
+        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], color=color, label=f"{run['name']} train")
+        loss_ax.plot(
+            epochs, [h["loss"] for h in run["history"]], color=color, linestyle="--", label=f"{run['name']} val"
+        )
+        acc_ax.plot(epochs, [100 * h["top1"] for h in run["history"]], color=color, marker=".", label=run["name"])
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="validation top-1")
     for ax in (loss_ax, acc_ax):
@@ -91,7 +103,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         if r["summary"].get("mult_adds") and r["summary"].get("top1") is not None
     ]
     if finished:
-        plot_tradeoff(cost_ax, finished)
+        plot_tradeoff(cost_ax, finished, group="label", colors=colors)
     else:
         cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
     cost_ax.set_title("accuracy against cost")

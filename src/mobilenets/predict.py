@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from .data import load_rgb, transforms_for
+from .validate import POSITIVE_INT
 
-__all__ = ["default_data_info", "predict_images"]
+__all__ = ["default_data_info", "predict_images", "recorded_class_names"]
 
 
 def default_data_info(
@@ -23,19 +24,35 @@ def default_data_info(
     ``num_classes`` is for models that record no architecture (torchvision's)."""
     info = dict(info or {})
     arch = getattr(model, "arch", {}) or {}
+    info.setdefault("in_channels", getattr(model, "in_channels", 3))
     if "transforms" not in info:
         info["transforms"] = "cifar" if arch.get("cifar") else "imagenet"
     if "resolution" not in info:
         info["resolution"] = arch.get("resolution") or getattr(model, "default_resolution", 224)
     num_classes = arch.get("num_classes", num_classes)
     if "classes" not in info:
+        # Names to print, not the dataset's folder names: evaluation maps a dataset's
+        # sorted folders onto such a model by position (see ``classes_source``).
         if num_classes == 1000:
             from torchvision.models import MobileNet_V2_Weights
 
             info["classes"] = list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+            info["classes_source"] = "imagenet"
         elif num_classes:
             info["classes"] = [f"class {i}" for i in range(num_classes)]
+            info["classes_source"] = "placeholder"
     return info
+
+
+def recorded_class_names(info: dict[str, Any]) -> list[str] | None:
+    """The class names a model was trained with (its dataset's folder names), or None
+    where the file recorded none and ``info`` holds display names or placeholders."""
+    classes = info.get("classes")
+    if not classes or info.get("classes_source", "recorded") != "recorded":
+        return None
+    if classes == [f"class {i}" for i in range(len(classes))]:  # files written before classes_source
+        return None
+    return list(classes)
 
 
 @torch.no_grad()
@@ -49,7 +66,8 @@ def predict_images(
 
     Files that are not images raise :class:`~mobilenets.data.DataError` naming them.
     """
-    transform = transforms_for(info["transforms"], info["resolution"], train=False)
+    POSITIVE_INT.check(top, "top")
+    transform = transforms_for(info["transforms"], info["resolution"], train=False, channels=info.get("in_channels", 3))
     classes = info["classes"]
     if isinstance(model, nn.Module):
         model.eval()

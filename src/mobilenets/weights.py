@@ -15,17 +15,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 
 __all__ = [
     "load_model",
@@ -40,17 +41,47 @@ __all__ = [
 _FORMAT = "mobilenets"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
+
+    The file gets the permissions an ordinary ``open()`` would give it (0666 less
+    the umask): ``mkstemp`` makes private 0600 files, which a colleague sharing the
+    run directory could not read.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path) -> Iterator[Path]:
+    """Create the folder ``path`` for a command's output; if the block fails and the
+    folder it created is still empty, remove it again, so a refused run leaves nothing."""
+    path = Path(path)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder {path}: {exc.strerror or exc}") from exc
+    try:
+        yield path
+    except BaseException:
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
         raise
 
 
@@ -91,6 +122,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
     ``{"classes": [...], "transforms": "cifar"|"imagenet", "resolution": R}``
     where known (training checkpoints and files saved with ``data_info``)."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a weights file")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
@@ -108,10 +141,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(
-            f"{path} could not be read as a PyTorch state dict with weights_only=True ({exc}); "
-            "only tensors and plain containers are loaded, never pickled code"
-        ) from exc
+        raise WeightsError(f"{path} {_unreadable(path, exc)}") from exc
     arch: dict[str, Any] = {}
     info: dict[str, Any] = {}
     if isinstance(obj, Mapping):
@@ -133,6 +163,25 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(obj), arch, info
+
+
+_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image", b"%PDF": "a PDF"}
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice
+    to unpickle it anyway (which would run whatever code the file holds)."""
+    if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+        return (
+            "holds pickled Python objects (e.g. a whole model saved with torch.save(model)), which are never "
+            "loaded because unpickling can run code; save model.state_dict() or use mobilenets.save_weights"
+        )
+    head = path.read_bytes()[:8]
+    kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+    if path.suffix == ".onnx":
+        kind = "an ONNX model, which 'mobilenets predict --onnx' runs"
+    what = f" (it looks like {kind})" if kind else ""
+    return f"is not a weights file: neither a PyTorch state dict nor safetensors{what}"
 
 
 def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -172,7 +221,9 @@ def torchvision_key_map(model: nn.Module) -> dict[str, str] | None:
     return mapping
 
 
-def _describe_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> str:
+def _describe_mismatch(model: nn.Module, state: Mapping[str, Tensor], file_arch: Mapping[str, Any]) -> tuple[str, str]:
+    """The missing, unexpected and mis-shaped keys with a hint: the Python message lists
+    them on indented lines, the command line's is one line with counts and an example."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -188,37 +239,83 @@ def _describe_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> str:
         shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
         return f"\n  {title} ({len(items)}): {shown}"
 
-    hints = []
+    arch = getattr(model, "arch", None) or {}
+    saved = {k: file_arch[k] for k in ("name", "width_mult", "num_classes") if k in file_arch}
+    hints: list[tuple[str, str]] = []  # (Python, CLI)
+    if saved.get("name") and arch.get("name") and saved["name"] != arch["name"]:
+        hints.append((f"this file is {saved['name']}, not {arch['name']}",) * 2)
     classifier = [k for k in misshaped if k.startswith("classifier")]
     if classifier:
-        hints.append("the classifier differs: pass num_classes= to match the file")
+        count = f" ({saved['num_classes']} in the file)" if "num_classes" in saved else ""
+        hints.append(
+            (f"the classifier differs: pass num_classes={count}", f"the classifier differs: pass --num-classes{count}")
+        )
     if len(misshaped) > len(classifier):
-        hints.append("layer widths differ: check width_mult")
-    if missing and unexpected:
-        hints.append("the file is for a different architecture or layout")
-    return (
+        width = f" (the file was saved at {saved['width_mult']})" if "width_mult" in saved else ""
+        hints.append(
+            (f"layer widths differ: check width_mult{width}", f"layer widths differ: check --width-mult{width}")
+        )
+    if missing and unexpected and not hints:
+        hints.append(("the file is for a different architecture or layout",) * 2)
+    keys = (
         listing("missing keys", missing)
         + listing("unexpected keys", unexpected)
         + listing("mis-shaped keys", misshaped)
-        + (f"\n  hint: {'; '.join(hints)}" if hints else "")
     )
+    detail = keys + (f"\n  hint: {'; '.join(h[0] for h in hints)}" if hints else "")
+    # The command line gets one line: the counts, one example, the hint.
+    groups = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+    counts = ", ".join(f"{len(items)} {title}" for title, items in groups if items)
+    example = (misshaped or missing or unexpected or ["?"])[0]
+    summary = f" {counts} keys (e.g. {example})" + (f"; hint: {'; '.join(h[1] for h in hints)}" if hints else "")
+    return detail, summary
+
+
+# Steps that turn what a registry builder makes into what was saved: decoupled or
+# decomposed layers, quantization-aware wrappers.  The packages that make such
+# models register their step under the ``arch`` key they record, as an entry point
+# of this group (see pyproject.toml), so this module imports none of them.
+REBUILD_STEPS_GROUP = "mobilenets.rebuild_steps"
+
+
+def rebuild_steps() -> dict[str, Callable[[nn.Module, Any], nn.Module]]:
+    """``arch`` key -> ``step(model, spec) -> model`` that reshapes a freshly built model."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=REBUILD_STEPS_GROUP)}
+
+
+def _apply_rebuild_steps(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
+    """Apply the steps ``arch`` names, in the order they were recorded."""
+    steps = rebuild_steps()
+    for key, spec in arch.items():
+        if key in steps:
+            model = steps[key].load()(model, spec)
+    return model
 
 
 def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
     """Load ``weights`` (path or state dict) into ``model`` in place and return it.
 
     The layout is detected: this library's keys load directly, torchvision's are
-    renamed.  A file that fits neither raises :class:`WeightsError` naming the
+    renamed.  A file saved from a converted model (``mobilenets.decouple`` /
+    ``decompose``) first converts ``model``'s layers the same way (untrained), so
+    the original network plus the file rebuild the converted one, registry model
+    or not.  A file that fits neither raises :class:`WeightsError` naming the
     missing, unexpected and mis-shaped keys.
     """
     source = str(weights) if isinstance(weights, (str, Path)) else "state dict"
+    file_arch: dict[str, Any] = {}
     if isinstance(weights, (str, Path)):
-        state, _ = load_state_dict_file(weights)
+        state, file_arch = load_state_dict_file(weights)
     elif isinstance(weights, Mapping):
         state = dict(weights)
     else:
         raise WeightsError(f"weights must be a path or a state dict, got {type(weights).__name__}")
     state = _strip_prefix(state)
+    arch = getattr(model, "arch", None) or {}
+    if "converted" in file_arch and "converted" not in arch:
+        model = _apply_rebuild_steps(model, {"converted": file_arch["converted"]})
     expected = model.state_dict()
     if set(state) != set(expected):
         mapping = torchvision_key_map(model)
@@ -227,8 +324,11 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], *
     if strict:
         shapes_ok = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items())
         if set(state) != set(expected) or not shapes_ok:
-            name = (getattr(model, "arch", None) or {}).get("name", type(model).__name__)
-            raise WeightsError(f"weights from {source} do not fit {name}:{_describe_mismatch(model, state)}")
+            name = arch.get("name", type(model).__name__)
+            text, cli = _describe_mismatch(model, state, file_arch)
+            raise WeightsError(
+                f"weights from {source} do not fit {name}:{text}", cli=f"weights from {source} do not fit {name}:{cli}"
+            )
     model.load_state_dict(state, strict=strict)
     return model
 
@@ -244,20 +344,16 @@ def load_model_with_info(path: str | Path, **overrides: Any) -> tuple[nn.Module,
 
     state, arch, info = read_weights_file(path)
     if "name" not in arch:
-        raise WeightsError(f"{path} records no architecture; use create_model(NAME, weights={str(path)!r}) instead")
+        hint = "a converted model of a network outside the registry: " if "converted" in arch else ""
+        raise WeightsError(
+            f"{path} records no architecture ({hint}build the network and call load_weights(model, {str(path)!r}))",
+            cli=f"{path} records no architecture ({hint or 'a plain state dict: '}give --model NAME --weights {path})",
+        )
     arch = {**arch, **overrides}
-    name = arch.pop("name")
-    decoupled = arch.pop("decoupled", None)
-    qat = arch.pop("qat", None)  # a quantization-aware checkpoint (mobilenets.export.qat)
-    model = create_model(name, **arch)
-    if decoupled:
-        from .decouple import apply_decoupled_structure
-
-        apply_decoupled_structure(model, decoupled)
-    if qat:
-        from .export.qat import apply_qat_structure
-
-        model = apply_qat_structure(model, qat)
+    steps = rebuild_steps()
+    structure = {k: v for k, v in arch.items() if k in steps}
+    model = create_model(**{k: v for k, v in arch.items() if k not in structure})
+    model = _apply_rebuild_steps(model, structure)
     load_weights(model, state)
     model.eval()
     return model, info

@@ -1,5 +1,9 @@
 """The ``mobilenets`` command line.  Each subcommand lives in its own module and
-adds itself through ``add_parser(subparsers)``; ``main`` dispatches."""
+adds itself through ``add_parser(subparsers)``; ``main`` dispatches.
+
+The subcommand modules import torch (and everything heavy) inside their ``run``
+functions only, so ``--help`` and a mistyped option answer at once.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,18 @@ SUBCOMMANDS = [models_cmd, profile_cmd, train_cmd, plot_cmd, decouple_cmd, expor
 __all__ = ["build_parser", "main"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the problem and where to read more, not the
+    whole usage block (which for ``train`` is a screenful that hides the message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mobilenets",
         description=(
             "Efficient convolutional networks (MobileNet V1/V2/V3): build a model at the size "
@@ -35,16 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or an option argparse refused (message printed)
+        return exc.code if isinstance(exc.code, int) else 1
     try:
         return int(args.run(args) or 0)
     except MobileNetsError as exc:
         # Errors about the user's input: the message says what to change; a
         # traceback would only hide it.
-        print(f"mobilenets {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mobilenets {args.command}: error: {exc.cli_message()}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `mobilenets profile ... | head`
         return 0
+    except KeyboardInterrupt:
+        print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

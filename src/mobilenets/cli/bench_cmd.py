@@ -7,11 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..data import calibration_images
 from ..errors import ConfigError
-from ..export.bench import BACKENDS, machine_description, plot_latency, results_json, results_table, run_bench
-from ..models import list_models
-from ..weights import atomic_write
+from ..validate import BENCH_BACKENDS, NON_NEGATIVE_INT, POSITIVE_INT, csv_of
 
 EXAMPLES = """\
 Examples:
@@ -25,16 +22,6 @@ Examples:
       --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \
       --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample --out bench/
 """
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            return [kind(x) for x in text.split(",") if x]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
-
-    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -52,18 +39,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXAMPLES,
     )
-    parser.add_argument("--models", type=_csv(str), default=["mobilenet_v2"], help=f"from: {', '.join(list_models())}")
+    parser.add_argument(
+        "--models", type=csv_of(), default=["mobilenet_v2"], help="comma-separated registry names (mobilenets models)"
+    )
     parser.add_argument(
         "--backends",
-        type=_csv(str),
+        type=csv_of(choices=BENCH_BACKENDS),
         default=["eager", "channels_last", "onnxruntime", "onnxruntime-int8"],
-        help=f"comma-separated, from: {', '.join(BACKENDS)} (default: all but compile)",
+        help=f"comma-separated, from: {', '.join(BENCH_BACKENDS)} (default: all but compile)",
     )
-    parser.add_argument("--batch-sizes", type=_csv(int), default=[1])
-    parser.add_argument("--threads", type=_csv(int), default=[2], help="intra-op threads (default 2)")
-    parser.add_argument("--resolution", type=int, help="input side (default: each model's, 224)")
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per configuration (default 30)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=csv_of(POSITIVE_INT), default=[1], help="comma-separated (default 1)")
+    parser.add_argument("--threads", type=csv_of(POSITIVE_INT), default=[2], help="intra-op threads (default 2)")
+    parser.add_argument("--resolution", type=POSITIVE_INT.argtype, help="input side (default: each model's, 224)")
+    parser.add_argument(
+        "--runs", type=POSITIVE_INT.argtype, default=30, help="timed runs per configuration (default 30)"
+    )
+    parser.add_argument("--warmup", type=NON_NEGATIVE_INT.argtype, default=5, help="untimed runs first (default 5)")
     parser.add_argument("--no-reference", action="store_true", help="skip torchvision's models")
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the memory probes (one process per configuration, seconds each)"
@@ -78,17 +69,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "untrained, which times the same but has no accuracy",
     )
     parser.add_argument("--eval-data", help="labelled images: top-1 of every backend of models given --weights")
-    parser.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
+    parser.add_argument(
+        "--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images"
+    )
     parser.add_argument("--out", help="folder for bench.txt, bench.json, bench.png")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    unknown = [m for m in args.models if m not in list_models()]
-    if unknown:
-        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
-    if any(b < 1 for b in args.batch_sizes) or any(t < 1 for t in args.threads) or args.runs < 1:
-        raise ConfigError("batch sizes, thread counts and --runs must be positive")
+    from ..data import calibration_images
+    from ..export.bench import machine_description, plot_latency, results_json, results_table, run_bench
+    from ..models import get_model_entry
+    from ..weights import atomic_write
+
+    for name in args.models:
+        get_model_entry(name)  # an unknown name is refused with the nearest ones
     weights = {}
     for item in args.weights:
         model, sep, path = item.partition("=")

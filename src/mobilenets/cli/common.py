@@ -1,23 +1,30 @@
-"""Options shared by every subcommand that builds a model from the registry."""
+"""Options shared by every subcommand that builds a model from the registry.
+
+Nothing here imports torch at module level: the parsers are built for every
+command, ``--help`` included, and must answer before torch loads.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..models import create_model, list_models
+from ..errors import ConfigError
+from ..validate import POSITIVE, POSITIVE_INT
+
+MODEL_HELP = "model name: see 'mobilenets models' (torchvision classifiers as torchvision.NAME, e.g. torchvision.vgg16)"
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:
     """``NAME --width-mult --resolution --num-classes --cifar --activation --weights``."""
     if positional:
-        parser.add_argument("model", metavar="MODEL", help=f"model name: {', '.join(list_models())}")
+        parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     else:
-        parser.add_argument("--model", required=required, help=f"model name: {', '.join(list_models())}")
+        parser.add_argument("--model", required=required, help=MODEL_HELP)
     parser.add_argument(
         "--width-mult",
         "-a",
-        type=float,
+        type=POSITIVE.argtype,
         default=1.0,
         metavar="ALPHA",
         help="width multiplier alpha: every layer gets alpha x its channels; cost ~ alpha^2 (default 1.0)",
@@ -25,13 +32,15 @@ def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = Tru
     parser.add_argument(
         "--resolution",
         "-r",
-        type=int,
+        type=POSITIVE_INT.argtype,
         default=None,
         metavar="R",
         help="input side in pixels, 224 x rho (224/192/160/128 published); cost ~ R^2 "
         "(default: the model's, 224, or 32 with --cifar)",
     )
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument(
+        "--num-classes", type=POSITIVE_INT.argtype, default=1000, help="classifier outputs (default 1000)"
+    )
     parser.add_argument(
         "--cifar",
         action="store_true",
@@ -49,13 +58,15 @@ def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = Tru
 
 def model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     """Build the model the options describe; return it and the input side."""
+    from ..models import create_model
+
     options: dict[str, Any] = {}
     if args.cifar:
         options["cifar"] = True
     if args.activation:
         options["activation"] = args.activation
-    resolution = args.resolution or (32 if args.cifar else 224)
-    options["resolution"] = resolution
+    if args.resolution is not None:
+        options["resolution"] = args.resolution
     model = create_model(
         args.model,
         num_classes=args.num_classes,
@@ -63,7 +74,7 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
         weights=args.weights,
         **options,
     )
-    return model, resolution
+    return model, model.arch.get("resolution") or getattr(model, "default_resolution", 224)
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -73,32 +84,52 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(source, positional=False, required=False)
 
 
+# Options that describe a model to build; with --checkpoint (or --onnx) the file says all of this.
+_BUILD_OPTIONS = {
+    "model": None,
+    "width_mult": 1.0,
+    "num_classes": 1000,
+    "cifar": False,
+    "activation": None,
+    "weights": None,
+}
+
+
+def refuse_conflicts(args: argparse.Namespace, source: str, *, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse model-building options given beside ``--checkpoint``/``--onnx`` (``source``):
+    they would be silently ignored, since the file records its own architecture."""
+    given = [
+        "--" + k.replace("_", "-")
+        for k, default in _BUILD_OPTIONS.items()
+        if k not in allowed and getattr(args, k, default) != default
+    ]
+    if given:
+        raise ConfigError(f"{source} records the model; drop {', '.join(given)}")
+
+
+def require_weights(args: argparse.Namespace, command: str) -> None:
+    """Refuse ``--model`` without ``--weights`` where random weights would give a silently wrong answer."""
+    if args.model and not args.checkpoint and not args.weights:
+        extra = " (or --random-weights to try the pipeline anyway)" if command == "predict" else ""
+        raise ConfigError(
+            f"--model {args.model} without --weights would {command} with random weights; give --weights FILE{extra}"
+        )
+
+
 def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str, Any]]:
     """The model a command works on and its data info (classes, preprocessing, resolution):
     ``--checkpoint`` (a run's checkpoint or a saved file), or ``--model`` with optional
     ``--weights``; ``--model torchvision.NAME`` builds torchvision's classifier."""
-    from ..errors import ConfigError
     from ..predict import default_data_info
-    from ..weights import load_model_with_info, load_weights
+    from ..weights import load_model_with_info
 
     if getattr(args, "checkpoint", None):
+        refuse_conflicts(args, "--checkpoint")
         model, info = load_model_with_info(args.checkpoint)
         if getattr(args, "resolution", None):
             info["resolution"] = args.resolution
         return model.eval(), default_data_info(model, info)
     if not args.model:
         raise ConfigError(f"{command} needs --checkpoint, or --model (with --weights)")
-    if args.model.startswith("torchvision."):
-        import torchvision
-
-        try:
-            model = torchvision.models.get_model(args.model.split(".", 1)[1], num_classes=args.num_classes)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        if args.weights:
-            load_weights(model, args.weights)
-        model.arch = {}
-        info = {"transforms": "imagenet", "resolution": args.resolution or 224}
-        return model.eval(), default_data_info(model, info, num_classes=args.num_classes)
     model, resolution = model_from_args(args)
     return model.eval(), default_data_info(model, {"resolution": resolution})

@@ -9,17 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from .._table import format_table
-from ..cost.latency import measure_latency
-from ..data import DataError, calibration_images, eval_dataset, make_loader
-from ..decouple import METHODS, decompose, decouple
-from ..errors import ConfigError
-from ..plots import plot_sweep
-from ..train import evaluate
-from ..weights import atomic_write, save_weights
+from ..errors import ConfigError, DataError
+from ..validate import (
+    DECOMPOSITION_METHODS,
+    DECOUPLE_ORDERS,
+    GREATER_THAN_ONE,
+    LATENCY_BACKENDS,
+    POSITIVE_INT,
+    UNIT_FRACTION,
+    csv_of,
+)
 from .common import add_source_options, load_for_cli
 
 EXAMPLES = """\
@@ -55,41 +54,60 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_source_options(parser)
     how = parser.add_argument_group("how much to keep (one of)")
-    how.add_argument("--rank", type=int, help="T terms per layer (T = k^2 is exact)")
-    how.add_argument("--energy", type=float, help="per layer, keep this fraction of squared singular values")
-    how.add_argument("--target-reduction", type=float, help="divide the model's mult-adds by this factor")
-    how.add_argument("--sweep", help="comma-separated reductions: run every method at each and plot")
+    how.add_argument(
+        "--rank", type=_rank, help="T terms per layer (T = k^2 is exact); 'full': each layer's own k^2, exact"
+    )
+    how.add_argument(
+        "--energy", type=UNIT_FRACTION.argtype, help="per layer, keep this fraction of squared singular values"
+    )
+    how.add_argument(
+        "--target-reduction", type=GREATER_THAN_ONE.argtype, help="divide the model's mult-adds by this factor (> 1)"
+    )
+    how.add_argument(
+        "--sweep", type=csv_of(GREATER_THAN_ONE), help="comma-separated reductions: run every method at each and plot"
+    )
     opts = parser.add_argument_group("options")
-    opts.add_argument("--method", default="decouple", choices=["decouple", *METHODS, "channel+decouple"])
-    opts.add_argument("--order", default="dw_pw", choices=["dw_pw", "pw_dw"], help="depthwise first or pointwise first")
+    opts.add_argument("--method", default="decouple", choices=["decouple", *DECOMPOSITION_METHODS, "channel+decouple"])
+    opts.add_argument("--order", default="dw_pw", choices=DECOUPLE_ORDERS, help="depthwise first or pointwise first")
     opts.add_argument("--allocation", default="greedy", choices=["greedy", "uniform"], help="ranks under a target")
     opts.add_argument("--budget", default="mult_adds", choices=["mult_adds", "latency"], help="what the greedy saves")
     opts.add_argument(
         "--latency-backend",
         default="onnxruntime",
-        choices=["onnxruntime", "channels_last"],
+        choices=LATENCY_BACKENDS,
         help="where --budget latency measures each layer (default onnxruntime)",
     )
     opts.add_argument(
         "--calibration",
         help="folder of unlabelled images: least-squares refinement (decouple), principal directions (channel)",
     )
-    opts.add_argument("--calibration-images", type=int, default=256)
+    opts.add_argument("--calibration-images", type=POSITIVE_INT.argtype, default=256, help="how many (default 256)")
     opts.add_argument(
         "--eval-data", help="labelled images (class folders, a train/val tree or a CIFAR root): top-1/top-5"
     )
-    opts.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
+    opts.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
     opts.add_argument("--device", default="cpu", help="where to convert and evaluate (cpu, cuda); latency is CPU")
     opts.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(run=run)
 
 
-def _accuracy(model: nn.Module, loader, num_classes: int) -> dict[str, float]:
+def _rank(text: str) -> int | str:
+    """--rank: a positive integer, or 'full'."""
+    return "full" if text == "full" else POSITIVE_INT.argtype(text)
+
+
+def _accuracy(model, loader, num_classes: int) -> dict[str, float]:
+    from ..train import evaluate
+
     metrics = evaluate(model, loader, num_classes, device=str(next(model.parameters()).device))
     return {"top1": metrics["top1"], "top5": metrics["top5"]}
 
 
-def _latency(model: nn.Module, resolution: int) -> dict[str, float]:
+def _latency(model, resolution: int) -> dict[str, float]:
+    import torch
+
+    from ..cost.latency import measure_latency
+
     model = copy.deepcopy(model).cpu()
     eager = measure_latency(model, resolution)
     model = model.to(memory_format=torch.channels_last)
@@ -98,10 +116,23 @@ def _latency(model: nn.Module, resolution: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..validate import check_device
+    from ..weights import output_dir
+
+    check_device(args.device)
+    given = [name for name in ("rank", "energy", "target_reduction", "sweep") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --rank, --energy, --target-reduction or --sweep")
     model, info = load_for_cli(args, "decouple")
-    model.to(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_dir(args.out) as out:
+        return _run(args, model.to(args.device), info, out)
+
+
+def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> int:
+    from ..data import calibration_images, eval_dataset, make_loader
+    from ..decouple import decompose, decouple
+    from ..weights import atomic_write, save_weights
+
     resolution = info["resolution"]
     size = (getattr(model, "in_channels", 3), resolution, resolution)
     loader, num_classes = None, len(info["classes"])
@@ -146,17 +177,16 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     atomic_write(out / "report.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(report.to_json()))
-    new.cpu()
-    if getattr(new, "arch", None):
-        save_weights(new, out / "model.safetensors", data_info=info)
-    else:
-        atomic_write(out / "model.pt", lambda tmp: torch.save(new, tmp))
-    print(f"wrote {out}/report.txt, report.json and the converted model")
+    # The architecture (registry or torchvision name) and every conversion step are
+    # recorded, so mobilenets.load_model rebuilds it; never a pickled module.
+    save_weights(new.cpu(), out / "model.safetensors", data_info=info)
+    print(f"wrote {out}/report.txt, report.json and model.safetensors (mobilenets.load_model rebuilds it)")
     return 0
 
 
 def _sweep_methods(model, size, calibration) -> list[tuple[str, Any]]:
     """(label, reduction -> (model, report)) for every method, the slow CP last."""
+    from ..decouple import decompose, decouple
 
     def method(name: str, **options):
         if name == "decouple":
@@ -182,7 +212,11 @@ def _sweep_methods(model, size, calibration) -> list[tuple[str, Any]]:
 
 
 def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) -> int:
-    reductions = [float(r) for r in args.sweep.split(",")]
+    from .._table import format_table
+    from ..plots import plot_sweep
+    from ..weights import atomic_write
+
+    reductions = args.sweep
     before = _accuracy(model, loader, num_classes) if loader is not None else None
     rows, results = [], []
 

@@ -7,13 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import DataError, calibration_images, eval_dataset, make_loader
-from ..errors import ConfigError
-from ..export import CALIBRATION_METHODS, WEIGHT_ROUNDING, OnnxClassifier, export_onnx, quantize_onnx
-from ..export.qat import convert_qat, is_qat
-from ..export.qat import export_int8 as export_qat_int8
-from ..train import evaluate
-from ..weights import atomic_write
+from ..errors import ConfigError, DataError
+from ..validate import CALIBRATION_METHODS, PERCENTILE, POSITIVE_INT, WEIGHT_ROUNDING
 from .common import add_source_options, load_for_cli
 
 EXAMPLES = """\
@@ -56,13 +51,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     opts.add_argument("--out", required=True, help="the .onnx file to write")
     opts.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary at run time")
-    opts.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    opts.add_argument("--opset", type=POSITIVE_INT.argtype, default=17, help="ONNX opset (17 to 20; default 17)")
     quant = parser.add_argument_group("int8")
     quant.add_argument(
         "--int8", action="store_true", help="quantize to int8; needs --calibration unless the checkpoint is from --qat"
     )
     quant.add_argument("--calibration", help="folder of representative images (any layout, labels unused)")
-    quant.add_argument("--calibration-images", type=int, default=200, help="how many to use (default 200)")
+    quant.add_argument(
+        "--calibration-images", type=POSITIVE_INT.argtype, default=200, help="how many to use (default 200)"
+    )
     quant.add_argument(
         "--calibration-method",
         default="percentile",
@@ -71,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     quant.add_argument(
         "--calibration-percentile",
-        type=float,
+        type=PERCENTILE.argtype,
         default=99.99,
         help="percentile method: where each activation range is cut (default 99.99; measured best on MobileNetV2, "
         "and sharp: 99.95 and 99.999 were both worse)",
@@ -80,7 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weight-rounding",
         default="gptq",
         choices=WEIGHT_ROUNDING,
-        help="gptq: round dense weights with error feedback on the calibration images (default); nearest: plain rounding",
+        help="gptq: round dense weights with error feedback on the calibration images (default); "
+        "nearest: plain rounding",
     )
     quant.add_argument(
         "--bias-correction",
@@ -98,17 +96,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "each of ~5 trials per activation tensor runs the int8 model, a few minutes on 2 cores)",
     )
     quant.add_argument(
-        "--range-search-images", type=int, default=64, help="calibration images the range search uses (default 64)"
+        "--range-search-images",
+        type=POSITIVE_INT.argtype,
+        default=64,
+        help="calibration images the range search uses (default 64)",
     )
     quant.add_argument(
         "--range-search-sweeps",
-        type=int,
+        type=POSITIVE_INT.argtype,
         default=2,
         help="passes over all activation tensors (default 2; each pass costs the same, the second gains less)",
     )
     check = parser.add_argument_group("accuracy")
     check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
-    check.add_argument("--val-subset", type=int, help="evaluate on a class-balanced slice of N images")
+    check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
     parser.set_defaults(run=run)
 
 
@@ -116,10 +117,31 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
+    from ..data import calibration_images, eval_dataset, make_loader
+    from ..export import OnnxClassifier, export_onnx, max_opset, quantize_onnx
+    from ..export.onnx import MIN_OPSET
+    from ..export.qat import convert_qat, is_qat
+    from ..export.qat import export_int8 as export_qat_int8
+    from ..train import evaluate
+    from ..weights import atomic_write
+
+    if not MIN_OPSET <= args.opset <= max_opset():
+        raise ConfigError(
+            f"--opset must be between {MIN_OPSET} and {max_opset()} (the highest this torch writes), got {args.opset}"
+        )
     model, info = load_for_cli(args, "export")
     trained_for_int8 = is_qat(model)
     if args.int8 and not args.calibration and not trained_for_int8:
         raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    evaluation = None
+    if args.eval_data:  # checked before anything is written
+        evaluation = eval_dataset(
+            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
+        )
+        if len(evaluation[1]) != len(info["classes"]):
+            raise DataError(
+                f"{args.eval_data} has {len(evaluation[1])} classes but the model has {len(info['classes'])}"
+            )
     calibration = None
     if args.calibration:
         calibration = calibration_images(
@@ -161,12 +183,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {out} (int8 QDQ, per-channel weights; {steps}; {len(calibration)} calibration images)")
         summary["int8"] = str(out)
-    if args.eval_data:
-        dataset, classes = eval_dataset(
-            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
-        )
-        if len(classes) != len(info["classes"]):
-            raise DataError(f"{args.eval_data} has {len(classes)} classes but the model has {len(info['classes'])}")
+    if evaluation is not None:
+        dataset, classes = evaluation
         batches = list(make_loader(dataset, 50, workers=2))
         runners = {"pytorch_qat" if trained_for_int8 else "pytorch": model, "onnx_fp32": OnnxClassifier(fp32_path)}
         if args.int8:

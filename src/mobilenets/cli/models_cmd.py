@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from .._table import format_table, human
-from ..cost import profile
-from ..models import create_model, get_model_entry, list_models
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -22,6 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._table import format_table, human
+    from ..cost import profile
+    from ..models import create_model, get_model_entry, list_models
+
     rows = []
     for name in list_models():
         entry = get_model_entry(name)

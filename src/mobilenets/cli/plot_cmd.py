@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..plots import plot_runs
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,5 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..plots import plot_runs
+
     print(f"wrote {plot_runs(args.runs, args.out)}")
     return 0

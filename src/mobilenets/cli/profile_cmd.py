@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cost import profile
-from ..errors import ConfigError
 from .common import add_model_options, model_from_args
 
 
@@ -34,9 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cost import profile
+
     model, resolution = model_from_args(args)
-    if resolution < 1:
-        raise ConfigError(f"--resolution must be positive, got {resolution}")
     result = profile(model, (model.in_channels, resolution, resolution))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 
-import torch
-
-from .._table import human
-from ..data import DataError, build_datasets, make_loader
-from ..errors import ConfigError
-from ..predict import default_data_info, predict_images
-from ..train import RECIPES, TrainConfig, evaluate, get_recipe, train
-from ..weights import load_model_with_info
-from .common import add_model_options, load_for_cli
+from ..errors import ConfigError, DataError
+from ..train.config import FIELD_RULES, TrainConfig
+from ..train.recipes import RECIPES, get_recipe
+from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PRECISIONS
+from .common import add_model_options, add_source_options, load_for_cli, refuse_conflicts, require_weights
 
 TRAIN_EXAMPLES = """\
 Examples:
@@ -27,12 +24,17 @@ Examples:
   # 4 GPUs (or CPU processes with --device cpu) through torchrun; the recipe's batch is the global batch
   torchrun --nproc_per_node=4 -m mobilenets train --model mobilenet_v2 --data-dir DIR --out runs/ddp
   # quantization-aware fine-tuning of a trained run, then an int8 export with the learned ranges
-  mobilenets train --model mobilenet_v2 --width-mult 0.5 --recipe cifar10-qat --init-from runs/quick/best.pt \
+  mobilenets train --model mobilenet_v2 --width-mult 0.5 --recipe cifar10-qat --init-from runs/quick/best.pt \\
       --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 2000 --qat --out runs/qat
   mobilenets export --checkpoint runs/qat/best.pt --int8 --out cifar-int8.onnx
   # print a recipe's settings
   mobilenets train --show-recipe imagenet-v2
 """
+
+
+def rule(field: str):
+    """argparse ``type=`` for a TrainConfig field: the same check the Python API makes."""
+    return FIELD_RULES[field].argtype
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,21 +63,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=["cifar10", "cifar100"], help="use torchvision's CIFAR files in --data-dir")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
-    data.add_argument("--train-subset", type=int, help="train on a fixed class-balanced slice of N images")
-    data.add_argument("--val-subset", type=int, help="validate on a fixed class-balanced slice of N images")
-    data.add_argument("--workers", type=int, default=2, help="data-loading processes per training process (default 2)")
+    data.add_argument(
+        "--train-subset", type=rule("train_subset"), help="train on a fixed class-balanced slice of N images"
+    )
+    data.add_argument(
+        "--val-subset", type=rule("val_subset"), help="validate on a fixed class-balanced slice of N images"
+    )
+    data.add_argument(
+        "--workers", type=rule("workers"), default=2, help="data-loading processes per training process (default 2)"
+    )
     data.add_argument(
         "--data-on-device", action="store_true", help="keep a CIFAR-sized dataset on the device, augment it there"
     )
-    data.add_argument("--seed", type=int, default=0, help="seeds weights, data order, augmentation, dropout")
+    data.add_argument("--seed", type=rule("seed"), default=0, help="seeds weights, data order, augmentation, dropout")
     recipe = parser.add_argument_group("recipe overrides")
-    recipe.add_argument("--epochs", type=int)
-    recipe.add_argument("--batch-size", type=int, help="global batch (split over torchrun processes)")
-    recipe.add_argument("--lr", type=float, help="peak learning rate")
-    recipe.add_argument("--weight-decay", type=float)
-    recipe.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up")
-    recipe.add_argument("--label-smoothing", type=float)
-    recipe.add_argument("--ema-decay", type=float, help="EMA of weights (e.g. 0.9999); 0 turns it off")
+    recipe.add_argument("--epochs", type=rule("epochs"))
+    recipe.add_argument("--batch-size", type=rule("batch_size"), help="global batch (split over torchrun processes)")
+    recipe.add_argument("--lr", type=rule("lr"), help="peak learning rate")
+    recipe.add_argument("--weight-decay", type=rule("weight_decay"))
+    recipe.add_argument("--warmup-epochs", type=rule("warmup_epochs"), help="linear learning-rate warm-up")
+    recipe.add_argument("--label-smoothing", type=rule("label_smoothing"), help="in [0, 1)")
+    recipe.add_argument("--ema-decay", type=rule("ema_decay"), help="EMA of weights (e.g. 0.9999); 0 turns it off")
     start = parser.add_argument_group("fine-tuning and quantization-aware training")
     start.add_argument(
         "--init-from", metavar="CHECKPOINT", help="start from these weights (a run's best.pt, or saved weights)"
@@ -87,35 +95,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "weights, uint8 activations with learned ranges); needs --init-from; use a -qat recipe",
     )
     start.add_argument(
-        "--qat-calibration", type=int, default=256, help="training images that set the initial int8 ranges (256)"
+        "--qat-calibration",
+        type=rule("qat_calibration"),
+        default=256,
+        help="training images that set the initial int8 ranges (256)",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
-    model.add_argument("--resolution", type=int, help="input side (default 32 for CIFAR recipes, else 224)")
+    model.add_argument(
+        "--width-mult", type=rule("width_mult"), default=1.0, help="width multiplier alpha (default 1.0)"
+    )
+    model.add_argument(
+        "--resolution", type=rule("resolution"), help="input side (default 32 for CIFAR recipes, else 224)"
+    )
     model.add_argument("--activation", help="relu or relu6 inside the blocks (the V1/V2 ablation)")
     speed = parser.add_argument_group("speed and bookkeeping")
-    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    speed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
+    speed.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast precision")
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
-    speed.add_argument("--checkpoint-every", type=int, default=0, help="also save last.pt every N steps")
-    speed.add_argument("--checkpoint-minutes", type=float, default=10.0, help="save last.pt at least this often")
+    speed.add_argument(
+        "--checkpoint-every", type=rule("checkpoint_every"), default=0, help="also save last.pt every N steps"
+    )
+    speed.add_argument(
+        "--checkpoint-minutes", type=rule("checkpoint_minutes"), default=10.0, help="save last.pt at least this often"
+    )
     speed.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
-    speed.add_argument("--no-progress", action="store_true", help="no progress bars")
+    speed.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (also off when the output is not a terminal)"
+    )
     parser.set_defaults(run=run_train)
 
     ev = subparsers.add_parser(
         "eval",
-        help="evaluate a checkpoint: top-1/top-5, loss, per-class accuracy, images/s",
-        description="Evaluate a checkpoint (last.pt/best.pt of a run, or saved weights) on a dataset's val/test split.",
+        help="evaluate a checkpoint or any weights: top-1/top-5, loss, per-class accuracy, images/s",
+        description=(
+            "Evaluate a checkpoint (last.pt/best.pt of a run, or saved weights), or --model with --weights "
+            "(e.g. torchvision's ImageNet file), on labelled images: a train/val (or test) tree's val split, a "
+            "plain folder of class folders (e.g. ../shared/data/imagenet-sample), or torchvision's CIFAR files. "
+            "Images are preprocessed as the weights expect. Where the weights record their class names, the "
+            "folders must match them; otherwise the sorted folders are classes 0, 1, ..."
+        ),
+        epilog="Example: mobilenets eval --model mobilenet_v2 --weights "
+        "../shared/data/weights/mobilenet_v2-b0353104.pth --data-dir ../shared/data/imagenet-sample --json",
     )
-    ev.add_argument("--checkpoint", required=True, help="a run's last.pt/best.pt or a .safetensors file")
-    ev.add_argument("--data-dir", required=True)
-    ev.add_argument("--dataset", choices=["cifar10", "cifar100"])
-    ev.add_argument("--val-subset", type=int)
-    ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--workers", type=int, default=2)
-    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_source_options(ev)
+    ev.add_argument("--data-dir", required=True, help="labelled images (see above)")
+    ev.add_argument("--dataset", choices=["cifar10", "cifar100"], help="torchvision's CIFAR files in --data-dir")
+    ev.add_argument("--download", action="store_true", help="with --dataset: let torchvision download them")
+    ev.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="a fixed class-balanced slice of N images")
+    ev.add_argument("--batch-size", type=POSITIVE_INT.argtype, default=256)
+    ev.add_argument("--workers", type=NON_NEGATIVE_INT.argtype, default=2)
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON (top1, top5, loss, images...)")
     ev.set_defaults(run=run_eval)
 
     pr = subparsers.add_parser(
@@ -130,9 +160,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
     pr.add_argument("--onnx", help="a model written by 'mobilenets export', run by ONNX Runtime")
-    pr.add_argument("--top", type=int, default=5)
+    pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5, help="how many classes to show (default 5)")
     pr.add_argument("--json", action="store_true")
     add_model_options(pr, positional=False, required=False)
+    pr.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow --model without --weights (untrained: the answers are noise; for trying the pipeline)",
+    )
     pr.set_defaults(run=run_predict)
 
 
@@ -144,12 +179,20 @@ def run_train(args: argparse.Namespace) -> int:
     missing = [flag for flag in ("model", "data_dir", "out") if not getattr(args, flag)]
     if missing:
         raise ConfigError("train needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    from .._table import human
+    from ..train import train
+
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    s = train(config, progress=not args.no_progress)
+    s = train(config, progress=not args.no_progress and sys.stderr.isatty())
     if s is None:  # not rank 0 of a torchrun job
         return 0
+    epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     print(
-        f"\n{s['model']} after {s['epochs']} epochs: top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), "
+        f"\n{s['model']} after {epochs}: top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), "
         f"top-5 {100 * s['top5']:.2f}%\n{human(s['mult_adds'])} mult-adds, {human(s['params'])} params, "
         f"{s['latency_ms_batch1_cpu']:.1f} ms per image on this CPU (batch 1)\nrun directory: {s['out']}"
     )
@@ -157,41 +200,71 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    model, info = load_model_with_info(args.checkpoint)
-    info = default_data_info(model, info)
-    _, val_set, classes = build_datasets(
-        args.data_dir,
-        style=info["transforms"],
-        resolution=info["resolution"],
-        dataset=args.dataset,
-        val_subset=args.val_subset,
-    )
-    if len(classes) != model.arch["num_classes"]:
+    from ..data import build_datasets, eval_dataset, make_loader
+    from ..predict import recorded_class_names
+    from ..train import evaluate
+
+    if args.download and not args.dataset:
+        raise ConfigError("--download fetches torchvision's CIFAR files: give --dataset cifar10 or cifar100")
+    require_weights(args, "eval")
+    model, info = load_for_cli(args, "eval")
+    style, resolution = info["transforms"], info["resolution"]
+    if args.dataset:
+        _, val_set, classes = build_datasets(
+            args.data_dir, style=style, resolution=resolution, dataset=args.dataset, download=args.download,
+            val_subset=args.val_subset,
+        )  # fmt: skip
+    else:
+        val_set, classes = eval_dataset(args.data_dir, style=style, resolution=resolution, subset=args.val_subset)
+    source = args.checkpoint or args.weights or "the model"
+    if len(classes) != len(info["classes"]):
+        raise DataError(f"{args.data_dir} has {len(classes)} classes but {source} has {len(info['classes'])}")
+    names = recorded_class_names(info)
+    if names is not None and names != classes:
+        first = next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
         raise DataError(
-            f"{args.data_dir} has {len(classes)} classes but the checkpoint has {model.arch['num_classes']}"
+            f"the class folders of {args.data_dir} are not the classes {source} was trained on "
+            f"(class {first}: folder {classes[first]!r}, trained as {names[first]!r})"
         )
-    if "classes" in info and len(info["classes"]) == len(classes) and info["classes"] != classes:
-        raise DataError(f"the class folders of {args.data_dir} are not the classes the checkpoint was trained on")
-    metrics = evaluate(model, make_loader(val_set, args.batch_size, workers=args.workers), len(classes))
+    if names is None:
+        print(
+            f"note: {source} records no class names; the {len(classes)} sorted class folders of {args.data_dir} "
+            f"are taken as classes 0-{len(classes) - 1}",
+            file=sys.stderr,
+        )
+    loader = make_loader(val_set, args.batch_size, workers=args.workers)
+    metrics = evaluate(model, loader, len(classes))
+    metrics["images"] = metrics["samples"]
     if args.json:
         print(json.dumps(metrics, indent=2))
-    else:
-        print(
-            f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
-            f"{metrics['images_per_s']:.0f} images/s  ({metrics['samples']} images)"
-        )
-        for name, acc in zip(classes, metrics["per_class_top1"]):
-            print(f"  {name:20s} {100 * acc:6.2f}%")
+        return 0
+    print(
+        f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
+        f"{metrics['images_per_s']:.0f} images/s  ({metrics['samples']} images)"
+    )
+    if len(classes) <= 100:
+        for name, acc, count in zip(classes, metrics["per_class_top1"], metrics["per_class_images"]):
+            shown = "     -  (no images)" if acc is None else f"{100 * acc:6.2f}%  ({count} images)"
+            print(f"  {name:20s} {shown}")
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..predict import predict_images
+
     if args.onnx:
+        if args.checkpoint:
+            raise ConfigError("give --onnx or --checkpoint, not both")
+        refuse_conflicts(args, "--onnx")
+        if args.resolution is not None:
+            raise ConfigError("--onnx records its input size; drop --resolution")
         from ..export import OnnxClassifier
 
         model = OnnxClassifier(args.onnx)
         info = model.info
     else:
+        if not args.random_weights:
+            require_weights(args, "predict")
         model, info = load_for_cli(args, "predict")
     results = predict_images(model, args.images, info, top=args.top)
     if args.json:

@@ -20,6 +20,7 @@ modules, so it works for any ``nn.Module``: ours, torchvision's, converted ones.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .memory import trace_live_activations
 
 __all__ = ["LayerCost", "Profile", "layer_kind", "profile"]
@@ -42,26 +44,64 @@ KIND_OTHER = "other"
 KIND_ORDER = [KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_FC, KIND_NORM, KIND_OTHER]
 
 
+KIND_TRANSPOSED = "transposed conv"
+KIND_ATTENTION = "attention"
+KIND_ORDER[KIND_ORDER.index(KIND_FC) : KIND_ORDER.index(KIND_FC)] = [KIND_TRANSPOSED]
+KIND_ORDER[KIND_ORDER.index(KIND_NORM) : KIND_ORDER.index(KIND_NORM)] = [KIND_ATTENTION]
+_WEIGHTED_KINDS = (KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_TRANSPOSED, KIND_FC)
+
+# Modules whose cost is counted, or is none by the papers' convention (norms, lookups,
+# element-wise ops).  A module outside these that holds weights is listed as uncounted.
+_NO_MULT_ADDS = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.PReLU,
+)
+
+
 def layer_kind(module: nn.Module) -> str:
     """Classify a module the way V1's Table 2 does."""
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return KIND_TRANSPOSED
+    if isinstance(module, nn.modules.conv._ConvNd):
         if module.groups == 1:
-            return KIND_POINTWISE if module.kernel_size == (1, 1) else KIND_FULL
+            return KIND_POINTWISE if all(k == 1 for k in module.kernel_size) else KIND_FULL
         if module.groups == module.in_channels:
             return KIND_DEPTHWISE
         return KIND_GROUPED
     if isinstance(module, nn.Linear):
         return KIND_FC
+    if isinstance(module, nn.MultiheadAttention):
+        return KIND_ATTENTION
     if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
         return KIND_NORM
     return KIND_OTHER
 
 
-def _mult_adds(module: nn.Module, output: Tensor) -> int:
+def _attention_mult_adds(module: nn.MultiheadAttention, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Per sample: the q, k, v and output projections plus the two attention products
+    (q k^T and the weighted sum of v), each a multiply-accumulate per output element."""
+    query = inputs[0] if inputs else kwargs["query"]
+    key = inputs[1] if len(inputs) > 1 else kwargs.get("key", query)
+    sequence_dim = 1 if module.batch_first else 0
+    length = query.shape[sequence_dim] if query.dim() == 3 else query.shape[0]
+    source = key.shape[sequence_dim] if key.dim() == 3 else key.shape[0]
+    e = module.embed_dim
+    projections = length * e * e + source * e * (module.kdim + module.vdim) + length * e * e
+    return projections + 2 * length * source * e
+
+
+def _mult_adds(module: nn.Module, output: Tensor, inputs: tuple[Any, ...] = ()) -> int:
     per_sample = output.numel() // max(1, output.shape[0])
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return per_sample * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # every input element meets (out_channels / groups) x kernel weights
+        x = inputs[0]
+        return x.numel() // max(1, x.shape[0]) * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
     if isinstance(module, nn.Linear):
         return per_sample * module.in_features
     return 0
@@ -96,6 +136,9 @@ class Profile:
     by_resolution: dict[int, int] = field(default_factory=dict)  # side -> largest blockwise tensor
     by_resolution_channels: dict[int, int] = field(default_factory=dict)
     model_name: str = ""
+    # Modules that hold weights but whose mult-adds this profile cannot count (custom
+    # layers): the total is then a lower bound, and the table says so.
+    uncounted: list[str] = field(default_factory=list)
 
     # ---- derived figures -------------------------------------------------
     def memory_kb(self, elements: int, bytes_per_element: int = 2) -> float:
@@ -180,6 +223,14 @@ class Profile:
             f"largest tensor {self.largest_activation_blockwise:,} elements = "
             f"{self.memory_kb(self.largest_activation_blockwise):,.0f} KB at 16 bit"
         )
+        if self.uncounted:
+            shown = ", ".join(self.uncounted[:6]) + (
+                f" and {len(self.uncounted) - 6} more" if len(self.uncounted) > 6 else ""
+            )
+            lines.append(
+                f"WARNING: mult-adds not counted for {len(self.uncounted)} module(s) of unknown cost: {shown}; "
+                "the total is a lower bound"
+            )
         return "\n".join(lines)
 
     def by_type_table(self) -> str:
@@ -233,15 +284,24 @@ def profile(
 
     Args:
         model: any ``nn.Module`` taking a (N, C, H, W) batch.
-        input_size: ``(C, H, W)``; defaults to the model's ``default_resolution``
-            (224 for ImageNet variants) with its ``in_channels``.
+        input_size: ``(C, H, W)``, or one side ``R`` for ``(in_channels, R, R)``;
+            defaults to the model's ``default_resolution`` (224 for ImageNet
+            variants) with its ``in_channels``.
         device: where to run the counting pass (default: where the model is).
     """
     if input_size is None:
-        side = getattr(model, "default_resolution", 224)
-        input_size = (getattr(model, "in_channels", 3), side, side)
-    if len(input_size) != 3:
-        raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
+        input_size = getattr(model, "default_resolution", 224)
+    if isinstance(input_size, int) and not isinstance(input_size, bool):  # a side, as the CLI's --resolution
+        input_size = (getattr(model, "in_channels", 3), input_size, input_size)
+    if (
+        not isinstance(input_size, (tuple, list))
+        or len(input_size) != 3
+        or not all(isinstance(v, int) and v > 0 for v in input_size)
+    ):
+        raise ConfigError(
+            f"input_size must be (channels, height, width) or an image side, got {input_size!r}",
+            cli=f"the input size must be positive, got {input_size!r}",
+        )
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -261,6 +321,8 @@ def profile(
     counted: set[int] = set()
     last_conv_row: dict[str, LayerCost | None] = {"row": None}
 
+    uncounted: list[str] = []
+
     def leaf_hook(name: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, Tensor):
@@ -271,7 +333,14 @@ def profile(
             counted.update(id(p) for p in own)
             params = sum(p.numel() for p in own)
             kind = layer_kind(module)
-            mult_adds = _mult_adds(module, output)
+            mult_adds = _mult_adds(module, output, inputs)
+            if (
+                kind == KIND_OTHER
+                and not isinstance(module, _NO_MULT_ADDS)
+                and any(p.dim() >= 2 for p in module.parameters(recurse=False))
+                and f"{name} ({type(module).__name__})" not in uncounted
+            ):
+                uncounted.append(f"{name} ({type(module).__name__})")
             if kind == KIND_NORM and last_conv_row["row"] is not None and last_conv_row["row"].output_shape == shape:
                 last_conv_row["row"].params += params  # conv + BN are one layer in the papers
                 last_conv_row["row"] = None
@@ -279,14 +348,32 @@ def profile(
             if not (mult_adds or params):
                 return
             weight = getattr(module, "weight", None)
-            weight_params = (
-                weight.numel()
-                if kind in (KIND_POINTWISE, KIND_DEPTHWISE, KIND_FULL, KIND_GROUPED, KIND_FC) and weight is not None
-                else 0
-            )
+            weight_params = weight.numel() if kind in _WEIGHTED_KINDS and weight is not None else 0
             row = LayerCost(name, type(module).__name__, kind, shape, mult_adds, params, output.numel(), weight_params)
             rows.append(row)
-            last_conv_row["row"] = row if isinstance(module, nn.Conv2d) else None
+            last_conv_row["row"] = row if isinstance(module, nn.modules.conv._ConvNd) else None
+
+        return hook
+
+    def attention_hook(name: str):
+        # nn.MultiheadAttention uses its projections' weights directly (its out_proj
+        # module never runs), so it is counted as one layer from its inputs.
+        def hook(module: nn.Module, inputs: Any, kwargs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            own = [p for p in module.parameters() if id(p) not in counted]
+            counted.update(id(p) for p in own)
+            mult_adds = _attention_mult_adds(module, inputs, kwargs)
+            weights = sum(p.numel() for p in own if p.dim() >= 2)
+            batched = out.dim() == 3
+            if batched and not module.batch_first:
+                out = out.transpose(0, 1)  # (L, N, E) -> (N, L, E)
+            shape = tuple(out.shape[1:]) if batched else tuple(out.shape)
+            per_sample = out.numel() // (out.shape[0] if batched else 1)
+            params = sum(p.numel() for p in own)
+            rows.append(
+                LayerCost(name, type(module).__name__, KIND_ATTENTION, shape, mult_adds, params, per_sample, weights)
+            )
+            last_conv_row["row"] = None
 
         return hook
 
@@ -298,8 +385,11 @@ def profile(
         return hook
 
     handles = []
+    attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     for name, module in model.named_modules():
-        if not list(module.children()):
+        if name in attention:
+            handles.append(module.register_forward_hook(attention_hook(name), with_kwargs=True))
+        elif not list(module.children()) and not any(name.startswith(a + ".") for a in attention):
             handles.append(module.register_forward_hook(leaf_hook(name)))
         if name in unit_names:
             handles.append(module.register_forward_hook(unit_hook(name)))
@@ -343,6 +433,7 @@ def profile(
         by_resolution=dict(sorted(by_res.items(), reverse=True)),
         by_resolution_channels=dict(sorted(by_res_ch.items(), reverse=True)),
         model_name=arch.get("name", type(model).__name__),
+        uncounted=uncounted,
     )
 
 

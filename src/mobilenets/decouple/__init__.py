@@ -6,8 +6,20 @@ training; ``decompose(model, method="cp"|"tucker"|"spatial")`` applies the
 classic low-rank decompositions with the same interface and report.
 """
 
+import sys
+import types
+from typing import Any
+
 from .baselines import METHODS, cp_conv, spatial_conv, tucker_conv
-from .convert import DecoupleReport, LayerReport, apply_decoupled_structure, decompose, decouple, eligible_convs
+from .convert import (
+    DecoupleReport,
+    LayerReport,
+    apply_converted_structure,
+    apply_decoupled_structure,
+    decompose,
+    decouple,
+    eligible_convs,
+)
 from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
 
 __all__ = [
@@ -16,6 +28,7 @@ __all__ = [
     "DecoupleReport",
     "DecoupledConv",
     "LayerReport",
+    "apply_converted_structure",
     "apply_decoupled_structure",
     "cp_conv",
     "decompose",
@@ -27,3 +40,14 @@ __all__ = [
     "spatial_conv",
     "tucker_conv",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``mobilenets.decouple`` is both this package and the function: importing the
+    package binds the name to the module, so the module forwards calls to the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return decouple(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

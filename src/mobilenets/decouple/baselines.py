@@ -22,17 +22,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..validate import DECOMPOSITION_METHODS as METHODS
+
 __all__ = [
     "METHODS",
     "channel_conv",
     "cp_conv",
     "decomposed_mult_adds",
+    "decomposition_layers",
     "max_decomposition_rank",
     "spatial_conv",
     "tucker_conv",
 ]
-
-METHODS = ("cp", "tucker", "spatial", "channel")
 
 
 def _pair(value) -> tuple[int, int]:
@@ -89,7 +90,6 @@ def cp_conv(conv: nn.Conv2d, rank: int, *, seed: int = 0, iterations: int = 25) 
     from tensorly.decomposition import parafac
 
     _tensorly()
-    n, m, kh, kw = conv.weight.shape
     cp = parafac(
         conv.weight.detach().double(),  # on the conv's device: CP-ALS at rank ~1000 wants a GPU
         rank=rank,
@@ -99,13 +99,22 @@ def cp_conv(conv: nn.Conv2d, rank: int, *, seed: int = 0, iterations: int = 25) 
         tol=1e-7,
     )
     out_f, in_f, v_f, h_f = cp.factors  # (N, R) (M, R) (kh, R) (kw, R)
-    out_f = out_f * cp.weights[None, :]
+    layers = _cp_layers(conv, rank)
+    _set(layers[0], in_f.T)
+    _set(layers[1], v_f.T)
+    _set(layers[2], h_f.T)
+    _set(layers[3], out_f * cp.weights[None, :], conv.bias)
+    return layers
+
+
+def _cp_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    n, m, kh, kw = conv.weight.shape
     vertical, horizontal = _split_spatial(conv)
     return nn.Sequential(
-        _set(nn.Conv2d(m, rank, 1, bias=False), in_f.T),
-        _set(nn.Conv2d(rank, rank, (kh, 1), groups=rank, bias=False, **vertical), v_f.T),
-        _set(nn.Conv2d(rank, rank, (1, kw), groups=rank, bias=False, **horizontal), h_f.T),
-        _set(nn.Conv2d(rank, n, 1, bias=conv.bias is not None), out_f, conv.bias),
+        nn.Conv2d(m, rank, 1, bias=False),
+        nn.Conv2d(rank, rank, (kh, 1), groups=rank, bias=False, **vertical),
+        nn.Conv2d(rank, rank, (1, kw), groups=rank, bias=False, **horizontal),
+        nn.Conv2d(rank, n, 1, bias=conv.bias is not None),
     ).to(conv.weight.device)
 
 
@@ -121,20 +130,24 @@ def tucker_conv(conv: nn.Conv2d, rank: int, *, iterations: int = 50) -> nn.Seque
     from tensorly.decomposition import partial_tucker
 
     _tensorly()
-    n, m, kh, kw = conv.weight.shape
     r_in, r_out = tucker_ranks(conv, rank)
     (core, (out_f, in_f)), _ = partial_tucker(
         conv.weight.detach().double(), rank=[r_out, r_in], modes=[0, 1], n_iter_max=iterations
     )
+    layers = _tucker_layers(conv, rank)
+    _set(layers[0], in_f.T)
+    _set(layers[1], core)
+    _set(layers[2], out_f, conv.bias)
+    return layers
+
+
+def _tucker_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    n, m, kh, kw = conv.weight.shape
+    r_in, r_out = tucker_ranks(conv, rank)
     return nn.Sequential(
-        _set(nn.Conv2d(m, r_in, 1, bias=False), in_f.T),
-        _set(
-            nn.Conv2d(
-                r_in, r_out, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False
-            ),
-            core,
-        ),
-        _set(nn.Conv2d(r_out, n, 1, bias=conv.bias is not None), out_f, conv.bias),
+        nn.Conv2d(m, r_in, 1, bias=False),
+        nn.Conv2d(r_in, r_out, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False),
+        nn.Conv2d(r_out, n, 1, bias=conv.bias is not None),
     ).to(conv.weight.device)
 
 
@@ -147,10 +160,18 @@ def spatial_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     root = s[:rank].sqrt()
     v = (u[:, :rank] * root).T.reshape(rank, m, kh, 1)  # vertical filters
     h = (vh[:rank].T * root).reshape(n, kw, rank).permute(0, 2, 1).reshape(n, rank, 1, kw)
+    layers = _spatial_layers(conv, rank)
+    _set(layers[0], v)
+    _set(layers[1], h, conv.bias)
+    return layers
+
+
+def _spatial_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    n, m, kh, kw = conv.weight.shape
     vertical, horizontal = _split_spatial(conv)
     return nn.Sequential(
-        _set(nn.Conv2d(m, rank, (kh, 1), bias=False, **vertical), v),
-        _set(nn.Conv2d(rank, n, (1, kw), bias=conv.bias is not None, **horizontal), h, conv.bias),
+        nn.Conv2d(m, rank, (kh, 1), bias=False, **vertical),
+        nn.Conv2d(rank, n, (1, kw), bias=conv.bias is not None, **horizontal),
     ).to(conv.weight.device)
 
 
@@ -176,12 +197,32 @@ def channel_conv(conv: nn.Conv2d, rank: int, moments: tuple[Tensor, Tensor] | No
         basis = eigenvectors[:, eigenvalues.argsort(descending=True)[:rank]]
         offset = mean - basis @ (basis.T @ mean)
     bias = offset if conv.bias is None else offset + conv.bias.detach().double()
-    reduced = nn.Conv2d(m, rank, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False)
-    expand = nn.Conv2d(rank, n, 1, bias=conv.bias is not None or moments is not None)
+    layers = _channel_layers(conv, rank, calibrated=moments is not None)
+    _set(layers[0], basis.T @ weight)
+    _set(layers[1], basis, bias.to(conv.weight.dtype) if layers[1].bias is not None else None)
+    return layers
+
+
+def _channel_layers(conv: nn.Conv2d, rank: int, *, calibrated: bool = False) -> nn.Sequential:
+    # A calibrated subspace adds back the mean of what it projects away: a bias even where the conv had none.
+    n, m, kh, kw = conv.weight.shape
     return nn.Sequential(
-        _set(reduced, basis.T @ weight),
-        _set(expand, basis, bias.to(conv.weight.dtype) if expand.bias is not None else None),
+        nn.Conv2d(m, rank, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=False),
+        nn.Conv2d(rank, n, 1, bias=conv.bias is not None or calibrated),
     ).to(conv.weight.device)
+
+
+def decomposition_layers(conv: nn.Conv2d, method: str, rank: int, *, calibrated: bool = False) -> nn.Sequential:
+    """The untrained layers ``method`` replaces ``conv`` with at ``rank``: the structure a
+    saved decomposed model's state dict fits (``calibrated``: a channel decomposition
+    fitted to calibration responses)."""
+    _check(conv)
+    if method == "channel":
+        return _channel_layers(conv, rank, calibrated=calibrated)
+    layers = {"cp": _cp_layers, "tucker": _tucker_layers, "spatial": _spatial_layers}
+    if method not in layers:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return layers[method](conv, rank)
 
 
 def decomposed_mult_adds(

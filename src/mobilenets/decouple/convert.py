@@ -14,6 +14,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,18 +24,28 @@ from .._table import format_table, human
 from ..cost import profile
 from ..cost.latency import median_ms
 from ..errors import ConfigError
+from ..validate import LATENCY_BACKENDS
 from .baselines import (
     METHODS,
     channel_conv,
     cp_conv,
     decomposed_mult_adds,
+    decomposition_layers,
     max_decomposition_rank,
     spatial_conv,
     tucker_conv,
 )
 from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
 
-__all__ = ["DecoupleReport", "LayerReport", "apply_decoupled_structure", "decompose", "decouple", "eligible_convs"]
+__all__ = [
+    "DecoupleReport",
+    "LayerReport",
+    "apply_converted_structure",
+    "apply_decoupled_structure",
+    "decompose",
+    "decouple",
+    "eligible_convs",
+]
 
 
 @dataclass
@@ -106,8 +117,23 @@ class DecoupleReport:
             f"{human(self.mult_adds_before)} -> {human(self.mult_adds_after)} mult-adds ({self.reduction:.2f}x fewer), "
             f"{human(self.params_before)} -> {human(self.params_after)} params"
         )
-        extras = "".join(f"\n{k}: {v}" for k, v in self.extra.items())
+        extras = "".join(f"\n{k.replace('_', ' ')}: {_readable(v)}" for k, v in self.extra.items())
         return format_table(header, rows) + "\n" + totals + extras
+
+
+def _readable(value: Any) -> str:
+    """A report extra as a person reads it: ``{"top1": 0.8855}`` -> ``top-1 88.55%``."""
+    if not isinstance(value, dict):
+        return str(value)
+    parts = []
+    for key, v in value.items():
+        if key in ("top1", "top5"):
+            parts.append(f"top-{key[-1]} {100 * v:.2f}%")
+        elif key.endswith("_ms"):
+            parts.append(f"{key[: -len('_ms')].replace('_', ' ')} {v:.2f} ms")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {v}")
+    return ", ".join(parts)
 
 
 def eligible_convs(model: nn.Module) -> tuple[list[str], dict[str, str]]:
@@ -240,9 +266,6 @@ def _unreachable(saved: float, needed: float) -> ConfigError:
     return ConfigError(f"the target cannot be met: at most {saved:.4g} of the {needed:.4g} needed can be saved")
 
 
-LATENCY_BACKENDS = ("onnxruntime", "channels_last")
-
-
 @torch.no_grad()
 def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int = 9) -> float:
     """Batch-1 latency (ms) of one layer on the backend the model will run on."""
@@ -277,9 +300,17 @@ def _latency_table(layers: list[_Layer], backend: str) -> dict[tuple[str, int | 
     return table
 
 
-def _calibration_batches(calibration) -> list[Tensor]:
+def _calibration_batches(calibration, model: nn.Module, size: tuple[int, int, int]) -> list[Tensor]:
+    """Batches of calibration images from a tensor, an iterable of batches (or of
+    (images, labels)), or a folder of image files preprocessed as the model expects."""
     if calibration is None:
         return []
+    if isinstance(calibration, (str, Path)):
+        from ..data import calibration_images
+        from ..predict import default_data_info
+
+        info = default_data_info(model)
+        calibration = calibration_images(calibration, style=info["transforms"], resolution=size[-1])
     if isinstance(calibration, Tensor):
         return list(calibration.split(32))
     batches = []
@@ -380,7 +411,7 @@ def _convert(
     model: nn.Module,
     method: str,
     *,
-    rank: int | None,
+    rank: int | str | None,
     energy: float | None,
     target_reduction: float | None,
     order: str,
@@ -399,13 +430,19 @@ def _convert(
         k for k, v in {"rank": rank, "energy": energy, "target_reduction": target_reduction}.items() if v is not None
     ]
     if len(given) != 1:
-        raise ConfigError("give exactly one of rank=, energy= or target_reduction=")
+        raise ConfigError(
+            "give exactly one of rank=, energy= or target_reduction=",
+            cli="give exactly one of --rank, --energy, --target-reduction or --sweep",
+        )
     if energy is not None and not 0 < energy <= 1:
         raise ConfigError(f"energy is the fraction of squared singular values to keep, in (0, 1]; got {energy}")
     if target_reduction is not None and target_reduction <= 1:
         raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
-    if rank is not None and rank < 1:
-        raise ConfigError(f"rank must be at least 1, got {rank}")
+    if rank is not None and rank != "full" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ConfigError(
+            f"rank must be a positive integer or 'full' (every layer exact), got {rank!r}",
+            cli=f"--rank must be a positive integer or 'full' (every layer exact), got {rank!r}",
+        )
     if allocation not in ("greedy", "uniform") or budget not in ("mult_adds", "latency"):
         raise ConfigError("allocation is 'greedy' or 'uniform'; budget is 'mult_adds' or 'latency'")
     if latency_backend not in LATENCY_BACKENDS:
@@ -424,17 +461,23 @@ def _convert(
             + (f" (skipped: {'; '.join(f'{n}: {r}' for n, r in list(skipped.items())[:4])})" if skipped else "")
         )
     size = _default_input(model, input_size)
-    device = next(model.parameters()).device
-    batches = [b.to(device) for b in _calibration_batches(calibration)]
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    batches = [b.to(device, dtype) for b in _calibration_batches(calibration, model, size)]
     probe = batches[0][:8] if batches else torch.randn(2, *size, device=device)
     shapes = _capture(model, names, probe, keep_inputs=True)
     before = profile(model, tuple(probe.shape[1:]))
 
     convs = {n: model.get_submodule(n) for n in names}
-    if method == "decouple":
-        for conv in convs.values():
-            if rank is not None and rank > conv.kernel_size[0] * conv.kernel_size[1]:
-                raise ConfigError(f"rank {rank} is larger than k^2 = {conv.kernel_size[0] * conv.kernel_size[1]} terms")
+    if method == "decouple" and isinstance(rank, int):
+        for name, conv in convs.items():
+            terms = conv.kernel_size[0] * conv.kernel_size[1]
+            if rank > terms:
+                raise ConfigError(
+                    f"rank {rank} is larger than the {terms} terms of {name} ({conv.kernel_size[0]}x"
+                    f"{conv.kernel_size[1]} kernel); rank='full' keeps every layer exact",
+                    cli=f"--rank {rank} is larger than the {terms} terms of {name} ({conv.kernel_size[0]}x"
+                    f"{conv.kernel_size[1]} kernel); --rank full keeps every layer exact",
+                )
 
     chosen: dict[str, int] = {}
     notes: dict[str, str] = {}
@@ -443,11 +486,12 @@ def _convert(
         info = {n: _Layer(n, convs[n], shapes[n], order) for n in names}
         if rank is not None or energy is not None:
             for n, layer in info.items():
-                t = (
-                    min(rank, layer.max_rank)
-                    if rank is not None
-                    else next(i + 1 for i, r in enumerate(layer.retained) if r >= energy - 1e-12)
-                )
+                if rank == "full":
+                    t = layer.max_rank
+                elif rank is not None:
+                    t = min(rank, layer.max_rank)
+                else:
+                    t = next(i + 1 for i, r in enumerate(layer.retained) if r >= energy - 1e-12)
                 if layer.cost(t) >= layer.original_cost and not replace_all:
                     notes[n] = f"T={t} would cost more than the conv"
                 else:
@@ -479,7 +523,7 @@ def _convert(
             conv, shape = convs[n], shapes[n]
             original = _conv_mult_adds(conv, shape["out_hw"])
             if rank is not None:
-                t = min(rank, layer_max_rank(conv))
+                t = layer_max_rank(conv) if rank == "full" else min(rank, layer_max_rank(conv))
             else:
                 fraction = 1 - before.mult_adds * (1 - 1 / target_reduction) / sum(
                     _conv_mult_adds(convs[m], shapes[m]["out_hw"]) for m in names
@@ -542,34 +586,56 @@ def _convert(
     report = DecoupleReport(label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined)
     if skipped:
         report.extra["skipped"] = f"{len(skipped)} convs that are grouped/depthwise or 1x1"
-    arch = getattr(model, "arch", None)
-    if arch and method == "decouple":
-        # Recorded with saved weights so that load_model rebuilds the decoupled layers.
-        converted.arch = {**arch, "decoupled": {"order": order, "ranks": dict(chosen)}}
-    elif arch:
-        converted.arch = {}  # no rebuildable description: save with torch.save(model)
+    # Recorded with saved weights, so that load_model (registry and torchvision models) or
+    # load_weights (any network, given the original) rebuilds the converted layers.
+    step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
+    if method == "decouple":
+        step["order"] = order
+    elif method == "channel":
+        step["calibrated"] = bool(batches)
+    arch = _with_converted_steps(dict(getattr(model, "arch", None) or {}))
+    converted.arch = {**arch, "converted": [*arch.get("converted", []), step]}
     return converted, report
 
 
-def apply_decoupled_structure(model: nn.Module, decoupled: dict[str, Any]) -> nn.Module:
-    """Swap the recorded convs for (untrained) :class:`DecoupledConv` modules of the
-    recorded ranks, so that a saved decoupled model's state dict fits; in place."""
-    order = decoupled.get("order", "dw_pw")
-    for name, rank in decoupled.get("ranks", {}).items():
-        try:
-            conv = model.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"the recorded decoupled layer {name!r} is not in the model") from None
-        with torch.no_grad():
-            _replace(model, name, DecoupledConv.from_conv(conv, rank, order))
-    model.arch = {**getattr(model, "arch", {}), "decoupled": decoupled}
+def _with_converted_steps(arch: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` with a file's older ``decoupled`` record as a ``converted`` step."""
+    if "decoupled" in arch:
+        legacy = arch.pop("decoupled")
+        arch["converted"] = [*arch.get("converted", []), {"method": "decouple", "order": "dw_pw", **legacy}]
+    return arch
+
+
+def apply_converted_structure(model: nn.Module, steps: list[dict[str, Any]]) -> nn.Module:
+    """Swap the recorded convs for untrained layers of the recorded methods and ranks,
+    step by step, so that a saved converted model's state dict fits; in place."""
+    for step in steps:
+        method = step["method"]
+        for name, rank in step.get("ranks", {}).items():
+            try:
+                conv = model.get_submodule(name)
+            except AttributeError:
+                raise ConfigError(f"the recorded converted layer {name!r} is not in the model") from None
+            with torch.no_grad():
+                if method == "decouple":
+                    new = DecoupledConv.from_conv(conv, rank, step.get("order", "dw_pw"))
+                else:
+                    new = decomposition_layers(conv, method, rank, calibrated=step.get("calibrated", False))
+            _replace(model, name, new)
+    arch = _with_converted_steps(dict(getattr(model, "arch", None) or {}))
+    model.arch = {**arch, "converted": [*arch.get("converted", []), *steps]}
     return model
+
+
+def apply_decoupled_structure(model: nn.Module, decoupled: dict[str, Any]) -> nn.Module:
+    """:func:`apply_converted_structure` for files that recorded a ``decoupled`` key."""
+    return apply_converted_structure(model, [{"method": "decouple", "order": "dw_pw", **decoupled}])
 
 
 def decouple(
     model: nn.Module,
     *,
-    rank: int | None = None,
+    rank: int | str | None = None,
     energy: float | None = None,
     target_reduction: float | None = None,
     order: str = "dw_pw",
@@ -586,6 +652,8 @@ def decouple(
     Say how much to keep with exactly one of:
 
     * ``rank=T``: T terms per layer (T = k^2 reproduces the network exactly);
+      ``rank="full"``: each layer's own k^2 (with ``replace_all=True``, an exact
+      copy of a network whose kernels differ in size, e.g. ResNet's 7x7 stem);
     * ``energy=e``: per layer, the fewest terms keeping a fraction e of the
       squared singular values;
     * ``target_reduction=r``: the whole model's mult-adds divided by r, ranks
@@ -632,7 +700,7 @@ def decompose(
     model: nn.Module,
     method: str = "cp",
     *,
-    rank: int | None = None,
+    rank: int | str | None = None,
     target_reduction: float | None = None,
     input_size: tuple[int, int, int] | None = None,
     layers: Iterable[str] | None = None,

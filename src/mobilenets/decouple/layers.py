@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ORDERS", "DecoupledConv", "decoupled_mult_adds", "max_rank", "singular_values"]
+from ..validate import DECOUPLE_ORDERS as ORDERS
 
-ORDERS = ("dw_pw", "pw_dw")
+__all__ = ["ORDERS", "DecoupledConv", "decoupled_mult_adds", "max_rank", "singular_values"]
 
 
 def _matrices(weight: Tensor, order: str) -> Tensor:

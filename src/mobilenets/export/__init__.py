@@ -2,7 +2,7 @@
 prediction, int8 quantization, latency benchmarks and memory-efficient inference."""
 
 from .memory_efficient import MemoryEfficientInvertedResidual, memory_efficient
-from .onnx import ExportError, ExportReport, OnnxClassifier, export_onnx, fold_batchnorm, read_metadata
+from .onnx import ExportError, ExportReport, OnnxClassifier, export_onnx, fold_batchnorm, max_opset, read_metadata
 from .quantize import CALIBRATION_METHODS, WEIGHT_ROUNDING, quantize_onnx
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "OnnxClassifier",
     "export_onnx",
     "fold_batchnorm",
+    "max_opset",
     "memory_efficient",
     "quantize_onnx",
     "read_metadata",

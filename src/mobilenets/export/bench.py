@@ -51,6 +51,7 @@ from ..cost import profile
 from ..errors import ConfigError
 from ..models import create_model
 from ..predict import default_data_info
+from ..validate import BENCH_BACKENDS as BACKENDS
 from ..weights import WeightsError, load_weights
 from .onnx import export_onnx, fold_batchnorm, ort_session
 from .quantize import quantize_onnx
@@ -59,13 +60,12 @@ __all__ = [
     "BACKENDS",
     "BenchResult",
     "PreparedModel",
-    "time_call",
     "peak_multiply_add_rate",
     "results_table",
     "run_bench",
+    "time_call",
 ]
 
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
 REFERENCE_BACKENDS = ("eager", "onnxruntime")
 ROUNDS = 3
 # torchvision's builders for the registry models it also ships

@@ -154,6 +154,13 @@ class ExportReport:
         )
 
 
+def max_opset() -> int:
+    """The highest opset torch's TorchScript-based exporter (the one used here) writes."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_DEFAULT_OPSET))
+
+
 @torch.no_grad()
 def export_onnx(
     model: nn.Module,
@@ -174,8 +181,10 @@ def export_onnx(
     :class:`ExportError` (the file is written atomically only after the check).
     """
     onnx, _ = _onnx()
-    if opset < MIN_OPSET:
-        raise ConfigError(f"opset must be at least {MIN_OPSET}, got {opset}")
+    highest = max_opset()
+    if not MIN_OPSET <= opset <= highest:
+        problem = f"must be between {MIN_OPSET} and {highest} (the highest this torch's exporter writes), got {opset}"
+        raise ConfigError(f"opset {problem}", cli=f"--opset {problem}")
     path = Path(path)
     resolution = int(info["resolution"])
     channels = getattr(model, "in_channels", 3)
@@ -272,6 +281,7 @@ class OnnxClassifier:
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.input_shape = tuple(shape[1:])
+        self.info.setdefault("in_channels", self.input_shape[0])  # predict converts images to this
 
     def __call__(self, images: Tensor) -> Tensor:
         images = torch.as_tensor(images)

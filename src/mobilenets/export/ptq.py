@@ -233,7 +233,7 @@ def correct_biases(
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc="bias correction", unit="layer", leave=False)
+        steps = tqdm(steps, desc="bias correction", unit="layer", leave=False, disable=None)
     for step in steps:
         target = targets[step % len(targets)]
         measured = _channel_means(int8_graph, [target.measured], images, batch_size)[0]
@@ -546,7 +546,7 @@ def tune_activation_ranges(
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc="activation ranges", unit="tensor", leave=False)
+        steps = tqdm(steps, desc="activation ranges", unit="tensor", leave=False, disable=None)
     for quantizer in steps:
         chosen = original = (quantizer.low, quantizer.high)
         for factor in factors:

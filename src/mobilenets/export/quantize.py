@@ -31,14 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..validate import CALIBRATION_METHODS, WEIGHT_ROUNDING
 from ..weights import atomic_write
 from . import ptq
 from .onnx import _onnx, _set_metadata, fold_batchnorm, read_metadata
 
 __all__ = ["CALIBRATION_METHODS", "WEIGHT_ROUNDING", "quantize_onnx"]
-
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-WEIGHT_ROUNDING = ("gptq", "nearest")
 
 
 def quantize_onnx(

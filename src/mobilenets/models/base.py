@@ -57,6 +57,16 @@ class ImageClassifier(nn.Module):
         """Raise :class:`InputShapeError` for a tensor this network cannot classify."""
         if not isinstance(x, Tensor):
             raise InputShapeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputShapeError(
+                f"expected float images, got a {x.dtype} tensor; convert with x.float() / 255 and normalise"
+            )
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputShapeError(
+                f"the model's weights are {weight.dtype} but the input is {x.dtype}; "
+                f"use x.to({weight.dtype}) (or model.to({x.dtype}))"
+            )
         if x.dim() != 4:
             hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""
             raise InputShapeError(

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
+from ..validate import FRACTION, POSITIVE_INT, Rule
 
 __all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
 
@@ -37,6 +38,13 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
+# Options many builders share, checked here once instead of failing later inside torch.
+_OPTION_RULES: dict[str, Rule] = {
+    "resolution": POSITIVE_INT,
+    "in_channels": POSITIVE_INT,
+    "dropout": FRACTION,
+}
+
 
 def register_model(
     name: str,
@@ -61,18 +69,56 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+TORCHVISION_PREFIX = "torchvision."
+
+
+def _torchvision_entry(name: str) -> ModelEntry:
+    """``torchvision.NAME``: torchvision's classifier of that name, untrained, so that
+    networks outside the zoo (VGG, ResNet, ViT...) go through the same registry: their
+    converted (decoupled) forms save with their architecture and ``load_model`` rebuilds them."""
+    import torchvision
+
+    short = name[len(TORCHVISION_PREFIX) :]
+    available = torchvision.models.list_models(module=torchvision.models)  # the classifiers
+    if short not in available:
+        close = difflib.get_close_matches(short, available, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(TORCHVISION_PREFIX + c) for c in close)}?" if close else ""
+        raise UnknownModelError(f"torchvision has no classifier {short!r}{hint}")
+
+    def build(*, num_classes: int = 1000, width_mult: float = 1.0, resolution: int = 224, in_channels: int = 3):
+        if width_mult != 1.0:
+            raise ConfigError(
+                f"{name} has no width multiplier; width_mult must be 1.0", cli=f"{name} has no --width-mult"
+            )
+        if in_channels != 3:
+            raise ConfigError(f"{name} takes 3-channel images; in_channels must be 3")
+        model = torchvision.models.get_model(short, weights=None, num_classes=num_classes)
+        model.in_channels, model.default_resolution = 3, resolution
+        return model
+
+    return ModelEntry(name, build, f"torchvision's {short}", 224)
+
+
 def get_model_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; unknown names suggest the closest ones."""
+    """The registry entry for ``name``; unknown names suggest the closest ones.
+
+    ``torchvision.NAME`` names any torchvision classifier (``torchvision.resnet18``).
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
         pass
+    if isinstance(name, str) and name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_entry(name)
     normalised = str(name).lower().replace("-", "_").replace(".", "_")
     if normalised in _REGISTRY:
         return _REGISTRY[normalised]
     close = difflib.get_close_matches(normalised, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownModelError(f"unknown model {name!r}{hint} Available models: {', '.join(list_models())}")
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ";"
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint} available models: {', '.join(list_models())} "
+        f"(and torchvision's classifiers as torchvision.NAME)"
+    )
 
 
 def create_model(
@@ -103,13 +149,17 @@ def create_model(
     if dropout is not None:
         kwargs["dropout"] = dropout
     accepted = entry.options
+    if kwargs.get("cifar") and "resolution" in accepted and "resolution" not in kwargs:
+        kwargs["resolution"] = 32  # the CIFAR variant is meant for 32x32 images
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ConfigError(
             f"{entry.name} does not take option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
         )
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    POSITIVE_INT.check(num_classes, "num_classes")
+    for option, rule in _OPTION_RULES.items():
+        if option in kwargs:
+            rule.check(kwargs[option], option)
     model = entry.builder(**kwargs)
     # Record every option, defaults included, so saved weights rebuild this exact model.
     resolved = {k: p.default for k, p in accepted.items() if p.default is not inspect.Parameter.empty}

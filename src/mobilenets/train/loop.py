@@ -16,10 +16,11 @@ scheduler, gradient scaler, EMA and the epoch's running sums, and no RNG state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from ..cost.latency import measure_latency
 from ..data import DeviceResidentLoader, ResumableSampler, SeededDataset, build_datasets, make_loader, mix_seed
 from ..errors import ConfigError, MobileNetsError
 from ..models import create_model
-from ..weights import atomic_write, load_weights
+from ..weights import atomic_write, load_weights, output_dir
+from .config import TrainConfig
 from .distributed import Distributed, setup
-from .recipes import Recipe, get_recipe
+from .recipes import Recipe
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "train"]
 
@@ -49,58 +51,6 @@ RESUMABLE_CHANGES = {"epochs", "workers", "device", "data_dir", "checkpoint_ever
 
 class TrainingDiverged(MobileNetsError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    data_dir: str
-    out: str
-    recipe: str = "cifar10"
-    # recipe overrides (None: the recipe's value)
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    ema_decay: float | None = None
-    # model
-    width_mult: float = 1.0
-    resolution: int | None = None
-    activation: str | None = None
-    # start from trained weights (fine-tuning), optionally quantization-aware
-    init_from: str | None = None
-    qat: bool = False
-    qat_calibration: int = 256  # training images whose activations set the initial int8 ranges
-    # data
-    dataset: str | None = None
-    download: bool = False
-    train_subset: int | None = None
-    val_subset: int | None = None
-    workers: int = 0
-    data_on_device: bool = False
-    seed: int = 0
-    # speed
-    device: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    # bookkeeping
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: time-based only)
-    checkpoint_minutes: float = 10.0
-    tensorboard: bool = False
-
-    def resolved_recipe(self) -> Recipe:
-        return get_recipe(self.recipe).override(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_epochs=self.warmup_epochs,
-            label_smoothing=self.label_smoothing,
-            ema_decay=self.ema_decay,
-        )
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -202,7 +152,9 @@ def evaluate(
         "top1": hits1 / total,
         "top5": hits5 / total,
         "loss": loss_sum / total,
-        "per_class_top1": (per_class[0] / per_class[1].clamp(min=1)).tolist(),
+        # None for a class without images: an accuracy of nothing, not 0 %
+        "per_class_top1": [h / n if n else None for h, n in zip(per_class[0].tolist(), per_class[1].tolist())],
+        "per_class_images": [int(n) for n in per_class[1].tolist()],
         "images_per_s": total / elapsed,
         "samples": int(total),
     }
@@ -215,7 +167,7 @@ def _check_writable(out: Path) -> None:
         probe.write_bytes(b"0" * 65536)  # also fails early on a full disk
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"cannot write to --out {out}: {exc}") from exc
+        raise ConfigError(f"cannot write to {out}: {exc}", cli=f"cannot write to --out {out}: {exc}") from exc
 
 
 def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -255,6 +207,11 @@ class Trainer:
             val_subset=config.val_subset,
             seed=config.seed,
         )
+        if len(self.classes) < 2:
+            self.log(
+                f"warning: {config.data_dir} has a single class ({self.classes[0]}): every prediction is right, "
+                "so top-1 will read 100% whatever the model learns"
+            )
         self.resolved = {
             "config": asdict(config),
             "recipe": asdict(recipe),
@@ -475,7 +432,7 @@ class Trainer:
             "train_images_per_s": self.train_images_per_s,
             "train_seconds": self.train_seconds,
             "lr": self.optimizer.param_groups[0]["lr"],
-            **{k: v for k, v in metrics.items() if k != "per_class_top1"},
+            **{k: v for k, v in metrics.items() if not k.startswith("per_class")},
         }
         self.history.append(record)
         self.log(
@@ -545,32 +502,39 @@ def train(
     continues the run.  Returns the summary (None if stopped early, or on ranks
     other than 0).
     """
+    config.validate()
     dist = setup(config.device)
     try:
-        trainer = Trainer(config, dist, progress=progress, log=log)
-        trainer.resume()
-        if dist.is_main:
-            atomic_write(
-                trainer.out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(trainer.resolved, indent=2))
-            )
-            if dist.enabled:
-                log(f"training on {dist.world_size} processes ({dist.device} on rank 0)")
-        writer = None
-        if config.tensorboard and dist.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
-            writer = SummaryWriter(str(trainer.out / "tensorboard"))
-        end_epoch = trainer.recipe.epochs if stop_after is None else min(stop_after, trainer.recipe.epochs)
-        while trainer.epoch < end_epoch:
-            if not trainer.train_epoch(stop_after_steps):
-                return None
-            trainer.end_epoch(writer)
-        if writer is not None:
-            writer.close()
-        if stop_after is not None and trainer.epoch < trainer.recipe.epochs:
-            return None
-        return trainer.summary() if dist.is_main else None
+        # A run refused before it wrote anything leaves no empty run directory behind.
+        with output_dir(config.out) if dist.is_main else contextlib.nullcontext():
+            return _run(config, dist, progress, log, stop_after, stop_after_steps)
     finally:
         dist.shutdown()
+
+
+def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after, stop_after_steps):
+    trainer = Trainer(config, dist, progress=progress, log=log)
+    trainer.resume()
+    if dist.is_main:
+        atomic_write(
+            trainer.out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(trainer.resolved, indent=2))
+        )
+        if dist.enabled:
+            log(f"training on {dist.world_size} processes ({dist.device} on rank 0)")
+    writer = None
+    if config.tensorboard and dist.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        writer = SummaryWriter(str(trainer.out / "tensorboard"))
+    end_epoch = trainer.recipe.epochs if stop_after is None else min(stop_after, trainer.recipe.epochs)
+    while trainer.epoch < end_epoch:
+        if not trainer.train_epoch(stop_after_steps):
+            return None
+        trainer.end_epoch(writer)
+    if writer is not None:
+        writer.close()
+    if stop_after is not None and trainer.epoch < trainer.recipe.epochs:
+        return None
+    return trainer.summary() if dist.is_main else None

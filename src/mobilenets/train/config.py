@@ -1,0 +1,114 @@
+"""A training run's settings and what each may be.
+
+Light on purpose (no torch): the command line builds its ``train`` options from
+:data:`FIELD_RULES`, so ``--epochs 0`` is refused with the same words the Python
+API uses, before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..errors import ConfigError
+from ..validate import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    PRECISIONS,
+    Rule,
+    check_device,
+    one_of,
+)
+from .recipes import RECIPES, Recipe, get_recipe
+
+__all__ = ["FIELD_RULES", "TrainConfig"]
+
+# What each numeric setting must be when given (None means "the recipe's value").
+FIELD_RULES: dict[str, Rule] = {
+    "epochs": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "warmup_epochs": NON_NEGATIVE,
+    "label_smoothing": FRACTION,
+    "ema_decay": FRACTION,
+    "width_mult": POSITIVE,
+    "resolution": POSITIVE_INT,
+    "qat_calibration": POSITIVE_INT,
+    "train_subset": POSITIVE_INT,
+    "val_subset": POSITIVE_INT,
+    "workers": NON_NEGATIVE_INT,
+    "seed": NON_NEGATIVE_INT,
+    "checkpoint_every": NON_NEGATIVE_INT,
+    "checkpoint_minutes": POSITIVE,
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data_dir: str
+    out: str
+    recipe: str = "cifar10"
+    # recipe overrides (None: the recipe's value)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    ema_decay: float | None = None
+    # model
+    width_mult: float = 1.0
+    resolution: int | None = None
+    activation: str | None = None
+    # start from trained weights (fine-tuning), optionally quantization-aware
+    init_from: str | None = None
+    qat: bool = False
+    qat_calibration: int = 256  # training images whose activations set the initial int8 ranges
+    # data
+    dataset: str | None = None
+    download: bool = False
+    train_subset: int | None = None
+    val_subset: int | None = None
+    workers: int = 0
+    data_on_device: bool = False
+    seed: int = 0
+    # speed
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    # bookkeeping
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: time-based only)
+    checkpoint_minutes: float = 10.0
+    tensorboard: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` naming the first setting that cannot work."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in FIELD_RULES and value is not None:
+                FIELD_RULES[f.name].check(value, f.name)
+        for name in ("model", "data_dir", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is required", cli=f"train needs --{name.replace('_', '-')}")
+        one_of(self.recipe, "recipe", list(RECIPES))
+        one_of(self.precision, "precision", PRECISIONS)
+        if self.dataset is not None:
+            one_of(self.dataset, "dataset", ("cifar10", "cifar100"))
+        check_device(self.device)
+        return self
+
+    def resolved_recipe(self) -> Recipe:
+        return get_recipe(self.recipe).override(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs,
+            label_smoothing=self.label_smoothing,
+            ema_decay=self.ema_decay,
+        )
