@@ -20,7 +20,7 @@ def _deterministic():
     yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set MOBILENETS_SHARED_DATA)")

@@ -547,13 +547,13 @@ def _convert(
         build = lambda name, conv, t: channel_conv(conv, t, moments[name])  # noqa: E731
     for n, t in chosen.items():
         _replace(converted, n, build(n, convs[n], t))
-    refined = False
+    refined, refitted = False, []
     if batches and method != "channel":
         if method == "decouple" and order == "dw_pw":
             unrefined = _refine(model, converted, [n for n in names if n in chosen], batches)
             for n in unrefined:
                 notes[n] = "not refined: too few calibration samples at this resolution"
-            refined = True
+            refined, refitted = True, [n for n in names if n in chosen and n not in unrefined]
         else:
             warnings.warn(
                 "least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=3
@@ -591,6 +591,8 @@ def _convert(
     step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
     if method == "decouple":
         step["order"] = order
+        if refitted:
+            step["refined"] = refitted  # their 1x1 convs gained a bias in the least-squares refit
     elif method == "channel":
         step["calibrated"] = bool(batches)
     arch = _with_converted_steps(dict(getattr(model, "arch", None) or {}))
@@ -619,6 +621,8 @@ def apply_converted_structure(model: nn.Module, steps: list[dict[str, Any]]) -> 
             with torch.no_grad():
                 if method == "decouple":
                     new = DecoupledConv.from_conv(conv, rank, step.get("order", "dw_pw"))
+                    if name in step.get("refined", ()) and new.pointwise.bias is None:
+                        new.pointwise.bias = nn.Parameter(torch.zeros_like(new.pointwise.weight[:, 0, 0, 0]))
                 else:
                     new = decomposition_layers(conv, method, rank, calibrated=step.get("calibrated", False))
             _replace(model, name, new)
