@@ -107,3 +107,13 @@ def test_train_predict_and_plot_a_run(capsys, shared_data, tmp_path):
 def test_show_recipe(capsys):
     code, out, _ = run(capsys, "train", "--show-recipe", "imagenet-v2")
     assert code == 0 and "0.045" in out and "rmsprop" in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "decouple", "export", "bench"])
+def test_help_examples_keep_their_line_continuations(command, capsys):
+    """A lone backslash at a line's end inside a Python string joins the lines; the help must show it."""
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    examples = text[text.index("xample") :] if "xample" in text else ""
+    assert all(len(line) <= 130 for line in examples.splitlines()), "an example lost its line continuation"
+    assert examples.count(" \\\n") >= 1 or command == "eval"

@@ -48,6 +48,10 @@ def test_eval_of_weights_without_class_names(capsys, cifar_run, shared_data, tmp
     code, out, err = run(capsys, "eval", "--checkpoint", cifar_run / "best.pt", *args)
     assert code == 0 and "sorted" not in err  # names recorded and matching: no note
     assert json.loads(out)["top1"] == plain["top1"]
+    # 3 images over 10 classes: the 7 classes without images say so instead of "0.00%"
+    code, out, _ = run(capsys, "eval", "--checkpoint", cifar_run / "best.pt", "--data-dir", shared_data / "cifar10",
+                       "--val-subset", "3", "--workers", "0")  # fmt: skip
+    assert code == 0 and out.count("(no images)") == 7 and out.count("(1 image)") == 3
     # recorded names that differ from the folders are refused, naming the first difference
     renamed = tmp_path / "renamed" / "test"
     for i, cls in enumerate(sorted((shared_data / "cifar10" / "test").iterdir())):

@@ -95,10 +95,13 @@ def scale_channels(channels: int, width_mult: float, *, layer: str = "layer") ->
     # The epsilon keeps products such as 0.29 * 100 = 28.999999999999996 at 29.
     scaled = int(channels * width_mult + 1e-6)
     if scaled < 1:
+        problem = (
+            f"leaves {layer} ({channels} channels at width 1.0) with {channels * width_mult:.3g} channels, "
+            f"which rounds to zero; use"
+        )
         raise ConfigError(
-            f"width_mult={width_mult} leaves {layer} ({channels} channels at width 1.0) with "
-            f"{channels * width_mult:.3g} channels, which rounds to zero; use "
-            f"width_mult >= {1.0 / channels:.4g}"
+            f"width_mult={width_mult} {problem} width_mult >= {1.0 / channels:.4g}",
+            cli=f"--width-mult {width_mult} {problem} --width-mult >= {1.0 / channels:.4g}",
         )
     return scaled
 

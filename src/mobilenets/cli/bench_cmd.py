@@ -18,8 +18,8 @@ Examples:
   mobilenets bench --models mobilenet_v2 --backends eager,channels_last,compile,onnxruntime,onnxruntime-int8 \\
       --batch-sizes 1,8 --calibration ../shared/data/coco128/images --out bench/
   # with trained weights: top-1 of every backend (int8 included) and a latency-against-accuracy plot
-  mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8 \
-      --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \
+  mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8 \\
+      --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample --out bench/
 """
 

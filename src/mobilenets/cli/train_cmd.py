@@ -244,7 +244,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     if len(classes) <= 100:
         for name, acc, count in zip(classes, metrics["per_class_top1"], metrics["per_class_images"]):
-            shown = "     -  (no images)" if acc is None else f"{100 * acc:6.2f}%  ({count} images)"
+            shown = "     -  (no images)" if acc is None else f"{100 * acc:6.2f}%  ({count} image{'s' * (count != 1)})"
             print(f"  {name:20s} {shown}")
     return 0
 

@@ -758,7 +758,10 @@ def _channel_then_decouple(
     model, target_reduction, calibration, input_size, layers
 ) -> tuple[nn.Module, DecoupleReport]:
     if target_reduction is None:
-        raise ConfigError("channel+decouple is steered by target_reduction= alone")
+        raise ConfigError(
+            "channel+decouple is steered by target_reduction= alone",
+            cli="--method channel+decouple is steered by --target-reduction alone",
+        )
     if target_reduction <= 1:
         raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
     if isinstance(calibration, Iterable) and not isinstance(calibration, Tensor):
