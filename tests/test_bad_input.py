@@ -97,6 +97,24 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ),
         ("train", "--out"): ([*train[:-2], "--out", "{root}/notes.txt/run"], ["notes.txt"]),
         ("train", "--show-recipe"): (["train", "--show-recipe", "fast"], ["unknown recipe"]),
+        ("train", "--init-from not weights"): ([*train, "--init-from", "{root}/notes.txt"], ["not a weights file"]),
+        ("train", "--body-lr-mult"): ([*train, "--body-lr-mult", "-1"], ["--body-lr-mult", ">= 0"]),
+        ("train", "--freeze-body-epochs"): ([*train, "--freeze-body-epochs", "-1"], ["--freeze-body-epochs"]),
+        ("train", "--teacher"): ([*train, "--teacher", NO_FILE], ["--teacher", "not found"]),
+        ("train", "--teacher-model"): ([*train, "--teacher-model", "resnet18"], ["--teacher-model needs --teacher"]),
+        ("train", "--teacher class count"): (
+            [*train, "--teacher", TV, "--teacher-model", "mobilenet_v2"],
+            ["1000 classes", "student has 10"],
+        ),  # fmt: skip
+        ("train", "--teacher without architecture"): ([*train, "--teacher", TV], ["--teacher-model NAME"]),
+        ("train", "--distill-weight"): ([*train, "--distill-weight", "1.5"], ["--distill-weight", "[0, 1]"]),
+        ("train", "--temperature"): ([*train, "--temperature", "0"], ["--temperature", "positive"]),
+        ("train", "--unlabelled"): (
+            [*train, "--teacher", "{root}/v1.safetensors", "--unlabelled", "{root}/empty"],
+            ["--unlabelled", "no images"],
+        ),  # fmt: skip
+        ("train", "--unlabelled without teacher"): ([*train, "--unlabelled", "{root}/empty"], ["give --teacher"]),
+        ("train", "--with-labelled alone"): ([*train, "--with-labelled"], ["--with-labelled needs --unlabelled"]),
         ("train", "missing"): (["train", "--model", "mobilenet_v1"], ["--data-dir", "--out"]),
         # eval
         ("eval", "--checkpoint"): (["eval", "--checkpoint", NO_FILE, "--data-dir", CIFAR], ["not found"]),
@@ -151,6 +169,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         # plot
         ("plot", "runs"): (["plot", "{root}", "--out", "{out}/p.png"], ["not a training run"]),
         ("plot", "--out"): (["plot", "{root}", "--out", "{root}/notes.txt/p.png"], ["not a training run"]),
+        ("plot", "--x"): (["plot", "{root}", "--x", "hours"], ["--x", "hours"]),
         # decouple
         ("decouple", "--rank"): ([*dec, "--rank", "0"], ["--rank", "positive integer"]),
         ("decouple", "--rank too large"): (

@@ -100,6 +100,8 @@ def test_train_predict_and_plot_a_run(capsys, shared_data, tmp_path):
     assert code == 0 and {name for name, _ in top} <= {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}  # fmt: skip
     code, text, _ = run(capsys, "plot", str(out), "--out", str(tmp_path / "p.png"))
     assert code == 0 and (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, text, _ = run(capsys, "plot", str(out), "--x", "minutes", "--out", str(tmp_path / "m.png"))
+    assert code == 0 and (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run(capsys, "plot", str(tmp_path), "--out", str(tmp_path / "q.png"))
     assert code == 2 and "not a training run" in err
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "DataError",
     "DeviceResidentLoader",
     "ResumableSampler",
+    "STYLES",
+    "Preprocessing",
     "SeededDataset",
     "build_datasets",
     "calibration_images",
@@ -60,39 +63,60 @@ def load_rgb(path: str):
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
-def transforms_for(style: str, resolution: int, *, train: bool, channels: int = 3) -> T.Compose:
-    """The papers' preprocessing, for images of any size.
+@dataclass(frozen=True)
+class Preprocessing:
+    """One way of turning image files into a model's input: the normalisation the
+    weights were trained with, and the augmentation that suits the images."""
 
-    ``cifar``: resize the shorter side to ``resolution`` (a no-op on CIFAR's own
-    32x32 images), then RandomCrop(padding 4) + flip for training or a center crop
-    for evaluation; CIFAR mean/std.
-    ``imagenet``: RandomResizedCrop + flip for training; resize to
-    ``resolution / 0.875`` and center-crop for evaluation; ImageNet mean/std.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train_crop: str  # "pad": resize, random crop with 4/32 padding; "random-resized": Inception-style crop
+    eval_resize: float  # evaluation resizes the shorter side to resolution x this, then center-crops
+
+
+# A run's data info records one of these names (checkpoints, ONNX metadata).
+STYLES = {
+    # CIFAR-style training (pytorch-cifar): pad + crop + flip, CIFAR statistics
+    "cifar": Preprocessing(CIFAR_MEAN, CIFAR_STD, "pad", 1.0),
+    # the ImageNet papers: Inception crop for training, resize to R/0.875 + center crop for evaluation
+    "imagenet": Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "random-resized", 1 / 0.875),
+    # ImageNet-pretrained weights fine-tuned on small images (CIFAR upscaled): the statistics the
+    # weights expect, the gentle pad + crop augmentation small images need
+    "imagenet-small": Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "pad", 1.0),
+}
+
+
+def transforms_for(style: str, resolution: int, *, train: bool, channels: int = 3) -> T.Compose:
+    """The preprocessing of ``style`` (see :data:`STYLES`), for images of any size.
+
+    ``pad`` styles resize the shorter side to ``resolution`` (a no-op on CIFAR's own
+    32x32 images), then RandomCrop(padding 4/32 of the side) + flip for training or
+    a center crop for evaluation.  ``imagenet``: RandomResizedCrop + flip for
+    training; resize to ``resolution / 0.875`` and center-crop for evaluation.
     ``channels=1`` converts to grayscale, normalised by the mean of the channels' statistics.
     """
+    if style not in STYLES:
+        raise DataError(f"unknown transform style {style!r}; use one of {', '.join(STYLES)}")
     if channels not in (1, 3):
         raise DataError(f"images can be preprocessed for 1 or 3 input channels, not {channels}")
-    to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
+    pre = STYLES[style]
+    steps = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
     if channels == 1:
-        to_tensor.append(T.Grayscale(1))
-    if style == "cifar":
-        mean, std = CIFAR_MEAN, CIFAR_STD
-        resize = [T.Resize(resolution, antialias=True)]
-        if train:
-            geometry = [*resize, T.RandomCrop(resolution, padding=4 * resolution // 32), T.RandomHorizontalFlip()]
-        else:
-            geometry = [*resize, T.CenterCrop(resolution)]
-    elif style == "imagenet":
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        if train:
-            geometry = [T.RandomResizedCrop(resolution, antialias=True), T.RandomHorizontalFlip()]
-        else:
-            geometry = [T.Resize(int(round(resolution / 0.875)), antialias=True), T.CenterCrop(resolution)]
+        steps.append(T.Grayscale(1))
+    if train and pre.train_crop == "random-resized":
+        steps += [T.RandomResizedCrop(resolution, antialias=True), T.RandomHorizontalFlip()]
+    elif train:
+        steps += [
+            T.Resize(resolution, antialias=True),
+            T.RandomCrop(resolution, padding=4 * resolution // 32),
+            T.RandomHorizontalFlip(),
+        ]
     else:
-        raise DataError(f"unknown transform style {style!r}; use 'cifar' or 'imagenet'")
+        steps += [T.Resize(int(round(resolution * pre.eval_resize)), antialias=True), T.CenterCrop(resolution)]
+    mean, std = pre.mean, pre.std
     if channels == 1:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return T.Compose([*to_tensor, *geometry, T.Normalize(mean, std)])
+    return T.Compose([*steps, T.Normalize(mean, std)])
 
 
 def balanced_subset(dataset: Dataset, size: int | None, targets: list[int], seed: int) -> Dataset:

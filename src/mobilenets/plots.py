@@ -77,23 +77,30 @@ def plot_tradeoff(
         ax.legend(fontsize=8)
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """One PNG: training loss and validation top-1 per epoch for each run, and
-    final top-1 against mult-adds across the runs that have finished."""
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoch") -> Path:
+    """One PNG: training loss and validation top-1 per epoch (``x="minutes"``: against
+    the training time so far, to compare runs at equal cost) for each run, and final
+    top-1 against mult-adds across the runs that have finished."""
+    if x not in ("epoch", "minutes"):
+        raise ConfigError(f"x must be 'epoch' or 'minutes', got {x!r}")
     runs = [load_run(d) for d in run_dirs]
     plt = _pyplot()
     fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     colors = {run["name"]: f"C{i % 10}" for i, run in enumerate(runs)}  # one colour per run, in every panel
     for run in runs:
-        epochs = [h["epoch"] for h in run["history"]]
+        if x == "epoch":
+            epochs = [h["epoch"] for h in run["history"]]
+        else:  # cumulative training minutes at the end of each epoch
+            epochs = [sum(e["train_seconds"] for e in run["history"][: i + 1]) / 60 for i in range(len(run["history"]))]
         color = colors[run["name"]]
         loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], color=color, label=f"{run['name']} train")
         loss_ax.plot(
             epochs, [h["loss"] for h in run["history"]], color=color, linestyle="--", label=f"{run['name']} val"
         )
         acc_ax.plot(epochs, [100 * h["top1"] for h in run["history"]], color=color, marker=".", label=run["name"])
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="validation top-1")
+    xlabel = "epoch" if x == "epoch" else "training minutes"
+    loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
+    acc_ax.set(xlabel=xlabel, ylabel="top-1 (%)", title="validation top-1")
     for ax in (loss_ax, acc_ax):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -31,6 +31,7 @@ from .errors import ConfigError, WeightsError
 __all__ = [
     "load_model",
     "load_model_with_info",
+    "load_pretrained",
     "load_state_dict_file",
     "load_weights",
     "read_weights_file",
@@ -304,6 +305,27 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], *
     or not.  A file that fits neither raises :class:`WeightsError` naming the
     missing, unexpected and mis-shaped keys.
     """
+    return _load(model, weights, strict=strict)[0]
+
+
+def load_pretrained(
+    model: nn.Module, weights: str | Path | Mapping[str, Tensor], *, head: list[str]
+) -> tuple[nn.Module, list[str], list[str]]:
+    """Start ``model`` from pretrained ``weights`` for fine-tuning.
+
+    Like :func:`load_weights`, except that the tensors named in ``head`` (the
+    classifier) may differ in shape, as when 1000 ImageNet classes become your 10:
+    those keep ``model``'s fresh initialisation.  Any other mismatch is an error
+    naming the keys.  Returns ``(model, loaded keys, re-initialised keys)``.
+    """
+    model, reinitialised = _load(model, weights, strict=True, new_head=set(head))
+    loaded = [k for k in model.state_dict() if k not in reinitialised]
+    return model, loaded, reinitialised
+
+
+def _load(
+    model: nn.Module, weights: str | Path | Mapping[str, Tensor], *, strict: bool, new_head: set[str] = frozenset()
+) -> tuple[nn.Module, list[str]]:
     source = str(weights) if isinstance(weights, (str, Path)) else "state dict"
     file_arch: dict[str, Any] = {}
     if isinstance(weights, (str, Path)):
@@ -321,16 +343,20 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], *
         mapping = torchvision_key_map(model)
         if mapping is not None and set(state) == set(mapping):
             state = {mapping[k]: v for k, v in state.items()}
+    # a new classifier for another number of classes keeps its fresh initialisation
+    skipped = [k for k in expected if k in new_head and k in state and state[k].shape != expected[k].shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    wanted = {k: v for k, v in expected.items() if k not in skipped}
     if strict:
-        shapes_ok = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items())
-        if set(state) != set(expected) or not shapes_ok:
+        shapes_ok = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in wanted.items())
+        if set(state) != set(wanted) or not shapes_ok:
             name = arch.get("name", type(model).__name__)
             text, cli = _describe_mismatch(model, state, file_arch)
             raise WeightsError(
                 f"weights from {source} do not fit {name}:{text}", cli=f"weights from {source} do not fit {name}:{cli}"
             )
-    model.load_state_dict(state, strict=strict)
-    return model
+    model.load_state_dict(state, strict=strict and not skipped)
+    return model, skipped
 
 
 def load_model(path: str | Path, **overrides: Any) -> nn.Module:

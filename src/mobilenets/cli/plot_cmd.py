@@ -18,11 +18,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by 'mobilenets train'")
     parser.add_argument("--out", default="runs.png", help="PNG file to write (default runs.png)")
+    parser.add_argument(
+        "--x",
+        choices=["epoch", "minutes"],
+        default="epoch",
+        help="curves against epochs or against training minutes (to compare runs at equal cost)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..plots import plot_runs
 
-    print(f"wrote {plot_runs(args.runs, args.out)}")
+    print(f"wrote {plot_runs(args.runs, args.out, x=args.x)}")
     return 0

@@ -15,6 +15,12 @@ from .common import add_model_options, add_source_options, load_for_cli, refuse_
 
 TRAIN_EXAMPLES = """\
 Examples:
+  # fine-tune torchvision's ImageNet MobileNetV2 on your images (here a CIFAR-10 slice, upscaled to 96x96)
+  mobilenets train --model mobilenet_v2 --recipe finetune --init-from ../shared/data/weights/mobilenet_v2-b0353104.pth \\
+      --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 1000 --out runs/finetune
+  # distil that model into MobileNetV2 x0.35 trained from scratch on the same images
+  mobilenets train --model mobilenet_v2 --width-mult 0.35 --recipe cifar10-quick --teacher runs/finetune/best.pt \\
+      --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 1000 --out runs/student
   # a few CPU minutes on a slice of the shared CIFAR-10 copy
   mobilenets train --model mobilenet_v2 --width-mult 0.5 --recipe cifar10-quick \\
       --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 2000 --out runs/quick
@@ -84,17 +90,60 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--warmup-epochs", type=rule("warmup_epochs"), help="linear learning-rate warm-up")
     recipe.add_argument("--label-smoothing", type=rule("label_smoothing"), help="in [0, 1)")
     recipe.add_argument("--ema-decay", type=rule("ema_decay"), help="EMA of weights (e.g. 0.9999); 0 turns it off")
-    start = parser.add_argument_group("fine-tuning and quantization-aware training")
+    start = parser.add_argument_group("fine-tuning (start from pretrained weights)")
     start.add_argument(
-        "--init-from", metavar="CHECKPOINT", help="start from these weights (a run's best.pt, or saved weights)"
+        "--init-from",
+        metavar="WEIGHTS",
+        help="start from these weights: torchvision's published file, a run's best.pt, saved or converted "
+        "(decoupled) weights; a classifier for another number of classes is re-initialised",
     )
     start.add_argument(
+        "--body-lr-mult",
+        type=rule("body_lr_mult"),
+        help="the pretrained body learns at this x --lr, the classifier at --lr (finetune recipe: 0.3)",
+    )
+    start.add_argument(
+        "--freeze-body-epochs",
+        type=rule("freeze_body_epochs"),
+        metavar="N",
+        help="train only the classifier for the first N epochs (body weights and BN statistics held)",
+    )
+    start.add_argument(
+        "--freeze-bn", action="store_true", help="keep every batch norm's (pretrained) statistics throughout"
+    )
+    teach = parser.add_argument_group("distillation (learn from a trained teacher, Hinton et al. 2015)")
+    teach.add_argument(
+        "--teacher", metavar="WEIGHTS", help="a trained model's checkpoint or saved file (any architecture and width)"
+    )
+    teach.add_argument(
+        "--teacher-model", metavar="NAME", help="the teacher's architecture, for a file that records none"
+    )
+    teach.add_argument(
+        "--distill-weight",
+        type=rule("distill_weight"),
+        default=0.5,
+        metavar="W",
+        help="loss = (1-W) CE + W T^2 KL(teacher || student) (default 0.5)",
+    )
+    teach.add_argument(
+        "--temperature", type=rule("temperature"), default=4.0, metavar="T", help="softening temperature (default 4)"
+    )
+    teach.add_argument(
+        "--unlabelled",
+        metavar="DIR",
+        help="train on these images without labels (any layout), from the teacher alone; --data-dir still validates",
+    )
+    teach.add_argument(
+        "--with-labelled", action="store_true", help="with --unlabelled: also train on --data-dir's labelled images"
+    )
+    qat = parser.add_argument_group("quantization-aware training")
+    qat.add_argument(
         "--qat",
         action="store_true",
         help="quantization-aware training: the model computes what its int8 ONNX export will (folded BN, int8 "
         "weights, uint8 activations with learned ranges); needs --init-from; use a -qat recipe",
     )
-    start.add_argument(
+    qat.add_argument(
         "--qat-calibration",
         type=rule("qat_calibration"),
         default=256,

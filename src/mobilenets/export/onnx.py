@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..data import STYLES
 from ..errors import ConfigError, InputShapeError, MobileNetsError
 from ..weights import atomic_write
 
@@ -127,14 +127,12 @@ def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
     """What a consumer needs to turn an image file into the model's input."""
     style = info.get("transforms", "imagenet")
     resolution = int(info["resolution"])
-    mean, std = (CIFAR_MEAN, CIFAR_STD) if style == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
+    pre = STYLES[style]
     steps = (
-        f"RGB, to float in [0, 1]{'' if resolution == 32 else f', resize to {resolution}'}, normalise"
-        if style == "cifar"
-        else f"RGB, to float in [0, 1], resize shorter side to {round(resolution / 0.875)}, "
+        f"RGB, to float in [0, 1], resize shorter side to {round(resolution * pre.eval_resize)}, "
         f"center-crop {resolution}, normalise"
     )
-    return {"transforms": style, "resolution": resolution, "mean": list(mean), "std": list(std), "steps": steps}
+    return {"transforms": style, "resolution": resolution, "mean": list(pre.mean), "std": list(pre.std), "steps": steps}
 
 
 @dataclass

@@ -12,9 +12,19 @@ from typing import Any
 from .config import TrainConfig
 from .recipes import RECIPES, Recipe, get_recipe
 
-_LAZY = {name: "loop" for name in ("TrainingDiverged", "evaluate", "lr_factor", "train")}
+_LAZY = {name: "loop" for name in ("TrainingDiverged", "evaluate", "finetune", "lr_factor", "train")}
 
-__all__ = ["RECIPES", "Recipe", "TrainConfig", "TrainingDiverged", "evaluate", "get_recipe", "lr_factor", "train"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "TrainConfig",
+    "TrainingDiverged",
+    "evaluate",
+    "finetune",
+    "get_recipe",
+    "lr_factor",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ from ..validate import (
     POSITIVE,
     POSITIVE_INT,
     PRECISIONS,
+    PROBABILITY,
     Rule,
     check_device,
     one_of,
@@ -43,6 +44,10 @@ FIELD_RULES: dict[str, Rule] = {
     "seed": NON_NEGATIVE_INT,
     "checkpoint_every": NON_NEGATIVE_INT,
     "checkpoint_minutes": POSITIVE,
+    "body_lr_mult": NON_NEGATIVE,
+    "freeze_body_epochs": NON_NEGATIVE_INT,
+    "distill_weight": PROBABILITY,
+    "temperature": POSITIVE,
 }
 
 
@@ -60,6 +65,8 @@ class TrainConfig:
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     ema_decay: float | None = None
+    body_lr_mult: float | None = None
+    freeze_body_epochs: int | None = None
     # model
     width_mult: float = 1.0
     resolution: int | None = None
@@ -68,6 +75,14 @@ class TrainConfig:
     init_from: str | None = None
     qat: bool = False
     qat_calibration: int = 256  # training images whose activations set the initial int8 ranges
+    freeze_bn: bool = False  # keep every batch norm's statistics (e.g. the pretrained ones)
+    # distillation (Hinton et al. 2015): learn from a trained teacher's softened outputs
+    teacher: str | None = None  # a checkpoint or saved model (or a state dict with teacher_model)
+    teacher_model: str | None = None  # the registry name of a teacher file that records no architecture
+    distill_weight: float = 0.5  # w: loss = (1 - w) CE + w T^2 KL
+    temperature: float = 4.0  # T
+    unlabelled: str | None = None  # a folder of images without labels, learnt from the teacher alone
+    with_labelled: bool = False  # with unlabelled: also train on the labelled images of data_dir
     # data
     dataset: str | None = None
     download: bool = False
@@ -100,6 +115,15 @@ class TrainConfig:
         if self.dataset is not None:
             one_of(self.dataset, "dataset", ("cifar10", "cifar100"))
         check_device(self.device)
+        if self.teacher_model and not self.teacher:
+            raise ConfigError(
+                "teacher_model names the network of a teacher file: give teacher=",
+                cli="--teacher-model needs --teacher",
+            )
+        if self.with_labelled and not self.unlabelled:
+            raise ConfigError(
+                "with_labelled mixes labelled images into unlabelled=", cli="--with-labelled needs --unlabelled"
+            )
         return self
 
     def resolved_recipe(self) -> Recipe:
@@ -111,4 +135,6 @@ class TrainConfig:
             warmup_epochs=self.warmup_epochs,
             label_smoothing=self.label_smoothing,
             ema_decay=self.ema_decay,
+            body_lr_mult=self.body_lr_mult,
+            freeze_body_epochs=self.freeze_body_epochs,
         )

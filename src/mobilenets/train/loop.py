@@ -27,52 +27,70 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Subset
 from tqdm.auto import tqdm
 
 from ..cost import profile
 from ..cost.latency import measure_latency
-from ..data import DeviceResidentLoader, ResumableSampler, SeededDataset, build_datasets, make_loader, mix_seed
+from ..data import (
+    DeviceResidentLoader,
+    ResumableSampler,
+    SeededDataset,
+    build_datasets,
+    make_loader,
+    mix_seed,
+    transforms_for,
+)
 from ..errors import ConfigError, MobileNetsError
 from ..models import create_model
-from ..weights import atomic_write, load_weights, output_dir
+from ..weights import atomic_write, load_pretrained, output_dir
 from .config import TrainConfig
 from .distributed import Distributed, setup
 from .recipes import Recipe
+from .transfer import Teacher, UnlabelledImages, distillation_loss, head_parameter_names
 
-__all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Settings that may differ when a run is resumed: they change how the run is
 # carried out or how long it goes on, not what an epoch computes.
-RESUMABLE_CHANGES = {"epochs", "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard"}
+# (A teacher file may move: its identity is its content, compared separately.)
+RESUMABLE_CHANGES = {
+    "epochs", "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard", "teacher"
+}  # fmt: skip
 
 
 class TrainingDiverged(MobileNetsError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay for the weights; none for the int8 ranges of a quantization-aware
-    model (decay would only shrink them, clipping more every step)."""
-    ranges = [p for name, p in model.named_parameters() if "quantizer." in name]
-    ids = {id(p) for p in ranges}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": weight_decay}]
-    return groups + ([{"params": ranges, "weight_decay": 0.0}] if ranges else [])
+def _parameter_groups(model: nn.Module, recipe: Recipe, head: list[str]) -> list[dict[str, Any]]:
+    """The pretrained body at ``body_lr_mult`` x the learning rate, the head (and a model
+    trained from scratch) at the full rate; weight decay for the weights, none for the
+    int8 ranges of a quantization-aware model (decay would only shrink them, clipping
+    more every step)."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        mult = 1.0 if name in head or not head else recipe.body_lr_mult
+        decay = 0.0 if "quantizer." in name else recipe.weight_decay
+        groups.setdefault((mult, decay), []).append(p)
+    return [{"params": ps, "lr": recipe.lr * mult, "weight_decay": decay} for (mult, decay), ps in groups.items()]
 
 
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, recipe: Recipe, head: list[str]) -> torch.optim.Optimizer:
+    groups = _parameter_groups(model, recipe, head)
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(_parameter_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
     if recipe.optimizer == "rmsprop":
         return torch.optim.RMSprop(
-            _parameter_groups(model, recipe.weight_decay),
+            groups,
             lr=recipe.lr,
             alpha=recipe.rmsprop_decay,
             eps=recipe.rmsprop_eps,
             momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
         )
     raise ConfigError(f"unknown optimizer {recipe.optimizer!r}")
 
@@ -173,6 +191,9 @@ def _check_writable(out: Path) -> None:
 def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     config = [k for k in set(saved["config"]) | set(now["config"]) if k not in RESUMABLE_CHANGES]
     differ = [k for k in config if saved["config"].get(k) != now["config"].get(k)]
+    saved_teacher, teacher = saved.get("teacher") or {}, now.get("teacher") or {}
+    if saved_teacher.get("sha256") != teacher.get("sha256"):
+        differ.append("teacher (another file)")
     recipe = set(saved["recipe"]) | set(now["recipe"])
     return differ + [k for k in recipe if k != "epochs" and saved["recipe"].get(k) != now["recipe"].get(k)]
 
@@ -196,7 +217,7 @@ class Trainer:
         if recipe.batch_size % dist.world_size:
             raise ConfigError(f"batch size {recipe.batch_size} does not split evenly over {dist.world_size} processes")
         self.batch_size = recipe.batch_size // dist.world_size  # the recipe's batch is the global batch
-        self.resolution = config.resolution or (32 if recipe.transforms == "cifar" else 224)
+        self.resolution = config.resolution or recipe.resolution or (32 if recipe.transforms == "cifar" else 224)
         train_set, val_set, self.classes = build_datasets(
             config.data_dir,
             style=recipe.transforms,
@@ -212,7 +233,16 @@ class Trainer:
                 f"warning: {config.data_dir} has a single class ({self.classes[0]}): every prediction is right, "
                 "so top-1 will read 100% whatever the model learns"
             )
+        if config.unlabelled:
+            train_set = self._with_unlabelled(train_set)
+        self.teacher = None
+        if config.teacher:
+            self.teacher = Teacher(
+                config.teacher, model_name=config.teacher_model, num_classes=len(self.classes),
+                student_style=recipe.transforms,
+            ).to(self.device)  # fmt: skip
         self.resolved = {
+            "teacher": self.teacher.identity if self.teacher is not None else None,
             "config": asdict(config),
             "recipe": asdict(recipe),
             "resolution": self.resolution,
@@ -242,6 +272,19 @@ class Trainer:
             self.val_loader = make_loader(val_shard, self.batch_size, workers=config.workers)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
+    def _with_unlabelled(self, train_set):
+        """The --unlabelled images alone (learnt from the teacher), or beside the labelled ones."""
+        config = self.config
+        if not config.teacher:
+            raise ConfigError(
+                "images without labels are learnt from a teacher: give teacher=",
+                cli="--unlabelled images are learnt from a teacher: give --teacher",
+            )
+        if config.data_on_device:
+            raise ConfigError("--unlabelled images are read from files; drop --data-on-device")
+        extra = UnlabelledImages(config.unlabelled, transforms_for(self.recipe.transforms, self.resolution, train=True))
+        return ConcatDataset([train_set, extra]) if config.with_labelled else extra
+
     def _build_model(self, train_set) -> None:
         config, recipe = self.config, self.recipe
         torch.manual_seed(config.seed)  # the same initial weights in every process
@@ -251,8 +294,17 @@ class Trainer:
         if config.activation:
             options["activation"] = config.activation
         model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
+        split = recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0
+        if split and self.dist.enabled and recipe.freeze_body_epochs > 0:
+            raise ConfigError("a frozen body cannot be trained under torchrun (DDP); use --body-lr-mult instead")
+        # The head: re-initialised for new classes, trained at the full rate while the body moves slowly.
+        self.head = head_parameter_names(model, required=split)
         if config.init_from:
-            load_weights(model, config.init_from)
+            model, loaded, fresh = load_pretrained(model, config.init_from, head=self.head)
+            self.log(
+                f"started from {config.init_from}: {len(loaded)} tensors loaded"
+                + (f"; new for {len(self.classes)} classes: {', '.join(fresh)}" if fresh else "")
+            )
         if config.qat:
             model = self._prepare_qat(model, train_set)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -262,7 +314,7 @@ class Trainer:
             device_ids = [self.dist.local_rank] if self.device_type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
         self.net = torch.compile(net) if config.compile else net
-        self.optimizer = _optimizer(self.model, recipe)
+        self.optimizer = _optimizer(self.model, recipe, self.head if split else [])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=config.precision == "fp16")
         self.ema = None
@@ -347,6 +399,28 @@ class Trainer:
         self.log(f"resuming {self.out} from {where}")
         return True
 
+    def _freeze(self) -> None:
+        """The body's weights and batch-norm statistics held for the first ``freeze_body_epochs``;
+        with ``freeze_bn``, every batch norm keeps its (pretrained) statistics."""
+        frozen = self.epoch < self.recipe.freeze_body_epochs
+        if self.recipe.freeze_body_epochs > 0:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name in self.head or not frozen)
+        head_modules = {name.rsplit(".", 1)[0] for name in self.head}
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
+                if self.config.freeze_bn or frozen:
+                    module.eval()
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.net(images)
+        if self.teacher is None:  # the plain path, as before distillation existed
+            return F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
+        return distillation_loss(
+            logits, self.teacher(images), labels, weight=self.config.distill_weight,
+            temperature=self.config.temperature, label_smoothing=self.recipe.label_smoothing,
+        )  # fmt: skip
+
     def _diverged(self) -> TrainingDiverged:
         last = self.out / "last.pt"
         return TrainingDiverged(
@@ -363,6 +437,7 @@ class Trainer:
         if hasattr(self, "seeded"):
             self.seeded.epoch = self.epoch
         self.net.train()
+        self._freeze()
         dtype = PRECISIONS[config.precision]
         started, seen_at_start, last_save = time.perf_counter(), self.epoch_sums[1].item(), time.monotonic()
         bar = tqdm(
@@ -381,7 +456,7 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             torch.manual_seed(mix_seed(config.seed, self.epoch, self.step, dist.rank))  # dropout
             with torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(self.net(images), labels, label_smoothing=self.recipe.label_smoothing)
+                loss = self._loss(images, labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -431,7 +506,7 @@ class Trainer:
             "train_loss": loss_sum / max(seen, 1),
             "train_images_per_s": self.train_images_per_s,
             "train_seconds": self.train_seconds,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": max(group["lr"] for group in self.optimizer.param_groups),  # the head's, when the body is slower
             **{k: v for k, v in metrics.items() if not k.startswith("per_class")},
         }
         self.history.append(record)
@@ -538,3 +613,15 @@ def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after
     if stop_after is not None and trainer.epoch < trainer.recipe.epochs:
         return None
     return trainer.summary() if dist.is_main else None
+
+
+def finetune(model: str, weights: str, data_dir: str, out: str, **settings: Any) -> dict[str, Any] | None:
+    """Fine-tune ``model`` from pretrained ``weights`` on ``data_dir``: :func:`train` with the
+    ``finetune`` recipe (AdamW, the body at 0.3x the head's learning rate, 96x96
+    inputs with ImageNet statistics) unless ``recipe=`` says otherwise.  ``settings`` are
+    any other :class:`TrainConfig` fields (``teacher=`` for distillation, ``epochs=``...)."""
+    progress = settings.pop("progress", True)
+    log = settings.pop("log", print)
+    settings.setdefault("recipe", "finetune")
+    config = TrainConfig(model=model, data_dir=str(data_dir), out=str(out), init_from=str(weights), **settings)
+    return train(config, progress=progress, log=log)

@@ -18,7 +18,7 @@ __all__ = ["RECIPES", "Recipe", "get_recipe"]
 class Recipe:
     name: str
     description: str
-    optimizer: str  # "sgd" or "rmsprop"
+    optimizer: str  # "sgd", "rmsprop" or "adamw"
     lr: float
     momentum: float
     weight_decay: float
@@ -33,6 +33,11 @@ class Recipe:
     ema_decay: float = 0.0  # exponential moving average of weights (0: off); evaluated and saved
     transforms: str = "imagenet"  # "cifar" or "imagenet"
     cifar_strides: bool = False  # build the 32x32 variant of the model
+    resolution: int | None = None  # input side (None: 32 for CIFAR-style data, else 224)
+    # fine-tuning a pretrained network: the body learns at body_lr_mult x lr (the head at lr),
+    # and is frozen (weights and batch-norm statistics) for its first freeze_body_epochs
+    body_lr_mult: float = 1.0
+    freeze_body_epochs: int = 0
 
     def override(self, **changes: Any) -> Recipe:
         unknown = set(changes) - set(asdict(self))
@@ -98,6 +103,24 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=1.0,
             transforms="cifar",
             cifar_strides=True,
+        ),
+        Recipe(
+            "finetune",
+            "start from ImageNet weights (--init-from): AdamW 1e-3 head / 3e-4 body, warm-up, cosine, 96x96, "
+            "ImageNet statistics",
+            optimizer="adamw",
+            lr=1e-3,
+            momentum=0.9,
+            weight_decay=0.01,
+            batch_size=32,
+            epochs=2,
+            schedule="cosine",
+            warmup_epochs=0.1,
+            label_smoothing=0.1,
+            transforms="imagenet-small",
+            resolution=96,
+            # measured on 4,000 CIFAR-10 images, 1 epoch: body at 0.1x 63.5 %, 0.3x 73.6 %, 1x 71.5 %
+            body_lr_mult=0.3,
         ),
         Recipe(
             "imagenet-v1",
