@@ -59,7 +59,7 @@ class ImageClassifier(nn.Module):
             raise InputShapeError(f"expected a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise InputShapeError(
-                f"expected float images, got a {x.dtype} tensor; convert with x.float() / 255 and normalise"
+                f"expected floating-point images, got a {x.dtype} tensor; convert with x.float() / 255 and normalise"
             )
         weight = next(self.parameters(), None)
         if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):

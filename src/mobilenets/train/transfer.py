@@ -75,12 +75,20 @@ class Teacher(nn.Module):
         super().__init__()
         from ..models import create_model
         from ..predict import default_data_info
-        from ..weights import load_model_with_info, read_weights_file
+        from ..weights import load_model_with_info, load_pretrained, read_weights_file
 
         if not Path(path).is_file():
             raise ConfigError(f"teacher file not found: {path}", cli=f"--teacher file not found: {path}")
         if model_name:
-            network = create_model(model_name, num_classes=num_classes, weights=path)
+            network = create_model(model_name, num_classes=num_classes)
+            network, _, fresh = load_pretrained(network, path, head=head_parameter_names(network, required=False))
+            if fresh:  # the file's classifier is for another number of classes (the last matrix in the file)
+                state = read_weights_file(path)[0]
+                theirs = [v.shape[0] for v in state.values() if v.dim() == 2][-1]
+                raise ConfigError(
+                    f"the teacher {path} has {theirs} classes but the student has {num_classes}",
+                    cli=f"--teacher {path} has {theirs} classes but the student has {num_classes}",
+                )
             info: dict[str, Any] = {}
         elif "name" in read_weights_file(path)[1]:
             network, info = load_model_with_info(path)
