@@ -336,6 +336,8 @@ def _load(
         raise WeightsError(f"weights must be a path or a state dict, got {type(weights).__name__}")
     state = _strip_prefix(state)
     arch = getattr(model, "arch", None) or {}
+    # Conversions only: they change which layers hold the weights, which the file alone says.
+    # (A quantization-aware file loaded into a plain model stays an error, not a silent QAT model.)
     if "converted" in file_arch and "converted" not in arch:
         model = _apply_rebuild_steps(model, {"converted": file_arch["converted"]})
     expected = model.state_dict()

@@ -95,13 +95,11 @@ _BUILD_OPTIONS = {
 }
 
 
-def refuse_conflicts(args: argparse.Namespace, source: str, *, allowed: tuple[str, ...] = ()) -> None:
+def refuse_conflicts(args: argparse.Namespace, source: str) -> None:
     """Refuse model-building options given beside ``--checkpoint``/``--onnx`` (``source``):
     they would be silently ignored, since the file records its own architecture."""
     given = [
-        "--" + k.replace("_", "-")
-        for k, default in _BUILD_OPTIONS.items()
-        if k not in allowed and getattr(args, k, default) != default
+        "--" + k.replace("_", "-") for k, default in _BUILD_OPTIONS.items() if getattr(args, k, default) != default
     ]
     if given:
         raise ConfigError(f"{source} records the model; drop {', '.join(given)}")

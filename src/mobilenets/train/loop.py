@@ -207,8 +207,6 @@ class Trainer:
         self.out = Path(config.out)
         if dist.is_main:
             _check_writable(self.out)
-        if config.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.device = dist.device
         self.device_type = torch.device(self.device).type
         if config.precision == "fp16" and self.device_type != "cuda":
@@ -295,7 +293,7 @@ class Trainer:
             options["activation"] = config.activation
         model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
         split = recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0
-        if split and self.dist.enabled and recipe.freeze_body_epochs > 0:
+        if self.dist.enabled and recipe.freeze_body_epochs > 0:
             raise ConfigError("a frozen body cannot be trained under torchrun (DDP); use --body-lr-mult instead")
         # The head: re-initialised for new classes, trained at the full rate while the body moves slowly.
         self.head = head_parameter_names(model, required=split)
