@@ -147,6 +147,8 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         # predict
         ("predict", "--top"): ([*pr, "--top", "0"], ["--top", "positive integer"]),
         ("predict", "--top negative"): ([*pr, "--top", "-1"], ["--top"]),
+        ("predict", "--threshold"): ([*pr, "--threshold", "1.5"], ["--threshold"]),
+        ("predict", "--out"): ([*pr, "--out", "{out}"], ["--out draws boxes", "detectors"]),
         ("predict", "--onnx"): (["predict", "--onnx", "{root}/notes.txt", TENCH], ["notes.txt"]),
         ("predict", "--onnx with --checkpoint"): ([*pr, "--onnx", "{root}/notes.txt"], ["not both"]),
         ("predict", "--onnx with --resolution"): (

@@ -14,7 +14,7 @@ from torch import nn
 
 import mobilenets
 from mobilenets.errors import ConfigError, WeightsError
-from mobilenets.train import TrainConfig, train
+from mobilenets.train import train
 from mobilenets.train.transfer import UNLABELLED, distillation_loss, head_parameter_names
 from mobilenets.weights import load_pretrained
 
@@ -162,6 +162,6 @@ def test_distillation_from_unlabelled_images(shared_data, tmp_path, teacher_file
                with_labelled=True, batch_size=8),
         **QUIET,
     )  # fmt: skip
-    assert (
+    assert mixed is not None and (
         torch.load(tmp_path / "mixed" / "last.pt", weights_only=True)["scheduler"]["last_epoch"] == 8
     )  # (40 + 24) / 8

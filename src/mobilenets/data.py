@@ -260,7 +260,9 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None, shuffle: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, *, workers: int, sampler=None, shuffle: bool = False, collate_fn=None
+) -> DataLoader:
     """A DataLoader with the settings that keep a model busy (pinned memory on GPU)."""
     return DataLoader(
         dataset,
@@ -270,6 +272,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int, sampler=None
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
+        collate_fn=collate_fn,
     )
 
 

@@ -278,8 +278,16 @@ class InvertedResidual(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = x if self.expand is None else self.expand(x)
-        out = self.depthwise(out)
+        return self.forward_from_expansion(x, self.expanded(x))
+
+    def expanded(self, x: Tensor) -> Tensor:
+        """The wide tensor after the 1x1 expansion: SSDLite's first feature map is this
+        tensor in the first stride-16 -> 32 block (V2 paper, section 6.2)."""
+        return x if self.expand is None else self.expand(x)
+
+    def forward_from_expansion(self, x: Tensor, expanded: Tensor) -> Tensor:
+        """The rest of the block, given its input ``x`` and ``expanded(x)``."""
+        out = self.depthwise(expanded)
         if self.se is not None:
             out = self.se(out)
         out = self.project(out)

@@ -30,6 +30,17 @@ def default_data_info(
     if "resolution" not in info:
         info["resolution"] = arch.get("resolution") or getattr(model, "default_resolution", 224)
     num_classes = arch.get("num_classes", num_classes)
+    if "name" in arch:
+        from .models import get_model_entry
+
+        info["task"] = get_model_entry(arch["name"]).task
+    if info.get("task") == "detection":
+        info["transforms"] = "detection"  # the detector resizes and normalises its own input
+        if "classes" not in info and num_classes == 91:
+            from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+            info["classes"] = list(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"])
+            info["classes_source"] = "coco"
     if "classes" not in info:
         # Names to print, not the dataset's folder names: evaluation maps a dataset's
         # sorted folders onto such a model by position (see ``classes_source``).

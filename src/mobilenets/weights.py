@@ -341,6 +341,9 @@ def _load(
     if "converted" in file_arch and "converted" not in arch:
         model = _apply_rebuild_steps(model, {"converted": file_arch["converted"]})
     expected = model.state_dict()
+    adapt = getattr(model, "adapt_state_dict", None)  # a backbone takes a classifier's weights
+    if adapt is not None and set(state) != set(expected):
+        state = adapt(state)
     if set(state) != set(expected):
         mapping = torchvision_key_map(model)
         if mapping is not None and set(state) == set(mapping):

@@ -45,12 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """Our warnings (background images, skipped files...) as one line each, like the errors,
+    not Python's two lines with the source of the call."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "mobilenets" not in str(filename):
+            return default(message, category, filename, lineno, file, line)
+        print(f"mobilenets {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or an option argparse refused (message printed)
         return exc.code if isinstance(exc.code, int) else 1
+    _one_line_warnings(args.command)
     try:
         return int(args.run(args) or 0)
     except MobileNetsError as exc:

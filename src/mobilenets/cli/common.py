@@ -39,7 +39,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = Tru
         "(default: the model's, 224, or 32 with --cifar)",
     )
     parser.add_argument(
-        "--num-classes", type=POSITIVE_INT.argtype, default=1000, help="classifier outputs (default 1000)"
+        "--num-classes",
+        type=POSITIVE_INT.argtype,
+        default=None,
+        help="classifier outputs (default: the model's, 1000; 91 for COCO detectors, background included)",
     )
     parser.add_argument(
         "--cifar",
@@ -88,7 +91,7 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
 _BUILD_OPTIONS = {
     "model": None,
     "width_mult": 1.0,
-    "num_classes": 1000,
+    "num_classes": None,
     "cifar": False,
     "activation": None,
     "weights": None,

@@ -12,9 +12,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="list the available models",
         description="List the models create_model() and every command accept.",
     )
-    parser.add_argument("--costs", action="store_true", help="add mult-adds and params at width 1.0, 224x224")
+    parser.add_argument(
+        "--costs", action="store_true", help="add mult-adds and params at width 1.0 and each model's input size"
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="show each model's options and defaults")
     parser.set_defaults(run=run)
+
+
+TASK_TITLES = {"classification": "image classification", "detection": "object detection (COCO: 91 classes)"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,16 +27,22 @@ def run(args: argparse.Namespace) -> int:
     from ..cost import profile
     from ..models import create_model, get_model_entry, list_models
 
-    rows = []
+    by_task: dict[str, list[str]] = {}
     for name in list_models():
-        entry = get_model_entry(name)
-        row = [name, entry.summary]
-        if args.costs:
-            cost = profile(create_model(name), (3, entry.default_resolution, entry.default_resolution))
-            row += [human(cost.mult_adds), human(cost.params)]
-        rows.append(row)
-    headers = ["model", "description"] + (["mult-adds", "params"] if args.costs else [])
-    print(format_table(headers, rows, align="ll" + "rr" * args.costs))
+        by_task.setdefault(get_model_entry(name).task, []).append(name)
+    for number, (task, names) in enumerate(by_task.items()):
+        rows = []
+        for name in names:
+            entry = get_model_entry(name)
+            row = [name, entry.summary]
+            if args.costs:
+                side = entry.default_resolution
+                cost = profile(create_model(name), (3, side, side))
+                row += [f"{side}", human(cost.mult_adds), human(cost.params)]
+            rows.append(row)
+        headers = ["model", "description"] + (["input", "mult-adds", "params"] if args.costs else [])
+        print(("\n" if number else "") + TASK_TITLES.get(task, task) + ":")
+        print(format_table(headers, rows, align="ll" + "rrr" * args.costs))
     if args.verbose:
         for name in list_models():
             options = get_model_entry(name).options

@@ -10,7 +10,7 @@ from dataclasses import fields
 from ..errors import ConfigError, DataError
 from ..train.config import FIELD_RULES, TrainConfig
 from ..train.recipes import RECIPES, get_recipe
-from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PRECISIONS
+from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PRECISIONS, PROBABILITY
 from .common import add_model_options, add_source_options, load_for_cli, refuse_conflicts, require_weights
 
 TRAIN_EXAMPLES = """\
@@ -176,13 +176,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     ev = subparsers.add_parser(
         "eval",
-        help="evaluate a checkpoint or any weights: top-1/top-5, loss, per-class accuracy, images/s",
+        help="evaluate a checkpoint or any weights: top-1/top-5, per-class accuracy; COCO mAP for detectors",
         description=(
             "Evaluate a checkpoint (last.pt/best.pt of a run, or saved weights), or --model with --weights "
             "(e.g. torchvision's ImageNet file), on labelled images: a train/val (or test) tree's val split, a "
             "plain folder of class folders (e.g. ../shared/data/imagenet-sample), or torchvision's CIFAR files. "
             "Images are preprocessed as the weights expect. Where the weights record their class names, the "
-            "folders must match them; otherwise the sorted folders are classes 0, 1, ..."
+            "folders must match them; otherwise the sorted folders are classes 0, 1, ... "
+            "A detector is scored on the validation split of a YOLO or COCO dataset by pycocotools: "
+            "map (mAP@[.5:.95]), map50, map75 and by object size."
         ),
         epilog="Example: mobilenets eval --model mobilenet_v2 --weights "
         "../shared/data/weights/mobilenet_v2-b0353104.pth --data-dir ../shared/data/imagenet-sample --json",
@@ -192,7 +194,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--dataset", choices=["cifar10", "cifar100"], help="torchvision's CIFAR files in --data-dir")
     ev.add_argument("--download", action="store_true", help="with --dataset: let torchvision download them")
     ev.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="a fixed class-balanced slice of N images")
-    ev.add_argument("--batch-size", type=POSITIVE_INT.argtype, default=256)
+    ev.add_argument("--batch-size", type=POSITIVE_INT.argtype, default=None, help="(default 256; 16 for detectors)")
     ev.add_argument("--workers", type=NON_NEGATIVE_INT.argtype, default=2)
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON (top1, top5, loss, images...)")
     ev.set_defaults(run=run_eval)
@@ -211,6 +213,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--onnx", help="a model written by 'mobilenets export', run by ONNX Runtime")
     pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5, help="how many classes to show (default 5)")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--out", help="detectors: write each image with its boxes, class names and scores drawn here")
+    pr.add_argument(
+        "--threshold",
+        type=PROBABILITY.argtype,
+        default=0.3,
+        help="detectors: the lowest score of a box shown (default 0.3)",
+    )
     add_model_options(pr, positional=False, required=False)
     pr.add_argument(
         "--random-weights",
@@ -240,9 +249,12 @@ def run_train(args: argparse.Namespace) -> int:
     if s is None:  # not rank 0 of a torchrun job
         return 0
     epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
+    if "map" in s:  # a detector
+        result = f"mAP {100 * s['map']:.2f} (best {100 * s['best_map']:.2f}), mAP50 {100 * s['map50']:.2f}"
+    else:
+        result = f"top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), top-5 {100 * s['top5']:.2f}%"
     print(
-        f"\n{s['model']} after {epochs}: top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), "
-        f"top-5 {100 * s['top5']:.2f}%\n{human(s['mult_adds'])} mult-adds, {human(s['params'])} params, "
+        f"\n{s['model']} after {epochs}: {result}\n{human(s['mult_adds'])} mult-adds, {human(s['params'])} params, "
         f"{s['latency_ms_batch1_cpu']:.1f} ms per image on this CPU (batch 1)\nrun directory: {s['out']}"
     )
     return 0
@@ -257,6 +269,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--download fetches torchvision's CIFAR files: give --dataset cifar10 or cifar100")
     require_weights(args, "eval")
     model, info = load_for_cli(args, "eval")
+    if info.get("task") == "detection":
+        return _eval_detector(args, model, info)
+    args.batch_size = args.batch_size or 256
     style, resolution = info["transforms"], info["resolution"]
     if args.dataset:
         _, val_set, classes = build_datasets(
@@ -298,6 +313,33 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_detector(args: argparse.Namespace, model, info: dict) -> int:
+    from ..data import make_loader
+    from ..detection.data import collate, detection_transforms, find_detection_data
+    from ..detection.evaluate import evaluate_detector
+
+    if args.dataset or args.val_subset:
+        raise ConfigError(f"{'--dataset' if args.dataset else '--val-subset'} is for classifiers; "
+                          "a detector is scored on the whole val split of --data-dir")  # fmt: skip
+    val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
+    data = find_detection_data(args.data_dir, val_transforms=val)
+    source = args.checkpoint or args.weights or "the model"
+    if len(data.classes) != len(info["classes"]):
+        raise DataError(
+            f"{args.data_dir} has {len(data.classes) - 1} classes but {source} detects {len(info['classes']) - 1}"
+        )
+    loader = make_loader(data.val, args.batch_size or 16, workers=args.workers, collate_fn=collate)
+    metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(
+        f"mAP {100 * metrics['map']:.2f}  mAP50 {100 * metrics['map50']:.2f}  mAP75 {100 * metrics['map75']:.2f}  "
+        f"({metrics['images']} images, {metrics['boxes']} boxes, {metrics['images_per_s']:.1f} images/s)"
+    )
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ..predict import predict_images
 
@@ -315,6 +357,22 @@ def run_predict(args: argparse.Namespace) -> int:
         if not args.random_weights:
             require_weights(args, "predict")
         model, info = load_for_cli(args, "predict")
+    if info.get("task") == "detection":
+        from ..detection.predict import detect_images
+
+        found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out)
+        if args.json:
+            print(json.dumps([{"image": p, "boxes": b} for p, b in zip(args.images, found)], indent=2))
+            return 0
+        for path, boxes in zip(args.images, found):
+            print(f"{path}: {len(boxes)} object{'s' * (len(boxes) != 1)}")
+            for box in boxes:
+                print(f"  {100 * box['score']:6.2f}%  {box['label']:16s} {' '.join(f'{v:.0f}' for v in box['box'])}")
+        if args.out:
+            print(f"drawn in {args.out}/")
+        return 0
+    if args.out:
+        raise ConfigError("--out draws boxes: it is for detectors")
     results = predict_images(model, args.images, info, top=args.top)
     if args.json:
         print(json.dumps([{"image": p, "top": r} for p, r in zip(args.images, results)], indent=2))

@@ -91,8 +91,18 @@ def _build(
     resolution: int,
     cifar: bool,
     in_channels: int,
+    reduced_tail: bool = False,
 ) -> ImageClassifier:
     width_mult = check_width_mult(width_mult)
+    if reduced_tail:
+        # Section 6.2 (detection): the layers after C4 at half width - the last stage's
+        # outputs and the expansions inside it (C4's own expansion, the tapped map, stays).
+        c4 = max(i for i, row in enumerate(table) if row.stride == 2)
+        table = [
+            row._replace(out=row.out // 2, expanded=row.expanded // 2 if i > c4 else row.expanded) if i >= c4 else row
+            for i, row in enumerate(table)
+        ]
+        head_channels //= 2
     strides = [2] + [row.stride for row in table]
     if cifar:
         strides = apply_cifar_strides(strides)
@@ -137,7 +147,9 @@ def _torchvision_twin(builder_name: str):
         import torchvision
 
         builder = getattr(torchvision.models, builder_name)
-        return builder(width_mult=arch["width_mult"], num_classes=arch["num_classes"])
+        return builder(
+            width_mult=arch["width_mult"], num_classes=arch["num_classes"], reduced_tail=arch.get("reduced_tail", False)
+        )
 
     return twin
 
@@ -156,11 +168,14 @@ def mobilenet_v3_large(
     resolution: int = 224,
     cifar: bool = False,
     in_channels: int = 3,
+    reduced_tail: bool = False,
 ) -> ImageClassifier:
     """MobileNetV3-Large: 219M mult-adds / 5.4M params published (75.2 % top-1).
 
     Args as :func:`mobilenets.models.mobilenet_v2.mobilenet_v2`; the activations
-    and SE placement are fixed by the searched architecture.
+    and SE placement are fixed by the searched architecture.  ``reduced_tail``
+    halves the channels after the C4 block, as the paper's detection and
+    segmentation backbones do (section 6.2; torchvision's ``reduced_tail``).
     """
     return _build(
         MOBILENET_V3_LARGE,
@@ -171,6 +186,7 @@ def mobilenet_v3_large(
         resolution=resolution,
         cifar=cifar,
         in_channels=in_channels,
+        reduced_tail=reduced_tail,
     )
 
 
@@ -188,6 +204,7 @@ def mobilenet_v3_small(
     resolution: int = 224,
     cifar: bool = False,
     in_channels: int = 3,
+    reduced_tail: bool = False,
 ) -> ImageClassifier:
     """MobileNetV3-Small: 56M mult-adds / 2.5M params published (67.4 % top-1).
 
@@ -202,4 +219,5 @@ def mobilenet_v3_small(
         resolution=resolution,
         cifar=cifar,
         in_channels=in_channels,
+        reduced_tail=reduced_tail,
     )

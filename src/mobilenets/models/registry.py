@@ -29,6 +29,9 @@ class ModelEntry:
     # so that torchvision state dicts can be mapped onto ours; None if torchvision
     # has no such model.
     torchvision_twin: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    # What the model does, for grouping (``mobilenets models``) and for the commands
+    # that train, evaluate and draw it: "classification", "detection", "segmentation".
+    task: str = "classification"
 
     @property
     def options(self) -> dict[str, inspect.Parameter]:
@@ -52,21 +55,35 @@ def register_model(
     summary: str,
     default_resolution: int = 224,
     torchvision_twin: Callable[[Mapping[str, Any]], nn.Module] | None = None,
+    task: str = "classification",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a builder function to the registry under ``name``."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, summary, default_resolution, torchvision_twin)
+        _REGISTRY[name] = ModelEntry(name, builder, summary, default_resolution, torchvision_twin, task)
         return builder
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
-    return sorted(_REGISTRY)
+# Families whose modules import torchvision's detection/segmentation machinery (1.4 s):
+# registered when first asked for, so that classifiers build without that import.
+_TASK_MODULES = ("mobilenets.models.ssd",)
+
+
+def _register_task_models() -> None:
+    import importlib
+
+    for module in _TASK_MODULES:
+        importlib.import_module(module)
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Names accepted by :func:`create_model`, sorted; only those for ``task`` if given."""
+    _register_task_models()
+    return sorted(name for name, entry in _REGISTRY.items() if task is None or entry.task == task)
 
 
 TORCHVISION_PREFIX = "torchvision."
@@ -104,6 +121,8 @@ def get_model_entry(name: str) -> ModelEntry:
 
     ``torchvision.NAME`` names any torchvision classifier (``torchvision.resnet18``).
     """
+    if name not in _REGISTRY:
+        _register_task_models()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -124,28 +143,39 @@ def get_model_entry(name: str) -> ModelEntry:
 def create_model(
     name: str,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     width_mult: float = 1.0,
     dropout: float | None = None,
     weights: str | Path | Mapping[str, Any] | None = None,
+    features_only: bool = False,
+    out_indices: list[int | str] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Build a model from the registry.
 
     Args:
         name: one of :func:`list_models` (e.g. ``"mobilenet_v2"``).
-        num_classes: size of the classifier's output.
+        num_classes: size of the classifier's output; ``None`` keeps the variant's
+            default (1000 ImageNet classes; 91 for the COCO detectors, background included).
         width_mult: the width multiplier alpha (channels x alpha; cost ~ alpha**2).
         dropout: dropout before the classifier; ``None`` keeps the variant's default.
         weights: a path to a weights file (safetensors, or a ``torch.save`` state
             dict / checkpoint) or a state dict.  Both this library's layout and
             torchvision's (for ``mobilenet_v2`` / ``mobilenet_v3_*``) are accepted.
+        features_only: return a backbone instead (:class:`~mobilenets.models.features.FeatureExtractor`):
+            the body's feature maps at ``out_indices``, with ``feature_info`` giving
+            each one's channels and stride.  ``weights`` may then be a classifier's.
+        out_indices: where to take the maps: layer indices of ``features`` (negative
+            from the end) or ``"INDEX.expansion"`` inside an inverted residual
+            (SSDLite's tap); default: the last layer at each stride.
         **options: variant options such as ``resolution``, ``activation``,
             ``cifar``, ``linear_bottleneck``, ``residual``; see
             ``mobilenets models --verbose``.
     """
     entry = get_model_entry(name)
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "width_mult": width_mult, **options}
+    kwargs: dict[str, Any] = {"width_mult": width_mult, **options}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if dropout is not None:
         kwargs["dropout"] = dropout
     accepted = entry.options
@@ -156,7 +186,8 @@ def create_model(
         raise ConfigError(
             f"{entry.name} does not take option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
         )
-    POSITIVE_INT.check(num_classes, "num_classes")
+    if num_classes is not None:
+        POSITIVE_INT.check(num_classes, "num_classes")
     for option, rule in _OPTION_RULES.items():
         if option in kwargs:
             rule.check(kwargs[option], option)
@@ -168,6 +199,15 @@ def create_model(
         # the variant's own default, e.g. 32 for cifar=True, not the signature's 224
         resolved["resolution"] = getattr(model, "default_resolution", resolved["resolution"])
     model.arch = {"name": entry.name, **resolved}
+    if out_indices is not None and not features_only:
+        raise ConfigError("out_indices chooses a backbone's feature maps: pass features_only=True with it")
+    if features_only:
+        if entry.task != "classification":
+            raise ConfigError(f"{entry.name} is a {entry.task} model; features_only takes a classifier's body")
+        from .features import FeatureExtractor
+
+        model = FeatureExtractor(model, out_indices)
+        model.arch.update(features_only=True, out_indices=[f.tap for f in model.feature_info])
     if weights is not None:
         from ..weights import load_weights
 

@@ -199,7 +199,19 @@ def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 class Trainer:
-    """One training run: data, model, optimizer and the run directory."""
+    """One training run: data, model, optimizer and the run directory.
+
+    This class trains classifiers; a task's trainer (``mobilenets.detection``'s)
+    subclasses it and replaces the hooks that differ - the datasets, the model,
+    a batch's loss and the evaluation - and inherits everything else: resume,
+    DDP, AMP, EMA, freezing, checkpoints, metrics files.
+    """
+
+    task = "classification"
+    score_key = "top1"  # the validation metric best.pt is chosen by
+    collate = None  # the DataLoader's collate_fn (None: stack images and labels)
+    # validation metrics written to TensorBoard (as val_KEY) and to summary.json
+    reported_metrics = ("loss", "top1", "top5")
 
     def __init__(self, config: TrainConfig, dist: Distributed, *, progress: bool, log):
         self.config, self.dist, self.log = config, dist, log if dist.is_main else (lambda *_: None)
@@ -215,22 +227,8 @@ class Trainer:
         if recipe.batch_size % dist.world_size:
             raise ConfigError(f"batch size {recipe.batch_size} does not split evenly over {dist.world_size} processes")
         self.batch_size = recipe.batch_size // dist.world_size  # the recipe's batch is the global batch
-        self.resolution = config.resolution or recipe.resolution or (32 if recipe.transforms == "cifar" else 224)
-        train_set, val_set, self.classes = build_datasets(
-            config.data_dir,
-            style=recipe.transforms,
-            resolution=self.resolution,
-            dataset=config.dataset,
-            download=config.download and dist.is_main,
-            train_subset=config.train_subset,
-            val_subset=config.val_subset,
-            seed=config.seed,
-        )
-        if len(self.classes) < 2:
-            self.log(
-                f"warning: {config.data_dir} has a single class ({self.classes[0]}): every prediction is right, "
-                "so top-1 will read 100% whatever the model learns"
-            )
+        self.resolution = config.resolution or recipe.resolution or self._default_resolution()
+        train_set, val_set, self.classes = self._datasets()
         if config.unlabelled:
             train_set = self._with_unlabelled(train_set)
         self.teacher = None
@@ -249,8 +247,87 @@ class Trainer:
         }
         self._build_loaders(train_set, val_set)
         self._build_model(train_set)
-        self.epoch, self.step, self.best_top1, self.history = 0, 0, -1.0, []
+        self.epoch, self.step, self.best_score, self.history = 0, 0, -1.0, []
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, samples, non-finite
+
+    # -- what a task replaces --------------------------------------------------------
+    def _default_resolution(self) -> int:
+        return 32 if self.recipe.transforms == "cifar" else 224
+
+    def _datasets(self):
+        """(train set, validation set, class names)."""
+        config = self.config
+        train_set, val_set, classes = build_datasets(
+            config.data_dir,
+            style=self.recipe.transforms,
+            resolution=self.resolution,
+            dataset=config.dataset,
+            download=config.download and self.dist.is_main,
+            train_subset=config.train_subset,
+            val_subset=config.val_subset,
+            seed=config.seed,
+        )
+        if len(classes) < 2:
+            self.log(
+                f"warning: {config.data_dir} has a single class ({classes[0]}): every prediction is right, "
+                "so top-1 will read 100% whatever the model learns"
+            )
+        return train_set, val_set, classes
+
+    def _create_model(self) -> tuple[nn.Module, list[str]]:
+        """The model, started from ``--init-from`` if given, and the names of its head's
+        parameters (trained at the full rate while the body moves slowly or is frozen)."""
+        config, recipe = self.config, self.recipe
+        options: dict[str, Any] = {"resolution": self.resolution}
+        if recipe.cifar_strides:
+            options["cifar"] = True
+        if config.activation:
+            options["activation"] = config.activation
+        model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
+        head = head_parameter_names(model, required=recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0)
+        if config.init_from:
+            model, loaded, fresh = load_pretrained(model, config.init_from, head=head)
+            self.log(
+                f"started from {config.init_from}: {len(loaded)} tensors loaded"
+                + (f"; new for {len(self.classes)} classes: {', '.join(fresh)}" if fresh else "")
+            )
+        return model, head
+
+    def _to_device(self, batch) -> tuple[Any, Any, int]:
+        """(inputs, targets, images in the batch) on the training device."""
+        images, labels = batch
+        images = images.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True), labels.numel()
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.net(images)
+        if self.teacher is None:  # the plain path, as before distillation existed
+            return F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
+        return distillation_loss(
+            logits, self.teacher(images), labels, weight=self.config.distill_weight,
+            temperature=self.config.temperature, label_smoothing=self.recipe.label_smoothing,
+        )  # fmt: skip
+
+    def _evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """Validation metrics, ``score_key`` among them."""
+        return evaluate(
+            model,
+            self.val_loader,
+            len(self.classes),
+            self.device,
+            dist=self.dist,
+            channels_last=self.config.channels_last,
+            precision=self.config.precision,
+        )
+
+    def _epoch_line(self, record: dict[str, Any]) -> str:
+        return (
+            f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
+            f"val top-1 {100 * record['top1']:.2f}%, top-5 {100 * record['top5']:.2f}%, "
+            f"{record['train_images_per_s']:.0f} img/s"
+        )
 
     def _build_loaders(self, train_set, val_set) -> None:
         config, dist = self.config, self.dist
@@ -266,8 +343,9 @@ class Trainer:
         else:
             self.seeded = SeededDataset(train_set, config.seed)
             self.sampler = ResumableSampler(self.seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
-            self.train_loader = make_loader(self.seeded, self.batch_size, workers=config.workers, sampler=self.sampler)
-            self.val_loader = make_loader(val_shard, self.batch_size, workers=config.workers)
+            loader = dict(workers=config.workers, collate_fn=self.collate)
+            self.train_loader = make_loader(self.seeded, self.batch_size, sampler=self.sampler, **loader)
+            self.val_loader = make_loader(val_shard, self.batch_size, **loader)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
     def _with_unlabelled(self, train_set):
@@ -286,23 +364,10 @@ class Trainer:
     def _build_model(self, train_set) -> None:
         config, recipe = self.config, self.recipe
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        options: dict[str, Any] = {"resolution": self.resolution}
-        if recipe.cifar_strides:
-            options["cifar"] = True
-        if config.activation:
-            options["activation"] = config.activation
-        model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
         split = recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0
         if self.dist.enabled and recipe.freeze_body_epochs > 0:
             raise ConfigError("a frozen body cannot be trained under torchrun (DDP); use --body-lr-mult instead")
-        # The head: re-initialised for new classes, trained at the full rate while the body moves slowly.
-        self.head = head_parameter_names(model, required=split)
-        if config.init_from:
-            model, loaded, fresh = load_pretrained(model, config.init_from, head=self.head)
-            self.log(
-                f"started from {config.init_from}: {len(loaded)} tensors loaded"
-                + (f"; new for {len(self.classes)} classes: {', '.join(fresh)}" if fresh else "")
-            )
+        model, self.head = self._create_model()
         if config.qat:
             model = self._prepare_qat(model, train_set)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -352,7 +417,7 @@ class Trainer:
             "epoch": self.epoch,  # epochs completed
             "step": self.step,  # steps done in the epoch after those
             "epoch_sums": self.epoch_sums.cpu(),
-            "best_top1": self.best_top1,
+            "best_score": self.best_score,
             "history": self.history,
             "resolved": self.resolved,
         }
@@ -391,7 +456,8 @@ class Trainer:
             self.ema.module.load_state_dict(state["ema"])
             self.ema.n_averaged.fill_(state["ema_updates"])
         self.epoch, self.step = state["epoch"], state["step"]
-        self.best_top1, self.history = state["best_top1"], state["history"]
+        # (checkpoints written before detection called it best_top1)
+        self.best_score, self.history = state.get("best_score", state.get("best_top1")), state["history"]
         self.epoch_sums = state["epoch_sums"].to(self.device)
         where = f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"the end of epoch {self.epoch}"
         self.log(f"resuming {self.out} from {where}")
@@ -409,15 +475,6 @@ class Trainer:
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
                 if self.config.freeze_bn or frozen:
                     module.eval()
-
-    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.net(images)
-        if self.teacher is None:  # the plain path, as before distillation existed
-            return F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
-        return distillation_loss(
-            logits, self.teacher(images), labels, weight=self.config.distill_weight,
-            temperature=self.config.temperature, label_smoothing=self.recipe.label_smoothing,
-        )  # fmt: skip
 
     def _diverged(self) -> TrainingDiverged:
         last = self.out / "last.pt"
@@ -447,14 +504,11 @@ class Trainer:
             leave=False,
             unit="batch",
         )
-        for images, labels in bar:
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        for batch in bar:
+            inputs, targets, count = self._to_device(batch)
             torch.manual_seed(mix_seed(config.seed, self.epoch, self.step, dist.rank))  # dropout
             with torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None):
-                loss = self._loss(images, labels)
+                loss = self._loss(inputs, targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -463,7 +517,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             loss = loss.detach().double()
-            n = torch.tensor(labels.numel(), device=loss.device, dtype=torch.float64)
+            n = torch.tensor(count, device=loss.device, dtype=torch.float64)
             self.epoch_sums += torch.stack([loss * n, n, (~loss.isfinite()).double()])
             self.step += 1
             # Reading the loss waits for the GPU, so on GPU it is checked every 20 steps.
@@ -489,15 +543,7 @@ class Trainer:
 
     def end_epoch(self, writer) -> None:
         eval_model = self.ema.module if self.ema is not None else self.model
-        metrics = evaluate(
-            eval_model,
-            self.val_loader,
-            len(self.classes),
-            self.device,
-            dist=self.dist,
-            channels_last=self.config.channels_last,
-            precision=self.config.precision,
-        )
+        metrics = self._evaluate(eval_model)
         loss_sum, seen, _ = self.dist.all_sum(self.epoch_sums.clone()).tolist()
         record = {
             "epoch": self.epoch + 1,
@@ -508,21 +554,17 @@ class Trainer:
             **{k: v for k, v in metrics.items() if not k.startswith("per_class")},
         }
         self.history.append(record)
-        self.log(
-            f"epoch {self.epoch + 1}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
-            f"val top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
-            f"{record['train_images_per_s']:.0f} img/s"
-        )
+        self.log(self._epoch_line(record))
         if writer is not None:
-            for key in ("train_loss", "loss", "top1", "top5", "lr", "train_images_per_s"):
-                writer.add_scalar(
-                    key if key.startswith("train") or key == "lr" else f"val_{key}", record[key], self.epoch + 1
-                )
+            for key in ("train_loss", "lr", "train_images_per_s"):
+                writer.add_scalar(key, record[key], self.epoch + 1)
+            for key in self.reported_metrics:
+                writer.add_scalar(f"val_{key}", record[key], self.epoch + 1)
             writer.flush()
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_sums.zero_()
-        improved = metrics["top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, metrics["top1"])
+        improved = metrics[self.score_key] > self.best_score
+        self.best_score = max(self.best_score, metrics[self.score_key])
         self.save()
         if improved:
             self.save("best.pt")
@@ -544,9 +586,8 @@ class Trainer:
         summary = {
             "model": self.config.model,
             "epochs": self.recipe.epochs,
-            "top1": final.get("top1"),
-            "top5": final.get("top5"),
-            "best_top1": self.best_top1,
+            **{key: final.get(key) for key in self.reported_metrics if key != "loss"},
+            f"best_{self.score_key}": self.best_score,
             "mult_adds": cost.mult_adds,
             "params": cost.params,
             "latency_ms_batch1_cpu": measure_latency(model, self.resolution),
@@ -585,8 +626,28 @@ def train(
         dist.shutdown()
 
 
+# Trainers for tasks other than classification, by the task their models register
+# under; a task package adds its own (see pyproject.toml), so this loop imports none.
+TRAINERS_GROUP = "mobilenets.trainers"
+
+
+def trainer_class(model: str) -> type[Trainer]:
+    """The :class:`Trainer` for ``model``'s task."""
+    from importlib.metadata import entry_points
+
+    from ..models import get_model_entry
+
+    task = get_model_entry(model).task
+    if task == Trainer.task:
+        return Trainer
+    found = {ep.name: ep for ep in entry_points(group=TRAINERS_GROUP)}
+    if task not in found:
+        raise ConfigError(f"{model} is a {task} model and no trainer for {task} is installed")
+    return found[task].load()
+
+
 def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after, stop_after_steps):
-    trainer = Trainer(config, dist, progress=progress, log=log)
+    trainer = trainer_class(config.model)(config, dist, progress=progress, log=log)
     trainer.resume()
     if dist.is_main:
         atomic_write(

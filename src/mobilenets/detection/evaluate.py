@@ -1,0 +1,102 @@
+"""COCO box metrics computed by pycocotools' ``COCOeval`` - the evaluator COCO's own
+leaderboard uses - not by a hand-written AP.
+
+Ground truth is what the validation loader yields (boxes in the images' own pixels,
+``iscrowd`` 0, area = box area), predictions are the detector's boxes mapped back to
+those pixels.  ``map`` is AP averaged over IoU 0.50:0.05:0.95 (COCO's headline
+number), ``map50`` at IoU 0.5, ``map75`` at 0.75, ``map_small/medium/large`` by box area.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["COCO_STATS", "coco_metrics", "evaluate_detector"]
+
+# COCOeval.stats, in its order.
+COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+
+
+def _xywh(boxes: Tensor) -> list[list[float]]:
+    boxes = boxes.detach().float().cpu()
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+
+
+def coco_metrics(
+    targets: list[dict[str, Tensor]], predictions: list[dict[str, Tensor]], num_classes: int
+) -> dict[str, float]:
+    """COCO AP of ``predictions`` against ``targets`` (one dict per image, same order;
+    ``boxes`` x1 y1 x2 y2, ``labels``, and ``scores`` for predictions)."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as exc:
+        raise ConfigError("COCO metrics need pycocotools: pip install 'mobilenets[detection]'") from exc
+    if not targets:
+        raise ConfigError("the validation set is empty")
+    images, annotations, detections = [], [], []
+    for image_id, (target, prediction) in enumerate(zip(targets, predictions)):
+        images.append({"id": image_id})
+        for box, label in zip(_xywh(target["boxes"]), target["labels"].tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+        for box, label, score in zip(
+            _xywh(prediction["boxes"]), prediction["labels"].tolist(), prediction["scores"].tolist()
+        ):
+            detections.append({"image_id": image_id, "category_id": label, "bbox": box, "score": score})
+    ground_truth = COCO()
+    ground_truth.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c} for c in range(1, num_classes)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        ground_truth.createIndex()
+        if not detections or not annotations:
+            return dict.fromkeys(COCO_STATS, 0.0 if annotations else -1.0)
+        result = ground_truth.loadRes(detections)
+        evaluation = COCOeval(ground_truth, result, "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    # -1 is COCOeval's "no boxes of this size"; kept as is, as COCO reports it
+    return {key: float(value) for key, value in zip(COCO_STATS, evaluation.stats)}
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, loader, device: str = "cpu", *, dist=None, progress: bool = False):
+    """Run ``model`` over ``loader`` (images, targets) and score it with :func:`coco_metrics`;
+    under torchrun each process passes its shard and the predictions are gathered."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    targets: list[dict[str, Tensor]] = []
+    predictions: list[dict[str, Tensor]] = []
+    start = time.perf_counter()
+    for images, batch_targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
+        outputs = model([image.to(device) for image in images])
+        for target, output in zip(batch_targets, outputs):
+            targets.append({"boxes": target["boxes"].as_subclass(Tensor).cpu(), "labels": target["labels"].cpu()})
+            predictions.append({k: output[k].cpu() for k in ("boxes", "scores", "labels")})
+    elapsed = time.perf_counter() - start
+    if dist is not None and dist.enabled:
+        gathered: list[Any] = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, (targets, predictions))
+        targets = [t for part in gathered for t in part[0]]
+        predictions = [p for part in gathered for p in part[1]]
+    num_classes = model.head.classification_head.num_columns if hasattr(model, "head") else None
+    if num_classes is None:
+        num_classes = 1 + max([int(t["labels"].max()) for t in targets if len(t["labels"])] or [1])
+    metrics = coco_metrics(targets, predictions, num_classes)
+    metrics["images"] = len(targets)
+    metrics["images_per_s"] = len(targets) / elapsed if elapsed > 0 else 0.0
+    metrics["boxes"] = sum(len(t["labels"]) for t in targets)
+    return metrics
