@@ -144,6 +144,8 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             ["eval", "--model", "mobilenet_v2", "--weights", NO_FILE, "--data-dir", CIFAR],
             ["not found"],
         ),  # fmt: skip
+        ("eval", "--split"): ([*ev, "--split", "train"], ["--split is for detectors"]),
+        ("eval", "--split choice"): ([*ev, "--split", "test"], ["--split", "invalid choice"]),
         # predict
         ("predict", "--top"): ([*pr, "--top", "0"], ["--top", "positive integer"]),
         ("predict", "--top negative"): ([*pr, "--top", "-1"], ["--top"]),

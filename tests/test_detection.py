@@ -405,3 +405,29 @@ def test_a_detector_starts_from_another_detector(trained, tmp_path):
 def test_collate_keeps_images_of_different_sizes():
     images, targets = collate([(torch.zeros(3, 10, 20), {"a": 1}), (torch.zeros(3, 30, 5), {"a": 2})])
     assert [tuple(i.shape) for i in images] == [(3, 10, 20), (3, 30, 5)] and targets == [{"a": 1}, {"a": 2}]
+
+
+def test_onnx_export_gives_the_pytorch_detections(trained, tmp_path, capsys):
+    """The exported graph (network + box decoding) with the detector's own NMS after it
+    finds the same boxes, scores and labels as the PyTorch detector."""
+    pytest.importorskip("onnxruntime")
+    from mobilenets.export.detection import OnnxDetector
+
+    root, out, _ = trained
+    path = tmp_path / "det.onnx"
+    assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path)]) == 0
+    assert "max relative error" in capsys.readouterr().out
+    model = mobilenets.load_model(out / "a" / "best.pt").eval()
+    exported = OnnxDetector(path)
+    images = [detection_transforms("ssdlite", 128, train=False, fill=(0,))(Image.open(p).convert("RGB"))
+              for p in sorted((root / "images" / "val").iterdir())[:2]]  # fmt: skip
+    for ours, theirs in zip(model(images), exported(images)):
+        assert len(ours["boxes"]) == len(theirs["boxes"]) > 0
+        torch.testing.assert_close(theirs["boxes"], ours["boxes"].detach(), atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(theirs["scores"], ours["scores"].detach(), atol=1e-5, rtol=1e-4)
+        assert torch.equal(theirs["labels"], ours["labels"])
+    image = str(root / "images" / "val" / "1.jpg")
+    assert main(["predict", "--onnx", str(path), image, "--threshold", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["boxes"]
+    assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path), "--int8"]) == 2
+    assert "a detector exports in fp32" in capsys.readouterr().err

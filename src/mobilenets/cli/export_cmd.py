@@ -24,6 +24,8 @@ Examples:
   mobilenets export --checkpoint runs/quick/best.pt --out cifar.onnx
   # a quantization-aware checkpoint ('mobilenets train --qat'): int8 with its learned ranges
   mobilenets export --checkpoint runs/qat/best.pt --out cifar-int8.onnx --int8
+  # a detector: the network and its box decoding (boxes, scores); NMS is applied after it
+  mobilenets export --checkpoint runs/det-v2/best.pt --out ssdlite.onnx
   # then
   mobilenets predict --onnx mnv2.onnx photo.jpg
 """
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             f"--opset must be between {MIN_OPSET} and {max_opset()} (the highest this torch writes), got {args.opset}"
         )
     model, info = load_for_cli(args, "export")
+    if info.get("task") == "detection" and (args.int8 or args.eval_data or args.calibration):
+        raise ConfigError("--int8, --calibration and --eval-data are for classifiers; a detector exports in fp32")
     trained_for_int8 = is_qat(model)
     if args.int8 and not args.calibration and not trained_for_int8:
         raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")

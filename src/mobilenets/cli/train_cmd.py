@@ -192,6 +192,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_source_options(ev)
     ev.add_argument("--data-dir", required=True, help="labelled images (see above)")
     ev.add_argument("--dataset", choices=["cifar10", "cifar100"], help="torchvision's CIFAR files in --data-dir")
+    ev.add_argument(
+        "--split",
+        choices=["val", "train"],
+        default="val",
+        help="detectors: score the val split (default) or the training images (to see what was learnt)",
+    )
     ev.add_argument("--download", action="store_true", help="with --dataset: let torchvision download them")
     ev.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="a fixed class-balanced slice of N images")
     ev.add_argument("--batch-size", type=POSITIVE_INT.argtype, default=None, help="(default 256; 16 for detectors)")
@@ -271,6 +277,8 @@ def run_eval(args: argparse.Namespace) -> int:
     model, info = load_for_cli(args, "eval")
     if info.get("task") == "detection":
         return _eval_detector(args, model, info)
+    if args.split != "val":
+        raise ConfigError("--split is for detectors; a classifier is scored on --data-dir's val (or test) split")
     args.batch_size = args.batch_size or 256
     style, resolution = info["transforms"], info["resolution"]
     if args.dataset:
@@ -322,13 +330,14 @@ def _eval_detector(args: argparse.Namespace, model, info: dict) -> int:
         raise ConfigError(f"{'--dataset' if args.dataset else '--val-subset'} is for classifiers; "
                           "a detector is scored on the whole val split of --data-dir")  # fmt: skip
     val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
-    data = find_detection_data(args.data_dir, val_transforms=val)
+    data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val)
     source = args.checkpoint or args.weights or "the model"
     if len(data.classes) != len(info["classes"]):
         raise DataError(
             f"{args.data_dir} has {len(data.classes) - 1} classes but {source} detects {len(info['classes']) - 1}"
         )
-    loader = make_loader(data.val, args.batch_size or 16, workers=args.workers, collate_fn=collate)
+    split = data.train if args.split == "train" else data.val
+    loader = make_loader(split, args.batch_size or 16, workers=args.workers, collate_fn=collate)
     metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -349,9 +358,14 @@ def run_predict(args: argparse.Namespace) -> int:
         refuse_conflicts(args, "--onnx")
         if args.resolution is not None:
             raise ConfigError("--onnx records its input size; drop --resolution")
-        from ..export import OnnxClassifier
+        from ..export import OnnxClassifier, read_metadata
 
-        model = OnnxClassifier(args.onnx)
+        if read_metadata(args.onnx).get("task") == "detection":
+            from ..export.detection import OnnxDetector
+
+            model = OnnxDetector(args.onnx)
+        else:
+            model = OnnxClassifier(args.onnx)
         info = model.info
     else:
         if not args.random_weights:

@@ -53,6 +53,7 @@ from ..models import create_model
 from ..predict import default_data_info
 from ..validate import BENCH_BACKENDS as BACKENDS
 from ..weights import WeightsError, load_weights
+from .detection import DecodedDetector, is_detector
 from .onnx import export_onnx, fold_batchnorm, ort_session
 from .quantize import quantize_onnx
 
@@ -74,7 +75,21 @@ TORCHVISION_NAMES = {
     "mobilenet_v3_large": "mobilenet_v3_large",
     "mobilenet_v3_small": "mobilenet_v3_small",
     "resnet18": "resnet18",
+    "ssdlite320_mobilenet_v3_large": "ssdlite320_mobilenet_v3_large",
 }
+# Detectors are timed as what is exported: the network and its box decoding on an image
+# already at the input size (mobilenets.export.detection.DecodedDetector), ours and
+# torchvision's alike; NMS, which depends on the scores, is left out of every path.
+DETECTOR_BACKENDS = ("eager", "channels_last", "onnxruntime")
+
+
+def _reference_model(name: str) -> nn.Module:
+    import torchvision
+
+    if name in torchvision.models.list_models(module=torchvision.models.detection):
+        # untrained, and without fetching ImageNet backbone weights (as torchvision's COCO weights are built)
+        return torchvision.models.get_model(TORCHVISION_NAMES[name], weights=None, weights_backbone=None)
+    return torchvision.models.get_model(TORCHVISION_NAMES[name])
 
 
 @dataclass
@@ -404,17 +419,21 @@ def run_bench(
                 load_weights(model, weight_file)
             info = default_data_info(model)
             size = info["resolution"]
+            detector = is_detector(model)
+            model_backends = [b for b in backends if b in DETECTOR_BACKENDS] if detector else backends
+            if detector:
+                model = DecodedDetector(model, size).eval()
             mult_adds = profile(model, (3, size, size)).mult_adds
-            entries = [("mobilenets", PreparedModel(model, info, workdir, calibration, name), backends)]
+            entries = [("mobilenets", PreparedModel(model, info, workdir, calibration, name), model_backends)]
             if references and name in TORCHVISION_NAMES:
-                import torchvision
-
-                reference = torchvision.models.get_model(TORCHVISION_NAMES[name]).eval()
+                reference = _reference_model(name).eval()
                 reference.has_weights = False
                 if weight_file:
                     with contextlib.suppress(WeightsError):  # our layout: the reference stays untrained
                         load_weights(reference, weight_file)
                         reference.has_weights = True
+                if detector:
+                    reference = DecodedDetector(reference, size).eval()
                 ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
                 entries.append(
                     (
