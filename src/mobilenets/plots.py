@@ -71,7 +71,7 @@ def plot_tradeoff(
             ax.annotate(p.get("label", ""), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("million mult-adds (log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if y == "top1" else f"{y} (%)")
     ax.grid(True, which="both", alpha=0.3)
     if group:
         ax.legend(fontsize=8)
@@ -84,6 +84,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     if x not in ("epoch", "minutes"):
         raise ConfigError(f"x must be 'epoch' or 'minutes', got {x!r}")
     runs = [load_run(d) for d in run_dirs]
+    # classifiers report top-1, detectors COCO mAP (both fractions)
+    metric = "top1" if all("top1" in h for run in runs for h in run["history"]) else "map"
+    title = {"top1": "top-1 (%)", "map": "mAP@[.5:.95] (%)"}[metric]
     plt = _pyplot()
     fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     colors = {run["name"]: f"C{i % 10}" for i, run in enumerate(runs)}  # one colour per run, in every panel
@@ -94,23 +97,27 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
             epochs = [sum(e["train_seconds"] for e in run["history"][: i + 1]) / 60 for i in range(len(run["history"]))]
         color = colors[run["name"]]
         loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], color=color, label=f"{run['name']} train")
-        loss_ax.plot(
-            epochs, [h["loss"] for h in run["history"]], color=color, linestyle="--", label=f"{run['name']} val"
-        )
-        acc_ax.plot(epochs, [100 * h["top1"] for h in run["history"]], color=color, marker=".", label=run["name"])
+        if all("loss" in h for h in run["history"]):
+            val_loss = [h["loss"] for h in run["history"]]
+            loss_ax.plot(epochs, val_loss, color=color, linestyle="--", label=f"{run['name']} val")
+        scores = [100 * h.get(metric, float("nan")) for h in run["history"]]
+        acc_ax.plot(epochs, scores, color=color, marker=".", label=run["name"])
+        if metric == "map":
+            map50 = [100 * h.get("map50", float("nan")) for h in run["history"]]
+            acc_ax.plot(epochs, map50, color=color, linestyle=":", label=f"{run['name']} mAP50")
     xlabel = "epoch" if x == "epoch" else "training minutes"
     loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
-    acc_ax.set(xlabel=xlabel, ylabel="top-1 (%)", title="validation top-1")
+    acc_ax.set(xlabel=xlabel, ylabel=title, title=f"validation {title.split(' (')[0]}")
     for ax in (loss_ax, acc_ax):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     finished = [
-        {"mult_adds": r["summary"]["mult_adds"], "top1": r["summary"]["top1"], "label": r["name"]}
+        {"mult_adds": r["summary"]["mult_adds"], metric: r["summary"][metric], "label": r["name"]}
         for r in runs
-        if r["summary"].get("mult_adds") and r["summary"].get("top1") is not None
+        if r["summary"].get("mult_adds") and r["summary"].get(metric) is not None
     ]
     if finished:
-        plot_tradeoff(cost_ax, finished, group="label", colors=colors)
+        plot_tradeoff(cost_ax, finished, group="label", colors=colors, y=metric)
     else:
         cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
     cost_ax.set_title("accuracy against cost")
