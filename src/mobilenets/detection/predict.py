@@ -26,12 +26,10 @@ def draw_detections(image: torch.Tensor, detection: dict[str, Any], classes: lis
     # one colour per class, the same in every picture
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324"]
     colors = [palette[label % len(palette)] for label in detection["labels"].tolist()]
-    side = max(image.shape[-2:])
-    # captions in white on the box's colour, sized to the picture (Pillow's built-in font scales)
-    return draw_bounding_boxes(
-        image, boxes, captions, colors=colors, width=max(2, round(side / 320)), font_size=max(12, side // 40),
-        label_colors="white", fill_labels=True,
-    )  # fmt: skip
+    # captions in white on the box's colour, readable on any picture
+    width = max(2, round(max(image.shape[-2:]) / 320))
+    return draw_bounding_boxes(image, boxes, captions, colors=colors, width=width, label_colors="white",
+                               fill_labels=True)  # fmt: skip
 
 
 @torch.no_grad()
