@@ -102,6 +102,24 @@ def test_body_learns_slower_or_not_at_all(shared_data, tmp_path):
     assert not torch.equal(final["features.0.conv.weight"], start["features.0.conv.weight"])
 
 
+def test_frozen_layers_never_change_and_the_rest_trains(shared_data, tmp_path):
+    """--freeze-layers N: features[:N] keep their weights and BN statistics for the whole run
+    (no backward pass reaches them); the layers after them and the classifier train."""
+    base = tmp_path / "base"
+    train(config(shared_data, base), **QUIET)
+    start = torch.load(base / "best.pt", weights_only=True)["model"]
+    out = tmp_path / "frozen"
+    train(config(shared_data, out, init_from=str(base / "best.pt"), freeze_layers=3), **QUIET)
+    after = torch.load(out / "last.pt", weights_only=True)["model"]
+    frozen = [k for k in after if k.startswith(("features.0.", "features.1.", "features.2."))]
+    assert frozen and all(torch.equal(after[k], start[k]) for k in frozen if "num_batches" not in k)
+    assert not torch.equal(after["features.3.project.conv.weight"], start["features.3.project.conv.weight"])
+    assert not torch.equal(after["features.3.project.bn.running_mean"], start["features.3.project.bn.running_mean"])
+    with pytest.raises(ConfigError, match="whole body"):
+        train(config(shared_data, tmp_path / "all", freeze_layers=40), **QUIET)
+    assert not (tmp_path / "all").exists()
+
+
 def test_a_converted_model_can_be_fine_tuned(shared_data, tmp_path):
     model = mobilenets.create_model("vgg16", cifar=True, width_mult=0.25, num_classes=10)
     light, _ = mobilenets.decouple(model, target_reduction=2)

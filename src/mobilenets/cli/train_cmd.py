@@ -111,6 +111,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument(
         "--freeze-bn", action="store_true", help="keep every batch norm's (pretrained) statistics throughout"
     )
+    start.add_argument(
+        "--freeze-layers",
+        type=rule("freeze_layers"),
+        default=0,
+        metavar="N",
+        help="never train the body's first N layers (features[:N]): no backward pass through them, so each "
+        "step is cheaper (the finetune recipe's first command uses 4)",
+    )
     teach = parser.add_argument_group("distillation (learn from a trained teacher, Hinton et al. 2015)")
     teach.add_argument(
         "--teacher", metavar="WEIGHTS", help="a trained model's checkpoint or saved file (any architecture and width)"

@@ -46,6 +46,7 @@ FIELD_RULES: dict[str, Rule] = {
     "checkpoint_minutes": POSITIVE,
     "body_lr_mult": NON_NEGATIVE,
     "freeze_body_epochs": NON_NEGATIVE_INT,
+    "freeze_layers": NON_NEGATIVE_INT,
     "distill_weight": PROBABILITY,
     "temperature": POSITIVE,
 }
@@ -76,6 +77,9 @@ class TrainConfig:
     qat: bool = False
     qat_calibration: int = 256  # training images whose activations set the initial int8 ranges
     freeze_bn: bool = False  # keep every batch norm's statistics (e.g. the pretrained ones)
+    # the body's first N layers (model.features[:N]) never train: weights and statistics held, and
+    # no backward pass through them - the generic early filters a pretrained network keeps anyway
+    freeze_layers: int = 0
     # distillation (Hinton et al. 2015): learn from a trained teacher's softened outputs
     teacher: str | None = None  # a checkpoint or saved model (or a state dict with teacher_model)
     teacher_model: str | None = None  # the registry name of a teacher file that records no architecture
