@@ -19,7 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-TASK_TITLES = {"classification": "image classification", "detection": "object detection (COCO: 91 classes)"}
+TASK_TITLES = {
+    "classification": "image classification",
+    "detection": "object detection (COCO: 91 classes)",
+    "segmentation": "semantic segmentation (Pascal VOC: 21 classes)",
+}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -83,6 +83,12 @@ TORCHVISION_NAMES = {
 DETECTOR_BACKENDS = ("eager", "channels_last", "onnxruntime")
 
 
+def _task(name: str) -> str:
+    from ..models import get_model_entry
+
+    return get_model_entry(name).task
+
+
 def _reference_model(name: str) -> nn.Module:
     import torchvision
 
@@ -414,6 +420,8 @@ def run_bench(
         workdir = Path(tmp)
         for name in models:
             model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
+            if getattr(model, "arch", {}).get("name") and _task(name) == "segmentation":
+                raise ConfigError(f"bench does not take segmentation models yet ({name})")
             weight_file = (weights or {}).get(name)
             if weight_file:
                 load_weights(model, weight_file)

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import ConvBNAct, InvertedResidual, check_width_mult, make_divisible
 from .base import ImageClassifier, apply_cifar_strides, assemble
 from .registry import register_model
@@ -68,6 +69,7 @@ def mobilenet_v2(
     residual: bool = True,
     cifar: bool = False,
     in_channels: int = 3,
+    output_stride: int = 32,
 ) -> ImageClassifier:
     """MobileNetV2.
 
@@ -82,14 +84,26 @@ def mobilenet_v2(
         cifar: stem and first stride-2 stage at stride 1 (pytorch-cifar's
             adaptation; total stride 8, a 32x32 image ends at 4x4).
         in_channels: image channels.
+        output_stride: 32 as published; 16 or 8 for dense prediction (Mobile DeepLabv3,
+            V2 paper section 6.3): the stages that would shrink the map further run at
+            stride 1 with dilated depthwise convs, so maps stay at 1/16 or 1/8 (cost grows
+            with the larger maps: x4 per halving in those stages).
     """
     width_mult = check_width_mult(width_mult)
     strides = [2] + [s for *_, s in MOBILENET_V2_STAGES]
     if cifar:
         strides = apply_cifar_strides(strides)
+    if output_stride not in (8, 16, 32):
+        raise ConfigError(f"output_stride must be 32, 16 or 8, got {output_stride}")
+    dilations, reached, dilation = [], strides[0], 1
+    for i, stride in enumerate(strides[1:], 1):
+        if reached * stride > output_stride:  # dilate instead of striding
+            dilation, strides[i] = dilation * stride, 1
+        reached *= strides[i]
+        dilations.append(dilation)
     channels = make_divisible(STEM_CHANNELS * width_mult)
     layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, strides[0], activation=activation)]
-    for (expansion, out, repeats, _), first_stride in zip(MOBILENET_V2_STAGES, strides[1:]):
+    for (expansion, out, repeats, _), first_stride, dilation in zip(MOBILENET_V2_STAGES, strides[1:], dilations):
         out = make_divisible(out * width_mult)
         for i in range(repeats):
             layers.append(
@@ -101,6 +115,7 @@ def mobilenet_v2(
                     activation=activation,
                     linear_bottleneck=linear_bottleneck,
                     residual=residual,
+                    dilation=dilation,
                 )
             )
             channels = out

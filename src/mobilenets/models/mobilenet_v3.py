@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import ConvBNAct, InvertedResidual, check_width_mult, make_divisible
 from .base import ImageClassifier, apply_cifar_strides, assemble
 from .registry import register_model
@@ -92,8 +93,11 @@ def _build(
     cifar: bool,
     in_channels: int,
     reduced_tail: bool = False,
+    output_stride: int = 32,
 ) -> ImageClassifier:
     width_mult = check_width_mult(width_mult)
+    if output_stride not in (16, 32):
+        raise ConfigError(f"output_stride must be 32 or 16 for MobileNetV3, got {output_stride}")
     if reduced_tail:
         # Section 6.2 (detection): the layers after C4 at half width - the last stage's
         # outputs and the expansions inside it (C4's own expansion, the tapped map, stays).
@@ -106,10 +110,17 @@ def _build(
     strides = [2] + [row.stride for row in table]
     if cifar:
         strides = apply_cifar_strides(strides)
+    # output_stride 16 (segmentation, torchvision's dilated=True): the last stage keeps the C4
+    # map's size - its stride-2 depthwise runs at stride 1 and the stage's depthwise convs
+    # see a twice wider neighbourhood (dilation 2) instead.
+    c4 = max(i for i, row in enumerate(table) if row.stride == 2)
+    dilations = [2 if output_stride == 16 and i >= c4 else 1 for i in range(len(table))]
+    if output_stride == 16:
+        strides[1 + c4] = 1
     channels = make_divisible(STEM_CHANNELS * width_mult)
     layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, strides[0], activation=HS, **BN)]
     channels_at_width_1 = STEM_CHANNELS
-    for row, stride in zip(table, strides[1:]):
+    for row, stride, dilation in zip(table, strides[1:], dilations):
         # The tables give absolute widths; the paper's narrower models keep each
         # block's expansion *ratio* and apply it to the already-rounded input.
         expanded = make_divisible(channels * row.expanded / channels_at_width_1)
@@ -121,6 +132,7 @@ def _build(
                 out,
                 stride,
                 expanded_channels=expanded,
+                dilation=dilation,
                 kernel_size=row.kernel,
                 activation=row.activation,
                 # The squeeze is a quarter of the expanded width (section 5.3).
@@ -148,7 +160,10 @@ def _torchvision_twin(builder_name: str):
 
         builder = getattr(torchvision.models, builder_name)
         return builder(
-            width_mult=arch["width_mult"], num_classes=arch["num_classes"], reduced_tail=arch.get("reduced_tail", False)
+            width_mult=arch["width_mult"],
+            num_classes=arch["num_classes"],
+            reduced_tail=arch.get("reduced_tail", False),
+            dilated=arch.get("output_stride", 32) == 16,
         )
 
     return twin
@@ -169,6 +184,7 @@ def mobilenet_v3_large(
     cifar: bool = False,
     in_channels: int = 3,
     reduced_tail: bool = False,
+    output_stride: int = 32,
 ) -> ImageClassifier:
     """MobileNetV3-Large: 219M mult-adds / 5.4M params published (75.2 % top-1).
 
@@ -176,6 +192,8 @@ def mobilenet_v3_large(
     and SE placement are fixed by the searched architecture.  ``reduced_tail``
     halves the channels after the C4 block, as the paper's detection and
     segmentation backbones do (section 6.2; torchvision's ``reduced_tail``).
+    ``output_stride=16`` dilates the last stage instead of striding it (the
+    segmentation backbones; torchvision's ``dilated=True``): maps stay at 1/16.
     """
     return _build(
         MOBILENET_V3_LARGE,
@@ -187,6 +205,7 @@ def mobilenet_v3_large(
         cifar=cifar,
         in_channels=in_channels,
         reduced_tail=reduced_tail,
+        output_stride=output_stride,
     )
 
 
@@ -205,6 +224,7 @@ def mobilenet_v3_small(
     cifar: bool = False,
     in_channels: int = 3,
     reduced_tail: bool = False,
+    output_stride: int = 32,
 ) -> ImageClassifier:
     """MobileNetV3-Small: 56M mult-adds / 2.5M params published (67.4 % top-1).
 
@@ -220,4 +240,5 @@ def mobilenet_v3_small(
         cifar=cifar,
         in_channels=in_channels,
         reduced_tail=reduced_tail,
+        output_stride=output_stride,
     )

@@ -70,7 +70,7 @@ def register_model(
 
 # Families whose modules import torchvision's detection/segmentation machinery (1.4 s):
 # registered when first asked for, so that classifiers build without that import.
-_TASK_MODULES = ("mobilenets.models.ssd",)
+_TASK_MODULES = ("mobilenets.models.ssd", "mobilenets.models.segmentation")
 
 
 def _register_task_models() -> None:
