@@ -72,10 +72,11 @@ class DetectionTrainer(Trainer):
         # Everything but the pretrained body is new: extra layers and heads learn at the full rate.
         head = [name for name, _ in model.named_parameters() if not name.startswith(BODY_PREFIX)]
         if config.init_from:
-            state, file_arch = load_state_dict_file(config.init_from)
+            state, _ = load_state_dict_file(config.init_from)
             if any(key.startswith(("backbone.", "head.")) for key in state):  # a detector's file
                 class_convs = [n for n in head if n.startswith("head.classification_head.")]
-                model, loaded, fresh = load_pretrained(model, state, head=class_convs)
+                # (the path, not the state read above, so that a mismatch names the file)
+                model, loaded, fresh = load_pretrained(model, config.init_from, head=class_convs)
                 self.log(f"started from the detector {config.init_from}: {len(loaded)} tensors loaded"
                          + (f"; class predictions new for {len(self.classes) - 1} classes" if fresh else ""))  # fmt: skip
             else:  # a classifier's weights (ours, torchvision's) start the backbone

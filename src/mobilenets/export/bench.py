@@ -419,9 +419,9 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         workdir = Path(tmp)
         for name in models:
-            model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
-            if getattr(model, "arch", {}).get("name") and _task(name) == "segmentation":
+            if _task(name) == "segmentation":
                 raise ConfigError(f"bench does not take segmentation models yet ({name})")
+            model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
             weight_file = (weights or {}).get(name)
             if weight_file:
                 load_weights(model, weight_file)

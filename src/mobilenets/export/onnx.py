@@ -190,9 +190,8 @@ def export_onnx(
     path = Path(path)
     resolution = int(info["resolution"])
     channels = getattr(model, "in_channels", 3)
-    detector = is_detector(model)
     extra: dict[str, Any] = {}
-    if detector:  # the network and its box decoding; NMS after it (see mobilenets.export.detection)
+    if is_detector(model):  # the network and its box decoding; NMS after it (see mobilenets.export.detection)
         extra = {"task": "detection", "postprocess": postprocess_settings(model)}
         model = DecodedDetector(copy.deepcopy(model).eval(), resolution)
         check_input = check_input if check_input is not None else torch.rand(1, channels, resolution, resolution)

@@ -97,9 +97,10 @@ def available_features(model: nn.Module) -> list[FeatureInfo]:
     return found
 
 
-def default_taps(model: nn.Module) -> list[str]:
-    """The last layer output at each stride, as timm's ``features_only`` returns (C1..C5)."""
-    outputs = [f for f in available_features(model) if not f.expansion]
+def default_taps(model: nn.Module, features: list[FeatureInfo] | None = None) -> list[str]:
+    """The last layer output at each stride, as timm's ``features_only`` returns (C1..C5);
+    ``features``: ``available_features(model)`` if already measured."""
+    outputs = [f for f in (features or available_features(model)) if not f.expansion]
     last_at_stride = {f.stride: f.tap for f in outputs}
     return list(last_at_stride.values())
 
@@ -129,6 +130,7 @@ class FeatureExtractor(nn.Module):
         model: a zoo classifier (or any module with ``features``), possibly converted.
         taps: where to take maps (see the module docstring); default: the last
             layer at each stride.
+        features: ``available_features(model)``, when the caller has measured it already.
 
     ``features`` is the classifier's own sequence cut after the deepest tap, so
     parameter names are the classifier's and its weights load directly.
@@ -136,15 +138,18 @@ class FeatureExtractor(nn.Module):
 
     check_input = ImageClassifier.check_input
 
-    def __init__(self, model: nn.Module, taps: Sequence[Any] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, taps: Sequence[Any] | None = None, *, features: list[FeatureInfo] | None = None
+    ) -> None:
         super().__init__()
         body = _body(model)
-        wanted = [_normalise(t, len(body)) for t in (taps if taps is not None else default_taps(model))]
+        features = features or available_features(model)  # one probe for the defaults and the check
+        wanted = [_normalise(t, len(body)) for t in (taps if taps is not None else default_taps(model, features))]
         if not wanted:
             raise ConfigError("out_indices is empty: name at least one feature map")
         if len(set(wanted)) != len(wanted):
             raise ConfigError(f"out_indices names a feature map twice: {wanted}")
-        known = {f.tap: f for f in available_features(model)}
+        known = {f.tap: f for f in features}
         for tap in wanted:
             if tap not in known:
                 layer = body[int(tap.split(".")[0])]

@@ -32,11 +32,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead, DeepLabV3
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPP
 
-from .features import FeatureExtractor
+from .features import FeatureExtractor, FeatureInfo, available_features
 from .registry import create_model, register_model
 
 __all__ = ["NamedMaps"]
@@ -55,12 +55,10 @@ class NamedMaps(nn.Module):
         return OrderedDict(zip(self.names, self.body(x)))
 
 
-def _tap(model: nn.Module, stride: int | None) -> str:
+def _tap(features: list[FeatureInfo], stride: int | None) -> str:
     """torchvision's choice: the block that first reaches ``stride`` (its C2 at 1/8), or
     with ``None`` the body's last layer (C5)."""
-    from .features import available_features
-
-    outputs = [f for f in available_features(model) if not f.expansion]
+    outputs = [f for f in features if not f.expansion]
     return outputs[-1].tap if stride is None else next(f.tap for f in outputs if f.stride == stride)
 
 
@@ -68,10 +66,18 @@ def _backbone(name: str, width_mult: float, output_stride: int, taps: dict[str, 
     """The classifier body at ``output_stride`` with a map per name in ``taps`` (name -> stride
     of the block that first reaches it, or None for the last layer), deepest last."""
     classifier = create_model(name, width_mult=width_mult, output_stride=output_stride, **options)
-    chosen = {key: _tap(classifier, stride) for key, stride in taps.items()}
+    features = available_features(classifier)
+    chosen = {key: _tap(features, stride) for key, stride in taps.items()}
     order = sorted(chosen, key=lambda k: int(chosen[k]))
-    body = FeatureExtractor(classifier, [chosen[k] for k in order])
+    body = FeatureExtractor(classifier, [chosen[k] for k in order], features=features)
     return NamedMaps(body, order)
+
+
+def _lraspp(backbone: str, num_classes: int, width_mult: float, resolution: int, reduced_tail: bool) -> nn.Module:
+    """LR-ASPP on ``backbone`` dilated to 1/16: its 1/8 map (low) and its last layer (high)."""
+    maps = _backbone(backbone, width_mult, 16, {"low": 8, "high": None}, reduced_tail=reduced_tail)
+    low, high = maps.body.out_channels
+    return _finish(LRASPP(maps, low, high, num_classes), resolution)
 
 
 def _finish(model: nn.Module, resolution: int) -> nn.Module:
@@ -90,9 +96,7 @@ def lraspp_mobilenet_v3_large(
     *, num_classes: int = 21, width_mult: float = 1.0, resolution: int = 512, reduced_tail: bool = False
 ) -> nn.Module:
     """LR-ASPP: 1/8 low-level classifier + gated 1/16 high-level branch (128 channels)."""
-    backbone = _backbone("mobilenet_v3_large", width_mult, 16, {"low": 8, "high": None}, reduced_tail=reduced_tail)
-    low, high = backbone.body.out_channels
-    return _finish(LRASPP(backbone, low, high, num_classes), resolution)
+    return _lraspp("mobilenet_v3_large", num_classes, width_mult, resolution, reduced_tail)
 
 
 @register_model(
@@ -105,9 +109,7 @@ def lraspp_mobilenet_v3_small(
     *, num_classes: int = 21, width_mult: float = 1.0, resolution: int = 512, reduced_tail: bool = False
 ) -> nn.Module:
     """As :func:`lraspp_mobilenet_v3_large` on V3-Small."""
-    backbone = _backbone("mobilenet_v3_small", width_mult, 16, {"low": 8, "high": None}, reduced_tail=reduced_tail)
-    low, high = backbone.body.out_channels
-    return _finish(LRASPP(backbone, low, high, num_classes), resolution)
+    return _lraspp("mobilenet_v3_small", num_classes, width_mult, resolution, reduced_tail)
 
 
 @register_model(
@@ -151,9 +153,7 @@ def deeplabv3_mobilenet_v2(
     backbone = NamedMaps(FeatureExtractor(classifier, [-2]), ["out"])
     (channels,) = backbone.body.out_channels
     rates = () if not aspp else (6, 12, 18) if output_stride == 16 else (12, 24, 36)
-    head = DeepLabHead(channels, num_classes, atrous_rates=rates)
-    assert isinstance(head[0], ASPP)
-    return _finish(DeepLabV3(backbone, head, None), resolution)
+    return _finish(DeepLabV3(backbone, DeepLabHead(channels, num_classes, atrous_rates=rates), None), resolution)
 
 
 def _torchvision_twin(name: str, arch: Mapping[str, Any]) -> nn.Module:

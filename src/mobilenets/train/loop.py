@@ -368,10 +368,9 @@ class Trainer:
         if self.dist.enabled and recipe.freeze_body_epochs > 0:
             raise ConfigError("a frozen body cannot be trained under torchrun (DDP); use --body-lr-mult instead")
         model, self.head = self._create_model()
-        self.model = model
-        fixed = tuple(self._frozen_layers())  # refused here, before anything is written
+        self.fixed_layers = self._frozen_layers(model)  # refused here, before anything is written
         for name, p in model.named_parameters():
-            if fixed and name.startswith(fixed):
+            if self._in_fixed_layer(name):
                 p.requires_grad_(False)  # before DDP wraps the model: its set of trained tensors is fixed
         if config.qat:
             model = self._prepare_qat(model, train_set)
@@ -468,12 +467,12 @@ class Trainer:
         self.log(f"resuming {self.out} from {where}")
         return True
 
-    def _frozen_layers(self) -> list[str]:
-        """Name prefixes of the ``freeze_layers`` first body layers (checked against the model)."""
+    def _frozen_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """Name prefixes of ``model``'s first ``freeze_layers`` body layers (checked against it)."""
         count = self.config.freeze_layers
         if not count:
-            return []
-        body = getattr(self.model, "features", None)
+            return ()
+        body = getattr(model, "features", None)
         if not isinstance(body, nn.Sequential):
             raise ConfigError(f"{self.config.model} keeps no `features` layers to freeze; drop --freeze-layers")
         if count >= len(body):
@@ -481,21 +480,24 @@ class Trainer:
                 f"freeze_layers={count} would freeze the whole body of {len(body)} layers",
                 cli=f"--freeze-layers {count} would freeze the whole body of {len(body)} layers; use fewer",
             )
-        return [f"features.{i}." for i in range(count)]
+        return tuple(f"features.{i}." for i in range(count))
+
+    def _in_fixed_layer(self, name: str) -> bool:
+        """Whether parameter or module ``name`` lies in one of the ``freeze_layers`` layers."""
+        return bool(self.fixed_layers) and (name + ".").startswith(self.fixed_layers)
 
     def _freeze(self) -> None:
         """The body's weights and batch-norm statistics held for the first ``freeze_body_epochs``
         and, always, in its first ``freeze_layers`` layers; with ``freeze_bn``, every batch norm
         keeps its (pretrained) statistics."""
         frozen = self.epoch < self.recipe.freeze_body_epochs
-        fixed = tuple(self._frozen_layers())
-        if self.recipe.freeze_body_epochs > 0 or fixed:
+        if self.recipe.freeze_body_epochs > 0 or self.fixed_layers:
             for name, p in self.model.named_parameters():
-                p.requires_grad_((name in self.head or not frozen) and not name.startswith(fixed or ("\0",)))
+                p.requires_grad_((name in self.head or not frozen) and not self._in_fixed_layer(name))
         head_modules = {name.rsplit(".", 1)[0] for name in self.head}
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
-                if self.config.freeze_bn or frozen or (fixed and (name + ".").startswith(fixed)):
+                if self.config.freeze_bn or frozen or self._in_fixed_layer(name):
                     module.eval()
 
     def _diverged(self) -> TrainingDiverged:

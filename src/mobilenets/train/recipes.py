@@ -49,6 +49,21 @@ class Recipe:
         return "\n".join(f"  {k:16s} {v}" for k, v in asdict(self).items())
 
 
+COCO_SSDLITE = Recipe(
+    "coco-ssdlite",
+    "SSDLite detectors from an ImageNet backbone (--init-from) on a small detection set: AdamW 1e-3, "
+    "warm-up, cosine, batch 16, IoU crop + flip",
+    optimizer="adamw",
+    lr=1e-3,
+    momentum=0.9,
+    weight_decay=4e-5,
+    batch_size=16,
+    epochs=30,
+    schedule="cosine",
+    warmup_epochs=1.0,
+    transforms="ssdlite",
+)
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -122,32 +137,12 @@ RECIPES: dict[str, Recipe] = {
             # measured on 4,000 CIFAR-10 images, 1 epoch: body at 0.1x 63.5 %, 0.3x 73.6 %, 1x 71.5 %
             body_lr_mult=0.3,
         ),
-        Recipe(
-            "coco-ssdlite",
-            "SSDLite detectors from an ImageNet backbone (--init-from) on a small detection set: AdamW 1e-3, "
-            "warm-up, cosine, batch 16, IoU crop + flip",
-            optimizer="adamw",
-            lr=1e-3,
-            momentum=0.9,
-            weight_decay=4e-5,
-            batch_size=16,
-            epochs=30,
-            schedule="cosine",
-            warmup_epochs=1.0,
-            transforms="ssdlite",
-        ),
-        Recipe(
-            "coco-ssd",
-            "SSD300 detectors (ssd_mobilenet_v1): coco-ssdlite with SSD's augmentation (photometric, zoom-out, "
-            "IoU crop, flip)",
-            optimizer="adamw",
-            lr=1e-3,
-            momentum=0.9,
-            weight_decay=4e-5,
-            batch_size=16,
-            epochs=30,
-            schedule="cosine",
-            warmup_epochs=1.0,
+        COCO_SSDLITE,
+        replace(
+            COCO_SSDLITE,
+            name="coco-ssd",
+            description="SSD300 detectors (ssd_mobilenet_v1): coco-ssdlite with SSD's augmentation (photometric, "
+            "zoom-out, IoU crop, flip)",
             transforms="ssd",
         ),
         Recipe(
