@@ -41,9 +41,11 @@ __all__ = [
     "build_datasets",
     "calibration_images",
     "eval_dataset",
+    "follow_path",
     "image_files",
     "make_loader",
     "mix_seed",
+    "read_yaml_config",
     "transforms_for",
 ]
 
@@ -390,3 +392,27 @@ def calibration_images(folder: str | Path, *, style: str, resolution: int, count
     return torch.stack(
         [transform(load_rgb(str(p))) for p in tqdm(files, desc="calibration images", leave=False, disable=None)]
     )
+
+
+def read_yaml_config(config: Path) -> dict[str, Any]:
+    """A dataset's YAML config as a dict; bad YAML raises :class:`DataError` naming the file."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as exc:
+        raise DataError(f"{config}: not valid YAML ({exc})".replace("\n", " ")) from exc
+    if not isinstance(spec, dict):
+        raise DataError(f"{config}: expected a mapping of keys (train, val, names or classes)")
+    return spec
+
+
+def follow_path(base: Path, relative: str) -> Path:
+    """``base / relative``, following symbolic links that were copied as small text files
+    holding their target (as git checks them out where links are not kept)."""
+    path = base
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_file() and path.stat().st_size < 1024 and not path.suffix:
+            path = (path.parent / path.read_text().strip()).resolve()
+    return path

@@ -41,6 +41,13 @@ def default_data_info(
 
             info["classes"] = list(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"])
             info["classes_source"] = "coco"
+    if info.get("task") == "segmentation":
+        info["transforms"] = "segmentation"  # ImageNet statistics, a square input, scores resized back
+        if "classes" not in info and num_classes == 21:
+            from .segmentation.data import VOC_CLASSES
+
+            info["classes"] = list(VOC_CLASSES)  # torchvision's segmentation weights' classes
+            info["classes_source"] = "voc"
     if "classes" not in info:
         # Names to print, not the dataset's folder names: evaluation maps a dataset's
         # sorted folders onto such a model by position (see ``classes_source``).

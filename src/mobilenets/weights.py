@@ -156,6 +156,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
                 "transforms": resolved["recipe"]["transforms"],
                 "resolution": resolved["resolution"],
             }
+            if "class_ids" in resolved:  # a segmenter's: the value of each class in the dataset's masks
+                info["class_ids"] = resolved["class_ids"]
         # A training checkpoint with an EMA evaluates (and so deploys) the EMA weights.
         for key in ("state_dict", "ema", "model", "model_state", "ema_state"):
             if isinstance(obj.get(key), Mapping):

@@ -129,14 +129,8 @@ def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str,
         model, info = load_model_with_info(args.checkpoint)
         if getattr(args, "resolution", None):
             info["resolution"] = args.resolution
-        return model.eval(), _supported(default_data_info(model, info), command)
+        return model.eval(), default_data_info(model, info)
     if not args.model:
         raise ConfigError(f"{command} needs --checkpoint, or --model (with --weights)")
     model, resolution = model_from_args(args)
-    return model.eval(), _supported(default_data_info(model, {"resolution": resolution}), command)
-
-
-def _supported(info: dict[str, Any], command: str) -> dict[str, Any]:
-    if info.get("task") == "segmentation":  # models, profile and the Python API take them already
-        raise ConfigError(f"{command} does not take segmentation models yet; build, profile and save them")
-    return info
+    return model.eval(), default_data_info(model, {"resolution": resolution})

@@ -184,7 +184,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     ev = subparsers.add_parser(
         "eval",
-        help="evaluate a checkpoint or any weights: top-1/top-5, per-class accuracy; COCO mAP for detectors",
+        help="evaluate a checkpoint or any weights: top-1/top-5, per-class accuracy; COCO mAP for detectors; "
+        "mIoU for segmenters",
         description=(
             "Evaluate a checkpoint (last.pt/best.pt of a run, or saved weights), or --model with --weights "
             "(e.g. torchvision's ImageNet file), on labelled images: a train/val (or test) tree's val split, a "
@@ -192,7 +193,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Images are preprocessed as the weights expect. Where the weights record their class names, the "
             "folders must match them; otherwise the sorted folders are classes 0, 1, ... "
             "A detector is scored on the validation split of a YOLO or COCO dataset by pycocotools: "
-            "map (mAP@[.5:.95]), map50, map75 and by object size."
+            "map (mAP@[.5:.95]), map50, map75 and by object size. A segmenter is scored on the val masks of an "
+            "image/mask folder dataset (a config.yaml) or Pascal VOC: miou, pixel_acc and per-class IoU from one "
+            "confusion matrix over the whole split."
         ),
         epilog="Example: mobilenets eval --model mobilenet_v2 --weights "
         "../shared/data/weights/mobilenet_v2-b0353104.pth --data-dir ../shared/data/imagenet-sample --json",
@@ -204,7 +207,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--split",
         choices=["val", "train"],
         default="val",
-        help="detectors: score the val split (default) or the training images (to see what was learnt)",
+        help="detectors and segmenters: score the val split (default) or the training images (to see what was learnt)",
     )
     ev.add_argument("--download", action="store_true", help="with --dataset: let torchvision download them")
     ev.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="a fixed class-balanced slice of N images")
@@ -215,7 +218,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     pr = subparsers.add_parser(
         "predict",
-        help="top-5 classes with names for image files",
+        help="top-5 classes with names for image files (boxes for detectors, masks for segmenters)",
         description=(
             "Classify images with a checkpoint or an ONNX export (their class names and preprocessing travel "
             "with them) or with --model/--weights (e.g. torchvision's ImageNet weights; ImageNet class names "
@@ -225,9 +228,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
     pr.add_argument("--onnx", help="a model written by 'mobilenets export', run by ONNX Runtime")
-    pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5, help="how many classes to show (default 5)")
+    pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5,
+                    help="how many classes to show (default 5; segmenters: the largest by area)")  # fmt: skip
     pr.add_argument("--json", action="store_true")
-    pr.add_argument("--out", help="detectors: write each image with its boxes, class names and scores drawn here")
+    pr.add_argument("--out", help="detectors: write each image with its boxes, class names and scores drawn here; "
+                    "segmenters: each image with its mask and a legend, and the class-id mask PNG")  # fmt: skip
     pr.add_argument(
         "--threshold",
         type=PROBABILITY.argtype,
@@ -265,6 +270,8 @@ def run_train(args: argparse.Namespace) -> int:
     epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     if "map" in s:  # a detector
         result = f"mAP {100 * s['map']:.2f} (best {100 * s['best_map']:.2f}), mAP50 {100 * s['map50']:.2f}"
+    elif "miou" in s:  # a segmenter
+        result = f"mIoU {100 * s['miou']:.2f} (best {100 * s['best_miou']:.2f}), pixel acc {100 * s['pixel_acc']:.2f}"
     else:
         result = f"top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), top-5 {100 * s['top5']:.2f}%"
     print(
@@ -285,8 +292,11 @@ def run_eval(args: argparse.Namespace) -> int:
     model, info = load_for_cli(args, "eval")
     if info.get("task") == "detection":
         return _eval_detector(args, model, info)
+    if info.get("task") == "segmentation":
+        return _eval_segmenter(args, model, info)
     if args.split != "val":
-        raise ConfigError("--split is for detectors; a classifier is scored on --data-dir's val (or test) split")
+        raise ConfigError("--split is for detectors and segmenters; a classifier is scored on --data-dir's val "
+                          "(or test) split")  # fmt: skip
     args.batch_size = args.batch_size or 256
     style, resolution = info["transforms"], info["resolution"]
     if args.dataset:
@@ -357,6 +367,40 @@ def _eval_detector(args: argparse.Namespace, model, info: dict) -> int:
     return 0
 
 
+def _eval_segmenter(args: argparse.Namespace, model, info: dict) -> int:
+    from ..data import make_loader
+    from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
+    from ..segmentation.evaluate import evaluate_segmenter
+
+    if args.dataset:
+        raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
+    val = segmentation_transforms(info["resolution"], train=False)
+    data = find_segmentation_data(args.data_dir, train_transforms=val, val_transforms=val)
+    source = args.checkpoint or args.weights or "the model"
+    if len(data.classes) != len(info["classes"]):
+        raise DataError(f"{args.data_dir} has {len(data.classes)} classes but {source} segments {len(info['classes'])}")
+    split = data.train if args.split == "train" else data.val
+    if args.val_subset:
+        from torch.utils.data import Subset
+
+        split = Subset(split, range(min(args.val_subset, len(split))))
+    loader = make_loader(split, args.batch_size or 8, workers=args.workers, collate_fn=collate)
+    metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
+                                 progress=sys.stderr.isatty())  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(
+        f"mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}  "
+        f"({metrics['images']} images, {metrics['classes_scored']} of {len(data.classes)} classes present, "
+        f"{metrics['images_per_s']:.1f} images/s)"
+    )
+    scored = [(name, iou) for name, iou in zip(data.classes, metrics["per_class_iou"]) if iou is not None]
+    for name, iou in sorted(scored, key=lambda pair: -pair[1]):
+        print(f"  {name:24s} IoU {100 * iou:6.2f}")
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ..predict import predict_images
 
@@ -368,11 +412,12 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ConfigError("--onnx records its input size; drop --resolution")
         from ..export import OnnxClassifier, read_metadata
 
-        if read_metadata(args.onnx).get("task") == "detection":
+        task = read_metadata(args.onnx).get("task")
+        if task == "detection":
             from ..export.detection import OnnxDetector
 
             model = OnnxDetector(args.onnx)
-        else:
+        else:  # a classifier's logits, or a segmenter's class scores per pixel
             model = OnnxClassifier(args.onnx)
         info = model.info
     else:
@@ -393,8 +438,22 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.out:
             print(f"drawn in {args.out}/")
         return 0
+    if info.get("task") == "segmentation":
+        from ..segmentation.predict import segment_images
+
+        found = segment_images(model, args.images, info, out=args.out, top=args.top)
+        if args.json:
+            print(json.dumps([{"image": p, "classes": c} for p, c in zip(args.images, found)], indent=2))
+            return 0
+        for path, shares in zip(args.images, found):
+            print(path)
+            for share in shares:
+                print(f"  {100 * share['fraction']:6.2f}% of pixels  {share['label']}")
+        if args.out:
+            print(f"drawn in {args.out}/ (<name>.png: the mask over the image; <name>_mask.png: class ids)")
+        return 0
     if args.out:
-        raise ConfigError("--out draws boxes: it is for detectors")
+        raise ConfigError("--out draws boxes or masks: it is for detectors and segmenters")
     results = predict_images(model, args.images, info, top=args.top)
     if args.json:
         print(json.dumps([{"image": p, "top": r} for p, r in zip(args.images, results)], indent=2))

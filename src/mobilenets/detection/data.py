@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
-from ..data import IMAGE_SUFFIXES, load_rgb
+from ..data import IMAGE_SUFFIXES, follow_path, load_rgb, read_yaml_config
 from ..errors import DataError
 
 __all__ = ["DetectionData", "YoloDetection", "collate", "detection_transforms", "find_detection_data"]
@@ -200,18 +200,6 @@ def _yolo_config(data_dir: Path) -> Path | None:
     return None
 
 
-def _read_yaml(config: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        spec = yaml.safe_load(config.read_text())
-    except yaml.YAMLError as exc:
-        raise DataError(f"{config}: not valid YAML ({exc})".replace("\n", " ")) from exc
-    if not isinstance(spec, dict):
-        raise DataError(f"{config}: expected keys path/train/val/names")
-    return spec
-
-
 def _yolo_names(config: Path, spec: dict[str, Any]) -> list[str]:
     names = spec.get("names")
     if isinstance(names, dict):
@@ -222,17 +210,6 @@ def _yolo_names(config: Path, spec: dict[str, Any]) -> list[str]:
     if isinstance(names, list) and names:
         return [str(n) for n in names]
     raise DataError(f"{config}: no class list under 'names:'")
-
-
-def _follow(base: Path, relative: str) -> Path:
-    """``base / relative``, following symbolic links that were copied as small text files
-    holding their target (as git checks them out where links are not kept)."""
-    path = base
-    for part in Path(relative).parts:
-        path = path / part
-        if path.is_file() and path.stat().st_size < 1024 and not path.suffix:
-            path = (path.parent / path.read_text().strip()).resolve()
-    return path
 
 
 @dataclass
@@ -253,17 +230,17 @@ def find_detection_data(
         raise DataError(f"--data-dir {data_dir}: no such folder")
     config = _yolo_config(data_dir)
     if config is not None:
-        spec = _read_yaml(config)
+        spec = read_yaml_config(config)
         base = config.parent / str(spec.get("path") or ".")
         names = _yolo_names(config, spec)
         splits = {}
         for split, transforms in (("train", train_transforms), ("val", val_transforms)):
             relative = str(spec.get(split) or f"images/{split}")
-            images = _follow(base, relative)
+            images = follow_path(base, relative)
             if not images.is_dir():
                 raise DataError(f"{config}: the {split} images {relative} are not a folder ({images})")
             # YOLO's convention: the labels sit where the images do, under labels/ for images/
-            labels = _follow(base, relative.replace("images", "labels", 1))
+            labels = follow_path(base, relative.replace("images", "labels", 1))
             splits[split] = YoloDetection(images, labels, names, transforms)
         return DetectionData(splits["train"], splits["val"], [BACKGROUND, *names], "yolo")
     annotations = sorted((data_dir / "annotations").glob("instances_*.json"))

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..models import create_model, get_model_entry
 from ..models.ssd import IMAGENET_MEAN, SSD_SPECS
 from ..train.loop import Trainer
+from ..train.recipes import TRANSFORM_TASKS
 from ..weights import load_pretrained, load_state_dict_file, load_weights
 from .data import collate, detection_transforms, find_detection_data
 from .evaluate import evaluate_detector
@@ -35,6 +36,7 @@ class DetectionTrainer(Trainer):
     score_key = "map"
     collate = staticmethod(collate)
     reported_metrics = ("map", "map50")
+    body_prefix = BODY_PREFIX
 
     def _default_resolution(self) -> int:
         return get_model_entry(self.config.model).default_resolution
@@ -46,9 +48,10 @@ class DetectionTrainer(Trainer):
                    ("--activation", config.activation), ("--dataset", config.dataset)) if value]  # fmt: skip
         if refused:
             raise ConfigError(f"{', '.join(refused)}: not available for detectors ({config.model})")
-        if self.recipe.transforms not in ("ssd", "ssdlite"):
+        if TRANSFORM_TASKS.get(self.recipe.transforms) != "detection":
+            task = TRANSFORM_TASKS.get(self.recipe.transforms, "classification")
             raise ConfigError(
-                f"recipe {self.recipe.name} is for classifiers; detectors train with --recipe coco-ssdlite or coco-ssd"
+                f"recipe {self.recipe.name} is for {task} models; detectors train with --recipe coco-ssdlite or coco-ssd"
             )
         spec = SSD_SPECS.get(config.model)
         fill = spec.image_mean if spec is not None else IMAGENET_MEAN

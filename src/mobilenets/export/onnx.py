@@ -32,6 +32,7 @@ __all__ = [
     "ExportError",
     "ExportReport",
     "OnnxClassifier",
+    "SegmentationScores",
     "export_onnx",
     "fold_batchnorm",
     "ort_session",
@@ -131,6 +132,13 @@ def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
     if style == "detection":  # normalised inside the exported graph
         steps = f"RGB, to float in [0, 1], resize to {resolution}x{resolution} (bilinear); boxes scale back"
         return {"transforms": style, "resolution": resolution, "steps": steps}
+    if style == "segmentation":
+        from ..data import IMAGENET_MEAN, IMAGENET_STD
+
+        steps = (f"RGB, to float in [0, 1], normalise, resize to {resolution}x{resolution} (bilinear); "
+                 "scores resize back to the image (bilinear), argmax per pixel")  # fmt: skip
+        return {"transforms": style, "resolution": resolution, "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD), "steps": steps}  # fmt: skip
     pre = STYLES[style]
     steps = (
         f"RGB, to float in [0, 1], resize shorter side to {round(resolution * pre.eval_resize)}, "
@@ -195,6 +203,9 @@ def export_onnx(
         extra = {"task": "detection", "postprocess": postprocess_settings(model)}
         model = DecodedDetector(copy.deepcopy(model).eval(), resolution)
         check_input = check_input if check_input is not None else torch.rand(1, channels, resolution, resolution)
+    elif info.get("task") == "segmentation":  # class scores at the input's size: the upsampling is in the graph
+        extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
+        model = SegmentationScores(model)
     outputs = ["boxes", "scores"] if isinstance(model, DecodedDetector) else ["logits"]
     reference_model = copy.deepcopy(model).eval().float()
     folded_model, folded = fold_batchnorm(reference_model)
@@ -247,6 +258,20 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(path, opset, folded, error, dynamic_batch, metadata)
+
+
+class SegmentationScores(nn.Module):
+    """A torchvision-style segmenter (``{"out": scores, ...}``) as a network returning its
+    class scores (N, C, H, W) alone - the auxiliary head is a training aid, not exported."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.in_channels = getattr(model, "in_channels", 3)
+        self.arch = getattr(model, "arch", None)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)["out"]
 
 
 def _set_metadata(graph, metadata: dict[str, Any]) -> None:

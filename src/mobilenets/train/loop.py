@@ -46,7 +46,7 @@ from ..models import create_model
 from ..weights import atomic_write, load_pretrained, output_dir
 from .config import TrainConfig
 from .distributed import Distributed, setup
-from .recipes import Recipe
+from .recipes import TRANSFORM_TASKS, Recipe
 from .transfer import Teacher, UnlabelledImages, distillation_loss, head_parameter_names
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
@@ -99,7 +99,7 @@ def lr_factor(recipe: Recipe, steps_per_epoch: int):
     """The learning-rate multiplier after ``step`` optimizer steps (per-step schedule).
 
     A linear warm-up over ``warmup_epochs``, then cosine decay to zero at the
-    last step, or the papers' staircase ×``lr_decay`` per epoch.
+    last step, DeepLab's poly decay to zero, or the papers' staircase ×``lr_decay`` per epoch.
     """
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     total = recipe.epochs * steps_per_epoch
@@ -112,6 +112,8 @@ def lr_factor(recipe: Recipe, steps_per_epoch: int):
             return 0.5 * (1 + math.cos(math.pi * progress))
         if recipe.schedule == "exponential":
             return recipe.lr_decay ** (step // steps_per_epoch)
+        if recipe.schedule == "poly":  # DeepLab's and torchvision's segmentation schedule
+            return (1 - min(1.0, (step - warmup) / max(1, total - warmup))) ** 0.9
         raise ConfigError(f"unknown schedule {recipe.schedule!r}")
 
     return factor
@@ -212,6 +214,7 @@ class Trainer:
     collate = None  # the DataLoader's collate_fn (None: stack images and labels)
     # validation metrics written to TensorBoard (as val_KEY) and to summary.json
     reported_metrics = ("loss", "top1", "top5")
+    body_prefix = ""  # where the classifier body (its `features` layers) sits in the model trained
 
     def __init__(self, config: TrainConfig, dist: Distributed, *, progress: bool, log):
         self.config, self.dist, self.log = config, dist, log if dist.is_main else (lambda *_: None)
@@ -257,6 +260,10 @@ class Trainer:
     def _datasets(self):
         """(train set, validation set, class names)."""
         config = self.config
+        task = TRANSFORM_TASKS.get(self.recipe.transforms)
+        if task is not None:
+            raise ConfigError(f"recipe {self.recipe.name} is for {task} models; {config.model} is a classifier "
+                              "(see mobilenets recipes)")  # fmt: skip
         train_set, val_set, classes = build_datasets(
             config.data_dir,
             style=self.recipe.transforms,
@@ -472,7 +479,10 @@ class Trainer:
         count = self.config.freeze_layers
         if not count:
             return ()
-        body = getattr(model, "features", None)
+        try:
+            body = model.get_submodule(self.body_prefix + "features")
+        except AttributeError:
+            body = None
         if not isinstance(body, nn.Sequential):
             raise ConfigError(f"{self.config.model} keeps no `features` layers to freeze; drop --freeze-layers")
         if count >= len(body):
@@ -480,7 +490,7 @@ class Trainer:
                 f"freeze_layers={count} would freeze the whole body of {len(body)} layers",
                 cli=f"--freeze-layers {count} would freeze the whole body of {len(body)} layers; use fewer",
             )
-        return tuple(f"features.{i}." for i in range(count))
+        return tuple(f"{self.body_prefix}features.{i}." for i in range(count))
 
     def _in_fixed_layer(self, name: str) -> bool:
         """Whether parameter or module ``name`` lies in one of the ``freeze_layers`` layers."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["RECIPES", "Recipe", "get_recipe"]
+__all__ = ["RECIPES", "TRANSFORM_TASKS", "Recipe", "get_recipe"]
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,14 @@ class Recipe:
     weight_decay: float
     batch_size: int
     epochs: int
-    schedule: str  # "cosine" or "exponential"
+    schedule: str  # "cosine", "exponential" or "poly" (DeepLab's (1 - progress) ** 0.9)
     lr_decay: float = 1.0  # per-epoch factor for "exponential"
     rmsprop_decay: float = 0.9  # RMSprop's squared-gradient averaging (TF "decay")
     rmsprop_eps: float = 1.0  # TF-slim's RMSprop epsilon; 1.0 is the reference setting
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.0  # linear ramp from ~0 to lr, per step
     ema_decay: float = 0.0  # exponential moving average of weights (0: off); evaluated and saved
-    transforms: str = "imagenet"  # "cifar" or "imagenet"
+    transforms: str = "imagenet"  # "cifar" or "imagenet"; "ssd"/"ssdlite" (detection), "segmentation"
     cifar_strides: bool = False  # build the 32x32 variant of the model
     resolution: int | None = None  # input side (None: 32 for CIFAR-style data, else 224)
     # fine-tuning a pretrained network: the body learns at body_lr_mult x lr (the head at lr),
@@ -63,6 +63,26 @@ COCO_SSDLITE = Recipe(
     warmup_epochs=1.0,
     transforms="ssdlite",
 )
+
+# Mobile DeepLabv3 / LR-ASPP from an ImageNet backbone (torchvision's segmentation references:
+# SGD 0.02, momentum 0.9, wd 1e-4, poly decay, auxiliary loss where the model has one).
+SEGMENTATION = Recipe(
+    "seg-voc",
+    "segmentation on Pascal VOC-sized sets (torchvision's references): SGD 0.02, momentum 0.9, wd 1e-4, poly "
+    "decay, batch 32, 30 epochs; random scale 0.5-2x, crop, flip",
+    optimizer="sgd",
+    lr=0.02,
+    momentum=0.9,
+    weight_decay=1e-4,
+    batch_size=32,
+    epochs=30,
+    schedule="poly",
+    warmup_epochs=1.0,
+    transforms="segmentation",
+)
+
+# The task each recipe's data pipeline serves (by its transforms), for one-line refusals.
+TRANSFORM_TASKS = {"ssd": "detection", "ssdlite": "detection", "segmentation": "segmentation"}
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -144,6 +164,18 @@ RECIPES: dict[str, Recipe] = {
             description="SSD300 detectors (ssd_mobilenet_v1): coco-ssdlite with SSD's augmentation (photometric, "
             "zoom-out, IoU crop, flip)",
             transforms="ssd",
+        ),
+        SEGMENTATION,
+        replace(
+            SEGMENTATION,
+            name="seg-small",
+            description="segmentation on a few hundred images from an ImageNet backbone (coco128's masks): AdamW "
+            "1e-3, wd 1e-4, warm-up, cosine, batch 8, 40 epochs",
+            optimizer="adamw",
+            lr=1e-3,
+            batch_size=8,
+            epochs=40,
+            schedule="cosine",
         ),
         Recipe(
             "imagenet-v1",
