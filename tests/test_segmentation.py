@@ -95,6 +95,16 @@ def test_mobile_deeplabv3_variants_and_their_costs():
     assert model.backbone.body.out_channels == [320]  # the last bottleneck, not the 1280-wide conv
 
 
+def test_mobile_deeplabv3_cost_is_the_v2_papers():
+    """Table 7's cheapest row (OS 16, no ASPP, 513x513): 2.11M parameters, 2.75B mult-adds -
+    the figures reproduced only without the 3x3 conv torchvision's DeepLabHead adds."""
+    model = mobilenets.create_model("deeplabv3_mobilenet_v2", aspp=False)
+    cheap = profile(model, 513)
+    assert cheap.params == pytest.approx(2.11e6, rel=0.005) and cheap.mult_adds == pytest.approx(2.75e9, rel=0.005)
+    head_kernels = {m.kernel_size for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert head_kernels == {(1, 1)}  # the scores come straight from the 1x1 projection
+
+
 def test_segmentation_backbones_take_imagenet_weights(shared_data):
     model = mobilenets.create_model("deeplabv3_mobilenet_v2")
     mobilenets.load_weights(model.backbone.body, TORCHVISION_V2_WEIGHTS)
@@ -350,3 +360,15 @@ def test_poly_schedule_decays_to_zero():
 
     factor = lr_factor(get_recipe("seg-voc").override(warmup_epochs=0, epochs=10), 10)
     assert factor(0) == 1.0 and factor(50) == pytest.approx(0.5**0.9) and factor(100) == 0.0
+
+
+def test_bench_times_segmenters_beside_torchvisions_twin():
+    pytest.importorskip("onnxruntime")
+    from mobilenets.export.bench import run_bench
+
+    results = run_bench(["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v2"], backends=("eager", "onnxruntime"),
+                        resolution=64, runs=1, warmup=0, memory=False)  # fmt: skip
+    assert not [r.error for r in results if r.error]
+    rows = {(r.model, r.source, r.backend) for r in results}
+    assert ("lraspp_mobilenet_v3_large", "torchvision", "onnxruntime") in rows
+    assert ("deeplabv3_mobilenet_v2", "mobilenets", "onnxruntime") in rows and len(rows) == 6

@@ -54,7 +54,7 @@ from ..predict import default_data_info
 from ..validate import BENCH_BACKENDS as BACKENDS
 from ..weights import WeightsError, load_weights
 from .detection import DecodedDetector, is_detector
-from .onnx import export_onnx, fold_batchnorm, ort_session
+from .onnx import SegmentationScores, export_onnx, fold_batchnorm, ort_session
 from .quantize import quantize_onnx
 
 __all__ = [
@@ -76,11 +76,16 @@ TORCHVISION_NAMES = {
     "mobilenet_v3_small": "mobilenet_v3_small",
     "resnet18": "resnet18",
     "ssdlite320_mobilenet_v3_large": "ssdlite320_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large": "lraspp_mobilenet_v3_large",
+    "deeplabv3_mobilenet_v3_large": "deeplabv3_mobilenet_v3_large",
 }
 # Detectors are timed as what is exported: the network and its box decoding on an image
 # already at the input size (mobilenets.export.detection.DecodedDetector), ours and
 # torchvision's alike; NMS, which depends on the scores, is left out of every path.
 DETECTOR_BACKENDS = ("eager", "channels_last", "onnxruntime")
+# Segmenters are timed as exported: image in, class scores at the input's size out (the
+# final upsampling included; mobilenets.export.onnx.SegmentationScores), ours and torchvision's.
+SEGMENTER_BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")
 
 
 def _task(name: str) -> str:
@@ -92,7 +97,9 @@ def _task(name: str) -> str:
 def _reference_model(name: str) -> nn.Module:
     import torchvision
 
-    if name in torchvision.models.list_models(module=torchvision.models.detection):
+    if name in torchvision.models.list_models(module=torchvision.models.detection) + torchvision.models.list_models(
+        module=torchvision.models.segmentation
+    ):
         # untrained, and without fetching ImageNet backbone weights (as torchvision's COCO weights are built)
         return torchvision.models.get_model(TORCHVISION_NAMES[name], weights=None, weights_backbone=None)
     return torchvision.models.get_model(TORCHVISION_NAMES[name])
@@ -419,18 +426,20 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         workdir = Path(tmp)
         for name in models:
-            if _task(name) == "segmentation":
-                raise ConfigError(f"bench does not take segmentation models yet ({name})")
             model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
             weight_file = (weights or {}).get(name)
             if weight_file:
                 load_weights(model, weight_file)
             info = default_data_info(model)
             size = info["resolution"]
-            detector = is_detector(model)
+            detector, segmenter = is_detector(model), _task(name) == "segmentation"
             model_backends = [b for b in backends if b in DETECTOR_BACKENDS] if detector else backends
+            if segmenter:
+                model_backends = [b for b in backends if b in SEGMENTER_BACKENDS]
             if detector:
                 model = DecodedDetector(model, size).eval()
+            if segmenter:
+                model = SegmentationScores(model).eval()
             mult_adds = profile(model, (3, size, size)).mult_adds
             entries = [("mobilenets", PreparedModel(model, info, workdir, calibration, name), model_backends)]
             if references and name in TORCHVISION_NAMES:
@@ -442,6 +451,8 @@ def run_bench(
                         reference.has_weights = True
                 if detector:
                     reference = DecodedDetector(reference, size).eval()
+                if segmenter:
+                    reference = SegmentationScores(reference).eval()
                 ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
                 entries.append(
                     (

@@ -205,7 +205,7 @@ def export_onnx(
         check_input = check_input if check_input is not None else torch.rand(1, channels, resolution, resolution)
     elif info.get("task") == "segmentation":  # class scores at the input's size: the upsampling is in the graph
         extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
-        model = SegmentationScores(model)
+        model = model if isinstance(model, SegmentationScores) else SegmentationScores(model)
     outputs = ["boxes", "scores"] if isinstance(model, DecodedDetector) else ["logits"]
     reference_model = copy.deepcopy(model).eval().float()
     folded_model, folded = fold_batchnorm(reference_model)
