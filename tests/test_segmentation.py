@@ -113,6 +113,16 @@ def test_segmentation_backbones_take_imagenet_weights(shared_data):
     torch.testing.assert_close(model.backbone.body.features[3].project.conv.weight, tv.features[3].conv[2].weight)
 
 
+def test_lraspp_backbone_takes_torchvisions_v3_weights(tmp_path):
+    """A user's torchvision MobileNetV3-Large ImageNet file (randomised here) starts LR-ASPP's backbone."""
+    tv = torchvision.models.mobilenet_v3_large()
+    tv.load_state_dict(_randomised(tv))
+    torch.save(tv.state_dict(), tmp_path / "v3.pth")
+    model = mobilenets.create_model("lraspp_mobilenet_v3_large")
+    mobilenets.load_weights(model.backbone.body, tmp_path / "v3.pth")
+    torch.testing.assert_close(model.backbone.body.features[4].depthwise.conv.weight, tv.features[4].block[1][0].weight)
+
+
 def test_models_lists_segmentation(capsys):
     from mobilenets.cli import main
 
@@ -320,6 +330,8 @@ def test_eval_and_predict_a_segmenter_from_the_command_line(trained, capsys, tmp
     assert raw.shape == (96, 112) and set(np.unique(raw).tolist()) <= {GROUND, SQUARE}  # the dataset's own ids
     truth = np.asarray(Image.open(root / "masks" / "val" / "0.png"))
     assert (raw == truth)[truth != VOID].mean() > 0.8
+    assert main(["plot", str(out), "--out", str(tmp_path / "curves.png")]) == 0  # mIoU and pixel accuracy curves
+    assert Image.open(tmp_path / "curves.png").size[0] > 1000
 
 
 def test_onnx_export_of_a_segmenter_matches_pytorch(trained, tmp_path, capsys):

@@ -84,9 +84,13 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     if x not in ("epoch", "minutes"):
         raise ConfigError(f"x must be 'epoch' or 'minutes', got {x!r}")
     runs = [load_run(d) for d in run_dirs]
-    # classifiers report top-1, detectors COCO mAP (both fractions)
-    metric = "top1" if all("top1" in h for run in runs for h in run["history"]) else "map"
-    title = {"top1": "top-1 (%)", "map": "mAP@[.5:.95] (%)"}[metric]
+    # classifiers report top-1, detectors COCO mAP, segmenters mIoU (all fractions); one kind per plot
+    kinds = {next((k for k in ("top1", "map", "miou") if k in h), None) for run in runs for h in run["history"]}
+    if len(kinds) > 1:
+        raise ConfigError("plot runs of one task together: these mix classifiers, detectors and segmenters")
+    metric = kinds.pop() if kinds else "top1"
+    title = {"top1": "top-1 (%)", "map": "mAP@[.5:.95] (%)", "miou": "mIoU (%)"}[metric]
+    secondary = {"map": ("map50", "mAP50"), "miou": ("pixel_acc", "pixel acc")}.get(metric)
     plt = _pyplot()
     fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     colors = {run["name"]: f"C{i % 10}" for i, run in enumerate(runs)}  # one colour per run, in every panel
@@ -102,9 +106,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
             loss_ax.plot(epochs, val_loss, color=color, linestyle="--", label=f"{run['name']} val")
         scores = [100 * h.get(metric, float("nan")) for h in run["history"]]
         acc_ax.plot(epochs, scores, color=color, marker=".", label=run["name"])
-        if metric == "map":
-            map50 = [100 * h.get("map50", float("nan")) for h in run["history"]]
-            acc_ax.plot(epochs, map50, color=color, linestyle=":", label=f"{run['name']} mAP50")
+        if secondary:  # mAP50 beside a detector's mAP, pixel accuracy beside a segmenter's mIoU
+            values = [100 * h.get(secondary[0], float("nan")) for h in run["history"]]
+            acc_ax.plot(epochs, values, color=color, linestyle=":", label=f"{run['name']} {secondary[1]}")
     xlabel = "epoch" if x == "epoch" else "training minutes"
     loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
     acc_ax.set(xlabel=xlabel, ylabel=title, title=f"validation {title.split(' (')[0]}")
