@@ -351,6 +351,8 @@ def test_onnx_export_of_a_segmenter_matches_pytorch(trained, tmp_path, capsys):
     for source in (["--onnx", str(path)], ["--checkpoint", str(out / "best.pt")]):
         assert main(["predict", *source, image, "--out", str(tmp_path / source[0]), "--json"]) == 0
         capsys.readouterr()
+    assert main(["export", "--checkpoint", str(out / "best.pt"), "--out", str(path), "--int8"]) == 2
+    assert "a segmenter exports in fp32" in capsys.readouterr().err
     onnx_mask = np.asarray(Image.open(tmp_path / "--onnx" / "1_mask.png"))
     torch_mask = np.asarray(Image.open(tmp_path / "--checkpoint" / "1_mask.png"))
     assert (onnx_mask == torch_mask).mean() > 0.999

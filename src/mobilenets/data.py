@@ -396,7 +396,10 @@ def calibration_images(folder: str | Path, *, style: str, resolution: int, count
 
 def read_yaml_config(config: Path) -> dict[str, Any]:
     """A dataset's YAML config as a dict; bad YAML raises :class:`DataError` naming the file."""
-    import yaml
+    try:
+        import yaml
+    except ImportError as exc:  # the [detection] / [segmentation] extras
+        raise DataError(f"{config}: reading dataset configs needs PyYAML: pip install pyyaml") from exc
 
     try:
         spec = yaml.safe_load(config.read_text())

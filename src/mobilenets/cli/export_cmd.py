@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
             f"--opset must be between {MIN_OPSET} and {max_opset()} (the highest this torch writes), got {args.opset}"
         )
     model, info = load_for_cli(args, "export")
-    if info.get("task") == "detection" and (args.int8 or args.eval_data or args.calibration):
-        raise ConfigError("--int8, --calibration and --eval-data are for classifiers; a detector exports in fp32")
+    if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
+        kind = "a detector" if info["task"] == "detection" else "a segmenter"
+        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {kind} exports in fp32")
     trained_for_int8 = is_qat(model)
     if args.int8 and not args.calibration and not trained_for_int8:
         raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
