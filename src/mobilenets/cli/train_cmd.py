@@ -35,7 +35,7 @@ Examples:
   mobilenets export --checkpoint runs/qat/best.pt --int8 --out cifar-int8.onnx
   # Mobile DeepLabv3 from the ImageNet MobileNetV2 on coco128's masks (a config.yaml of images/masks/classes,
   # or Pascal VOC's VOCdevkit), scored by mIoU; then its masks drawn over images
-  mobilenets train --model deeplabv3_mobilenet_v2 --recipe seg-small --data-dir ../shared/data/coco128 \
+  mobilenets train --model deeplabv3_mobilenet_v2 --recipe seg-small --data-dir ../shared/data/coco128 \\
       --init-from ../shared/data/weights/mobilenet_v2-b0353104.pth --resolution 320 --out runs/seg
   mobilenets predict --checkpoint runs/seg/best.pt ../shared/data/coco128/images/val2017/000000000139.jpg --out drawn
   # print a recipe's settings
