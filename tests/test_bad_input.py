@@ -155,6 +155,9 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("predict", "--out"): ([*pr, "--out", "{out}"], ["--out draws boxes", "detectors"]),
         ("predict", "--onnx"): (["predict", "--onnx", "{root}/notes.txt", TENCH], ["notes.txt"]),
         ("predict", "--onnx with --checkpoint"): ([*pr, "--onnx", "{root}/notes.txt"], ["not both"]),
+        ("predict", "--pte with --onnx"): (["predict", "--pte", "m.pte", "--onnx", "m.onnx", TENCH], ["not both"]),
+        ("predict", "--pte"): (["predict", "--pte", "{root}/notes.txt", TENCH], ["notes.txt.json", "missing"]),
+        ("predict", "--pte not found"): (["predict", "--pte", NO_FILE, TENCH], ["not found"]),
         ("predict", "--onnx with --resolution"): (
             ["predict", "--onnx", "x.onnx", "--resolution", "64", TENCH],
             ["--resolution"],
@@ -222,6 +225,15 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("export", "--opset"): ([*exp, "--opset", "25"], ["--opset", "between 17 and"]),
         ("export", "--opset low"): ([*exp, "--opset", "9"], ["--opset", "between 17 and"]),
         ("export", "--format"): ([*exp, "--format", "tflite"], ["--format"]),
+        ("export", "--format executorch --out"): ([*exp, "--format", "executorch"], ["--out", ".pte", "m.onnx"]),
+        ("export", "--format executorch --dynamic-batch"): (
+            [*exp[:-1], "{out}/m.pte", "--format", "executorch", "--dynamic-batch"],
+            ["--dynamic-batch", "ONNX"],
+        ),
+        ("export", "--format executorch --int8"): (
+            [*exp[:-1], "{out}/m.pte", "--format", "executorch", "--int8"],
+            ["--calibration"],
+        ),
         ("export", "--int8 without calibration"): ([*exp, "--int8"], ["--calibration"]),
         ("export", "--calibration"): ([*exp, "--int8", "--calibration", "{root}/empty"], ["no images"]),
         ("export", "--calibration-images"): ([*exp, "--calibration-images", "0"], ["--calibration-images"]),

@@ -48,7 +48,15 @@ WEIGHT_ROUNDING = ("gptq", "nearest")  # int8 dense weights
 DECOMPOSITION_METHODS = ("cp", "tucker", "spatial", "channel")  # decoupling's baselines
 DECOUPLE_ORDERS = ("dw_pw", "pw_dw")
 LATENCY_BACKENDS = ("onnxruntime", "channels_last")  # where a latency budget is measured
-BENCH_BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
+BENCH_BACKENDS = (
+    "eager",
+    "channels_last",
+    "compile",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "executorch-xnnpack",
+    "executorch-xnnpack-int8",
+)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

@@ -21,6 +21,8 @@ Examples:
   mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8 \\
       --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample --out bench/
+  # the phone path beside ONNX Runtime: ExecuTorch + XNNPACK, fp32 and int8 (each export lowers ~1 min)
+  mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8,executorch-xnnpack,executorch-xnnpack-int8
 """
 
 
@@ -31,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Time registry models on each backend (eager, channels_last = BN folded + NHWC, compile,\n"
-            "onnxruntime, onnxruntime-int8) and torchvision's model of the same name (eager and its own ONNX\n"
+            "onnxruntime, onnxruntime-int8, executorch-xnnpack[-int8] = the .pte a phone runs, here on x86;\n"
+            "[mobile] extra) and torchvision's model of the same name (eager and its own ONNX\n"
             "export) in the same process. Reports median and p90 latency, throughput, the ratio to the compute\n"
             "floor (mult-adds / this CPU's measured multiply-add rate) and to torchvision's ONNX Runtime export,\n"
             "and memory: the peak resident memory of a fresh process that runs only that configuration, and how\n"

@@ -28,6 +28,10 @@ Examples:
   mobilenets export --checkpoint runs/det-v2/best.pt --out ssdlite.onnx
   # then
   mobilenets predict --onnx mnv2.onnx photo.jpg
+  # for a phone: an ExecuTorch program delegated to XNNPACK (int8 through PT2E), checked in ExecuTorch's runtime
+  mobilenets export --format executorch --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
+      --out mnv2-int8.pte --int8 --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample
+  mobilenets predict --pte mnv2-int8.pte photo.jpg
 """
 
 
@@ -44,14 +48,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "post-training static quantization (ONNX Runtime QDQ: int8 per-channel weights, uint8\n"
             "activations with ranges cut at the 99.99th percentile on --calibration images, dense\n"
             "weights rounded with GPTQ on the same images); the fp32 model is kept beside it. A checkpoint\n"
-            "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained."
+            "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained.\n\n"
+            "--format executorch writes the .pte a phone app loads (ExecuTorch, every operator XNNPACK\n"
+            "supports delegated to it; batch 1), run in ExecuTorch's runtime and compared with PyTorch\n"
+            "before it is written; class names and preprocessing go in <out>.json beside it. --int8 there\n"
+            "is PT2E quantization with ExecuTorch's XNNPACKQuantizer (per-channel int8 weights, int8\n"
+            "activations observed on --calibration images); the ONNX int8 options below do not apply.\n"
+            "Needs the [mobile] extra."
         ),
         epilog=EXAMPLES,
     )
     add_source_options(parser)
     opts = parser.add_argument_group("export")
-    opts.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
-    opts.add_argument("--out", required=True, help="the .onnx file to write")
+    opts.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "executorch"],
+        help="onnx (default) or executorch: the .pte an Android/iOS app runs through XNNPACK",
+    )
+    opts.add_argument("--out", required=True, help="the .onnx (or, for --format executorch, .pte) file to write")
     opts.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary at run time")
     opts.add_argument("--opset", type=POSITIVE_INT.argtype, default=17, help="ONNX opset (17 to 20; default 17)")
     quant = parser.add_argument_group("int8")
@@ -117,6 +132,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.format == "executorch":
+        return run_executorch(args, out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
     from ..data import calibration_images, eval_dataset, make_loader
@@ -188,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {out} (int8 QDQ, per-channel weights; {steps}; {len(calibration)} calibration images)")
         summary["int8"] = str(out)
+    if args.int8:
+        summary["latency_ms"] = latency_verdict(fp32_path, out, int(info["resolution"]))
     if evaluation is not None:
         dataset, classes = evaluation
         batches = list(make_loader(dataset, 50, workers=2))
@@ -200,6 +219,96 @@ def run(args: argparse.Namespace) -> int:
             accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
         for name, acc in accuracy.items():
             print(f"{name:10s} top-1 {100 * acc['top1']:.2f}%  top-5 {100 * acc['top5']:.2f}%  ({len(dataset)} images)")
+        summary["accuracy"] = accuracy
+    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    return 0
+
+
+def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
+    """Time both exports here and say plainly whether int8 is worth shipping to this host."""
+    from ..export.bench import cpu_name, int8_pays
+
+    fp32_ms, int8_ms = int8_pays(fp32, int8, size)
+    ratio = fp32_ms / int8_ms
+    print(f"latency on this host ({cpu_name()}, ONNX Runtime, batch 1): fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms")
+    if ratio >= 1.1:
+        print(f"int8 pays here: {ratio:.2f}x faster than fp32")
+    elif ratio > 0.95:
+        print(f"int8 does not pay here ({ratio:.2f}x fp32's speed): ship fp32 to CPUs like this one; int8 still "
+              "quarters the file, and pays on CPUs with integer dot products (x86 VNNI, Arm dot-product)")  # fmt: skip
+    else:
+        print(f"int8 is SLOWER here ({1 / ratio:.2f}x fp32's time): ship fp32 to CPUs like this one; int8 pays on "
+              "CPUs with integer dot products (x86 VNNI, Arm dot-product) and still quarters the file")  # fmt: skip
+    return {"fp32": fp32_ms, "int8": int8_ms, "cpu": cpu_name()}
+
+
+# ONNX-only options and their defaults: given with --format executorch they would be ignored.
+ONNX_ONLY = {
+    "--dynamic-batch": ("dynamic_batch", False),
+    "--opset": ("opset", 17),
+    "--calibration-method": ("calibration_method", "percentile"),
+    "--calibration-percentile": ("calibration_percentile", 99.99),
+    "--weight-rounding": ("weight_rounding", "gptq"),
+    "--bias-correction": ("bias_correction", False),
+    "--range-search-images": ("range_search_images", 64),
+    "--range-search-sweeps": ("range_search_sweeps", 2),
+}
+
+
+def run_executorch(args: argparse.Namespace, out: Path) -> int:
+    """``export --format executorch``: see ``export_executorch``."""
+    from ..data import calibration_images, eval_dataset, make_loader
+    from ..export.executorch import PteModel, export_executorch
+    from ..export.qat import convert_qat, is_qat
+    from ..train import evaluate
+    from ..weights import atomic_write
+
+    if out.suffix != ".pte":
+        raise ConfigError(f"--out should name a .pte file for --format executorch, got {out}")
+    for option, (name, default) in ONNX_ONLY.items():
+        if getattr(args, name) != default:
+            raise ConfigError(f"{option} is an ONNX export option; --format executorch does not take it")
+    model, info = load_for_cli(args, "export")
+    if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
+        kind = "a detector" if info["task"] == "detection" else "a segmenter"
+        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {kind} exports in fp32")
+    if args.int8 and not args.calibration:
+        raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    if is_qat(model):  # the float model it simulates; PT2E calibrates its own int8 ranges
+        model = convert_qat(model)[0]
+    evaluation = None
+    if args.eval_data:  # checked before anything is written
+        evaluation = eval_dataset(
+            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
+        )
+        if len(evaluation[1]) != len(info["classes"]):
+            raise DataError(
+                f"{args.eval_data} has {len(evaluation[1])} classes but the model has {len(info['classes'])}"
+            )
+    calibration = check = None
+    if args.calibration:
+        calibration = calibration_images(
+            args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
+        )
+        check = calibration[:1]  # a real image for the runtime check
+    print(f"exporting to ExecuTorch ({'int8' if args.int8 else 'fp32'}, XNNPACK); lowering takes about a minute")
+    report = export_executorch(model, out, info=info, int8=args.int8, calibration=calibration, check_input=check)
+    print(report.summary())
+    summary: dict[str, Any] = {
+        "pte": str(out),
+        "precision": report.precision,
+        "max_relative_error": report.max_relative_error,
+    }
+    if evaluation is not None:
+        dataset, classes = evaluation
+        batches = list(make_loader(dataset, 50, workers=2))
+        accuracy = {}
+        for name, runner in {"pytorch": model, f"executorch_{report.precision}": PteModel(out)}.items():
+            metrics = evaluate(runner, batches, len(classes))
+            accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
+            print(
+                f"{name:17s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  ({len(dataset)} images)"
+            )
         summary["accuracy"] = accuracy
     atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     return 0

@@ -233,6 +233,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
     pr.add_argument("--onnx", help="a model written by 'mobilenets export', run by ONNX Runtime")
+    pr.add_argument("--pte", help="a .pte written by 'mobilenets export --format executorch', run by ExecuTorch")
     pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5,
                     help="how many classes to show (default 5; segmenters: the largest by area)")  # fmt: skip
     pr.add_argument("--json", action="store_true")
@@ -409,21 +410,30 @@ def _eval_segmenter(args: argparse.Namespace, model, info: dict) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from ..predict import predict_images
 
-    if args.onnx:
-        if args.checkpoint:
-            raise ConfigError("give --onnx or --checkpoint, not both")
-        refuse_conflicts(args, "--onnx")
+    exported = [option for option in ("onnx", "pte", "checkpoint") if getattr(args, option)]
+    if len(exported) > 1:
+        both = "not both" if len(exported) == 2 else "not all three:"
+        raise ConfigError(
+            f"give one of --onnx, --pte and --checkpoint, {both} {' and '.join('--' + o for o in exported)}"
+        )
+    if args.onnx or args.pte:
+        option = "--onnx" if args.onnx else "--pte"
+        refuse_conflicts(args, option)
         if args.resolution is not None:
-            raise ConfigError("--onnx records its input size; drop --resolution")
-        from ..export import OnnxClassifier, read_metadata
+            raise ConfigError(f"{option} records its input size; drop --resolution")
+        if args.pte:
+            from ..export.executorch import load_pte
 
-        task = read_metadata(args.onnx).get("task")
-        if task == "detection":
-            from ..export.detection import OnnxDetector
+            model = load_pte(args.pte)
+        else:
+            from ..export import OnnxClassifier, read_metadata
 
-            model = OnnxDetector(args.onnx)
-        else:  # a classifier's logits, or a segmenter's class scores per pixel
-            model = OnnxClassifier(args.onnx)
+            if read_metadata(args.onnx).get("task") == "detection":
+                from ..export.detection import OnnxDetector
+
+                model = OnnxDetector(args.onnx)
+            else:  # a classifier's logits, or a segmenter's class scores per pixel
+                model = OnnxClassifier(args.onnx)
         info = model.info
     else:
         if not args.random_weights:

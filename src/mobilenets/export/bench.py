@@ -6,7 +6,11 @@ Backends:
 * ``channels_last`` - batch norm folded into the convs, NHWC memory format;
 * ``compile`` - the ``channels_last`` model through ``torch.compile`` (needs a C++ compiler);
 * ``onnxruntime`` - ``mobilenets export`` (BN folded) run by ONNX Runtime;
-* ``onnxruntime-int8`` - the same, quantized to int8 (QDQ, per-channel weights, uint8 activations).
+* ``onnxruntime-int8`` - the same, quantized to int8 (QDQ, per-channel weights, uint8 activations);
+* ``executorch-xnnpack`` - ``mobilenets export --format executorch``: the ``.pte`` a phone
+  runs, here through ExecuTorch's Python runtime and XNNPACK's x86 kernels (batch 1 per call:
+  a batch runs image by image); ``executorch-xnnpack-int8`` - the same, PT2E int8.  Each
+  export lowers for about a minute, so neither is a default.
 
 torchvision's model of the same name (when it has one) runs ``eager`` and
 ``onnxruntime`` (its plain ``torch.onnx.export``) in the same process, so every
@@ -61,6 +65,8 @@ __all__ = [
     "BACKENDS",
     "BenchResult",
     "PreparedModel",
+    "cpu_name",
+    "int8_pays",
     "peak_multiply_add_rate",
     "results_table",
     "run_bench",
@@ -219,6 +225,17 @@ def _torch_runner(model: nn.Module, channels_last: bool) -> Callable[[Tensor], A
     return run
 
 
+def _pte_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    from .executorch import PteModel
+
+    program = PteModel(path)
+    if threads:  # XNNPACK's pool, shared by the process: sized for this configuration's rounds
+        _unsafe_reset_threadpool(threads)
+    return program
+
+
 def _ort_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
     session = ort_session(path, threads)
 
@@ -251,10 +268,12 @@ class PreparedModel:
         evaluation (they compute the same function), the ONNX Runtime ones run their files."""
         from ..train import evaluate
 
-        kind = backend if backend.startswith("onnxruntime") else "pytorch"
+        kind = backend if backend.startswith(("onnxruntime", "executorch")) else "pytorch"
         if kind not in self._top1:
             if kind == "pytorch":
                 runner = self.model.eval()
+            elif kind.startswith("executorch"):
+                runner = self.runner(backend, threads=0)
             else:
                 run = self.runner(backend, threads=0)
                 runner = lambda x: torch.from_numpy(run(x)[0])  # noqa: E731
@@ -301,6 +320,21 @@ class PreparedModel:
             self._cache["int8"] = path
         return self._cache["int8"]
 
+    def pte(self, int8: bool) -> Path:
+        """This model as an XNNPACK ``.pte`` (int8: calibrated as ``int8`` is, ranges only)."""
+        key = "pte-int8" if int8 else "pte"
+        if key not in self._cache:
+            from .executorch import export_executorch
+
+            calibration = self.calibration
+            if int8 and calibration is None:  # latency does not depend on the ranges
+                size = self.info["resolution"]
+                calibration = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0))
+            path = self.workdir / f"{self.tag}-{key}.pte"
+            export_executorch(self.model, path, info=self.info, int8=int8, calibration=calibration)
+            self._cache[key] = path
+        return self._cache[key]
+
     def pickled(self, backend: str) -> Path:
         """The module ``backend`` runs, saved whole for a memory probe to load."""
         key = f"pickled-{backend}"
@@ -312,7 +346,7 @@ class PreparedModel:
 
     def memory(self, backend: str, batch: int, size: int, threads: int, runs: int) -> tuple[float, float] | None:
         """``isolated_memory`` of this backend's model; None where it is not measured (compile)."""
-        if backend == "compile":
+        if backend == "compile" or backend.startswith("executorch"):  # compile: recompiles; executorch: not yet
             return None
         if backend.startswith("onnxruntime"):
             path, kind = self.runner_file(backend), "onnxruntime"
@@ -336,6 +370,8 @@ class PreparedModel:
             return _torch_runner(self._cache["compiled"], channels_last=True)
         if backend in ("onnxruntime", "onnxruntime-int8"):
             return _ort_runner(self.runner_file(backend), threads)
+        if backend in ("executorch-xnnpack", "executorch-xnnpack-int8"):
+            return _pte_runner(self.pte(int8=backend.endswith("int8")), threads)
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -557,17 +593,37 @@ def results_json(results: Sequence[BenchResult], machine: dict[str, Any]) -> dic
     return {"machine": machine, "results": [asdict(r) for r in results]}
 
 
-def machine_description(threads: Sequence[int]) -> dict[str, Any]:
+def cpu_name() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return cpu
+
+
+def int8_pays(fp32: Path, int8: Path, size: int, runs: int = 30) -> tuple[float, float]:
+    """Median batch-1 latency (ms) of an fp32 ONNX model and its int8 version in ONNX
+    Runtime on this host, timed in alternating rounds as ``bench`` does: whether int8 is
+    faster depends on the CPU (integer dot-product instructions: VNNI on x86, dot-product
+    on Arm), so it is measured where the export runs, not assumed."""
+    x = torch.rand(1, 3, size, size)
+    runners = [_ort_runner(fp32, 0), _ort_runner(int8, 0)]
+    samples: list[list[float]] = [[], []]
+    for run in runners:
+        run(x)  # first-call allocations
+    for _ in range(ROUNDS):
+        for run, times in zip(runners, samples):
+            time.sleep(0.05)
+            times += [1000 * time_call(lambda: run(x)) for _ in range(-(-runs // ROUNDS))]
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def machine_description(threads: Sequence[int]) -> dict[str, Any]:
     import onnxruntime
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,

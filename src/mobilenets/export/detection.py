@@ -112,14 +112,19 @@ class OnnxDetector:
     def eval(self) -> OnnxDetector:
         return self
 
+    def decoded(self, resized: Tensor) -> tuple[Tensor, Tensor]:
+        """The exported network's (boxes, scores) for one resized image."""
+        boxes, scores = self.session.run(None, {"image": resized.numpy()})
+        return torch.from_numpy(boxes), torch.from_numpy(scores)
+
     def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         results = []
         for image in images:
             height, width = image.shape[-2:]
             side = self.resolution
             resized = F.interpolate(image[None].float(), size=(side, side), mode="bilinear", align_corners=False)
-            boxes, scores = self.session.run(None, {"image": resized.numpy()})
-            found = postprocess(torch.from_numpy(boxes[0]), torch.from_numpy(scores[0]), self.settings)
+            boxes, scores = self.decoded(resized)
+            found = postprocess(boxes[0], scores[0], self.settings)
             found["boxes"] = found["boxes"] * torch.tensor([width / side, height / side] * 2)
             results.append(found)
         return results
