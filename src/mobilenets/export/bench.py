@@ -226,13 +226,17 @@ def _torch_runner(model: nn.Module, channels_last: bool) -> Callable[[Tensor], A
 
 
 def _pte_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
 
     from .executorch import PteModel
 
     program = PteModel(path)
-    if threads:  # XNNPACK's pool, shared by the process: sized for this configuration's rounds
-        _unsafe_reset_threadpool(threads)
+    # ExecuTorch's Python runtime sizes its XNNPACK thread pool once per process (one
+    # thread per core); resizing it between runs deadlocked here, so other counts are
+    # reported as not measured rather than mislabelled.
+    pool = _threadpool_get_thread_count()
+    if threads and threads != pool:
+        raise ConfigError(f"ExecuTorch's thread pool has {pool} threads in this process; run --threads {pool}")
     return program
 
 

@@ -523,7 +523,8 @@ def tune_activation_ranges(
     the KL on 1,000 other (ImageNet) images fell 0.023 -> 0.019 and top-1 rose
     82.4 -> 83.6% (fp32: 83.8%), so one scale per tensor, fitted on 64 images, does not
     overfit them.  Cost: ``len(factors)`` int8 sessions per activation tensor per sweep
-    (64 tensors in MobileNetV2; about 90 s a sweep on 2 cores).
+    (64 tensors in MobileNetV2; about 90 s a sweep on 64 images on 2 cores).  The export's
+    default, 16 images and one sweep, reached the same KL (0.0194) and 83.1% in 34 s.
     """
     import onnx
 

@@ -55,8 +55,8 @@ def quantize_onnx(
     bias_correction_images: int = 128,
     float_outputs: bool = True,
     range_search: bool = True,
-    range_search_images: int = 64,
-    range_search_sweeps: int = 2,
+    range_search_images: int = 16,
+    range_search_sweeps: int = 1,
     activation_ranges: Callable[[Path, list[list[str]]], dict[str, tuple[float, float]]] | None = None,
     progress: bool = False,
 ) -> Path:
