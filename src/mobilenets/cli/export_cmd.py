@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained.\n\n"
             "--format executorch writes the .pte a phone app loads (ExecuTorch, every operator XNNPACK\n"
             "supports delegated to it; batch 1), run in ExecuTorch's runtime and compared with PyTorch\n"
-            "before it is written; class names and preprocessing go in <out>.json beside it. --int8 there\n"
+            "before it is written; class names and preprocessing go in <out>.pte.json beside it. --int8 there\n"
             "is PT2E quantization with ExecuTorch's XNNPACKQuantizer (per-channel int8 weights, int8\n"
             "activations observed on --calibration images); the ONNX int8 options below do not apply.\n"
             "Needs the [mobile] extra."
@@ -128,7 +128,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check = parser.add_argument_group("accuracy")
     check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
     check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
-    parser.set_defaults(run=run)
+    # given with --format executorch these would be ignored: run_executorch refuses them
+    onnx_only = ["--dynamic-batch", "--opset", "--calibration-method", "--calibration-percentile"]
+    onnx_only += ["--weight-rounding", "--bias-correction", "--range-search-images", "--range-search-sweeps"]
+    dests = {option: option[2:].replace("-", "_") for option in onnx_only}
+    parser.set_defaults(run=run, onnx_only={option: (dest, parser.get_default(dest)) for option, dest in dests.items()})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return run_executorch(args, out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
-    from ..data import calibration_images, eval_dataset, make_loader
+    from ..data import make_loader
     from ..export import OnnxClassifier, export_onnx, max_opset, quantize_onnx
     from ..export.onnx import MIN_OPSET
     from ..export.qat import convert_qat, is_qat
@@ -150,26 +154,8 @@ def run(args: argparse.Namespace) -> int:
             f"--opset must be between {MIN_OPSET} and {max_opset()} (the highest this torch writes), got {args.opset}"
         )
     model, info = load_for_cli(args, "export")
-    if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
-        kind = "a detector" if info["task"] == "detection" else "a segmenter"
-        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {kind} exports in fp32")
     trained_for_int8 = is_qat(model)
-    if args.int8 and not args.calibration and not trained_for_int8:
-        raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
-    evaluation = None
-    if args.eval_data:  # checked before anything is written
-        evaluation = eval_dataset(
-            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
-        )
-        if len(evaluation[1]) != len(info["classes"]):
-            raise DataError(
-                f"{args.eval_data} has {len(evaluation[1])} classes but the model has {len(info['classes'])}"
-            )
-    calibration = None
-    if args.calibration:
-        calibration = calibration_images(
-            args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
-        )
+    evaluation, calibration = classifier_inputs(args, info, calibrated=trained_for_int8)
     fp32_path = out.with_name(out.stem + ".fp32.onnx") if args.int8 else out
     exported = {"info": info, "dynamic_batch": args.dynamic_batch, "opset": args.opset}
     # A quantization-aware checkpoint exports the float model it simulates (BN folded,
@@ -225,6 +211,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibrated: bool):
+    """The labelled images (--eval-data) and calibration images an export uses, each
+    checked before anything is written; ``calibrated``: the model brings its own int8
+    ranges (a --qat checkpoint), so --int8 needs no --calibration."""
+    from ..data import calibration_images, eval_dataset
+
+    if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
+        kind = "a detector" if info["task"] == "detection" else "a segmenter"
+        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {kind} exports in fp32")
+    if args.int8 and not args.calibration and not calibrated:
+        raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    evaluation = None
+    if args.eval_data:
+        evaluation = eval_dataset(
+            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
+        )
+        if len(evaluation[1]) != len(info["classes"]):
+            raise DataError(
+                f"{args.eval_data} has {len(evaluation[1])} classes but the model has {len(info['classes'])}"
+            )
+    calibration = None
+    if args.calibration:
+        calibration = calibration_images(
+            args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
+        )
+    return evaluation, calibration
+
+
 def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
     """Time both exports here and say plainly whether int8 is worth shipping to this host."""
     from ..export.bench import cpu_name, int8_pays
@@ -243,22 +257,9 @@ def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
     return {"fp32": fp32_ms, "int8": int8_ms, "cpu": cpu_name()}
 
 
-# ONNX-only options and their defaults: given with --format executorch they would be ignored.
-ONNX_ONLY = {
-    "--dynamic-batch": ("dynamic_batch", False),
-    "--opset": ("opset", 17),
-    "--calibration-method": ("calibration_method", "percentile"),
-    "--calibration-percentile": ("calibration_percentile", 99.99),
-    "--weight-rounding": ("weight_rounding", "gptq"),
-    "--bias-correction": ("bias_correction", False),
-    "--range-search-images": ("range_search_images", 16),
-    "--range-search-sweeps": ("range_search_sweeps", 1),
-}
-
-
 def run_executorch(args: argparse.Namespace, out: Path) -> int:
     """``export --format executorch``: see ``export_executorch``."""
-    from ..data import calibration_images, eval_dataset, make_loader
+    from ..data import make_loader
     from ..export.executorch import PteModel, export_executorch
     from ..export.qat import convert_qat, is_qat
     from ..train import evaluate
@@ -266,32 +267,14 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
 
     if out.suffix != ".pte":
         raise ConfigError(f"--out should name a .pte file for --format executorch, got {out}")
-    for option, (name, default) in ONNX_ONLY.items():
+    for option, (name, default) in args.onnx_only.items():
         if getattr(args, name) != default:
             raise ConfigError(f"{option} is an ONNX export option; --format executorch does not take it")
     model, info = load_for_cli(args, "export")
-    if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
-        kind = "a detector" if info["task"] == "detection" else "a segmenter"
-        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {kind} exports in fp32")
-    if args.int8 and not args.calibration:
-        raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
-    if is_qat(model):  # the float model it simulates; PT2E calibrates its own int8 ranges
+    evaluation, calibration = classifier_inputs(args, info, calibrated=False)  # PT2E calibrates its own ranges
+    if is_qat(model):  # the float model it simulates
         model = convert_qat(model)[0]
-    evaluation = None
-    if args.eval_data:  # checked before anything is written
-        evaluation = eval_dataset(
-            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
-        )
-        if len(evaluation[1]) != len(info["classes"]):
-            raise DataError(
-                f"{args.eval_data} has {len(evaluation[1])} classes but the model has {len(info['classes'])}"
-            )
-    calibration = check = None
-    if args.calibration:
-        calibration = calibration_images(
-            args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
-        )
-        check = calibration[:1]  # a real image for the runtime check
+    check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
     print(f"exporting to ExecuTorch ({'int8' if args.int8 else 'fp32'}, XNNPACK); lowering takes about a minute")
     report = export_executorch(model, out, info=info, int8=args.int8, calibration=calibration, check_input=check)
     print(report.summary())

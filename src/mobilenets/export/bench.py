@@ -313,16 +313,21 @@ class PreparedModel:
 
     def int8(self) -> Path:
         if "int8" not in self._cache:
-            resolution = self.info["resolution"]
-            calibration, real = self.calibration, self.calibration is not None
-            if not real:
-                # Latency does not depend on the ranges; accuracy does (pass --calibration for that).
-                calibration = torch.randn(16, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+            real = self.calibration is not None
+            calibration = self.calibration_images()
             path = self.workdir / f"{self.tag}-int8.onnx"
             # The range search costs minutes and only matters for accuracy, so only with real images.
             quantize_onnx(self.onnx(), path, calibration, model=self.model, range_search=real, progress=real)
             self._cache["int8"] = path
         return self._cache["int8"]
+
+    def calibration_images(self) -> Tensor:
+        """The images int8 ranges come from: the given ones, else seeded noise - latency
+        does not depend on the ranges; accuracy does (pass --calibration for that)."""
+        if self.calibration is not None:
+            return self.calibration
+        size = self.info["resolution"]
+        return torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def pte(self, int8: bool) -> Path:
         """This model as an XNNPACK ``.pte`` (int8: calibrated as ``int8`` is, ranges only)."""
@@ -330,10 +335,7 @@ class PreparedModel:
         if key not in self._cache:
             from .executorch import export_executorch
 
-            calibration = self.calibration
-            if int8 and calibration is None:  # latency does not depend on the ranges
-                size = self.info["resolution"]
-                calibration = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0))
+            calibration = self.calibration_images() if int8 else None
             path = self.workdir / f"{self.tag}-{key}.pte"
             export_executorch(self.model, path, info=self.info, int8=int8, calibration=calibration)
             self._cache[key] = path

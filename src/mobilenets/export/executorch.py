@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InputShapeError
 from ..weights import atomic_write
-from .detection import DecodedDetector, OnnxDetector, is_detector, postprocess_settings
-from .onnx import ExportError, SegmentationScores, _relative_error, preprocessing_metadata
+from .detection import OnnxDetector
+from .onnx import ExportError, _relative_error, deployable, preprocessing_metadata
 
 __all__ = ["ExecuTorchReport", "PteDetector", "PteModel", "export_executorch", "load_pte", "metadata_path"]
 
@@ -90,20 +90,6 @@ class ExecuTorchReport:
             f"ExecuTorch runtime vs PyTorch {'relative L2' if self.precision == 'int8' else 'max relative'} "
             f"error {self.max_relative_error:.2e}"
         )
-
-
-def _deployable(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
-    """What is exported for ``model``: the network with its decoding for a detector, the
-    class scores for a segmenter; with the metadata and output names."""
-    resolution = int(info["resolution"])
-    if is_detector(model):
-        extra = {"task": "detection", "postprocess": postprocess_settings(model)}
-        return DecodedDetector(copy.deepcopy(model).eval(), resolution).eval(), extra, ["boxes", "scores"]
-    if info.get("task") == "segmentation":
-        extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
-        wrapped = model if isinstance(model, SegmentationScores) else SegmentationScores(model)
-        return wrapped.eval(), extra, ["logits"]
-    return model.eval(), {}, ["logits"]
 
 
 def _quantize(exported: torch.export.ExportedProgram, calibration: Tensor) -> nn.Module:
@@ -186,7 +172,7 @@ def export_executorch(
         raise ConfigError("int8 needs calibration images", cli="--int8 needs --calibration DIR")
     resolution = int(info["resolution"])
     channels = getattr(model, "in_channels", 3)
-    network, extra, outputs = _deployable(model, info)
+    network, extra, outputs = deployable(model, info)
     network = copy.deepcopy(network).float().eval()
     example = torch.rand(1, channels, resolution, resolution) if check_input is None else check_input[:1].float()
     if tuple(example.shape[1:]) != (channels, resolution, resolution):

@@ -171,6 +171,20 @@ def max_opset() -> int:
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_DEFAULT_OPSET))
 
 
+def deployable(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """What an export holds for ``model``, with the metadata its task adds and its output
+    names: a detector's network and box decoding (NMS after it; see
+    mobilenets.export.detection), a segmenter's class scores at the input's size (the
+    upsampling in the graph), a classifier's logits.  ``model`` itself is left as it is."""
+    if is_detector(model):
+        extra = {"task": "detection", "postprocess": postprocess_settings(model)}
+        return DecodedDetector(copy.deepcopy(model).eval(), int(info["resolution"])), extra, ["boxes", "scores"]
+    if info.get("task") == "segmentation":
+        extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
+        return model if isinstance(model, SegmentationScores) else SegmentationScores(model), extra, ["logits"]
+    return model, {}, ["logits"]
+
+
 @torch.no_grad()
 def export_onnx(
     model: nn.Module,
@@ -198,15 +212,9 @@ def export_onnx(
     path = Path(path)
     resolution = int(info["resolution"])
     channels = getattr(model, "in_channels", 3)
-    extra: dict[str, Any] = {}
-    if is_detector(model):  # the network and its box decoding; NMS after it (see mobilenets.export.detection)
-        extra = {"task": "detection", "postprocess": postprocess_settings(model)}
-        model = DecodedDetector(copy.deepcopy(model).eval(), resolution)
+    model, extra, outputs = deployable(model, info)
+    if isinstance(model, DecodedDetector):
         check_input = check_input if check_input is not None else torch.rand(1, channels, resolution, resolution)
-    elif info.get("task") == "segmentation":  # class scores at the input's size: the upsampling is in the graph
-        extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
-        model = model if isinstance(model, SegmentationScores) else SegmentationScores(model)
-    outputs = ["boxes", "scores"] if isinstance(model, DecodedDetector) else ["logits"]
     reference_model = copy.deepcopy(model).eval().float()
     folded_model, folded = fold_batchnorm(reference_model)
     example = torch.randn(2 if dynamic_batch else 1, channels, resolution, resolution)
