@@ -224,3 +224,118 @@ def test_cli_decouple_report(capsys, tmp_path, shared_data):
     assert report["reduction"] >= 2 and {"accuracy_before", "accuracy_after", "latency_after"} <= set(report["extra"])
     assert mobilenets.load_model(tmp_path / "out" / "model.safetensors") is not None
     assert main(["decouple", "--checkpoint", str(weights), "--energy", "2", "--out", str(tmp_path / "o2")]) == 2
+
+
+class _Reused(nn.Module):
+    """One conv run twice, a ModuleDict, a nested block, a grouped conv and a conv
+    registered under two names: what foreign networks do that ours do not."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 12, 3, padding=1)
+        self.twice = nn.Conv2d(12, 12, 3, padding=1)
+        self.blocks = nn.ModuleDict(
+            {
+                "wide": nn.Sequential(nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU()),
+                "grouped": nn.Conv2d(16, 16, 3, padding=1, groups=4),
+            }
+        )
+        self.shared = nn.Conv2d(16, 16, (3, 1), padding=(1, 0))
+        self.alias = self.shared
+
+    def forward(self, x):
+        x = torch.relu(self.twice(torch.relu(self.twice(self.stem(x)))))
+        x = self.blocks["grouped"](self.blocks["wide"](x))
+        return self.alias(torch.relu(self.shared(x)))
+
+
+@pytest.mark.parametrize("in_channels,size", [(1, None), (5, None), (5, (5, 24, 40))])
+def test_foreign_network_sizes_calls_and_names(in_channels, size):
+    """Costs are counted at the model's own input (its first conv's channels, or the
+    given non-square size), every call of a reused conv counts, a shared conv is
+    replaced under both names, grouped convs are left alone and said why, and every
+    step is exact at full rank."""
+    torch.manual_seed(0)
+    model = _Reused(in_channels).eval()
+    counted = size or (in_channels, 224, 224)
+    new, report = decouple(model, rank="full", replace_all=True, input_size=size)
+    assert report.mult_adds_before == mobilenets.profile(model, counted).mult_adds
+    assert report.mult_adds_after == mobilenets.profile(new, counted).mult_adds
+    calls = {layer.name: layer.calls for layer in report.layers}
+    assert calls == {"stem": 1, "twice": 2, "blocks.wide.0": 1, "shared": 2}
+    assert "grouped" in report.skipped["blocks.grouped"] and "blocks.grouped" in report.extra["skipped"]
+    assert isinstance(new.alias, DecoupledConv) and new.alias is new.shared
+    assert isinstance(new.blocks["wide"][0], DecoupledConv) and not isinstance(new.blocks["grouped"], DecoupledConv)
+    x = torch.randn(2, *counted[:1], 20, 28) if size is None else torch.randn(2, *size)
+    with torch.no_grad():
+        assert rel(new(x), model(x)) < 1e-5
+    # the twice-run conv's cost is two calls' worth, before and after
+    twice = next(layer for layer in report.layers if layer.name == "twice")
+    h, w = counted[1:]
+    assert twice.mult_adds_before == 2 * 9 * 12 * 12 * h * w
+    _, cut = decouple(model, target_reduction=2, input_size=size)
+    assert cut.reduction >= 2 and cut.mult_adds_after == mobilenets.profile(_, counted).mult_adds
+
+
+def test_refinement_fits_every_call_of_a_reused_conv():
+    torch.manual_seed(0)
+    model = _Reused(3).eval()
+    images = torch.randn(16, 3, 16, 16)
+    plain, _ = decouple(model, rank=1, input_size=(3, 16, 16))
+    refined, report = decouple(model, rank=1, calibration=images)
+    assert report.refined and isinstance(refined.twice, DecoupledConv) and refined.twice.pointwise.bias is not None
+    held_out = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        assert rel(refined(held_out), model(held_out)) < 0.9 * rel(plain(held_out), model(held_out))
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet18", "alexnet", "mobilenet_v2"])
+def test_torchvision_classifiers_are_exact_at_full_rank(name):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    size = (3, 72, 88)  # non-square, and no input_size needed to run: AlexNet and VGG pool adaptively
+    new, report = decouple(model, rank="full", replace_all=True, input_size=size)
+    assert report.mult_adds_before == mobilenets.profile(model, size).mult_adds
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        assert rel(new(x), model(x)) < 1e-5
+    if name == "mobilenet_v2":  # the stem is its one regular conv; depthwise and 1x1 convs are skipped
+        assert [layer.name for layer in report.layers] == ["features.0.0"]
+        assert sum("grouped" in why for why in report.skipped.values()) == 17
+    _, default = decouple(model, rank=1, replace_all=True)  # 3 x 224 x 224 from the first conv, nothing given
+    assert default.mult_adds_before == mobilenets.profile(model, (3, 224, 224)).mult_adds
+
+
+def test_detector_backbone():
+    torch.manual_seed(0)
+    detector = mobilenets.create_model("ssd_mobilenet_v1", num_classes=5).eval()
+    backbone = detector.backbone
+    new, report = decouple(backbone, rank="full", replace_all=True, input_size=(3, 300, 300))
+    assert len(report.layers) >= 4  # the regular stem and the SSD extra layers' 3x3 convs
+    x = torch.randn(1, 3, 300, 300)
+    with torch.no_grad():
+        before, after = backbone(x), new(x)
+    assert list(before) == list(after) and all(rel(after[k], before[k]) < 1e-5 for k in before)
+
+
+def test_foreign_network_errors_say_what_to_pass():
+    class FixedSize(nn.Module):  # a Linear after flatten: runs on 28 x 28 only
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    with pytest.raises(
+        mobilenets.ConfigError, match=r"1 x 224 x 224 input \(in_channels=1 from its first conv 'conv'.*pass input_size"
+    ):
+        decouple(FixedSize(), rank=1)
+    _, report = decouple(FixedSize(), rank=1, input_size=(1, 28, 28))
+    assert report.layers[0].out_hw == (26, 26)
+    with pytest.raises(mobilenets.ConfigError, match="input_size must be"):
+        decouple(FixedSize(), rank=1, input_size=(28, 28))
+    with pytest.raises(mobilenets.ConfigError, match="wrap it"):
+        decouple(nn.Conv2d(3, 8, 3), rank=1)

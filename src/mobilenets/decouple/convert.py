@@ -54,6 +54,7 @@ class LayerReport:
     kernel: tuple[int, int, int, int]  # N, M, kh, kw
     out_hw: tuple[int, int]
     rank: int | None  # None: left as it was (see ``note``)
+    calls: int = 1  # times the forward pass runs it (costs count every call)
     note: str = ""
     retained_energy: float | None = None
     relative_error: float | None = None
@@ -73,6 +74,7 @@ class DecoupleReport:
     params_after: int
     refined: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # latency, accuracy (added by the CLI/benchmarks)
+    skipped: dict[str, str] = field(default_factory=dict)  # convs not eligible, and why
 
     @property
     def reduction(self) -> float:
@@ -121,6 +123,18 @@ class DecoupleReport:
         return format_table(header, rows) + "\n" + totals + extras
 
 
+def _skipped_summary(skipped: dict[str, str]) -> str:
+    """``{"a": "1x1 (already pointwise)", "b": ...}`` -> ``2 1x1 (already pointwise): a, b``."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    parts = []
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"{len(names)} {reason}: {shown}")
+    return "; ".join(parts)
+
+
 def _readable(value: Any) -> str:
     """A report extra as a person reads it: ``{"top1": 0.8855}`` -> ``top-1 88.55%``."""
     if not isinstance(value, dict):
@@ -137,27 +151,49 @@ def _readable(value: Any) -> str:
 
 
 def eligible_convs(model: nn.Module) -> tuple[list[str], dict[str, str]]:
-    """Names of the regular k x k convs, and why each other conv is skipped."""
+    """Names of the regular k x k convs, and why each other conv is skipped (each
+    conv once, under its first name, however many times it is registered)."""
     eligible, skipped = [], {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d) or isinstance(module, DecoupledConv):
             continue
         if module.groups != 1:
-            skipped[name] = "grouped or depthwise conv: already separable per group"
+            skipped[name] = "grouped or depthwise (already separable per group)"
         elif module.kernel_size == (1, 1):
-            skipped[name] = "1x1 conv: already pointwise"
+            skipped[name] = "1x1 (already pointwise)"
         elif isinstance(module.padding, str):
-            skipped[name] = f"padding={module.padding!r} is not supported"
+            skipped[name] = f"padding={module.padding!r} (not supported)"
         else:
             eligible.append(name)
     return eligible, skipped
 
 
-def _default_input(model: nn.Module, input_size) -> tuple[int, int, int]:
+def _input_size(model: nn.Module, input_size) -> tuple[tuple[int, int, int], str]:
+    """The (C, H, W) costs and latency are counted at, and where it came from (said in errors).
+
+    ``input_size`` wins; else the model's recorded ``in_channels`` and
+    ``default_resolution`` (the zoo's models carry both); else the first conv's
+    input channels at 224 x 224, the size torchvision's classifiers are built for."""
     if input_size is not None:
-        return tuple(input_size)
-    resolution = getattr(model, "default_resolution", 224)
-    return (getattr(model, "in_channels", 3), resolution, resolution)
+        if not (
+            isinstance(input_size, (tuple, list))
+            and len(input_size) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)
+        ):
+            raise ConfigError(f"input_size must be (channels, height, width), positive integers; got {input_size!r}")
+        return tuple(input_size), "input_size"
+    guesses = []
+    channels = getattr(model, "in_channels", None)
+    if not isinstance(channels, int):
+        # called once there is a conv to convert, so there is a first conv
+        name, first = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        channels = first.in_channels
+        guesses.append(f"in_channels={channels} from its first conv {name!r}")
+    resolution = getattr(model, "default_resolution", None)
+    if not isinstance(resolution, int):
+        resolution = 224
+        guesses.append("224 x 224 assumed: the model records no resolution")
+    return (channels, resolution, resolution), "; ".join(guesses) or "the size the model records"
 
 
 @contextlib.contextmanager
@@ -179,22 +215,52 @@ def _forward_hooks(model: nn.Module, names: list[str], hook: Callable[..., None]
 def _capture(
     model: nn.Module, names: list[str], x: Tensor, *, keep_inputs: bool = False, keep_outputs: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """Input/output spatial sizes (and optionally the tensors) of the named convs in one forward pass."""
+    """What one forward pass shows of the named convs: per call (a conv may run more
+    than once) its input and output spatial sizes, and optionally the tensors;
+    ``in_hw``/``out_hw``/``input`` repeat the first call's for the common case."""
     seen: dict[str, dict[str, Any]] = {}
 
     def hook(module, args, output, name):
-        seen[name] = {"in_hw": tuple(args[0].shape[-2:]), "out_hw": tuple(output.shape[-2:])}
+        entry = seen.setdefault(name, {"calls": [], "inputs": [], "outputs": []})
+        entry["calls"].append((tuple(args[0].shape[-2:]), tuple(output.shape[-2:])))
         if keep_inputs:
-            seen[name]["input"] = args[0].detach()
+            entry["inputs"].append(args[0].detach())
         if keep_outputs:
-            seen[name]["output"] = output.detach()
+            entry["outputs"].append(output.detach())
 
     with _forward_hooks(model, names, hook):
         model(x)
     missing = [n for n in names if n not in seen]
     if missing:
         raise ConfigError(f"layers not used by the forward pass: {', '.join(missing)}")
+    for entry in seen.values():
+        entry["in_hw"], entry["out_hw"] = entry["calls"][0]
+        if keep_inputs:
+            entry["input"] = entry["inputs"][0]
+        if keep_outputs:
+            entry["output"] = entry["outputs"][0]
     return seen
+
+
+def _probe(model: nn.Module, names: list[str], x: Tensor, size_origin: str) -> dict[str, dict[str, Any]]:
+    """:func:`_capture` on the first input, a foreign model's failure to run on it told as one line."""
+    try:
+        return _capture(model, names, x, keep_inputs=True)
+    except ConfigError:
+        raise
+    except Exception as error:  # whatever the model raises on an input it was not built for
+        shape = " x ".join(map(str, x.shape[1:]))
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"{type(model).__name__} does not run on a {shape} input ({size_origin}): {reason}; "
+            "pass input_size=(C, H, W) with the size it takes",
+            cli=f"the model does not run on a {shape} input: {reason}",
+        ) from None
+
+
+def _over_calls(shape: dict[str, Any], cost: Callable[[tuple, tuple], int]) -> int:
+    """A layer's cost summed over every call of it in the forward pass."""
+    return sum(cost(in_hw, out_hw) for in_hw, out_hw in shape["calls"])
 
 
 def _conv_mult_adds(conv: nn.Conv2d, out_hw) -> int:
@@ -207,8 +273,13 @@ def _params(module: nn.Module) -> int:
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+    """Put ``module`` where ``name`` is, and wherever else the same conv is registered
+    (a conv shared under two names must stay one conv)."""
+    target = model.get_submodule(name)
+    aliases = [alias for alias, m in model.named_modules(remove_duplicate=False) if m is target]
+    for alias in aliases:
+        parent_name, _, child = alias.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 class _Layer:
@@ -216,15 +287,16 @@ class _Layer:
 
     def __init__(self, name: str, conv: nn.Conv2d, shapes: dict[str, Any], order: str):
         self.name, self.conv, self.order = name, conv, order
+        self.shapes = shapes
         self.in_hw, self.out_hw = shapes["in_hw"], shapes["out_hw"]
-        self.original_cost = _conv_mult_adds(conv, self.out_hw)
+        self.original_cost = _over_calls(shapes, lambda i, o: _conv_mult_adds(conv, o))
         self.max_rank = max_rank(conv, order)
         sigma2 = singular_values(conv.weight, order) ** 2
         cumulative = sigma2.sum(0).cumsum(0)  # energy kept by the top-T terms of every channel
         self.retained = (cumulative / cumulative[-1].clamp(min=1e-300)).tolist()
 
     def cost(self, rank: int) -> int:
-        return decoupled_mult_adds(self.conv, rank, self.order, self.in_hw, self.out_hw)
+        return _over_calls(self.shapes, lambda i, o: decoupled_mult_adds(self.conv, rank, self.order, i, o))
 
     def cheaper_ranks(self) -> list[int]:
         """Ranks whose decoupling costs less than the original conv, ascending."""
@@ -321,59 +393,80 @@ def _calibration_batches(calibration, model: nn.Module, size: tuple[int, int, in
     return batches
 
 
+def _last_pointwise(module: nn.Module) -> str | None:
+    """Path inside ``module`` to the plain 1x1 conv its output comes out of, if any
+    ("" for the module itself): the linear map a least-squares refit can solve for."""
+    if isinstance(module, nn.Conv2d):
+        plain = module.kernel_size == (1, 1) and module.groups == 1 and module.stride == (1, 1)
+        return "" if plain and module.padding in ((0, 0), "valid") else None
+    if isinstance(module, DecoupledConv):
+        return "pointwise" if module.order == "dw_pw" else None
+    if isinstance(module, nn.Sequential) and len(module):
+        inner = _last_pointwise(module[-1])
+        return None if inner is None else ".".join(filter(None, [str(len(module) - 1), inner]))
+    return None
+
+
 @torch.no_grad()
-def _refine(
+def _refit(
     original: nn.Module, converted: nn.Module, names: list[str], batches: list[Tensor], max_rows: int = 4096
-) -> list[str]:
-    """Re-fit each decoupled layer's 1x1 conv (and bias) by least squares so that,
-    fed the converted network's own features, it reproduces the original layer's
-    output; layers are fitted in forward order so each absorbs earlier errors."""
+) -> tuple[list[str], list[str], list[str]]:
+    """Re-fit the last 1x1 conv (and bias) of each converted layer by least squares so
+    that, fed the converted network's own features, it reproduces the original
+    layer's output; layers go in forward order so each absorbs earlier errors.
+
+    ``names`` are the original convs (the same names in both networks).  Returns
+    (refitted layers, layers with too few samples, 1x1 convs that gained a bias)."""
     generator = torch.Generator().manual_seed(0)
+    refitted: list[str] = []
     skipped: list[str] = []
+    biased: list[str] = []
     for name in names:
-        module = converted.get_submodule(name)
-        if not isinstance(module, DecoupledConv) or module.order != "dw_pw":
+        inner = _last_pointwise(converted.get_submodule(name))
+        if inner is None:
             continue
-        width = module.pointwise.in_channels + 1
-        device = module.pointwise.weight.device
+        full = ".".join(filter(None, [name, inner]))
+        pointwise = converted.get_submodule(full)
+        width = pointwise.in_channels + 1
+        device = pointwise.weight.device
         gram = torch.zeros(width, width, dtype=torch.float64, device=device)
-        cross = torch.zeros(width, module.out_channels, dtype=torch.float64, device=device)
+        cross = torch.zeros(width, pointwise.out_channels, dtype=torch.float64, device=device)
         total_rows = 0
         for images in batches:
-            x_converted = _capture(converted, [name], images, keep_inputs=True)[name]["input"]
-            target = _capture(original, [name], images, keep_outputs=True)[name]["output"]
-            features = module.depthwise(x_converted)
-            rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
-            targets = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
-            if rows.shape[0] > max_rows:
-                pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows].to(device)
-                rows, targets = rows[pick], targets[pick]
-            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=device)], 1)
-            gram += rows.T @ rows
-            cross += rows.T @ targets
-            total_rows += rows.shape[0]
+            features = _capture(converted, [full], images, keep_inputs=True)[full]["inputs"]
+            targets = _capture(original, [name], images, keep_outputs=True)[name]["outputs"]
+            for x, y in zip(features, targets):  # one pair per call of a reused conv
+                rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).double()
+                wanted = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
+                if rows.shape[0] > max_rows:
+                    pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows].to(device)
+                    rows, wanted = rows[pick], wanted[pick]
+                rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=device)], 1)
+                gram += rows.T @ rows
+                cross += rows.T @ wanted
+                total_rows += rows.shape[0]
         if total_rows < 2 * width:
-            skipped.append(name)  # too few samples to fit M*T+1 unknowns: keep the SVD weights
+            skipped.append(name)  # too few samples to fit C_in + 1 unknowns per output: keep the weights
             continue
-        # Ridge towards the SVD solution, so that weakly determined directions stay where they were.
-        start = torch.cat([module.pointwise.weight.reshape(module.out_channels, -1).T.double(), _bias_row(module)], 0)
+        # Ridge towards the current weights, so that weakly determined directions stay where they were.
+        bias = pointwise.bias
+        start = torch.cat(
+            [
+                pointwise.weight.reshape(pointwise.out_channels, -1).T.double(),
+                torch.zeros_like(cross[:1]) if bias is None else bias.detach().double()[None, :],
+            ]
+        )
         strength = 1e-3 * gram.diagonal().mean()
         identity = torch.eye(width, dtype=gram.dtype, device=device)
         solution = torch.linalg.solve(gram + strength * identity, cross + strength * start)
-        weight, bias = solution[:-1].T, solution[-1]
-        module.pointwise.weight.copy_(weight.reshape(module.pointwise.weight.shape).to(module.pointwise.weight.dtype))
-        if module.pointwise.bias is None:
-            module.pointwise.bias = nn.Parameter(bias.to(module.pointwise.weight.dtype))
+        pointwise.weight.copy_(solution[:-1].T.reshape(pointwise.weight.shape).to(pointwise.weight.dtype))
+        if bias is None:
+            pointwise.bias = nn.Parameter(solution[-1].to(pointwise.weight.dtype))
+            biased.append(full)
         else:
-            module.pointwise.bias.copy_(bias)
-    return skipped
-
-
-def _bias_row(module: DecoupledConv) -> Tensor:
-    bias = module.pointwise.bias
-    if bias is None:
-        return torch.zeros(1, module.out_channels, dtype=torch.float64, device=module.pointwise.weight.device)
-    return bias.detach().double()[None, :]
+            bias.copy_(solution[-1])
+        refitted.append(name)
+    return refitted, skipped, biased
 
 
 @torch.no_grad()
@@ -460,14 +553,25 @@ def _convert(
             "the model has no regular k x k convolutions to convert"
             + (f" (skipped: {'; '.join(f'{n}: {r}' for n, r in list(skipped.items())[:4])})" if skipped else "")
         )
-    size = _default_input(model, input_size)
+    if "" in names:
+        raise ConfigError("the model is a single conv: wrap it first, e.g. nn.Sequential(conv)")
+    size, size_origin = _input_size(model, input_size)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     batches = [b.to(device, dtype) for b in _calibration_batches(calibration, model, size)]
-    probe = batches[0][:8] if batches else torch.randn(2, *size, device=device)
-    shapes = _capture(model, names, probe, keep_inputs=True)
+    if batches:
+        probe, size_origin = batches[0][:8], "the calibration images"
+    else:
+        probe = torch.randn(2, *size, device=device, dtype=dtype)
+    shapes = _probe(model, names, probe, size_origin)
     before = profile(model, tuple(probe.shape[1:]))
 
     convs = {n: model.get_submodule(n) for n in names}
+    # Every cost is summed over the layer's calls: a conv run twice costs twice.
+    original_cost = {n: _over_calls(shapes[n], lambda i, o, conv=convs[n]: _conv_mult_adds(conv, o)) for n in names}
+
+    def new_cost(name: str, t: int) -> int:
+        return _over_calls(shapes[name], lambda i, o: layer_cost(convs[name], t, i, o))
+
     if method == "decouple" and isinstance(rank, int):
         for name, conv in convs.items():
             terms = conv.kernel_size[0] * conv.kernel_size[1]
@@ -521,22 +625,16 @@ def _convert(
     else:
         for n in names:
             conv, shape = convs[n], shapes[n]
-            original = _conv_mult_adds(conv, shape["out_hw"])
+            original = original_cost[n]
             if rank is not None:
                 t = layer_max_rank(conv) if rank == "full" else min(rank, layer_max_rank(conv))
             else:
-                fraction = 1 - before.mult_adds * (1 - 1 / target_reduction) / sum(
-                    _conv_mult_adds(convs[m], shapes[m]["out_hw"]) for m in names
-                )
-                fits = [
-                    t
-                    for t in range(1, layer_max_rank(conv) + 1)
-                    if layer_cost(conv, t, shape["in_hw"], shape["out_hw"]) <= fraction * original
-                ]
+                fraction = 1 - before.mult_adds * (1 - 1 / target_reduction) / sum(original_cost.values())
+                fits = [t for t in range(1, layer_max_rank(conv) + 1) if new_cost(n, t) <= fraction * original]
                 if not fits:
                     raise _unreachable(0, 1)
                 t = fits[-1]
-            if layer_cost(conv, t, shape["in_hw"], shape["out_hw"]) >= original and not replace_all:
+            if new_cost(n, t) >= original and not replace_all:
                 notes[n] = f"rank {t} would cost more than the conv"
             else:
                 chosen[n] = t
@@ -550,10 +648,10 @@ def _convert(
     refined, refitted = False, []
     if batches and method != "channel":
         if method == "decouple" and order == "dw_pw":
-            unrefined = _refine(model, converted, [n for n in names if n in chosen], batches)
+            refitted, unrefined, _ = _refit(model, converted, [n for n in names if n in chosen], batches)
             for n in unrefined:
                 notes[n] = "not refined: too few calibration samples at this resolution"
-            refined, refitted = True, [n for n in names if n in chosen and n not in unrefined]
+            refined = True
         else:
             warnings.warn(
                 "least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=3
@@ -570,22 +668,22 @@ def _convert(
                 name=n,
                 kernel=tuple(conv.weight.shape),
                 out_hw=shape["out_hw"],
+                calls=len(shape["calls"]),
                 rank=t,
                 note=notes.get(n, ""),
                 retained_energy=retained.get(n),
                 relative_error=_relative_error(conv, new, shape["input"]) if t is not None else None,
-                mult_adds_before=_conv_mult_adds(conv, shape["out_hw"]),
-                mult_adds_after=_conv_mult_adds(conv, shape["out_hw"])
-                if t is None
-                else layer_cost(conv, t, shape["in_hw"], shape["out_hw"]),
+                mult_adds_before=original_cost[n],
+                mult_adds_after=original_cost[n] if t is None else new_cost(n, t),
                 params_before=_params(conv),
                 params_after=_params(new),
             )
         )
     label = f"decouple-{order}" if method == "decouple" else method
     report = DecoupleReport(label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined)
+    report.skipped = skipped
     if skipped:
-        report.extra["skipped"] = f"{len(skipped)} convs that are grouped/depthwise or 1x1"
+        report.extra["skipped"] = _skipped_summary(skipped)
     # Recorded with saved weights, so that load_model (registry and torchvision models) or
     # load_weights (any network, given the original) rebuilds the converted layers.
     step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
