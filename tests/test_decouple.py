@@ -339,3 +339,96 @@ def test_foreign_network_errors_say_what_to_pass():
         decouple(FixedSize(), rank=1, input_size=(28, 28))
     with pytest.raises(mobilenets.ConfigError, match="wrap it"):
         decouple(nn.Conv2d(3, 8, 3), rank=1)
+
+
+def _vgg_with_statistics():
+    torch.manual_seed(0)
+    model = mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25).eval()
+    with torch.no_grad():  # pretrained-like BN statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2)
+    return model
+
+
+def test_pipeline_is_exact_at_full_rank_after_every_step():
+    model = _vgg_with_statistics()
+    x = torch.randn(4, 3, 32, 32)
+    pipelines = [["channel"], ["channel", "spatial"], ["channel", "spatial", "decouple"], ["spatial", "decouple"]]
+    converted = {}
+    for steps in [*pipelines, ["decouple", "channel"], ["tucker", "decouple"]]:
+        new, report = decompose(model, steps, rank="full")
+        with torch.no_grad():
+            assert rel(new(x), model(x)) < 1e-5, steps
+        assert report.method == "+".join(steps)
+        converted["+".join(steps)] = new
+    # the last step really worked on what the earlier ones produced: depthwise k x 1 and 1 x k filters
+    new = converted["channel+spatial+decouple"]
+    kernels = {m.kernel_size for m in new.modules() if isinstance(m, DecoupledConv)}
+    assert kernels == {(3, 1), (1, 3)}
+
+
+def test_pipeline_shares_the_target_and_refits_to_the_original(shared_data, tmp_path):
+    from mobilenets.data import calibration_images
+
+    model = _vgg_with_statistics()
+    images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=48)
+    held_out = calibration_images(shared_data / "cifar10" / "test", style="cifar", resolution=32, count=16)
+    for target in (2, 3, 4):
+        free, free_report = decompose(model, "channel+spatial+decouple", target_reduction=target)
+        fitted, report = decompose(
+            model, ["channel", "spatial", "decouple"], target_reduction=target, calibration=images
+        )
+        assert target <= report.reduction < 1.1 * target and target <= free_report.reduction < 1.1 * target
+        assert report.mult_adds_after == mobilenets.profile(fitted, (3, 32, 32)).mult_adds
+        assert sum(layer.mult_adds_after for layer in report.layers) == report.mult_adds_after - (
+            report.mult_adds_before - sum(layer.mult_adds_before for layer in report.layers)
+        )  # per-layer costs add up to the network's
+        assert report.refined and all(" > " in layer.rank for layer in report.layers)
+        with torch.no_grad():
+            assert rel(fitted(held_out), model(held_out)) < 0.5 * rel(free(held_out), model(held_out))
+    # a refit that gave a 1x1 conv a bias (Tucker's last 1x1 has none here) is replayed when the file is loaded
+    fitted, _ = decompose(model, "tucker+spatial", target_reduction=2, calibration=images)
+    assert any(step["method"] == "refit" for step in fitted.arch["converted"])
+    loaded = mobilenets.load_model(mobilenets.save_weights(fitted, tmp_path / "pipeline.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(loaded(held_out), fitted(held_out))
+
+
+def test_pipeline_bad_input():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
+    for method, match in [
+        ("channel+sideways", "must be one of"),
+        (["decouple", "decouple"], "once"),
+        ("channel+decouple", "target_reduction"),
+    ]:
+        with pytest.raises(mobilenets.ConfigError, match=match):
+            decompose(model, method, input_size=(4, 8, 8))
+    with pytest.raises(mobilenets.ConfigError, match="rank='full'"):
+        decompose(model, "channel+decouple", rank=3, input_size=(4, 8, 8))
+    with pytest.raises(mobilenets.ConfigError, match=r"step \d \(\w+\): .*cannot be met"):
+        decompose(model, "spatial+decouple", target_reduction=40, input_size=(4, 8, 8))
+
+
+def test_cli_pipeline(capsys, tmp_path, shared_data):
+    import json
+
+    from mobilenets.cli import main
+
+    weights = tmp_path / "vgg.safetensors"
+    mobilenets.save_weights(_vgg_with_statistics(), weights)
+    code = main(
+        ["decouple", "--checkpoint", str(weights), "--method", "channel+spatial+decouple", "--target-reduction", "3",
+         "--calibration", str(shared_data / "cifar10" / "train"), "--calibration-images", "16",
+         "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "channel+spatial+decouple" and 3 <= report["reduction"] < 3.3 and report["refined"]
+    assert "channel+spatial+decouple + least-squares refinement" in capsys.readouterr().out
+    assert (
+        main(["decouple", "--checkpoint", str(weights), "--method", "channel+sideways", "--rank", "1", "--out", "x"])
+        == 2
+    )
+    assert "argument --method: a conversion step must be one of" in capsys.readouterr().err

@@ -48,7 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "mobilenets.load_model rebuilds it), OUT/report.json and OUT/report.txt: per layer T, retained\n"
             "energy, relative output error, mult-adds and params before/after, CPU latency before/after\n"
             "and, with --eval-data, top-1/top-5 before/after. --method cp|tucker|spatial|channel runs the\n"
-            "baselines; channel+decouple is the paper's combination (channel decomposition, then decoupling)."
+            "baselines; methods joined by '+' run one after the other on what the previous left, sharing\n"
+            "--target-reduction: channel+decouple is the paper's combination, channel+spatial+decouple its\n"
+            "strongest (with --calibration, every converted layer is refitted to the original after each step)."
         ),
         epilog=EXAMPLES,
     )
@@ -67,7 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--sweep", type=csv_of(GREATER_THAN_ONE), help="comma-separated reductions: run every method at each and plot"
     )
     opts = parser.add_argument_group("options")
-    opts.add_argument("--method", default="decouple", choices=["decouple", *DECOMPOSITION_METHODS, "channel+decouple"])
+    opts.add_argument(
+        "--method",
+        default="decouple",
+        type=_method,
+        help=f"decouple (default), {', '.join(DECOMPOSITION_METHODS)}, or several joined by '+' "
+        "(e.g. channel+spatial+decouple)",
+    )
     opts.add_argument("--order", default="dw_pw", choices=DECOUPLE_ORDERS, help="depthwise first or pointwise first")
     opts.add_argument("--allocation", default="greedy", choices=["greedy", "uniform"], help="ranks under a target")
     opts.add_argument("--budget", default="mult_adds", choices=["mult_adds", "latency"], help="what the greedy saves")
@@ -89,6 +97,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument("--device", default="cpu", help="where to convert and evaluate (cpu, cuda); latency is CPU")
     opts.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(run=run)
+
+
+def _method(text: str) -> str:
+    """--method: one method, or a pipeline of them joined by '+'."""
+    from ..decouple.pipeline import parse_steps
+
+    try:
+        return "+".join(parse_steps(text))
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _rank(text: str) -> int | str:
@@ -162,8 +180,8 @@ def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> in
     else:
         if args.energy is not None:
             raise ConfigError("--energy applies to --method decouple only")
-        if calibration is not None and args.method not in ("channel", "channel+decouple"):
-            raise ConfigError("--calibration applies to --method decouple, channel and channel+decouple")
+        if calibration is not None and args.method in ("cp", "tucker", "spatial"):
+            raise ConfigError("--calibration applies to --method decouple, channel and pipelines (a+b)")
         new, report = decompose(
             model, args.method, rank=args.rank, target_reduction=args.target_reduction, input_size=size,
             calibration=calibration,
@@ -205,9 +223,13 @@ def _sweep_methods(model, size, calibration) -> list[tuple[str, Any]]:
             ("decouple + refine", method("decouple", calibration=calibration)),
             ("channel (calibrated)", method("channel", calibration=calibration)),
             ("channel+decouple (calibrated)", method("channel+decouple", calibration=calibration)),
+            ("channel+spatial+decouple (calibrated)", method("channel+spatial+decouple", calibration=calibration)),
         ]
     else:
-        methods.append(("channel+decouple", method("channel+decouple")))
+        methods += [
+            ("channel+decouple", method("channel+decouple")),
+            ("channel+spatial+decouple", method("channel+spatial+decouple")),
+        ]
     return methods + [("cp", method("cp"))]
 
 

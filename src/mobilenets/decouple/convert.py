@@ -12,7 +12,7 @@ import copy
 import functools
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class LayerReport:
     name: str
     kernel: tuple[int, int, int, int]  # N, M, kh, kw
     out_hw: tuple[int, int]
-    rank: int | None  # None: left as it was (see ``note``)
+    rank: int | str | None  # None: left as it was (see ``note``); a pipeline's: each step's ranks
     calls: int = 1  # times the forward pass runs it (costs count every call)
     note: str = ""
     retained_energy: float | None = None
@@ -724,6 +724,10 @@ def apply_converted_structure(model: nn.Module, steps: list[dict[str, Any]]) -> 
                 else:
                     new = decomposition_layers(conv, method, rank, calibrated=step.get("calibrated", False))
             _replace(model, name, new)
+        for name in step.get("biased", ()):  # 1x1 convs a least-squares refit gave a bias
+            pointwise = model.get_submodule(name)
+            if pointwise.bias is None:
+                pointwise.bias = nn.Parameter(torch.zeros_like(pointwise.weight[:, 0, 0, 0]))
     arch = _with_converted_steps(dict(getattr(model, "arch", None) or {}))
     model.arch = {**arch, "converted": [*arch.get("converted", []), *steps]}
     return model
@@ -800,7 +804,7 @@ def decouple(
 
 def decompose(
     model: nn.Module,
-    method: str = "cp",
+    method: str | Sequence[str] = "cp",
     *,
     rank: int | str | None = None,
     target_reduction: float | None = None,
@@ -817,14 +821,34 @@ def decompose(
 
     ``calibration`` images let the channel decomposition keep the principal
     directions of each layer's real responses instead of its filters'.
-    ``"channel+decouple"`` is the paper's combination: a channel decomposition
-    taking the square root of ``target_reduction``, then network decoupling of
-    the reduced k x k convs for the rest (refined on ``calibration`` if given).
+
+    Several methods in a row - ``["channel", "spatial", "decouple"]`` or
+    ``"channel+spatial+decouple"`` - form a pipeline (see
+    :mod:`mobilenets.decouple.pipeline`): each step converts the convs the
+    previous one left or produced, the ``target_reduction`` is shared across the
+    steps, and ``calibration`` images refit every converted layer to the original
+    network after each step.  ``"channel+decouple"`` is the paper's combination;
+    ``rank="full"`` makes every step exact (a check, not a saving).
     """
-    if method == "channel+decouple":
-        return _channel_then_decouple(model, target_reduction, calibration, input_size, layers)
+    steps = method.split("+") if isinstance(method, str) else list(method)
+    if len(steps) > 1:
+        from .pipeline import convert_in_steps, parse_steps
+
+        return convert_in_steps(
+            model, parse_steps(steps), rank=rank, target_reduction=target_reduction, calibration=calibration,
+            input_size=input_size, layers=layers, seed=seed,
+        )  # fmt: skip
+    method = steps[0] if steps else method
+    if method == "decouple":
+        return decouple(
+            model, rank=rank, target_reduction=target_reduction, calibration=calibration, input_size=input_size,
+            layers=layers, replace_all=replace_all,
+        )  # fmt: skip
     if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join((*METHODS, 'channel+decouple'))}, got {method!r}")
+        raise ConfigError(
+            f"method must be one of {', '.join(METHODS)}, decouple, or several joined by '+' "
+            f"(e.g. channel+spatial+decouple); got {method!r}"
+        )
     if calibration is not None and method != "channel":
         raise ConfigError(f"calibration images are used by the channel decomposition only, not {method!r}")
     builders = {
@@ -850,34 +874,3 @@ def decompose(
         layer_cost=lambda conv, t, i, o: decomposed_mult_adds(conv, method, t, i, o),
         layer_max_rank=lambda conv: max_decomposition_rank(conv, method),
     )
-
-
-def _channel_then_decouple(
-    model, target_reduction, calibration, input_size, layers
-) -> tuple[nn.Module, DecoupleReport]:
-    if target_reduction is None:
-        raise ConfigError(
-            "channel+decouple is steered by target_reduction= alone",
-            cli="--method channel+decouple is steered by --target-reduction alone",
-        )
-    if target_reduction <= 1:
-        raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
-    if isinstance(calibration, Iterable) and not isinstance(calibration, Tensor):
-        calibration = list(calibration)  # read twice, once per stage
-    reduced, channel_report = decompose(
-        model,
-        "channel",
-        target_reduction=target_reduction**0.5,
-        calibration=calibration,
-        input_size=input_size,
-        layers=layers,
-    )
-    # decouple() counts its target against the channel-reduced model's cost
-    remaining = target_reduction * channel_report.mult_adds_after / channel_report.mult_adds_before
-    if remaining <= 1:
-        return reduced, channel_report
-    converted, report = decouple(reduced, target_reduction=remaining, calibration=calibration, input_size=input_size)
-    report.method = "channel+decouple"
-    report.mult_adds_before, report.params_before = channel_report.mult_adds_before, channel_report.params_before
-    report.extra["channel stage"] = f"{channel_report.reduction:.2f}x fewer mult-adds, then decoupling for the rest"
-    return converted, report
