@@ -432,3 +432,55 @@ def test_cli_pipeline(capsys, tmp_path, shared_data):
         == 2
     )
     assert "argument --method: a conversion step must be one of" in capsys.readouterr().err
+
+
+def _modeled_ms(module, shape):
+    """A deterministic stand-in for a CPU: depthwise mult-adds 6x slower than dense ones,
+    plus a fixed cost per conv (latency tests must not time anything)."""
+    total = 0.0
+
+    def hook(conv, args, output):
+        nonlocal total
+        mult_adds = output.shape[-2] * output.shape[-1] * conv.weight[0].numel() * conv.out_channels
+        total += (mult_adds * (6 if conv.groups > 1 else 1) + 30_000) / 1e7
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        module(torch.zeros(1, *shape))
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def test_loss_allocation_is_never_slower_at_the_same_accuracy(shared_data):
+    """allocation="loss" under a latency target: the target is met, and on the calibration
+    images the network is at least as close to the original as the plain mult-adds
+    allocation that runs as fast (the allocation it is meant to replace)."""
+    from mobilenets.data import calibration_images
+    from mobilenets.decouple.convert import _output_loss
+
+    model = _vgg_with_statistics()
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(30)  # confident logits, so that output KL means something
+    images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=128)
+    probe = list(images.split(32))
+
+    def damage(net):
+        with torch.no_grad():
+            return sum(_output_loss(model(x), net(x)) for x in probe) / len(probe)
+
+    base = _modeled_ms(model, (3, 32, 32))
+    for r in (1.5, 3):
+        plain, _ = decouple(model, target_reduction=r, calibration=images)
+        same_speed = base / _modeled_ms(plain, (3, 32, 32))
+        aware, report = decouple(
+            model, target_reduction=same_speed, budget="latency", latency_backend=_modeled_ms,
+            allocation="loss", calibration=images,
+        )  # fmt: skip
+        latency = report.extra["layer_latency"]
+        assert latency["after_ms"] <= latency["before_ms"] / same_speed + 1e-9  # the target, on the given timer
+        assert _modeled_ms(aware, (3, 32, 32)) <= _modeled_ms(plain, (3, 32, 32)) + 1e-9
+        assert damage(aware) <= damage(plain) * (1 + 1e-6)
+        assert "output loss" in report.extra["allocation"]
+    with pytest.raises(mobilenets.ConfigError, match="calibration"):
+        decouple(model, target_reduction=2, allocation="loss")

@@ -77,7 +77,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(e.g. channel+spatial+decouple)",
     )
     opts.add_argument("--order", default="dw_pw", choices=DECOUPLE_ORDERS, help="depthwise first or pointwise first")
-    opts.add_argument("--allocation", default="greedy", choices=["greedy", "uniform"], help="ranks under a target")
+    opts.add_argument(
+        "--allocation",
+        default="greedy",
+        choices=["greedy", "uniform", "loss"],
+        help="ranks under a target: greedy by energy kept (default), uniform, or loss: by each rank's measured "
+        "damage to the output on the --calibration images (slower; never worse there than the others)",
+    )
     opts.add_argument("--budget", default="mult_adds", choices=["mult_adds", "latency"], help="what the greedy saves")
     opts.add_argument(
         "--latency-backend",

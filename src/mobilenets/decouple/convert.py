@@ -303,13 +303,26 @@ class _Layer:
         return [t for t in range(1, self.max_rank + 1) if self.cost(t) < self.original_cost]
 
 
-def _greedy(layers: list[_Layer], saving_needed: float, cost: Callable[[_Layer, int | None], float]) -> dict[str, int]:
-    """Lower ranks one step at a time, always where the least energy is lost per unit of cost
-    saved, until the saving is reached.  ``None`` stands for the original conv."""
+def _greedy(
+    layers: list[_Layer],
+    saving_needed: float,
+    cost: Callable[[_Layer, int | None], float],
+    loss: Callable[[_Layer, int], float] | None = None,
+    progress: Callable[[_Layer, int | None], float] | None = None,
+) -> dict[str, int]:
+    """Lower ranks one step at a time, always where the least is lost per unit of cost
+    saved, until the saving is reached.  ``None`` stands for the original conv; what
+    a rank loses is ``loss(layer, t)`` (default: the squared singular values dropped);
+    the saving is counted in ``progress`` (default: ``cost``), e.g. steps chosen per
+    mult-add until enough milliseconds are saved."""
+    if loss is None:
+        loss = lambda layer, t: 1.0 - layer.retained[t - 1]  # noqa: E731
+    progress = progress or cost
     chosen: dict[str, int | None] = {layer.name: None for layer in layers}
     ladders = {layer.name: layer.cheaper_ranks() for layer in layers}
     saved = 0.0
-    while saved < saving_needed:
+    enough = saving_needed * (1 - 1e-9)  # a saving met up to float rounding is met
+    while saved < enough:
         best = None
         for layer in layers:
             current, ladder = chosen[layer.name], ladders[layer.name]
@@ -319,19 +332,62 @@ def _greedy(layers: list[_Layer], saving_needed: float, cost: Callable[[_Layer, 
             nxt = next((t for t in reversed(below) if cost(layer, t) < cost(layer, current)), None)
             if nxt is None:
                 continue
-            lost = (1.0 if current is None else layer.retained[current - 1]) - layer.retained[nxt - 1]
+            lost = loss(layer, nxt) - (0.0 if current is None else loss(layer, current))
             gain = cost(layer, current) - cost(layer, nxt)
             ratio = max(lost, 0.0) / gain
             if best is None or ratio < best[0]:
-                best = (ratio, layer, nxt, gain)
+                best = (ratio, layer, current, nxt)
         if best is None:
             break
-        _, layer, nxt, gain = best
+        _, layer, current, nxt = best
         chosen[layer.name] = nxt
-        saved += gain
-    if saved < saving_needed:
+        saved += progress(layer, current) - progress(layer, nxt)
+    if saved < enough:
         raise _unreachable(saved, saving_needed)
     return {name: rank for name, rank in chosen.items() if rank is not None}
+
+
+ALLOCATIONS = ("greedy", "uniform", "loss")  # how ranks are chosen under a target
+_SENSITIVITY_BATCHES = 4  # calibration batches (of up to 32 images) each rank's effect is measured on
+
+
+def _least_damaging(
+    model: nn.Module,
+    layers: list[_Layer],
+    batches: list[Tensor],
+    needed: float,
+    cost: Callable[[_Layer, int | None], float],
+    mult_adds: Callable[[_Layer, int | None], float],
+    budget: str,
+    order: str,
+) -> tuple[dict[str, int], str]:
+    """allocation="loss": the ranks, among allocations that all save ``needed`` of the
+    budget, whose converted and refitted network stays closest to the original's output
+    on the calibration images.  Candidates: greedy by each rank's measured damage
+    (:func:`_sensitivity`), greedy by energy, and for a latency budget the plain
+    mult-adds allocation taken as far as the same latency - so the choice is never
+    worse on those images than the allocations it replaces."""
+    probe = batches[:_SENSITIVITY_BATCHES]
+    measured = _sensitivity(model, layers, probe)
+    candidates = {
+        "measured damage per unit saved": _greedy(layers, needed, cost, lambda layer, t: measured[(layer.name, t)]),
+        "energy per unit saved": _greedy(layers, needed, cost),
+    }
+    if budget == "latency":
+        candidates["energy per mult-add, to the same latency"] = _greedy(layers, needed, mult_adds, progress=cost)
+    references = [model(x) for x in probe]
+    scores = {}
+    for label, ranks in candidates.items():
+        converted = copy.deepcopy(model)
+        for name, t in ranks.items():
+            _replace(converted, name, DecoupledConv.from_conv(model.get_submodule(name), t, order))
+        if order == "dw_pw":
+            _refit(model, converted, list(ranks), batches)
+        with torch.no_grad():
+            scores[label] = sum(_output_loss(r, converted(x)) for r, x in zip(references, probe)) / len(probe)
+    best = min(scores, key=scores.get)
+    others = ", ".join(f"{label} {score:.3g}" for label, score in scores.items() if label != best)
+    return candidates[best], f"{best} (output loss {scores[best]:.3g}; {others})"
 
 
 def _unreachable(saved: float, needed: float) -> ConfigError:
@@ -361,14 +417,60 @@ def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int 
         return median_ms(lambda: session.run(None, feed), runs=runs, warmup=2)
 
 
-def _latency_table(layers: list[_Layer], backend: str) -> dict[tuple[str, int | None], float]:
-    """Per-layer batch-1 latency (ms) of the original conv and every cheaper rank, on ``backend``."""
+def _latency_table(layers: list[_Layer], backend) -> dict[tuple[str, int | None], float]:
+    """Per-layer batch-1 latency (ms) of the original conv and every cheaper rank, on ``backend``
+    (a name, or a function ``(module, (C, H, W)) -> ms``); a conv run n times counts n times."""
+    measure = backend if callable(backend) else functools.partial(_measure, backend=backend)
     table = {}
     for layer in layers:
-        shape = (layer.conv.in_channels, *layer.in_hw)
-        table[(layer.name, None)] = _measure(copy.deepcopy(layer.conv), shape, backend)
+        shape, calls = (layer.conv.in_channels, *layer.in_hw), len(layer.shapes["calls"])
+        table[(layer.name, None)] = calls * measure(copy.deepcopy(layer.conv), shape)
         for rank in layer.cheaper_ranks():
-            table[(layer.name, rank)] = _measure(DecoupledConv.from_conv(layer.conv, rank, layer.order), shape, backend)
+            table[(layer.name, rank)] = calls * measure(DecoupledConv.from_conv(layer.conv, rank, layer.order), shape)
+    return table
+
+
+def _output_loss(reference, output) -> float:
+    """How far ``output`` is from ``reference``: the KL divergence of the class
+    probabilities for (N, classes) logits, else the relative squared error of every tensor."""
+    if isinstance(reference, Tensor) and reference.dim() == 2:
+        log_p, log_q = reference.double().log_softmax(1), output.double().log_softmax(1)
+        return (log_p.exp() * (log_p - log_q)).sum(1).mean().item()
+    flat = lambda value: torch.cat([t.double().flatten() for t in _tensors(value)])  # noqa: E731
+    ref = flat(reference)
+    return ((flat(output) - ref).square().sum() / ref.square().sum().clamp(min=1e-300)).item()
+
+
+def _tensors(value) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for item in value for t in _tensors(item)] if isinstance(value, (list, tuple)) else []
+
+
+@torch.no_grad()
+def _sensitivity(model: nn.Module, layers: list[_Layer], batches: list[Tensor]) -> dict[tuple[str, int], float]:
+    """What decoupling ONE layer at each cheaper rank costs the whole network: the output
+    loss (see :func:`_output_loss`) on the calibration images with only that layer
+    replaced, after its 1x1 conv is refitted to the layer's original output - the
+    accuracy a rank choice buys, measured with the refinement the conversion will do."""
+    work = copy.deepcopy(model).eval()
+    references = [work(x) for x in batches]
+    table = {}
+    for layer in layers:
+        seen = [_capture(work, [layer.name], x, keep_inputs=True, keep_outputs=True)[layer.name] for x in batches]
+        original = work.get_submodule(layer.name)
+        for rank in layer.cheaper_ranks():
+            module = DecoupledConv.from_conv(layer.conv, rank, layer.order)
+            if layer.order == "dw_pw":
+                pairs = [(module.depthwise(x), y) for entry in seen for x, y in zip(entry["inputs"], entry["outputs"])]
+                _fit_pointwise(module.pointwise, pairs)
+            _replace(work, layer.name, module)
+            table[(layer.name, rank)] = sum(_output_loss(r, work(x)) for r, x in zip(references, batches)) / len(
+                batches
+            )
+            _replace(work, layer.name, original)
     return table
 
 
@@ -408,16 +510,57 @@ def _last_pointwise(module: nn.Module) -> str | None:
 
 
 @torch.no_grad()
+def _fit_pointwise(pointwise: nn.Conv2d, pairs: Iterable[tuple[Tensor, Tensor]], max_rows: int = 4096) -> str:
+    """Least-squares weights and bias of a 1x1 conv mapping each input ``x`` to its target
+    ``y`` (pixels as samples, at most ``max_rows`` per pair), ridged towards the current
+    weights so that weakly determined directions stay where they were.  Returns
+    "fitted", "biased" (fitted, and a bias added) or "too few" samples (left as it was)."""
+    generator = torch.Generator().manual_seed(0)
+    width = pointwise.in_channels + 1
+    device = pointwise.weight.device
+    gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+    cross = torch.zeros(width, pointwise.out_channels, dtype=torch.float64, device=device)
+    total_rows = 0
+    for x, y in pairs:
+        rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).double()
+        wanted = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
+        if rows.shape[0] > max_rows:
+            pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows].to(device)
+            rows, wanted = rows[pick], wanted[pick]
+        rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=device)], 1)
+        gram += rows.T @ rows
+        cross += rows.T @ wanted
+        total_rows += rows.shape[0]
+    if total_rows < 2 * width:
+        return "too few"  # fewer samples than twice the C_in + 1 unknowns per output
+    bias = pointwise.bias
+    start = torch.cat(
+        [
+            pointwise.weight.reshape(pointwise.out_channels, -1).T.double(),
+            torch.zeros_like(cross[:1]) if bias is None else bias.detach().double()[None, :],
+        ]
+    )
+    strength = 1e-3 * gram.diagonal().mean()
+    identity = torch.eye(width, dtype=gram.dtype, device=device)
+    solution = torch.linalg.solve(gram + strength * identity, cross + strength * start)
+    pointwise.weight.copy_(solution[:-1].T.reshape(pointwise.weight.shape).to(pointwise.weight.dtype))
+    if bias is None:
+        pointwise.bias = nn.Parameter(solution[-1].to(pointwise.weight.dtype))
+        return "biased"
+    bias.copy_(solution[-1])
+    return "fitted"
+
+
+@torch.no_grad()
 def _refit(
-    original: nn.Module, converted: nn.Module, names: list[str], batches: list[Tensor], max_rows: int = 4096
+    original: nn.Module, converted: nn.Module, names: list[str], batches: list[Tensor]
 ) -> tuple[list[str], list[str], list[str]]:
-    """Re-fit the last 1x1 conv (and bias) of each converted layer by least squares so
-    that, fed the converted network's own features, it reproduces the original
-    layer's output; layers go in forward order so each absorbs earlier errors.
+    """Re-fit the last 1x1 conv (and bias) of each converted layer so that, fed the
+    converted network's own features, it reproduces the original layer's output
+    (:func:`_fit_pointwise`); layers go in forward order so each absorbs earlier errors.
 
     ``names`` are the original convs (the same names in both networks).  Returns
     (refitted layers, layers with too few samples, 1x1 convs that gained a bias)."""
-    generator = torch.Generator().manual_seed(0)
     refitted: list[str] = []
     skipped: list[str] = []
     biased: list[str] = []
@@ -426,46 +569,18 @@ def _refit(
         if inner is None:
             continue
         full = ".".join(filter(None, [name, inner]))
-        pointwise = converted.get_submodule(full)
-        width = pointwise.in_channels + 1
-        device = pointwise.weight.device
-        gram = torch.zeros(width, width, dtype=torch.float64, device=device)
-        cross = torch.zeros(width, pointwise.out_channels, dtype=torch.float64, device=device)
-        total_rows = 0
+        pairs = []
         for images in batches:
             features = _capture(converted, [full], images, keep_inputs=True)[full]["inputs"]
             targets = _capture(original, [name], images, keep_outputs=True)[name]["outputs"]
-            for x, y in zip(features, targets):  # one pair per call of a reused conv
-                rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).double()
-                wanted = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
-                if rows.shape[0] > max_rows:
-                    pick = torch.randperm(rows.shape[0], generator=generator)[:max_rows].to(device)
-                    rows, wanted = rows[pick], wanted[pick]
-                rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=device)], 1)
-                gram += rows.T @ rows
-                cross += rows.T @ wanted
-                total_rows += rows.shape[0]
-        if total_rows < 2 * width:
-            skipped.append(name)  # too few samples to fit C_in + 1 unknowns per output: keep the weights
+            pairs += zip(features, targets)  # one pair per call of a reused conv
+        outcome = _fit_pointwise(converted.get_submodule(full), pairs)
+        if outcome == "too few":
+            skipped.append(name)
             continue
-        # Ridge towards the current weights, so that weakly determined directions stay where they were.
-        bias = pointwise.bias
-        start = torch.cat(
-            [
-                pointwise.weight.reshape(pointwise.out_channels, -1).T.double(),
-                torch.zeros_like(cross[:1]) if bias is None else bias.detach().double()[None, :],
-            ]
-        )
-        strength = 1e-3 * gram.diagonal().mean()
-        identity = torch.eye(width, dtype=gram.dtype, device=device)
-        solution = torch.linalg.solve(gram + strength * identity, cross + strength * start)
-        pointwise.weight.copy_(solution[:-1].T.reshape(pointwise.weight.shape).to(pointwise.weight.dtype))
-        if bias is None:
-            pointwise.bias = nn.Parameter(solution[-1].to(pointwise.weight.dtype))
-            biased.append(full)
-        else:
-            bias.copy_(solution[-1])
         refitted.append(name)
+        if outcome == "biased":
+            biased.append(full)
     return refitted, skipped, biased
 
 
@@ -511,7 +626,7 @@ def _convert(
     allocation: str,
     budget: str,
     calibration,
-    latency_backend: str = "onnxruntime",
+    latency_backend: str | Callable[[nn.Module, tuple[int, int, int]], float] = "onnxruntime",
     input_size,
     layers: Iterable[str] | None,
     replace_all: bool,
@@ -536,10 +651,18 @@ def _convert(
             f"rank must be a positive integer or 'full' (every layer exact), got {rank!r}",
             cli=f"--rank must be a positive integer or 'full' (every layer exact), got {rank!r}",
         )
-    if allocation not in ("greedy", "uniform") or budget not in ("mult_adds", "latency"):
-        raise ConfigError("allocation is 'greedy' or 'uniform'; budget is 'mult_adds' or 'latency'")
-    if latency_backend not in LATENCY_BACKENDS:
+    if allocation not in ALLOCATIONS or budget not in ("mult_adds", "latency"):
+        raise ConfigError(
+            f"allocation is one of {', '.join(ALLOCATIONS)}; budget is 'mult_adds' or 'latency'",
+            cli=f"--allocation is one of {', '.join(ALLOCATIONS)}; --budget is mult_adds or latency",
+        )
+    if not callable(latency_backend) and latency_backend not in LATENCY_BACKENDS:
         raise ConfigError(f"latency_backend must be one of {', '.join(LATENCY_BACKENDS)}, got {latency_backend!r}")
+    if allocation == "loss" and calibration is None:
+        raise ConfigError(
+            "allocation='loss' measures each rank's effect on calibration images: pass calibration=",
+            cli="--allocation loss measures each rank's effect on calibration images: pass --calibration",
+        )
 
     names, skipped = eligible_convs(model)
     if layers is not None:
@@ -584,6 +707,7 @@ def _convert(
                 )
 
     chosen: dict[str, int] = {}
+    report_extra: dict[str, Any] = {}
     notes: dict[str, str] = {}
     retained: dict[str, float] = {}
     if method == "decouple":
@@ -609,15 +733,24 @@ def _convert(
                     if not fits:
                         raise _unreachable(0, saving)
                     chosen[n] = fits[-1]
-            elif budget == "mult_adds":
-                chosen = _greedy(
-                    list(info.values()), saving, lambda layer, t: layer.original_cost if t is None else layer.cost(t)
-                )
             else:
-                table = _latency_table(list(info.values()), latency_backend)
-                total_ms = sum(table[(n, None)] for n in names)
-                needed_ms = total_ms * (1 - 1 / target_reduction)
-                chosen = _greedy(list(info.values()), needed_ms, lambda layer, t: table[(layer.name, t)])
+                layer_list = list(info.values())
+                mult_adds = lambda layer, t: layer.original_cost if t is None else layer.cost(t)  # noqa: E731
+                if budget == "mult_adds":
+                    cost, needed = mult_adds, saving
+                else:
+                    table = _latency_table(layer_list, latency_backend)
+                    total_ms = sum(table[(n, None)] for n in names)
+                    cost, needed = (lambda layer, t: table[(layer.name, t)]), total_ms * (1 - 1 / target_reduction)
+                if allocation == "loss":
+                    chosen, how = _least_damaging(model, layer_list, batches, needed, cost, mult_adds, budget, order)
+                    report_extra["allocation"] = how
+                else:
+                    chosen = _greedy(layer_list, needed, cost)
+                if budget == "latency":
+                    # the converted layers' summed batch-1 times, as measured for the allocation
+                    after_ms = sum(table[(n, chosen.get(n))] for n in names)
+                    report_extra["layer_latency"] = {"before_ms": total_ms, "after_ms": after_ms}
         retained = {n: info[n].retained[t - 1] for n, t in chosen.items()}
         for n in names:
             if n not in chosen and n not in notes:
@@ -681,6 +814,7 @@ def _convert(
         )
     label = f"decouple-{order}" if method == "decouple" else method
     report = DecoupleReport(label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined)
+    report.extra.update(report_extra)
     report.skipped = skipped
     if skipped:
         report.extra["skipped"] = _skipped_summary(skipped)
@@ -748,7 +882,7 @@ def decouple(
     calibration=None,
     allocation: str = "greedy",
     budget: str = "mult_adds",
-    latency_backend: str = "onnxruntime",
+    latency_backend: str | Callable[[nn.Module, tuple[int, int, int]], float] = "onnxruntime",
     input_size: tuple[int, int, int] | None = None,
     layers: Iterable[str] | None = None,
     replace_all: bool = False,
@@ -768,7 +902,13 @@ def decouple(
       ``budget="latency"``: per millisecond saved, measured here on each
       layer at batch 1 on ``latency_backend`` - ``"onnxruntime"`` (the
       fast deployed path; needs the [onnx] extra) or ``"channels_last"``
-      eager PyTorch, where depthwise convs are slow and little can be saved).
+      eager PyTorch, where depthwise convs are slow and little can be saved,
+      or your own ``(module, (C, H, W)) -> ms``, e.g. a table measured on a
+      phone); ``allocation="loss"``: per unit of mult-adds or milliseconds
+      saved, the least measured damage to the network's output on the
+      ``calibration`` images (each layer at each rank alone, refitted, against
+      the original's logits: KL divergence), so that a latency target does not
+      cut the most sensitive layers to one term.
 
     ``order`` is ``"dw_pw"`` (depthwise then pointwise) or ``"pw_dw"``.
     ``calibration`` (images, a tensor or an iterable of batches; unlabelled)
