@@ -1,21 +1,29 @@
-"""CPU wall-clock speedup of decoupled (and decomposed) networks on every backend.
+"""CPU wall-clock speedup of decoupled (and decomposed) networks on every backend, and their accuracy.
 
     python benchmarks/decouple_speed.py --checkpoint runs/vgg16/best.pt \\
         --eval-data ../shared/data/cifar10 --val-subset 2000 --calibration ../shared/data/cifar10/train
     python benchmarks/decouple_speed.py --model vgg16 --resolution 224      # ImageNet shape, speed only
+    # retrain the regular network first (resumes; a short CPU schedule is for mechanics only),
+    # fine-tune every converted copy for one epoch, plot top-1 against ONNX Runtime latency
+    python benchmarks/decouple_speed.py --train-out runs/vgg16-cpu --train-epochs 4 --width-mult 0.25 \\
+        --train-subset 20000 --data-dir ../shared/data/cifar10 --eval-data ../shared/data/cifar10 \\
+        --calibration ../shared/data/cifar10/train --finetune-epochs 1 --plot out/vgg16.png --json out/vgg16.json
 
 Mult-adds lie on CPUs: a depthwise conv runs far below its mult-add count.  This
 converts the network at each target reduction, then times the original and every
 converted copy at batch 1 on eager PyTorch (NCHW), channels_last (BN folded, NHWC)
 and ONNX Runtime (the ``mobilenets export`` of the converted model), each against
 the original on the same backend; all of them take turns, in three rounds.  With ``--eval-data`` the converted models' top-1
-is measured too (in PyTorch; the ONNX export is checked against it at export time).
+is measured too (in PyTorch; the ONNX export is checked against it at export time),
+and with ``--finetune-epochs`` again after that many epochs of ``mobilenets train
+--init-from`` on ``--data-dir`` (the cifar10 recipe at a tenth of its learning rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import tempfile
@@ -72,6 +80,23 @@ def conversions(model, targets, calibration, size, methods):
                 ),
             ),
         ]
+    if calibration is not None:
+        recipes += [
+            (
+                "loss-latency",
+                "decouple, ORT latency budget, loss allocation + refine",
+                lambda r: mobilenets.decouple(
+                    model, target_reduction=r, budget="latency", allocation="loss", calibration=calibration, **options
+                ),
+            ),
+            (
+                "pipeline",
+                "channel+spatial+decouple",
+                lambda r: mobilenets.decompose(
+                    model, "channel+spatial+decouple", target_reduction=r, calibration=calibration, **options
+                ),
+            ),
+        ]
     recipes += [
         (name, name, lambda r, name=name: mobilenets.decompose(model, name, target_reduction=r, **options))
         for name in ("cp", "tucker", "spatial")
@@ -99,9 +124,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="top-1 against ONNX Runtime latency, one line per method")
+    training = parser.add_argument_group("retraining the regular network (instead of --checkpoint)")
+    training.add_argument("--train-out", type=Path, help="run folder: trained (or resumed) here, then best.pt used")
+    training.add_argument("--train-epochs", type=int, default=40)
+    training.add_argument("--train-subset", type=int, help="a class-balanced slice of the training images")
+    training.add_argument("--width-mult", type=float, default=1.0)
+    training.add_argument("--data-dir", help="labelled training images (retraining and fine-tuning)")
+    training.add_argument("--device", default="cpu", help="where to train and fine-tune")
+    parser.add_argument("--finetune-epochs", type=int, help="fine-tune every converted copy this long on --data-dir")
+    parser.add_argument(
+        "--from-json", type=Path, help="print the table (and --plot) of a saved --json run, measuring nothing"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        args.finetune_epochs = saved["args"].get("finetune_epochs")
+        return report(saved["rows"], saved.get("title", "model"), saved["device"], args)
 
+    if args.train_out and not args.checkpoint:
+        args.checkpoint = str(_train_regular(args))
     if args.checkpoint:
         model, info = load_model_with_info(args.checkpoint)
         info = default_data_info(model, info)
@@ -126,6 +169,9 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     methods = set(args.methods.split(","))
 
+    if args.finetune_epochs and not (args.data_dir and batches is not None):
+        parser.error("--finetune-epochs needs --data-dir (to train on) and --eval-data (to measure)")
+
     x = torch.randn(1, *size)
     converted = [("original", None, model, 1.0)]
     converted += [(label, r, net, report.reduction) for label, r, net, report in conversions(model, targets, calibration, size, methods)]  # fmt: skip
@@ -136,6 +182,9 @@ def main() -> None:
             row = {"method": label, "target": target, "reduction": reduction}
             if batches is not None:
                 row["top1"] = evaluate(net, batches, len(info["classes"]))["top1"]
+            if args.finetune_epochs and target is not None:
+                tuned = _finetune(net, info, args, Path(tmp) / f"ft{i}")
+                row["top1_finetuned"] = evaluate(tuned, batches, len(info["classes"]))["top1"]
             prepared = PreparedModel(net, info, Path(tmp), None, f"m{i}")
             for backend in BACKENDS:
                 run = prepared.runner(backend, args.threads)
@@ -153,22 +202,96 @@ def main() -> None:
         for row, backend, _ in runners:
             row[backend] = statistics.median(row[backend])
 
+    title = f"{info.get('arch', {}).get('name', args.model)} at {size[1]}x{size[2]}"
+    device = f"{_cpu_name()}, torch {torch.__version__}, {args.threads} threads"
+    if args.json:
+        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**payload, "title": title, "device": device, "rows": rows}, indent=2))
+    report(rows, title, device, args)
+
+
+def report(rows: list[dict], title: str, device: str, args) -> None:
+    """The Markdown table, and with ``--plot`` top-1 against ONNX Runtime latency."""
     base = rows[0]
+    evaluated = "top1" in base
+    tuned = any("top1_finetuned" in row for row in rows)
     print(
-        f"\n{info.get('arch', {}).get('name', args.model)} at {size[1]}x{size[2]}, batch 1, {args.threads} threads; "
-        f"median of {args.runs} runs; speedup = original's time / converted time on the same backend"
+        f"\n{title}, batch 1, {device}; median of {args.runs} runs; "
+        "speedup = original's time / converted time on the same backend"
     )
     header = "| method | target | mult-adds cut | " + " | ".join(f"{b} ms (speedup)" for b in BACKENDS)
-    header += " | top-1 |" if batches is not None else " |"
+    header += " | top-1 (drop) |" if evaluated else " |"
+    header += f" top-1 after {args.finetune_epochs} epoch(s) (drop) |" if tuned else ""
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for row in rows:
         cells = [f"{row[b]:.2f} ({base[b] / row[b]:.2f}x)" for b in BACKENDS]
-        top1 = f" | {100 * row['top1']:.2f}% |" if batches is not None else " |"
+        top1 = " |"
+        for key in ("top1", "top1_finetuned") if tuned else ("top1",) if evaluated else ():
+            value = row.get(key, row["top1"])
+            top1 += f" {100 * value:.2f}% ({100 * (value - base['top1']):+.2f}) |"
         target = "-" if row["target"] is None else f"{row['target']:g}x"
         print(f"| {row['method']} | {target} | {row['reduction']:.2f}x | " + " | ".join(cells) + top1)
-    if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+    if args.plot and evaluated:
+        from mobilenets.plots import plot_sweep
+
+        results = [{**row, "label": f"{row['target']:g}x"} for row in rows[1:]]
+        if tuned:
+            results += [
+                {
+                    **row,
+                    "top1": row["top1_finetuned"],
+                    "label": "",
+                    "variant": f"{args.finetune_epochs} epoch fine-tuned",
+                }
+                for row in rows[1:]
+            ]
+        plot_sweep(
+            results, base, args.plot, x="onnxruntime", xlabel=f"ONNX Runtime batch-1 latency (ms); {device}",
+            title=f"{title}: top-1 against measured latency", labels="label",
+        )  # fmt: skip
+        print(f"wrote {args.plot}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _train_regular(args) -> Path:
+    """The regular network the conversions start from, trained by the library (resumed if
+    interrupted; reused once finished)."""
+    from mobilenets.train import TrainConfig, train
+
+    if not args.data_dir:
+        raise SystemExit("--train-out needs --data-dir")
+    config = TrainConfig(
+        model=args.model, data_dir=args.data_dir, out=str(args.train_out), recipe="cifar10",
+        epochs=args.train_epochs, width_mult=args.width_mult, train_subset=args.train_subset, device=args.device,
+    )  # fmt: skip
+    train(config)
+    return args.train_out / "best.pt"
+
+
+def _finetune(net, info, args, out: Path):
+    """``net`` after ``--finetune-epochs`` of the training pipeline, started from its saved file."""
+    from mobilenets.train import TrainConfig, train
+
+    weights = mobilenets.save_weights(net.cpu(), out.with_suffix(".safetensors"), data_info=info)
+    arch = net.arch
+    config = TrainConfig(
+        model=arch["name"], data_dir=args.data_dir, out=str(out), recipe="cifar10", init_from=str(weights),
+        epochs=args.finetune_epochs, lr=0.01, warmup_epochs=0, width_mult=arch.get("width_mult", 1.0),
+        train_subset=args.train_subset, device=args.device,
+    )  # fmt: skip
+    train(config, progress=False, log=lambda *a, **k: None)
+    return mobilenets.load_model(out / "last.pt").eval()
 
 
 if __name__ == "__main__":

@@ -131,19 +131,51 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     return path
 
 
-def plot_sweep(results: Sequence[dict[str, Any]], before: dict[str, float] | None, out: str | Path) -> Path:
-    """Top-1 against the mult-adds reduction reached, one line per compression method
-    (``results``: dicts with ``method``, ``reduction``, ``top1``); the original as a dotted line."""
+def plot_sweep(
+    results: Sequence[dict[str, Any]],
+    before: dict[str, float] | None,
+    out: str | Path,
+    *,
+    x: str = "reduction",
+    xlabel: str = "mult-adds reduction (x)",
+    title: str = "training-free compression",
+    labels: str | None = None,
+) -> Path:
+    """Top-1 against ``x`` (default the mult-adds reduction reached), one line per
+    compression method (``results``: dicts with ``method``, ``x`` and ``top1``; an
+    optional ``variant``, e.g. "fine-tuned", is drawn dashed in its method's colour);
+    the original as a dotted line, or as a star where it has an ``x`` of its own
+    (``before[x]``, e.g. its latency); ``labels`` names a key written beside each point."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in dict.fromkeys(r["method"] for r in results):
-        points = sorted((r["reduction"], 100 * r["top1"]) for r in results if r["method"] == name)
-        ax.plot(*zip(*points), marker="o", label=name)
-    if before:
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r["method"] for r in results))}
+    markers = "osD^v<>ph*"
+    for i, (name, variant) in enumerate(dict.fromkeys((r["method"], r.get("variant")) for r in results)):
+        chosen = [r for r in results if r["method"] == name and r.get("variant") == variant]
+        points = sorted((r[x], 100 * r["top1"], r.get(labels, "")) for r in chosen)
+        index = list(colours).index(name)
+        ax.plot(
+            [p[0] for p in points], [p[1] for p in points], color=colours[name], marker=markers[index // 10 % 10],
+            linestyle="--" if variant else "-", alpha=0.6 if variant else 1.0,
+            label=f"{name}, {variant}" if variant else name,
+        )  # fmt: skip
+        for px, py, text in points if labels else ():
+            ax.annotate(str(text), (px, py), textcoords="offset points", xytext=(3, 3), fontsize=7, color=colours[name])
+    if before and x in before:
+        ax.plot(
+            [before[x]],
+            [100 * before["top1"]],
+            marker="*",
+            markersize=13,
+            color="black",
+            linestyle="",
+            label="original",
+        )
+    elif before:
         ax.axhline(100 * before["top1"], color="gray", linestyle=":", label="original")
-    ax.set(xlabel="mult-adds reduction (x)", ylabel="top-1 (%)", title="training-free compression")
+    ax.set(xlabel=xlabel, ylabel="top-1 (%)", title=title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     path = _save(fig, out)
     plt.close(fig)
     return path
