@@ -375,7 +375,7 @@ def test_pipeline_shares_the_target_and_refits_to_the_original(shared_data, tmp_
     model = _vgg_with_statistics()
     images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=48)
     held_out = calibration_images(shared_data / "cifar10" / "test", style="cifar", resolution=32, count=16)
-    for target in (2, 3, 4):
+    for target in (2, 4):
         free, free_report = decompose(model, "channel+spatial+decouple", target_reduction=target)
         fitted, report = decompose(
             model, ["channel", "spatial", "decouple"], target_reduction=target, calibration=images
@@ -462,7 +462,7 @@ def test_loss_allocation_is_never_slower_at_the_same_accuracy(shared_data):
     model = _vgg_with_statistics()
     with torch.no_grad():
         model.classifier[-1].weight.mul_(30)  # confident logits, so that output KL means something
-    images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=128)
+    images = calibration_images(shared_data / "cifar10" / "train", style="cifar", resolution=32, count=64)
     probe = list(images.split(32))
 
     def damage(net):
@@ -470,17 +470,17 @@ def test_loss_allocation_is_never_slower_at_the_same_accuracy(shared_data):
             return sum(_output_loss(model(x), net(x)) for x in probe) / len(probe)
 
     base = _modeled_ms(model, (3, 32, 32))
-    for r in (1.5, 3):
-        plain, _ = decouple(model, target_reduction=r, calibration=images)
-        same_speed = base / _modeled_ms(plain, (3, 32, 32))
-        aware, report = decouple(
-            model, target_reduction=same_speed, budget="latency", latency_backend=_modeled_ms,
-            allocation="loss", calibration=images,
-        )  # fmt: skip
-        latency = report.extra["layer_latency"]
-        assert latency["after_ms"] <= latency["before_ms"] / same_speed + 1e-9  # the target, on the given timer
-        assert _modeled_ms(aware, (3, 32, 32)) <= _modeled_ms(plain, (3, 32, 32)) + 1e-9
-        assert damage(aware) <= damage(plain) * (1 + 1e-6)
-        assert "output loss" in report.extra["allocation"]
+    r = 2  # one target: each costs ~100 forward passes of the sensitivity measurement
+    plain, _ = decouple(model, target_reduction=r, calibration=images)
+    same_speed = base / _modeled_ms(plain, (3, 32, 32))
+    aware, report = decouple(
+        model, target_reduction=same_speed, budget="latency", latency_backend=_modeled_ms,
+        allocation="loss", calibration=images,
+    )  # fmt: skip
+    latency = report.extra["layer_latency"]
+    assert latency["after_ms"] <= latency["before_ms"] / same_speed + 1e-9  # the target, on the given timer
+    assert _modeled_ms(aware, (3, 32, 32)) <= _modeled_ms(plain, (3, 32, 32)) + 1e-9
+    assert damage(aware) <= damage(plain) * (1 + 1e-6)
+    assert "output loss" in report.extra["allocation"]
     with pytest.raises(mobilenets.ConfigError, match="calibration"):
         decouple(model, target_reduction=2, allocation="loss")
