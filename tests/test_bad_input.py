@@ -90,6 +90,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--data-dir"): ([*train[:5], "--data-dir", "/nonexistent", "--out", "{out}"], ["not found"]),
         ("train", "--model"): ([*train[:1], "--model", "mobilenet_v7", *train[3:]], ["unknown model"]),
         ("train", "--activation"): ([*train, "--activation", "sigh"], ["sigh"]),
+        ("train", "--no-shortcuts"): ([*train, "--no-shortcuts"], ["mobilenet_v1", "residual"]),
         ("train", "--init-from"): ([*train, "--init-from", NO_FILE], ["not found"]),
         ("train", "--init-from other width"): (
             [*train[:4], "0.5", *train[5:], "--init-from", "{root}/v1.safetensors"],

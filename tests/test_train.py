@@ -193,3 +193,20 @@ def test_eval_refuses_a_dataset_with_another_class_count(shared_data, tmp_path):
     train(config(shared_data, tmp_path / "run", epochs=1), progress=False, log=lambda *_: None)
     make_tree(tmp_path / "two")  # 2 classes; the checkpoint has 10
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data-dir", str(tmp_path / "two")]) == 2
+
+
+def test_the_v2_papers_figure_6_ablations_train(shared_data, tmp_path):
+    """--nonlinear-bottleneck and --no-shortcuts reach the network that is trained and saved."""
+    import mobilenets
+
+    out = tmp_path / "ablation"
+    summary = train(
+        config(shared_data, out, epochs=1, linear_bottleneck=False, residual=False), progress=False, log=lambda *_: None
+    )
+    model = mobilenets.load_model(out / "best.pt")
+    assert (model.arch["linear_bottleneck"], model.arch["residual"]) == (False, False)
+    reference = mobilenets.create_model("mobilenet_v2", num_classes=10, width_mult=0.35, cifar=True)
+    assert summary["mult_adds"] == mobilenets.profile(reference, (3, 32, 32)).mult_adds  # same convs, other wiring
+    shortcuts = [block.use_residual for block in model.modules() if hasattr(block, "use_residual")]
+    assert shortcuts and not any(shortcuts)
+    assert any(block.use_residual for block in reference.modules() if hasattr(block, "use_residual"))

@@ -170,6 +170,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resolution", type=rule("resolution"), help="input side (default 32 for CIFAR recipes, else 224)"
     )
     model.add_argument("--activation", help="relu or relu6 inside the blocks (the V1/V2 ablation)")
+    model.add_argument(
+        "--nonlinear-bottleneck",
+        dest="linear_bottleneck",
+        action="store_false",
+        help="MobileNetV2 with ReLU6 after each projection (the V2 paper's Figure 6 ablation)",
+    )
+    model.add_argument(
+        "--no-shortcuts",
+        dest="residual",
+        action="store_false",
+        help="MobileNetV2 without shortcuts between bottlenecks (Figure 6)",
+    )
     speed = parser.add_argument_group("speed and bookkeeping")
     speed.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)")
     speed.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast precision")

@@ -72,6 +72,9 @@ class TrainConfig:
     width_mult: float = 1.0
     resolution: int | None = None
     activation: str | None = None
+    # the V2 paper's Figure 6 ablations (MobileNetV2 only): ReLU6 after the projection, no shortcuts
+    linear_bottleneck: bool = True
+    residual: bool = True
     # start from trained weights (fine-tuning), optionally quantization-aware
     init_from: str | None = None
     qat: bool = False

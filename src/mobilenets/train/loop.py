@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,9 @@ def _check_writable(out: Path) -> None:
 
 def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     config = [k for k in set(saved["config"]) | set(now["config"]) if k not in RESUMABLE_CHANGES]
-    differ = [k for k in config if saved["config"].get(k) != now["config"].get(k)]
+    # a setting added since the run started was at its default then
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    differ = [k for k in config if saved["config"].get(k, defaults.get(k)) != now["config"].get(k, defaults.get(k))]
     saved_teacher, teacher = saved.get("teacher") or {}, now.get("teacher") or {}
     if saved_teacher.get("sha256") != teacher.get("sha256"):
         differ.append("teacher (another file)")
@@ -290,6 +292,10 @@ class Trainer:
             options["cifar"] = True
         if config.activation:
             options["activation"] = config.activation
+        if not config.linear_bottleneck:
+            options["linear_bottleneck"] = False
+        if not config.residual:
+            options["residual"] = False
         model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
         head = head_parameter_names(model, required=recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0)
         if config.init_from:
