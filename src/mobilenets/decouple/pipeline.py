@@ -111,7 +111,6 @@ def convert_in_steps(
 
     current = model
     step_reports: list[tuple[str, DecoupleReport]] = []
-    biased: list[str] = []
     for i, step in enumerate(steps):
         todo = [n for n in eligible_convs(current)[0] if _inside(n, names)]
         if not todo:
@@ -137,13 +136,9 @@ def convert_in_steps(
         step_reports.append((step, report))
         if batches:
             _, _, gained = _refit(model, current, names, batches)
-            if gained:
-                biased += gained
-                # recorded as its own step, so that loading rebuilds the biases the refit added
-                current.arch = {
-                    **current.arch,
-                    "converted": [*current.arch["converted"], {"method": "refit", "biased": gained}],
-                }
+            if gained:  # recorded as its own step, so that loading rebuilds the biases the refit added
+                steps_so_far = [*current.arch["converted"], {"method": "refit", "biased": gained}]
+                current.arch = {**current.arch, "converted": steps_so_far}
 
     if not step_reports:
         raise ConfigError("no step converted anything")
