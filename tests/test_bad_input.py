@@ -72,6 +72,13 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--lr"): ([*train, "--lr", "-1"], ["--lr", "positive"]),
         ("train", "--weight-decay"): ([*train, "--weight-decay", "-1"], ["--weight-decay", ">= 0"]),
         ("train", "--warmup-epochs"): ([*train, "--warmup-epochs", "-1"], ["--warmup-epochs"]),
+        ("train", "--schedule"): ([*train, "--schedule", "linear"], ["--schedule", "linear"]),
+        ("train", "--decay-epochs"): ([*train, "--decay-epochs", "0"], ["--decay-epochs", "positive integer"]),
+        ("train", "--compile-mode"): ([*train, "--compile-mode", "fast"], ["--compile-mode", "fast"]),
+        ("train", "--test-flip detector"): (
+            [*train[:2], "ssdlite_mobilenet_v2", *train[3:], "--test-flip"],
+            ["--test-flip", "detection"],
+        ),
         ("train", "--label-smoothing"): ([*train, "--label-smoothing", "2"], ["--label-smoothing", "[0, 1)"]),
         ("train", "--ema-decay"): ([*train, "--ema-decay", "1"], ["--ema-decay", "[0, 1)"]),
         ("train", "--train-subset"): ([*train, "--train-subset", "0"], ["--train-subset"]),
@@ -366,6 +373,9 @@ def test_api_train_config_is_checked_before_anything_is_written(tmp_path):
         {"precision": "fp64"},
         {"recipe": "fast"},
         {"epochs": 1.5},
+        {"schedule": "linear"},
+        {"decay_epochs": 0},
+        {"compile_mode": "fast"},
     ]:
         with pytest.raises(ConfigError):
             train(TrainConfig(**base, **change), progress=False, log=lambda *_: None)

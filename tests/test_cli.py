@@ -102,6 +102,15 @@ def test_train_predict_and_plot_a_run(capsys, shared_data, tmp_path):
     assert code == 0 and (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, text, _ = run(capsys, "plot", str(out), "--x", "minutes", "--out", str(tmp_path / "m.png"))
     assert code == 0 and (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, text, _ = run(capsys, "plot", str(out), "--x", "wall", "--out", str(tmp_path / "w.png"))
+    assert code == 0 and (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    old = tmp_path / "old"  # a run trained before wall-clock times were recorded
+    old.mkdir()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (old / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "wall_seconds"}) + "\n"
+                                               for r in records))  # fmt: skip
+    code, _, err = run(capsys, "plot", str(old), "--x", "wall", "--out", str(tmp_path / "o.png"))
+    assert code == 2 and "old records no wall-clock times" in err and err.count("\n") == 1
     code, _, err = run(capsys, "plot", str(tmp_path), "--out", str(tmp_path / "q.png"))
     assert code == 2 and "not a training run" in err
 

@@ -154,6 +154,19 @@ def test_learning_rate_schedules():
     assert f(10) == pytest.approx(1.0) and f(25) == pytest.approx(0.5) and f(40) == pytest.approx(0.0)
     v2 = lr_factor(RECIPES["imagenet-v2"], steps_per_epoch=10)
     assert v2(9) == 1.0 and v2(10) == pytest.approx(0.98) and v2(35) == pytest.approx(0.98**3)
+    # one-cycle: up over the warm-up, a straight line down to zero, then held there
+    cycle = lr_factor(quick.override(schedule="onecycle", decay_epochs=3), steps_per_epoch=10)
+    assert cycle(9) == pytest.approx(1.0) and cycle(20) == pytest.approx(0.5) and cycle(30) == cycle(39) == 0.0
+    # cosine decayed until epoch 3 of 4 is PyTorch's CosineAnnealingLR(T_max=3 epochs), stepped per step,
+    # turning back up afterwards as pytorch-cifar's code does when trained past T_max
+    seed = lr_factor(RECIPES["cifar10"].override(epochs=4, decay_epochs=3), steps_per_epoch=10)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=30)
+    for step in range(40):
+        assert seed(step) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-9), step
+        optimizer.step()
+        reference.step()
+    assert seed(30) == pytest.approx(0.0) and seed(39) > 0.2
 
 
 def test_data_kept_on_the_device_matches_the_cpu_pipeline(shared_data):
@@ -210,3 +223,52 @@ def test_the_v2_papers_figure_6_ablations_train(shared_data, tmp_path):
     shortcuts = [block.use_residual for block in model.modules() if hasattr(block, "use_residual")]
     assert shortcuts and not any(shortcuts)
     assert any(block.use_residual for block in reference.modules() if hasattr(block, "use_residual"))
+
+
+def test_flip_evaluation_averages_each_image_with_its_mirror():
+    from mobilenets.train import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    loader = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    with torch.no_grad():
+        averaged = (model(images) + model(images.flip(-1))) / 2
+        plain = model(images)
+    flipped = evaluate(model, loader, 5, flip=True)
+    assert flipped["loss"] == pytest.approx(torch.nn.functional.cross_entropy(averaged, labels).item(), rel=1e-6)
+    assert flipped["top1"] == pytest.approx((averaged.argmax(1) == labels).float().mean().item())
+    assert evaluate(model, loader, 5)["loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(plain, labels).item(), rel=1e-6
+    )
+
+
+def test_fast_training_options_reach_the_run(shared_data, tmp_path, monkeypatch):
+    """--schedule onecycle, --compile-mode (CUDA graphs on a GPU), --test-flip and the wall-clock record."""
+    import mobilenets
+    from mobilenets.data import make_loader
+    from mobilenets.train import evaluate
+
+    modes = []
+
+    def fake_compile(module, mode=None):  # compiling on CPU takes minutes; what matters is what is asked for
+        modes.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run = config(shared_data, tmp_path / "fast", epochs=2, schedule="onecycle", warmup_epochs=1.0,
+                 compile_mode="reduce-overhead", test_flip=True)  # fmt: skip
+    summary = train(run, progress=False, log=lambda *_: None)
+    assert modes == ["reduce-overhead"]
+    history = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    assert history[0]["lr"] == pytest.approx(0.1)  # the peak after the 1-epoch ramp up ... then a line down to zero
+    assert history[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert 0 < history[0]["wall_seconds"] < history[1]["wall_seconds"] == summary["wall_seconds"]
+    assert history[1]["wall_seconds"] > sum(h["train_seconds"] for h in history)  # set-up and validation too
+    # the recorded validation is the flipped one
+    model = mobilenets.load_model(tmp_path / "fast" / "last.pt")
+    _, val_set, _ = build_datasets(shared_data / "cifar10", style="cifar", resolution=32, val_subset=40)
+    loader = make_loader(val_set, 32, workers=0)
+    # (the same batches in the same order: bit for bit; an untrained model's outputs vary little with the image)
+    assert evaluate(model, loader, 10, flip=True)["loss"] == history[1]["loss"]
+    assert evaluate(model, loader, 10)["loss"] != history[1]["loss"]

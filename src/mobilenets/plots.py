@@ -14,7 +14,7 @@ from typing import Any
 from .errors import ConfigError
 from .weights import atomic_write
 
-__all__ = ["load_run", "plot_runs", "plot_sweep", "plot_tradeoff"]
+__all__ = ["load_run", "plot_runs", "plot_sweep", "plot_tradeoff", "plot_tradeoffs"]
 
 
 def _pyplot():
@@ -70,20 +70,45 @@ def plot_tradeoff(
         for p, xv, yv in zip(members, xs, ys):
             ax.annotate(p.get("label", ""), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("million mult-adds (log scale)")
+    ax.set_xlabel({"mult_adds": "million mult-adds", "params": "million parameters"}.get(x, x) + " (log scale)")
     ax.set_ylabel("top-1 accuracy (%)" if y == "top1" else f"{y} (%)")
     ax.grid(True, which="both", alpha=0.3)
     if group:
         ax.legend(fontsize=8)
 
 
+def plot_tradeoffs(
+    points: Sequence[dict[str, Any]], out: str | Path, *, group: str | None = None, title: str = ""
+) -> Path:
+    """One PNG of two panels: accuracy against mult-adds and against parameters (log axes),
+    each point labelled - the papers' Figures 4-5, the picture for choosing a model size.
+    ``points`` as for :func:`plot_tradeoff`, with both ``mult_adds`` and ``params``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, x in zip(axes, ("mult_adds", "params")):
+        plot_tradeoff(ax, points, x=x, group=group)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoch") -> Path:
     """One PNG: training loss and validation top-1 per epoch (``x="minutes"``: against
-    the training time so far, to compare runs at equal cost) for each run, and final
-    top-1 against mult-adds across the runs that have finished."""
-    if x not in ("epoch", "minutes"):
-        raise ConfigError(f"x must be 'epoch' or 'minutes', got {x!r}")
+    the training time so far, to compare runs at equal cost; ``x="wall"``: against the
+    wall-clock since the run began, set-up, data decoding and validation included - a
+    time-to-accuracy curve) for each run, and final top-1 against mult-adds across the
+    runs that have finished."""
+    if x not in ("epoch", "minutes", "wall"):
+        raise ConfigError(f"x must be 'epoch', 'minutes' or 'wall', got {x!r}")
     runs = [load_run(d) for d in run_dirs]
+    if x == "wall":
+        for run in runs:
+            if any("wall_seconds" not in h for h in run["history"]):
+                raise ConfigError(f"{run['name']} records no wall-clock times (trained by an older version); "
+                                  "plot it against training minutes instead")  # fmt: skip
     # classifiers report top-1, detectors COCO mAP, segmenters mIoU (all fractions); one kind per plot
     kinds = {next((k for k in ("top1", "map", "miou") if k in h), None) for run in runs for h in run["history"]}
     if len(kinds) > 1:
@@ -97,6 +122,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     for run in runs:
         if x == "epoch":
             epochs = [h["epoch"] for h in run["history"]]
+        elif x == "wall":
+            epochs = [h["wall_seconds"] / 60 for h in run["history"]]
         else:  # cumulative training minutes at the end of each epoch
             epochs = [sum(e["train_seconds"] for e in run["history"][: i + 1]) / 60 for i in range(len(run["history"]))]
         color = colors[run["name"]]
@@ -109,7 +136,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
         if secondary:  # mAP50 beside a detector's mAP, pixel accuracy beside a segmenter's mIoU
             values = [100 * h.get(secondary[0], float("nan")) for h in run["history"]]
             acc_ax.plot(epochs, values, color=color, linestyle=":", label=f"{run['name']} {secondary[1]}")
-    xlabel = "epoch" if x == "epoch" else "training minutes"
+    xlabel = {"epoch": "epoch", "minutes": "training minutes", "wall": "wall-clock minutes"}[x]
     loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
     acc_ax.set(xlabel=xlabel, ylabel=title, title=f"validation {title.split(' (')[0]}")
     for ax in (loss_ax, acc_ax):

@@ -20,9 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs.png", help="PNG file to write (default runs.png)")
     parser.add_argument(
         "--x",
-        choices=["epoch", "minutes"],
+        choices=["epoch", "minutes", "wall"],
         default="epoch",
-        help="curves against epochs or against training minutes (to compare runs at equal cost)",
+        help="curves against epochs, training minutes (to compare runs at equal cost) or wall-clock minutes since "
+        "the run began, set-up and validation included (time to accuracy)",
     )
     parser.set_defaults(run=run)
 

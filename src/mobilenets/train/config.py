@@ -22,9 +22,12 @@ from ..validate import (
     check_device,
     one_of,
 )
-from .recipes import RECIPES, Recipe, get_recipe
+from .recipes import RECIPES, SCHEDULES, Recipe, get_recipe
 
-__all__ = ["FIELD_RULES", "TrainConfig"]
+__all__ = ["COMPILE_MODES", "FIELD_RULES", "TrainConfig"]
+
+# torch.compile's modes: "reduce-overhead" and "max-autotune" replay CUDA graphs on a GPU
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # What each numeric setting must be when given (None means "the recipe's value").
 FIELD_RULES: dict[str, Rule] = {
@@ -33,6 +36,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lr": POSITIVE,
     "weight_decay": NON_NEGATIVE,
     "warmup_epochs": NON_NEGATIVE,
+    "decay_epochs": POSITIVE_INT,
     "label_smoothing": FRACTION,
     "ema_decay": FRACTION,
     "width_mult": POSITIVE,
@@ -64,6 +68,8 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float | None = None
     warmup_epochs: float | None = None
+    schedule: str | None = None
+    decay_epochs: int | None = None
     label_smoothing: float | None = None
     ema_decay: float | None = None
     body_lr_mult: float | None = None
@@ -103,6 +109,10 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    # torch.compile's mode; "reduce-overhead" replays each step as a CUDA graph (implies compile)
+    compile_mode: str | None = None
+    # validation: average each image's logits with its mirror image's (test-time flip, 2x the cost)
+    test_flip: bool = False
     # bookkeeping
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: time-based only)
     checkpoint_minutes: float = 10.0
@@ -119,6 +129,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} is required", cli=f"train needs --{name.replace('_', '-')}")
         one_of(self.recipe, "recipe", list(RECIPES))
         one_of(self.precision, "precision", PRECISIONS)
+        if self.schedule is not None:
+            one_of(self.schedule, "schedule", SCHEDULES)
+        if self.compile_mode is not None:
+            one_of(self.compile_mode, "compile_mode", COMPILE_MODES)
         if self.dataset is not None:
             one_of(self.dataset, "dataset", ("cifar10", "cifar100"))
         check_device(self.device)
@@ -140,6 +154,8 @@ class TrainConfig:
             lr=self.lr,
             weight_decay=self.weight_decay,
             warmup_epochs=self.warmup_epochs,
+            schedule=self.schedule,
+            decay_epochs=self.decay_epochs,
             label_smoothing=self.label_smoothing,
             ema_decay=self.ema_decay,
             body_lr_mult=self.body_lr_mult,

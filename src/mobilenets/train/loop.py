@@ -46,7 +46,7 @@ from ..models import create_model
 from ..weights import atomic_write, load_pretrained, output_dir
 from .config import TrainConfig
 from .distributed import Distributed, setup
-from .recipes import TRANSFORM_TASKS, Recipe
+from .recipes import SCHEDULES, TRANSFORM_TASKS, Recipe
 from .transfer import Teacher, UnlabelledImages, distillation_loss, head_parameter_names
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
@@ -98,23 +98,33 @@ def _optimizer(model: nn.Module, recipe: Recipe, head: list[str]) -> torch.optim
 def lr_factor(recipe: Recipe, steps_per_epoch: int):
     """The learning-rate multiplier after ``step`` optimizer steps (per-step schedule).
 
-    A linear warm-up over ``warmup_epochs``, then cosine decay to zero at the
-    last step, DeepLab's poly decay to zero, or the papers' staircase ×``lr_decay`` per epoch.
+    A linear warm-up over ``warmup_epochs``, then one of: cosine decay to zero;
+    ``onecycle``, a straight line down to zero (with the warm-up, the triangular
+    one-cycle schedule that fast CIFAR training uses with large batches); DeepLab's
+    poly decay to zero; or the papers' staircase ×``lr_decay`` per epoch.
+
+    The decay ends at ``decay_epochs`` (default: the last epoch).  A run longer than
+    that goes on as PyTorch's schedulers do: cosine turns back up (it is
+    ``CosineAnnealingLR(T_max=decay_epochs)``, which is what pytorch-cifar's code does
+    when trained past ``T_max`` - the seed's "200 epochs, decayed until 150"); onecycle
+    and poly stay at zero.
     """
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
-    total = recipe.epochs * steps_per_epoch
+    total = (recipe.decay_epochs or recipe.epochs) * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if recipe.schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = (step - warmup) / max(1, total - warmup)
+        if recipe.schedule == "cosine":  # periodic past the end, as CosineAnnealingLR
             return 0.5 * (1 + math.cos(math.pi * progress))
+        if recipe.schedule == "onecycle":
+            return max(0.0, 1 - progress)
         if recipe.schedule == "exponential":
             return recipe.lr_decay ** (step // steps_per_epoch)
         if recipe.schedule == "poly":  # DeepLab's and torchvision's segmentation schedule
-            return (1 - min(1.0, (step - warmup) / max(1, total - warmup))) ** 0.9
-        raise ConfigError(f"unknown schedule {recipe.schedule!r}")
+            return (1 - min(1.0, progress)) ** 0.9
+        raise ConfigError(f"unknown schedule {recipe.schedule!r} (one of {', '.join(SCHEDULES)})")
 
     return factor
 
@@ -129,12 +139,16 @@ def evaluate(
     dist: Distributed | None = None,
     channels_last: bool = False,
     precision: str = "fp32",
+    flip: bool = False,
 ) -> dict[str, Any]:
     """Top-1, top-5, mean loss, per-class top-1 and images/s over ``loader``.
 
     Under torchrun each process passes its shard; the counts are summed.
     ``model`` may also be any callable from a batch to logits (an
-    :class:`~mobilenets.export.OnnxClassifier`).
+    :class:`~mobilenets.export.OnnxClassifier`).  ``flip``: test-time
+    augmentation - each image's logits averaged with its mirror image's, which
+    costs a second forward pass and usually gains a few tenths of a point on
+    data trained with random flips.
     """
     if isinstance(model, nn.Module):
         model.eval()
@@ -148,6 +162,8 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=PRECISIONS[precision], enabled=precision != "fp32"):
             logits = model(images)
+            if flip:
+                logits = (logits.float() + model(images.flip(-1)).float()) / 2
         logits = logits.float()
         top = logits.topk(min(5, num_classes), dim=1).indices
         hit1 = top[:, 0] == labels
@@ -219,6 +235,10 @@ class Trainer:
     body_prefix = ""  # where the classifier body (its `features` layers) sits in the model trained
 
     def __init__(self, config: TrainConfig, dist: Distributed, *, progress: bool, log):
+        # wall-clock from here to each epoch's end (data decoding and validation included)
+        self.wall_mark = time.perf_counter()
+        if config.test_flip and self.task != Trainer.task:
+            raise ConfigError(f"--test-flip averages a classifier's logits; {config.model} is a {self.task} model")
         self.config, self.dist, self.log = config, dist, log if dist.is_main else (lambda *_: None)
         self.progress = progress and dist.is_main
         self.out = Path(config.out)
@@ -333,6 +353,7 @@ class Trainer:
             dist=self.dist,
             channels_last=self.config.channels_last,
             precision=self.config.precision,
+            flip=self.config.test_flip,
         )
 
     def _epoch_line(self, record: dict[str, Any]) -> str:
@@ -393,7 +414,8 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.dist.local_rank] if self.device_type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
-        self.net = torch.compile(net) if config.compile else net
+        compiled = config.compile or config.compile_mode is not None
+        self.net = torch.compile(net, mode=config.compile_mode) if compiled else net
         self.optimizer = _optimizer(self.model, recipe, self.head if split else [])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=config.precision == "fp16")
@@ -585,11 +607,17 @@ class Trainer:
         eval_model = self.ema.module if self.ema is not None else self.model
         metrics = self._evaluate(eval_model)
         loss_sum, seen, _ = self.dist.all_sum(self.epoch_sums.clone()).tolist()
+        # Wall-clock since the run began, summed over resumed processes (the time an
+        # interruption lost after the last checkpoint is not counted: it was not kept).
+        now = time.perf_counter()
+        wall = (self.history[-1].get("wall_seconds", 0.0) if self.history else 0.0) + now - self.wall_mark
+        self.wall_mark = now
         record = {
             "epoch": self.epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
             "train_images_per_s": self.train_images_per_s,
             "train_seconds": self.train_seconds,
+            "wall_seconds": wall,
             "lr": max(group["lr"] for group in self.optimizer.param_groups),  # the head's, when the body is slower
             **{k: v for k, v in metrics.items() if not k.startswith("per_class")},
         }
@@ -632,6 +660,7 @@ class Trainer:
             "params": cost.params,
             "latency_ms_batch1_cpu": measure_latency(model, self.resolution),
             "train_seconds": sum(h["train_seconds"] for h in self.history),
+            "wall_seconds": final.get("wall_seconds"),
             "world_size": self.dist.world_size,
             "out": str(self.out),
         }

@@ -11,7 +11,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["RECIPES", "TRANSFORM_TASKS", "Recipe", "get_recipe"]
+__all__ = ["RECIPES", "SCHEDULES", "TRANSFORM_TASKS", "Recipe", "get_recipe"]
+
+# How the learning rate falls after the warm-up (see mobilenets.train.lr_factor).
+SCHEDULES = ("cosine", "onecycle", "exponential", "poly")
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,10 @@ class Recipe:
     weight_decay: float
     batch_size: int
     epochs: int
-    schedule: str  # "cosine", "exponential" or "poly" (DeepLab's (1 - progress) ** 0.9)
+    schedule: str  # one of SCHEDULES: cosine; onecycle (linear up, then linear down); exponential; poly
     lr_decay: float = 1.0  # per-epoch factor for "exponential"
+    # the schedule reaches its end here (None: at the last epoch); see lr_factor for what follows
+    decay_epochs: int | None = None
     rmsprop_decay: float = 0.9  # RMSprop's squared-gradient averaging (TF "decay")
     rmsprop_eps: float = 1.0  # TF-slim's RMSprop epsilon; 1.0 is the reference setting
     label_smoothing: float = 0.0
