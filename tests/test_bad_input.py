@@ -246,6 +246,14 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("export", "--calibration"): ([*exp, "--int8", "--calibration", "{root}/empty"], ["no images"]),
         ("export", "--calibration-images"): ([*exp, "--calibration-images", "0"], ["--calibration-images"]),
         ("export", "--calibration-method"): ([*exp, "--calibration-method", "max"], ["--calibration-method"]),
+        ("export", "--calibration-method histogram"): (
+            [*exp, "--calibration-method", "histogram"],
+            ["--calibration-method histogram", "--format onnx"],
+        ),
+        ("export", "--calibration-method entropy"): (
+            [*exp[:-1], "{out}/m.pte", "--format", "executorch", "--int8", "--calibration-method", "entropy"],
+            ["--calibration-method entropy", "--format executorch"],
+        ),
         ("export", "--calibration-percentile"): ([*exp, "--calibration-percentile", "101"], ["percentile"]),
         ("export", "--weight-rounding"): ([*exp, "--weight-rounding", "up"], ["--weight-rounding"]),
         ("export", "--range-search-images"): ([*exp, "--range-search-images", "0"], ["--range-search-images"]),

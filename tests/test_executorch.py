@@ -78,16 +78,17 @@ def test_detector_pte_finds_the_boxes_pytorch_finds(tmp_path):
 @pytest.mark.slow
 def test_int8_pte_keeps_top1_on_real_images(tmp_path, capsys):
     """PT2E int8 for XNNPACK from the CLI, calibrated on 200 COCO photos and evaluated on the
-    1,000 ImageNet images it never saw.  Measured here: fp32 83.8 %, int8 80.8 % (PT2E's own
-    simulation 80.9 %).  The goal is 1 point (issue 19, open); this holds the line where it is,
-    and a broken kernel (the int8 classifier gave ~uncorrelated logits) falls far below it."""
+    1,000 ImageNet images it never saw: within the 1 point the int8 export promises.  Measured
+    here: fp32 83.8 %, int8 83.0 % with percentile ranges (the default), 80.8 % with PT2E's
+    own histogram ranges; a broken kernel (the int8 classifier gave ~uncorrelated logits)
+    falls far below."""
     out = tmp_path / "int8.pte"
     argv = ["export", "--format", "executorch", "--model", "mobilenet_v2", "--weights", str(TORCHVISION_V2_WEIGHTS)]
     argv += ["--out", str(out), "--int8", "--calibration", str(SHARED_DATA / "coco128" / "images")]
     assert main([*argv, "--eval-data", str(SHARED_DATA / "imagenet-sample")]) == 0
     accuracy = json.loads(out.with_suffix(".json").read_text())["accuracy"]
     assert accuracy["pytorch"]["top1"] > 0.8
-    assert accuracy["executorch_int8"]["top1"] >= accuracy["pytorch"]["top1"] - 0.035
+    assert accuracy["executorch_int8"]["top1"] >= accuracy["pytorch"]["top1"] - 0.01
 
 
 def test_bad_pte_files_are_refused_clearly(tmp_path):
@@ -128,3 +129,25 @@ def test_models_executorch_cannot_take_are_refused_in_one_line(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "executorch.exir", None)  # as if the [mobile] extra were not installed
     with pytest.raises(mobilenets.ConfigError, match=r"mobilenets\[mobile\]"):
         export_executorch(DataDependent(), tmp_path / "m.pte", info=info)
+
+
+def test_percentile_ranges_cut_each_activation_where_the_onnx_path_does():
+    """The int8 ranges ExecuTorch exports use by default: a never-negative tensor keeps 0 and
+    loses its top 1 - p; a signed one loses (1 - p) / 2 at each end (here p = 99 %)."""
+    from mobilenets.export.executorch import _percentile_observer
+
+    def observed(values):
+        observer = _percentile_observer()(
+            dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine, percentile=99.0
+        )
+        for chunk in values.split(1000):  # as calibration images arrive, the histogram re-bins
+            observer(chunk)
+        scale, zero_point = observer.calculate_qparams()
+        low = (-128 - zero_point.item()) * scale.item()
+        return low, low + 255 * scale.item()
+
+    ramp = torch.arange(10000, dtype=torch.float32)[torch.randperm(10000, generator=torch.Generator().manual_seed(0))]
+    low, high = observed(ramp)
+    assert low == pytest.approx(0, abs=40) and high == pytest.approx(9900, abs=40)
+    low, high = observed(ramp - 5000)
+    assert low == pytest.approx(-4950, abs=40) and high == pytest.approx(4950, abs=40)

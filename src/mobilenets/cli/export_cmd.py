@@ -80,8 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     quant.add_argument(
         "--calibration-method",
         default="percentile",
-        choices=CALIBRATION_METHODS,
-        help="how activation ranges are chosen (default percentile)",
+        choices=[*CALIBRATION_METHODS, "histogram"],
+        help="how activation ranges are chosen (default percentile, both formats); entropy is ONNX's, histogram "
+        "(PT2E's own L2-minimising choice) ExecuTorch's",
     )
     quant.add_argument(
         "--calibration-percentile",
@@ -129,14 +130,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
     check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
     # given with --format executorch these would be ignored: run_executorch refuses them
-    onnx_only = ["--dynamic-batch", "--opset", "--calibration-method", "--calibration-percentile"]
-    onnx_only += ["--weight-rounding", "--bias-correction", "--range-search-images", "--range-search-sweeps"]
+    onnx_only = ["--dynamic-batch", "--opset", "--weight-rounding"]
+    onnx_only += ["--bias-correction", "--range-search-images", "--range-search-sweeps"]
     dests = {option: option[2:].replace("-", "_") for option in onnx_only}
     parser.set_defaults(run=run, onnx_only={option: (dest, parser.get_default(dest)) for option, dest in dests.items()})
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    unavailable = {"onnx": "histogram", "executorch": "entropy"}[args.format]
+    if args.calibration_method == unavailable:
+        raise ConfigError(f"--calibration-method {unavailable} is not available for --format {args.format}")
     if args.format == "executorch":
         return run_executorch(args, out)
     if out.suffix != ".onnx":
@@ -276,7 +280,10 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
         model = convert_qat(model)[0]
     check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
     print(f"exporting to ExecuTorch ({'int8' if args.int8 else 'fp32'}, XNNPACK); lowering takes about a minute")
-    report = export_executorch(model, out, info=info, int8=args.int8, calibration=calibration, check_input=check)
+    report = export_executorch(
+        model, out, info=info, int8=args.int8, calibration=calibration, check_input=check,
+        calibration_method=args.calibration_method, percentile=args.calibration_percentile,
+    )  # fmt: skip
     print(report.summary())
     summary: dict[str, Any] = {
         "pte": str(out),
