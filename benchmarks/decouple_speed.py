@@ -105,6 +105,8 @@ def conversions(model, targets, calibration, size, methods):
         for key, label, convert in recipes:
             if key not in methods:
                 continue
+            # conversions with calibration take minutes each on a CPU: say what is running
+            print(f"converting: {label} at {r:g}x", file=sys.stderr, flush=True)
             try:
                 yield (label, r, *convert(r))
             except mobilenets.ConfigError as exc:
@@ -295,4 +297,7 @@ def _finetune(net, info, args, out: Path):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except mobilenets.errors.MobileNetsError as exc:  # bad model name, checkpoint, data: one line, no traceback
+        raise SystemExit(f"decouple_speed.py: {exc.args[0] if exc.args else exc}") from None
