@@ -22,6 +22,7 @@ from .errors import ConfigError
 __all__ = [
     "BENCH_BACKENDS",
     "CALIBRATION_METHODS",
+    "EXECUTORCH_CALIBRATION_METHODS",
     "DECOMPOSITION_METHODS",
     "DECOUPLE_ORDERS",
     "FRACTION",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 # Named choices (the modules that implement them import these).
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # int8 activation ranges
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # int8 activation ranges (ONNX Runtime)
+EXECUTORCH_CALIBRATION_METHODS = ("percentile", "histogram", "minmax")  # the same for ExecuTorch (PT2E)
 WEIGHT_ROUNDING = ("gptq", "nearest")  # int8 dense weights
 DECOMPOSITION_METHODS = ("cp", "tucker", "spatial", "channel")  # decoupling's baselines
 DECOUPLE_ORDERS = ("dw_pw", "pw_dw")

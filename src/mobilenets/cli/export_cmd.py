@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..validate import CALIBRATION_METHODS, PERCENTILE, POSITIVE_INT, WEIGHT_ROUNDING
+from ..validate import CALIBRATION_METHODS, EXECUTORCH_CALIBRATION_METHODS, PERCENTILE, POSITIVE_INT, WEIGHT_ROUNDING
 from .common import add_source_options, load_for_cli
 
 EXAMPLES = """\
@@ -80,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     quant.add_argument(
         "--calibration-method",
         default="percentile",
-        choices=[*CALIBRATION_METHODS, "histogram"],
+        choices=list(dict.fromkeys([*CALIBRATION_METHODS, *EXECUTORCH_CALIBRATION_METHODS])),
         help="how activation ranges are chosen (default percentile, both formats); entropy is ONNX's, histogram "
         "(PT2E's own L2-minimising choice) ExecuTorch's",
     )
@@ -138,9 +138,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    unavailable = {"onnx": "histogram", "executorch": "entropy"}[args.format]
-    if args.calibration_method == unavailable:
-        raise ConfigError(f"--calibration-method {unavailable} is not available for --format {args.format}")
+    methods = {"onnx": CALIBRATION_METHODS, "executorch": EXECUTORCH_CALIBRATION_METHODS}[args.format]
+    if args.calibration_method not in methods:
+        raise ConfigError(
+            f"--calibration-method {args.calibration_method} is not available for --format {args.format} "
+            f"(one of {', '.join(methods)})"
+        )
     if args.format == "executorch":
         return run_executorch(args, out)
     if out.suffix != ".onnx":

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, InputShapeError
+from ..validate import EXECUTORCH_CALIBRATION_METHODS
 from ..weights import atomic_write
 from .detection import OnnxDetector
 from .onnx import ExportError, _relative_error, deployable, preprocessing_metadata
@@ -144,10 +145,10 @@ def _quantization_config(method: str, percentile: float):
     elif method == "minmax":
         observer = MinMaxObserver.with_args(eps=2**-12)
     else:
+        methods = ", ".join(EXECUTORCH_CALIBRATION_METHODS)
         raise ConfigError(
-            f"ExecuTorch int8 ranges are percentile, histogram or minmax, got {method!r}",
-            cli=f"--calibration-method {method} is not available for --format executorch (percentile, histogram "
-            "or minmax)",
+            f"ExecuTorch int8 ranges are one of {methods}, got {method!r}",
+            cli=f"--calibration-method {method} is not available for --format executorch (one of {methods})",
         )
 
     def ranged(spec):
@@ -158,16 +159,10 @@ def _quantization_config(method: str, percentile: float):
     )
 
 
-def _quantize(
-    exported: torch.export.ExportedProgram,
-    calibration: Tensor,
-    *,
-    method: str = "percentile",
-    percentile: float = 99.99,
-) -> nn.Module:
-    """PT2E int8 for XNNPACK: observers placed by ExecuTorch's quantizer, ranges from
-    ``calibration`` (one image at a time, the batch the program takes) chosen by ``method``
-    (see :func:`_quantization_config`), converted."""
+def _quantize(exported: torch.export.ExportedProgram, calibration: Tensor, config) -> nn.Module:
+    """PT2E int8 for XNNPACK: observers placed by ExecuTorch's quantizer as ``config`` (from
+    :func:`_quantization_config`) says, ranges from ``calibration`` (one image at a time, the
+    batch the program takes), converted."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -175,7 +170,7 @@ def _quantize(
     # AMD EPYC without VNNI: XNNPACK's int8 fully-connected kernel on MobileNetV2's
     # 1280 -> 1000 layer left the logits uncorrelated with PT2E's reference (relative
     # error 1.2), with it in float 0.12; it is 1.3M of 3.5M weights but 0.4 % of the work.
-    quantizer = XNNPACKQuantizer().set_global(_quantization_config(method, percentile)).set_module_type(nn.Linear, None)
+    quantizer = XNNPACKQuantizer().set_global(config).set_module_type(nn.Linear, None)
     prepared = prepare_pt2e(exported.module(), quantizer)
     with torch.no_grad():
         for image in calibration:
@@ -233,8 +228,8 @@ def export_executorch(
     ``calibration_method`` and ``percentile`` choose the activation ranges (see
     :func:`_quantization_config`)."""
     XnnpackPartitioner, to_edge_transform_and_lower, Runtime = _executorch()
-    if int8:
-        _quantization_config(calibration_method, percentile)  # refused here, before a minute of lowering
+    # built (and a bad method refused) here, before a minute of lowering
+    config = _quantization_config(calibration_method, percentile) if int8 else None
     path = Path(path)
     if path.suffix != ".pte":
         raise ConfigError(
@@ -259,7 +254,7 @@ def export_executorch(
             ) from exc
         reference: nn.Module = network
         if int8:
-            reference = _quantize(exported, calibration.float(), method=calibration_method, percentile=percentile)
+            reference = _quantize(exported, calibration.float(), config)
             exported = torch.export.export(reference, (example,))
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
         outside = _outside_delegate(program)
