@@ -58,8 +58,14 @@ def test_resume_reproduces_an_uninterrupted_run(shared_data, tmp_path):
 
 def test_resume_refuses_a_different_run(shared_data, tmp_path):
     train(config(shared_data, tmp_path, epochs=1), progress=False, log=lambda *_: None)
+    # NHWC is the CPU default, and recorded as what the run used
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["channels_last"] is True
     with pytest.raises(Exception, match="different settings"):
         train(config(shared_data, tmp_path, width_mult=0.5), progress=False, log=lambda *_: None)
+    # the memory format is how a run is carried out, not what it computes: it may change on resuming
+    train(config(shared_data, tmp_path, channels_last=False), progress=False, log=lambda *_: None)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["channels_last"] is False
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_class_balanced_subset(shared_data):
@@ -266,9 +272,10 @@ def test_fast_training_options_reach_the_run(shared_data, tmp_path, monkeypatch)
     assert 0 < history[0]["wall_seconds"] < history[1]["wall_seconds"] == summary["wall_seconds"]
     assert history[1]["wall_seconds"] > sum(h["train_seconds"] for h in history)  # set-up and validation too
     # the recorded validation is the flipped one
-    model = mobilenets.load_model(tmp_path / "fast" / "last.pt")
+    # (in the run's memory format: NHWC, the CPU default)
+    model = mobilenets.load_model(tmp_path / "fast" / "last.pt").to(memory_format=torch.channels_last)
     _, val_set, _ = build_datasets(shared_data / "cifar10", style="cifar", resolution=32, val_subset=40)
     loader = make_loader(val_set, 32, workers=0)
     # (the same batches in the same order: bit for bit; an untrained model's outputs vary little with the image)
-    assert evaluate(model, loader, 10, flip=True)["loss"] == history[1]["loss"]
-    assert evaluate(model, loader, 10)["loss"] != history[1]["loss"]
+    assert evaluate(model, loader, 10, flip=True, channels_last=True)["loss"] == history[1]["loss"]
+    assert evaluate(model, loader, 10, channels_last=True)["loss"] != history[1]["loss"]

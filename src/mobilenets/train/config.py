@@ -107,7 +107,7 @@ class TrainConfig:
     # speed
     device: str = "cpu"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None  # NHWC memory format; None: on for CPU training, where it is faster
     compile: bool = False
     # torch.compile's mode; "reduce-overhead" replays each step as a CUDA graph (implies compile)
     compile_mode: str | None = None
