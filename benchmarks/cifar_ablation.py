@@ -20,12 +20,15 @@ stopped when run again):
 ``--quick`` divides the epochs by 50 and trains on a 2,000-image slice: it checks the
 pipeline, not the published accuracies.  Prints a Markdown table (best and final top-1
 per run, mean and spread over seeds, the seed's published figures beside) and writes
-``<grid>.png`` into ``--out``.
+``<grid>.png`` into ``--out``.  ``--report`` trains nothing and tabulates the finished runs
+under ``--out`` (e.g. those a GPU window brought back), listing the others as missing;
+``--only`` runs some cells (``benchmarks/gpu_window.sh grid`` starts each in its own process).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -129,31 +132,57 @@ def main() -> None:
     parser.add_argument(
         "--epochs-scale", type=float, default=1.0, help="multiply every run's epochs (e.g. 0.15 for a GPU-minutes form)"
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: the table and plot of the runs already finished under --out, the others listed as missing",
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    names = [run.name for run in GRIDS[args.grid]]
+    unknown = [name for name in args.only or [] if name not in names]
+    if unknown:
+        parser.error(f"--only: no cell {', '.join(unknown)} in the {args.grid} grid (its cells: {', '.join(names)})")
     cells: dict[str, list[dict[str, Any]]] = {}
+    missing: list[str] = []
     runs = [run for run in GRIDS[args.grid] if not args.only or run.name in args.only]
     for run in runs:
         for seed in seeds:
             cfg = config(run, seed, args)
-            tag = f"[{run.name} seed {seed}]"
-            summary = train(cfg, progress=False, log=lambda line, tag=tag: print(f"{tag} {line}", flush=True))
+            if args.report:
+                done = Path(cfg.out) / "summary.json"
+                if not done.is_file():
+                    missing.append(f"{run.name} seed {seed}")
+                    continue
+                summary = json.loads(done.read_text())
+            else:
+                tag = f"[{run.name} seed {seed}]"
+                summary = train(cfg, progress=False, log=lambda line, tag=tag: print(f"{tag} {line}", flush=True))
             cells.setdefault(run.name, []).append({**summary, "epochs": cfg.resolved_recipe().epochs})
     print(f"\n{args.grid} grid, seeds {args.seeds}{' (quick form)' if args.quick else ''}\n")
     print("| run | epochs | best top-1 % | final top-1 % | seed's best % | mult-adds | params | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for run in runs:
-        s = cells[run.name]
+        s = cells.get(run.name)
+        if not s:
+            print(f"| {run.name} | - | missing | missing | {run.published or '-'} | | | |")
+            continue
         print(
             f"| {run.name} | {s[0]['epochs']} | {spread([x['best_top1'] for x in s])} "
             f"| {spread([x['top1'] for x in s])} | {run.published or '-'} | {s[0]['mult_adds'] / 1e6:.1f}M "
             f"| {s[0]['params'] / 1e6:.2f}M | {statistics.fmean(x['train_seconds'] for x in s):.0f} |"
         )
+    if missing:
+        print(f"\nmissing (not finished under {args.out}): {', '.join(missing)}")
+    runs = [run for run in runs if run.name in cells]
+    if not runs:
+        return
     path = args.out / f"{args.grid}.png"
     if args.grid == "v1-tradeoff":
         print(f"\nwrote {tradeoff_plot(cells, path)}")
     else:
         dirs = [args.out / f"{run.name}-seed{seed}" for run in runs for seed in seeds]
+        dirs = [d for d in dirs if (d / "metrics.jsonl").is_file()]
         print(f"\nwrote {plot_runs(dirs, path)}")
 
 

@@ -1,0 +1,38 @@
+"""The benchmark scripts' own logic (not their timings): what a GPU window's results are read back with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ablation(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cifar_ablation.py"), *args], capture_output=True, text=True
+    )
+
+
+def test_cifar_ablation_refuses_a_cell_of_another_grid(tmp_path):
+    result = ablation("--grid", "figure6", "--only", "relu-150", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "no cell relu-150 in the figure6 grid" in result.stderr and "no-shortcuts" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing trained
+
+
+def test_cifar_ablation_report_tabulates_finished_runs_and_lists_the_rest(tmp_path):
+    run = tmp_path / "relu6-150-seed1"
+    run.mkdir()
+    summary = {"top1": 0.9212, "best_top1": 0.9301, "mult_adds": 87_980_000, "params": 2_236_682, "train_seconds": 600}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "top1": 0.9212}) + "\n")
+    result = ablation("--grid", "figure6", "--seeds", "1", "--out", str(tmp_path), "--report")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert "| 150 | 93.01 | 92.12 | 93.04 / 92.67 | 88.0M | 2.24M | 600 |" in rows["relu6-150"]
+    assert "missing" in rows["no-shortcuts"] and "missing" in rows["nonlinear-bottleneck"]
+    assert "missing (not finished under" in result.stdout and "no-shortcuts seed 1" in result.stdout
+    assert (tmp_path / "figure6.png").is_file()
