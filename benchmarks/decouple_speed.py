@@ -174,7 +174,8 @@ def main() -> None:
     if args.finetune_epochs and not (args.data_dir and batches is not None):
         parser.error("--finetune-epochs needs --data-dir (to train on) and --eval-data (to measure)")
 
-    title = f"{info.get('arch', {}).get('name', args.model)} at {size[1]}x{size[2]}"
+    # the checkpoint's own architecture names the table (--model is only the random-weights choice)
+    title = f"{(getattr(model, 'arch', None) or {}).get('name', args.model)} at {size[1]}x{size[2]}"
     device = f"{_cpu_name()}, torch {torch.__version__}, {args.threads} threads"
 
     def save(rows: list[dict]) -> None:
