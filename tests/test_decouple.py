@@ -472,6 +472,17 @@ def test_latency_target_is_met_on_the_whole_network():
     with pytest.raises(mobilenets.ConfigError, match="cannot be met on the whole network"):
         decouple(model, target_reduction=50, budget="latency", latency_backend=timer)
 
+    def layer_table(module, shape):  # e.g. times looked up from a phone's table: layers only
+        if any(isinstance(m, nn.Linear) for m in module.modules()):
+            raise KeyError("not a layer of the table")
+        return timer(module, shape)
+
+    with pytest.warns(UserWarning, match="whole network could not be timed .*KeyError"):
+        _, report = decouple(model, target_reduction=1.5, budget="latency", latency_backend=layer_table)
+    layers = report.extra["layer_latency"]
+    assert layers["after_ms"] <= layers["before_ms"] / 1.5 + 1e-9  # the summed layer times, as before
+    assert "summed layer times" in report.extra["network_latency"]["note"]
+
 
 def test_loss_allocation_is_never_slower_at_the_same_accuracy(shared_data):
     """allocation="loss" under a latency target: the target is met, and on the calibration
