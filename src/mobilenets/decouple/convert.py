@@ -378,9 +378,7 @@ def _least_damaging(
     references = [model(x) for x in probe]
     scores = {}
     for label, ranks in candidates.items():
-        converted = copy.deepcopy(model)
-        for name, t in ranks.items():
-            _replace(converted, name, DecoupledConv.from_conv(model.get_submodule(name), t, order))
+        converted = _decoupled_copy(model, ranks, order)
         if order == "dw_pw":
             _refit(model, converted, list(ranks), batches)
         with torch.no_grad():
@@ -388,6 +386,15 @@ def _least_damaging(
     best = min(scores, key=scores.get)
     others = ", ".join(f"{label} {score:.3g}" for label, score in scores.items() if label != best)
     return candidates[best], f"{best} (output loss {scores[best]:.3g}; {others})"
+
+
+def _decoupled_copy(model: nn.Module, ranks: dict[str, int], order: str) -> nn.Module:
+    """A copy of ``model`` with each named conv decoupled at its rank (no refit): what an
+    allocation is scored or timed on before the chosen one is built for real."""
+    converted = copy.deepcopy(model)
+    for name, t in ranks.items():
+        _replace(converted, name, DecoupledConv.from_conv(model.get_submodule(name), t, order))
+    return converted
 
 
 def _unreachable(saved: float, needed: float) -> ConfigError:
@@ -499,10 +506,7 @@ def _network_saving(
         except ConfigError:  # more than the layers can save
             hi, fraction = fraction, (lo + fraction) / 2
             continue
-        quick = copy.deepcopy(model)
-        for name, t in ranks.items():
-            _replace(quick, name, DecoupledConv.from_conv(model.get_submodule(name), t, order))
-        speedup = base / _network_ms(quick, size, backend)
+        speedup = base / _network_ms(_decoupled_copy(model, ranks, order), size, backend)
         tried.append((round(fraction, 4), round(speedup, 3)))
         if speedup >= target:
             reached, hi = fraction if reached is None else min(reached, fraction), fraction
