@@ -315,4 +315,5 @@ if __name__ == "__main__":
     try:
         main()
     except mobilenets.errors.MobileNetsError as exc:  # bad model name, checkpoint, data: one line, no traceback
-        raise SystemExit(f"decouple_speed.py: {exc.args[0] if exc.args else exc}") from None
+        print(f"decouple_speed.py: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        raise SystemExit(2) from None

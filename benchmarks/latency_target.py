@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import mobilenets.decouple.convert as convert  # noqa: E402
 from mobilenets.data import calibration_images, eval_dataset, make_loader  # noqa: E402
+from mobilenets.errors import MobileNetsError  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 from mobilenets.train import evaluate  # noqa: E402
 from mobilenets.weights import load_model_with_info  # noqa: E402
@@ -36,16 +37,28 @@ def summed_layer_rule(model, layers, cost, total_ms, target, *args):
     return total_ms * (1 - 1 / target), how
 
 
+def _targets(text: str) -> list[float]:
+    try:
+        targets = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of numbers, got {text!r}") from None
+    if any(t <= 1 for t in targets):
+        raise argparse.ArgumentTypeError(f"each target is a speedup above 1, got {text!r}")
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a trained network (e.g. from 'mobilenets train')")
     parser.add_argument("--eval-data", required=True, help="labelled images (an ImageFolder tree or its parent)")
     parser.add_argument("--calibration", help="images for the least-squares refit (rows with 'refine')")
     parser.add_argument("--val-subset", type=int, default=2000)
-    parser.add_argument("--targets", default="1.5,2,3")
+    parser.add_argument("--targets", type=_targets, default="1.5,2,3", help="speedups to ask for, each > 1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.threads < 1 or args.val_subset < 1:
+        parser.error(f"--threads and --val-subset must be positive, got {args.threads} and {args.val_subset}")
     torch.set_num_threads(args.threads)
 
     model, info = load_model_with_info(args.checkpoint)
@@ -59,7 +72,7 @@ def main() -> None:
         calibrations["refine"] = calibration_images(args.calibration, style=style, resolution=resolution, count=256)
     rows = [{"rule": "original", "top1": evaluate(model, batches, classes)["top1"]}]
     print(json.dumps(rows[0]), flush=True)
-    for target in (float(t) for t in args.targets.split(",")):
+    for target in args.targets:
         for rule, saving in (("summed layers", summed_layer_rule), ("whole network", searched)):
             convert._network_saving = saving
             for name, calibration in calibrations.items():
@@ -88,4 +101,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MobileNetsError as exc:  # a missing checkpoint, unreadable data: one line, no traceback
+        print(f"latency_target.py: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        raise SystemExit(2) from None
