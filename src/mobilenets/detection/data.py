@@ -13,14 +13,15 @@ with ``boxes`` (``tv_tensors.BoundingBoxes``, x1 y1 x2 y2 in pixels), ``labels``
   (coco128 itself has two); a line that does not parse, a class outside the list, a
   box of no area or outside the image is an error naming the file and line.
 * **COCO** - ``annotations/instances_<split>.json`` with the images in ``<split>/``
-  or ``images/<split>/``, read by torchvision's ``CocoDetection``; labels are COCO's
-  category ids (1..90, so 91 outputs with the background).
+  or ``images/<split>/``; labels are COCO's category ids (1..90, so 91 outputs with the
+  background).  Checked as the YOLO files are: a missing image, an unknown image or
+  category id, a box of no area or outside its image is an error naming the file and record;
+  an image without annotations is a background image.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,15 @@ from torchvision.transforms import v2 as T
 from ..data import IMAGE_SUFFIXES, follow_path, load_rgb, read_yaml_config
 from ..errors import DataError
 
-__all__ = ["DetectionData", "YoloDetection", "collate", "detection_transforms", "find_detection_data"]
+__all__ = [
+    "BoxDataset",
+    "CocoDetection",
+    "DetectionData",
+    "YoloDetection",
+    "collate",
+    "detection_transforms",
+    "find_detection_data",
+]
 
 BACKGROUND = "__background__"
 # How far a normalised coordinate may stray past the image edge (rounding in exported labels).
@@ -113,7 +122,31 @@ def read_yolo_labels(path: Path, num_classes: int, height: int, width: int) -> t
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.int64)
 
 
-class YoloDetection(Dataset):
+class BoxDataset(Dataset):
+    """Images with their boxes, read and checked up front: ``files``, ``targets`` (boxes,
+    labels, (height, width)) and the ``transforms`` applied to each sample."""
+
+    files: list[Path]
+    targets: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]
+    transforms: Any
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        boxes, labels, size = self.targets[index]
+        image = tv_tensors.Image(T.functional.pil_to_tensor(load_rgb(self.files[index])))
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=size),
+            "labels": labels.clone(),
+            "image_id": index,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+class YoloDetection(BoxDataset):
     """One split of a YOLO-layout dataset (see the module docstring); every label file is
     checked when the dataset is made, so a bad line stops a run before it starts."""
 
@@ -153,43 +186,105 @@ class YoloDetection(Dataset):
                 stacklevel=2,
             )
 
-    def __len__(self) -> int:
-        return len(self.files)
 
-    def __getitem__(self, index: int):
-        boxes, labels, size = self.targets[index]
-        image = tv_tensors.Image(T.functional.pil_to_tensor(load_rgb(self.files[index])))
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=size),
-            "labels": labels.clone(),
-            "image_id": index,
-        }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+def _coco_records(annotations: Path) -> dict[str, list[dict[str, Any]]]:
+    """The ``images``, ``annotations`` and ``categories`` lists of a COCO instances file."""
+    try:
+        spec = json.loads(annotations.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{annotations}: not a COCO instances file ({exc})") from exc
+    if not isinstance(spec, dict):
+        raise DataError(f"{annotations}: not a COCO instances file (expected a JSON object)")
+    records = {}
+    for key in ("images", "annotations", "categories"):
+        value = spec.get(key, [] if key == "annotations" else None)
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise DataError(f"{annotations}: not a COCO instances file (no list of objects under {key!r})")
+        records[key] = value
+    if not records["categories"]:
+        raise DataError(f"{annotations}: the category list is empty")
+    return records
 
 
-def _coco_split(root: Path, annotations: Path, transforms: Any) -> tuple[Dataset, list[str]]:
-    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+def _coco_box(where: str, bbox: Any, size: tuple[int, int]) -> list[float]:
+    """One annotation's ``[x, y, w, h]`` as x1 y1 x2 y2, checked as the YOLO reader checks its lines."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if not (w > 0 and h > 0):
+        raise DataError(f"{where}: the box has no area (width {w}, height {h})")
+    height, width = size
+    slack = EDGE_TOLERANCE * max(height, width) + 1  # COCO's own files round boxes to the pixel
+    if x < -slack or y < -slack or x + w > width + slack or y + h > height + slack:
+        raise DataError(f"{where}: the box ({x:.1f}, {y:.1f}) - ({x + w:.1f}, {y + h:.1f}) leaves the "
+                        f"{width}x{height} image")  # fmt: skip
+    return [max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))]
 
+
+class CocoDetection(BoxDataset):
+    """One split of a COCO instances file, checked when the dataset is made as the YOLO reader is:
+    every image file present, every annotation's image and category known, every box inside its
+    image with an area - each mistake a :class:`DataError` naming the file and the record.  Images
+    without annotations are background images (no boxes).  Labels are COCO's category ids, so
+    ``classes[id]`` names them (ids the file does not use are ``"N/A"``, 91 outputs for COCO's 80)."""
+
+    def __init__(self, folder: Path, annotations: Path, transforms: Any = None) -> None:
+        records = _coco_records(annotations)
+        names: dict[int, str] = {}
+        for number, category in enumerate(records["categories"]):
+            if not isinstance(category.get("id"), int) or category["id"] < 1:
+                raise DataError(f"{annotations}: categories[{number}] needs an integer id of at least 1 "
+                                f"(0 is the background), got {category.get('id')!r}")  # fmt: skip
+            names[category["id"]] = str(category.get("name", category["id"]))
+        self.classes = ["N/A"] * (max(names) + 1)
+        self.classes[0] = BACKGROUND
+        for number, name in names.items():
+            self.classes[number] = name
+        self.files: list[Path] = []
+        sizes: list[tuple[int, int]] = []
+        index_of: dict[Any, int] = {}
+        for number, record in enumerate(records["images"]):
+            if "id" not in record or not isinstance(record.get("file_name"), str):
+                raise DataError(f"{annotations}: images[{number}] needs an id and a file_name")
+            path = folder / record["file_name"]
+            if not path.is_file():
+                raise DataError(f"{annotations}: images[{number}] (id {record['id']}): no image file {path}")
+            given = (record.get("height"), record.get("width"))
+            sizes.append(given if all(isinstance(v, int) and v > 0 for v in given) else _image_size(path))
+            index_of[record["id"]] = len(self.files)
+            self.files.append(path)
+        if not self.files:
+            raise DataError(f"{annotations}: the split holds no images")
+        boxes: list[list[list[float]]] = [[] for _ in self.files]
+        labels: list[list[int]] = [[] for _ in self.files]
+        for number, record in enumerate(records["annotations"]):
+            where = f"{annotations}: annotations[{number}] (id {record.get('id')})"
+            image = index_of.get(record.get("image_id"))
+            if image is None:
+                raise DataError(f"{where}: image_id {record.get('image_id')!r} is not in the images list")
+            if record.get("category_id") not in names:
+                raise DataError(f"{where}: category_id {record.get('category_id')!r} is not in the categories "
+                                f"({', '.join(str(i) for i in sorted(names))})")  # fmt: skip
+            boxes[image].append(_coco_box(where, record.get("bbox"), sizes[image]))
+            labels[image].append(record["category_id"])
+        self.targets = [
+            (torch.tensor(b, dtype=torch.float32).reshape(-1, 4), torch.tensor(l, dtype=torch.int64), size)
+            for b, l, size in zip(boxes, labels, sizes)
+        ]
+        self.transforms = transforms
+        background = sum(1 for b in boxes if not b)
+        if background:
+            warnings.warn(f"{annotations}: {background} of {len(self.files)} images have no annotations "
+                          "and are used as background (no objects)", stacklevel=2)  # fmt: skip
+
+
+def _coco_split(root: Path, annotations: Path, transforms: Any) -> tuple[CocoDetection, list[str]]:
     split = annotations.stem.removeprefix("instances_")
     folder = next((f for f in (root / split, root / "images" / split) if f.is_dir()), None)
     if folder is None:
         raise DataError(f"{annotations}: no image folder {root / split} or {root / 'images' / split}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            dataset = CocoDetection(str(folder), str(annotations), transforms=transforms)
-    except (ValueError, KeyError) as exc:
-        raise DataError(f"{annotations}: not a COCO instances file ({exc})") from exc
-    if not len(dataset):
-        raise DataError(f"{annotations}: the split holds no images")
-    categories = dataset.coco.loadCats(dataset.coco.getCatIds())
-    classes = ["N/A"] * (max(c["id"] for c in categories) + 1)
-    classes[0] = BACKGROUND
-    for c in categories:
-        classes[c["id"]] = c["name"]
-    wrapped = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "image_id"))
-    return wrapped, classes
+    dataset = CocoDetection(folder, annotations, transforms)
+    return dataset, dataset.classes
 
 
 def _yolo_config(data_dir: Path) -> Path | None:
@@ -214,17 +309,22 @@ def _yolo_names(config: Path, spec: dict[str, Any]) -> list[str]:
 
 @dataclass
 class DetectionData:
-    train: Dataset
-    val: Dataset
+    train: Dataset | None  # None where find_detection_data was asked for the other split only
+    val: Dataset | None
     classes: list[str]  # index = label; 0 is the background
     layout: str  # "yolo" or "coco"
 
 
 def find_detection_data(
-    data_dir: str | Path, *, train_transforms: Any = None, val_transforms: Any = None
+    data_dir: str | Path,
+    *,
+    train_transforms: Any = None,
+    val_transforms: Any = None,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> DetectionData:
     """The train and validation splits of ``data_dir``: a YOLO dataset (its YAML in the folder
-    or in ``object_detection/``, as coco128 has it) or COCO JSON (``annotations/instances_*.json``)."""
+    or in ``object_detection/``, as coco128 has it) or COCO JSON (``annotations/instances_*.json``).
+    ``splits`` names the splits read (and checked); the others are None (evaluation reads one)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: no such folder")
@@ -233,25 +333,28 @@ def find_detection_data(
         spec = read_yaml_config(config)
         base = config.parent / str(spec.get("path") or ".")
         names = _yolo_names(config, spec)
-        splits = {}
+        found: dict[str, Dataset | None] = {"train": None, "val": None}
         for split, transforms in (("train", train_transforms), ("val", val_transforms)):
+            if split not in splits:
+                continue
             relative = str(spec.get(split) or f"images/{split}")
             images = follow_path(base, relative)
             if not images.is_dir():
                 raise DataError(f"{config}: the {split} images {relative} are not a folder ({images})")
             # YOLO's convention: the labels sit where the images do, under labels/ for images/
             labels = follow_path(base, relative.replace("images", "labels", 1))
-            splits[split] = YoloDetection(images, labels, names, transforms)
-        return DetectionData(splits["train"], splits["val"], [BACKGROUND, *names], "yolo")
+            found[split] = YoloDetection(images, labels, names, transforms)
+        return DetectionData(found["train"], found["val"], [BACKGROUND, *names], "yolo")
     annotations = sorted((data_dir / "annotations").glob("instances_*.json"))
     if annotations:
         train = [a for a in annotations if "train" in a.stem]
         val = [a for a in annotations if "val" in a.stem]
         if not train or not val:
             raise DataError(f"{data_dir / 'annotations'}: need instances_train*.json and instances_val*.json")
-        train_set, classes = _coco_split(data_dir, train[0], train_transforms)
-        val_set, _ = _coco_split(data_dir, val[0], val_transforms)
-        return DetectionData(train_set, val_set, classes, "coco")
+        read = {"train": (train[0], train_transforms), "val": (val[0], val_transforms)}
+        found = {split: _coco_split(data_dir, *read[split])[0] if split in splits else None for split in read}
+        classes = next(dataset.classes for dataset in found.values() if dataset is not None)
+        return DetectionData(found["train"], found["val"], classes, "coco")
     raise DataError(
         f"{data_dir} holds no detection dataset: expected a YOLO data.yaml/config.yaml (with images/ and labels/) "
         "or COCO annotations/instances_*.json"
