@@ -55,14 +55,33 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str):
-    """Open any image file as RGB; corrupt files raise :class:`DataError` naming the file."""
+    """Open any image file as 8-bit RGB; corrupt files raise :class:`DataError` naming the file.
+
+    16-bit and 32-bit grayscale (PNG/TIFF modes ``I;16``, ``I``, ``F``) are scaled to 8 bits
+    first: Pillow's own ``convert("RGB")`` clips them, so a 16-bit photo became pure white."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I") or image.mode == "F":
+                image = _to_8_bits(image)
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _to_8_bits(image):
+    """A high-bit-depth grayscale image as mode ``L``: 16-bit values / 257 (65535 -> 255);
+    a 32-bit integer image holding 8-bit values is kept as is; floats in [0, 1] x 255."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0
+    elif image.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
 
 @dataclass(frozen=True)
@@ -185,7 +204,17 @@ def build_datasets(
         val_dir = data_dir / "val" if (data_dir / "val").is_dir() else data_dir / "test"
         train, val = _image_folder(data_dir / "train", train_tf), _image_folder(val_dir, eval_tf)
         if train.classes != val.classes:
-            raise DataError(f"train/ and {val_dir.name}/ have different class folders")
+            only_train = sorted(set(train.classes) - set(val.classes))
+            only_val = sorted(set(val.classes) - set(train.classes))
+            shown = (
+                "; ".join(
+                    f"only in {where}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                    for where, names in (("train/", only_train), (f"{val_dir.name}/", only_val))
+                    if names
+                )
+                or "the same folders, in another order"
+            )
+            raise DataError(f"{data_dir}: train/ and {val_dir.name}/ have different class folders ({shown})")
         classes, train_targets, val_targets = train.classes, train.targets, val.targets
     else:
         cls = datasets.CIFAR10 if layout == "cifar10" else datasets.CIFAR100
@@ -194,6 +223,12 @@ def build_datasets(
             val = cls(str(data_dir), train=False, transform=eval_tf, download=download)
         except RuntimeError as exc:
             raise DataError(f"{exc} (in {data_dir}; pass --download to fetch it)") from exc
+        except OSError as exc:  # urllib's URLError included: no network, a proxy, a full disk
+            reason = getattr(exc, "reason", None) or exc
+            raise DataError(
+                f"could not download {layout.upper()} into {data_dir} ({reason}); without a network, put "
+                "torchvision's CIFAR files (or an ImageFolder tree) there and drop --download"
+            ) from exc
         classes, train_targets, val_targets = train.classes, list(train.targets), list(val.targets)
     return (
         balanced_subset(train, train_subset, train_targets, seed),
