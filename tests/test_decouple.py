@@ -467,6 +467,8 @@ def test_latency_target_is_met_on_the_whole_network():
     speedup = timer(model, (3, 32, 32)) / timer(fast, (3, 32, 32))
     assert network["before_ms"] / network["after_ms"] == pytest.approx(speedup)
     assert 2 <= speedup <= 2 * 1.1
+    assert network["target"] == 2 and network["target_met"] is True
+    assert "target met" in report.table() and "searched (layer time cut -> network speedup)" in report.table()
     # the summed layer times were cut by less than 2x: cutting them by 2x is what overshot
     assert layers["before_ms"] / layers["after_ms"] < 1.9
     with pytest.raises(mobilenets.ConfigError, match="cannot be met on the whole network"):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..validate import (
     DECOMPOSITION_METHODS,
     DECOUPLE_ORDERS,
@@ -133,16 +134,37 @@ def _accuracy(model, loader, num_classes: int) -> dict[str, float]:
     return {"top1": metrics["top1"], "top5": metrics["top5"]}
 
 
-def _latency(model, resolution: int) -> dict[str, float]:
+def _latencies(models: dict[str, Any], resolution: int) -> dict[str, dict[str, Any]]:
+    """Each model's batch-1 CPU latency (eager, and NHWC), timed in alternating rounds so that a
+    busy host slows both alike; the median with its 10th-90th percentile range, and a warning
+    when that range is wide (one figure from a loaded host can be 50x off)."""
     import torch
 
-    from ..cost.latency import measure_latency
+    from ..cost.latency import WIDE_SPREAD, spread, timings_ms
 
-    model = copy.deepcopy(model).cpu()
-    eager = measure_latency(model, resolution)
-    model = model.to(memory_format=torch.channels_last)
-    channels_last = measure_latency(model, resolution)
-    return {"eager_ms": round(eager, 2), "channels_last_ms": round(channels_last, 2)}
+    runners = {}
+    for label, model in models.items():
+        for layout in ("eager", "channels_last"):
+            copy_ = copy.deepcopy(model).cpu().eval()
+            if layout == "channels_last":
+                copy_ = copy_.to(memory_format=torch.channels_last)
+            x = torch.randn(1, getattr(model, "in_channels", 3), resolution, resolution)
+            runners[(label, layout)] = (copy_, x)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    with torch.no_grad():
+        for _ in range(5):  # rounds
+            for key, (net, x) in runners.items():
+                times[key] += timings_ms(lambda net=net, x=x: net(x), runs=4, warmup=1)
+    result: dict[str, dict[str, Any]] = {label: {} for label in models}
+    for (label, layout), values in times.items():
+        stats = spread(values)
+        result[label][f"{layout}_ms"] = round(stats["median_ms"], 2)
+        result[label][f"{layout}_range"] = f"{stats['p10_ms']:.2f}-{stats['p90_ms']:.2f} ms"
+        if stats["wide"]:
+            print(f"warning: {label} {layout} timings ranged {stats['p10_ms']:.1f}-{stats['p90_ms']:.1f} ms "
+                  f"(more than {WIDE_SPREAD}x): this host is busy; compare the ratio, or time again",
+                  file=sys.stderr)  # fmt: skip
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> int:
     from ..data import calibration_images, eval_dataset, make_loader
     from ..decouple import decompose, decouple
+    from ..predict import check_classes
     from ..weights import atomic_write, save_weights
 
     resolution = info["resolution"]
@@ -170,9 +193,7 @@ def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> in
         val_set, classes = eval_dataset(
             args.eval_data, style=info["transforms"], resolution=resolution, subset=args.val_subset
         )
-        expected = (getattr(model, "arch", {}) or {}).get("num_classes", args.num_classes)
-        if len(classes) != expected:
-            raise DataError(f"{args.eval_data} has {len(classes)} classes but the model has {expected}")
+        check_classes(info, classes, model=args.checkpoint or args.weights or "the model", data=args.eval_data)
         loader, num_classes = make_loader(val_set, 128, workers=2), len(classes)
     calibration = None
     if args.calibration:
@@ -198,8 +219,8 @@ def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> in
             model, args.method, rank=args.rank, target_reduction=args.target_reduction, input_size=size,
             calibration=calibration,
         )  # fmt: skip
-    report.extra["latency_before"] = _latency(model, resolution)
-    report.extra["latency_after"] = _latency(new, resolution)
+    timed = _latencies({"before": model, "after": new}, resolution)
+    report.extra["latency_before"], report.extra["latency_after"] = timed["before"], timed["after"]
     if loader is not None:
         report.extra["accuracy_before"] = _accuracy(model, loader, num_classes)
         report.extra["accuracy_after"] = _accuracy(new, loader, num_classes)
@@ -265,6 +286,7 @@ def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) 
 
     for name, convert in _sweep_methods(model, size, calibration):
         for r in reductions:
+            print(f"converting: {name} at {r:g}x", file=sys.stderr, flush=True)  # CP alone takes minutes
             start = time.perf_counter()
             try:
                 new, report = convert(r)
@@ -272,14 +294,17 @@ def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) 
                 rows.append([name, f"{r:g}x", "-", "-", "", f"{type(exc).__name__}: {exc}"[:70]])
                 continue
             seconds = time.perf_counter() - start
-            acc = _accuracy(new, loader, num_classes) if loader is not None else {"top1": float("nan")}
+            acc = _accuracy(new, loader, num_classes) if loader is not None else {}
             results.append(
                 {"method": name, "target": r, "reduction": report.reduction, "seconds": round(seconds, 2), **acc}
             )
-            top1 = f"{100 * acc['top1']:.2f}%"
+            top1 = f"{100 * acc['top1']:.2f}%" if acc else "- (no --eval-data)"
             rows.append([name, f"{r:g}x", f"{report.reduction:.2f}x", top1, f"{seconds:.1f}", ""])
             write()  # a sweep can run for long: what is done so far is always on disk
     print(write())
+    if before is None:
+        print(f"wrote {out}/sweep.txt, sweep.json (no plot: top-1 needs --eval-data)")
+        return 0
     plot_sweep(results, before, out / "sweep.png")
     print(f"wrote {out}/sweep.txt, sweep.json, sweep.png")
     return 0

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["measure_latency", "median_ms"]
+__all__ = ["WIDE_SPREAD", "measure_latency", "median_ms", "spread", "timings_ms"]
 
 
 @torch.no_grad()
@@ -35,6 +35,11 @@ def measure_latency(
 
 def median_ms(call: Callable[[], object], *, runs: int = 20, warmup: int = 3) -> float:
     """Median milliseconds of ``call()`` over ``runs`` calls after ``warmup`` untimed ones."""
+    return statistics.median(timings_ms(call, runs=runs, warmup=warmup))
+
+
+def timings_ms(call: Callable[[], object], *, runs: int = 20, warmup: int = 3) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``call()``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         call()
     times = []
@@ -42,4 +47,15 @@ def median_ms(call: Callable[[], object], *, runs: int = 20, warmup: int = 3) ->
         start = time.perf_counter()
         call()
         times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return times
+
+
+# p90 / p10 above this: the host was busy while timing, and one figure would mislead
+WIDE_SPREAD = 1.5
+
+
+def spread(times: list[float]) -> dict[str, float]:
+    """Median and the 10th-90th percentile range of ``times`` (ms), and whether it is wide."""
+    ordered = sorted(times)
+    low, high = ordered[int(0.1 * (len(ordered) - 1))], ordered[int(round(0.9 * (len(ordered) - 1)))]
+    return {"median_ms": statistics.median(ordered), "p10_ms": low, "p90_ms": high, "wide": high > WIDE_SPREAD * low}

@@ -92,7 +92,8 @@ def convert_in_steps(
     if target_reduction is not None and target_reduction <= 1:
         raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
 
-    names, skipped = eligible_convs(model)
+    # a step other than decoupling needs zero padding: such layers are skipped by the whole pipeline
+    names, skipped = eligible_convs(model, zero_padding_only=any(step != "decouple" for step in steps))
     if layers is not None:
         unknown = set(layers) - set(names)
         if unknown:
