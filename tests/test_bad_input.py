@@ -38,6 +38,14 @@ def files(tmp_path_factory):
     (root / "notes.txt").write_text("not a model")
     (root / "photo.pth").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)  # a JPEG renamed
     (root / "empty").mkdir()
+    # a model that records its ten CIFAR class names, and ten labelled folders with other names
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    info = {"classes": names, "transforms": "cifar", "resolution": 32}
+    mobilenets.save_weights(model, root / "v1-named.safetensors", data_info=info)
+    for split in ("train", "val"):
+        for i in range(10):
+            (root / "renamed" / split / f"kind{i}").mkdir(parents=True)
+            Image.new("RGB", (32, 32), (20 * i, 0, 0)).save(root / "renamed" / split / f"kind{i}" / "0.png")
     return root
 
 
@@ -66,6 +74,13 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             ["this file is mobilenet_v1"],
         ),
         ("profile", "torchvision width"): (["profile", "torchvision.resnet18", "-a", "0.5"], ["no --width-mult"]),
+        ("profile", "--checkpoint"): (["profile", "--checkpoint", NO_FILE], ["not found"]),
+        ("profile", "--checkpoint with a model"): (
+            ["profile", "mobilenet_v2", "--checkpoint", "{root}/v1.safetensors"],
+            ["drop --model"],
+        ),  # fmt: skip
+        ("profile", "nothing"): (["profile"], ["MODEL", "--checkpoint"]),
+        ("profile", "unknown option"): (["profile", "mobilenet_v2", "--depth", "3"], ["mobilenets profile --help"]),
         # train
         ("train", "--epochs"): ([*train, "--epochs", "0"], ["--epochs", "positive integer"]),
         ("train", "--batch-size"): ([*train, "--batch-size", "0"], ["--batch-size", "positive integer"]),
@@ -119,6 +134,12 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--teacher without architecture"): ([*train, "--teacher", TV], ["--teacher-model NAME"]),
         ("train", "--distill-weight"): ([*train, "--distill-weight", "1.5"], ["--distill-weight", "[0, 1]"]),
         ("train", "--temperature"): ([*train, "--temperature", "0"], ["--temperature", "positive"]),
+        ("train", "--distill-weight without teacher"): ([*train, "--distill-weight", "0.3"], ["need --teacher"]),
+        ("train", "--temperature without teacher"): ([*train, "--temperature", "2"], ["need --teacher"]),
+        ("train", "--teacher other classes"): (
+            [*train[:-4], "--data-dir", "{root}/renamed", "--out", "{out}", "--teacher", "{root}/v1-named.safetensors"],
+            ["not the classes", "kind0", "airplane"],
+        ),  # fmt: skip
         ("train", "--unlabelled"): (
             [*train, "--teacher", "{root}/v1.safetensors", "--unlabelled", "{root}/empty"],
             ["--unlabelled", "no images"],
@@ -155,6 +176,10 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             ["not found"],
         ),  # fmt: skip
         ("eval", "--split"): ([*ev, "--split", "train"], ["--split is for detectors"]),
+        ("eval", "other classes"): (
+            ["eval", "--checkpoint", "{root}/v1-named.safetensors", "--data-dir", "{root}/renamed"],
+            ["not the classes", "'kind0' in the data", "'airplane' in the model"],
+        ),  # fmt: skip
         ("eval", "--split choice"): ([*ev, "--split", "test"], ["--split", "invalid choice"]),
         # predict
         ("predict", "--top"): ([*pr, "--top", "0"], ["--top", "positive integer"]),
@@ -213,6 +238,20 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             ["1000 classes"],
         ),  # fmt: skip
         ("decouple", "--val-subset"): ([*dec, "--rank", "2", "--val-subset", "0"], ["--val-subset"]),
+        ("decouple", "--eval-data other classes"): (
+            [
+                "decouple",
+                "--checkpoint",
+                "{root}/v1-named.safetensors",
+                "--rank",
+                "2",
+                "--out",
+                "{out}",
+                "--eval-data",
+                "{root}/renamed",
+            ],
+            ["not the classes", "kind0"],
+        ),  # fmt: skip
         ("decouple", "--device"): ([*dec, "--rank", "2", "--device", "tpu"], ["--device", "tpu"]),
         ("decouple", "--checkpoint"): (
             ["decouple", "--checkpoint", NO_FILE, "--rank", "2", "--out", "{out}"],
@@ -260,6 +299,23 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("export", "--range-search-sweeps"): ([*exp, "--range-search-sweeps", "0"], ["--range-search-sweeps"]),
         ("export", "--eval-data"): ([*exp, "--eval-data", IMAGENET], ["1000 classes", "10"]),
         ("export", "--val-subset"): ([*exp, "--val-subset", "0"], ["--val-subset"]),
+        ("export", "--eval-data other classes"): (
+            [
+                "export",
+                "--checkpoint",
+                "{root}/v1-named.safetensors",
+                "--out",
+                "{out}/m.onnx",
+                "--eval-data",
+                "{root}/renamed",
+            ],
+            ["not the classes", "kind0"],
+        ),  # fmt: skip
+        ("export", "--model without weights"): (
+            ["export", "--model", "mobilenet_v2", "--out", "{out}/m.onnx"],
+            ["random weights", "--random-weights"],
+        ),  # fmt: skip
+        ("export", "--calibration without --int8"): ([*exp, "--calibration", IMAGENET], ["add --int8"]),
         ("export", "--checkpoint"): (
             ["export", "--checkpoint", "{root}/notes.txt", "--out", "{out}/m.onnx"],
             ["not a weights file"],

@@ -86,7 +86,7 @@ def test_int8_pte_keeps_top1_on_real_images(tmp_path, capsys):
     argv = ["export", "--format", "executorch", "--model", "mobilenet_v2", "--weights", str(TORCHVISION_V2_WEIGHTS)]
     argv += ["--out", str(out), "--int8", "--calibration", str(SHARED_DATA / "coco128" / "images")]
     assert main([*argv, "--eval-data", str(SHARED_DATA / "imagenet-sample")]) == 0
-    accuracy = json.loads(out.with_suffix(".json").read_text())["accuracy"]
+    accuracy = json.loads(out.with_name(out.name + ".export.json").read_text())["accuracy"]
     assert accuracy["pytorch"]["top1"] > 0.8
     assert accuracy["executorch_int8"]["top1"] >= accuracy["pytorch"]["top1"] - 0.01
 

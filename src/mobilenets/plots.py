@@ -127,15 +127,17 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
         else:  # cumulative training minutes at the end of each epoch
             epochs = [sum(e["train_seconds"] for e in run["history"][: i + 1]) / 60 for i in range(len(run["history"]))]
         color = colors[run["name"]]
-        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], color=color, label=f"{run['name']} train")
+        # markers on every line: a 1-epoch run is a single point, which a line alone does not draw
+        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], color=color, marker="o",
+                     label=f"{run['name']} train")  # fmt: skip
         if all("loss" in h for h in run["history"]):
             val_loss = [h["loss"] for h in run["history"]]
-            loss_ax.plot(epochs, val_loss, color=color, linestyle="--", label=f"{run['name']} val")
+            loss_ax.plot(epochs, val_loss, color=color, linestyle="--", marker="s", label=f"{run['name']} val")
         scores = [100 * h.get(metric, float("nan")) for h in run["history"]]
-        acc_ax.plot(epochs, scores, color=color, marker=".", label=run["name"])
+        acc_ax.plot(epochs, scores, color=color, marker="o", label=run["name"])
         if secondary:  # mAP50 beside a detector's mAP, pixel accuracy beside a segmenter's mIoU
             values = [100 * h.get(secondary[0], float("nan")) for h in run["history"]]
-            acc_ax.plot(epochs, values, color=color, linestyle=":", label=f"{run['name']} {secondary[1]}")
+            acc_ax.plot(epochs, values, color=color, linestyle=":", marker="^", label=f"{run['name']} {secondary[1]}")
     xlabel = {"epoch": "epoch", "minutes": "training minutes", "wall": "wall-clock minutes"}[x]
     loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
     acc_ax.set(xlabel=xlabel, ylabel=title, title=f"validation {title.split(' (')[0]}")

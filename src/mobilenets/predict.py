@@ -12,7 +12,7 @@ from torch import nn
 from .data import load_rgb, transforms_for
 from .validate import POSITIVE_INT
 
-__all__ = ["default_data_info", "predict_images", "recorded_class_names"]
+__all__ = ["check_classes", "default_data_info", "predict_images", "recorded_class_names", "renamed_classes"]
 
 
 def default_data_info(
@@ -71,6 +71,50 @@ def recorded_class_names(info: dict[str, Any]) -> list[str] | None:
     if classes == [f"class {i}" for i in range(len(classes))]:  # files written before classes_source
         return None
     return list(classes)
+
+
+def check_classes(
+    info: dict[str, Any], classes: Sequence[str], *, model: str, data: str, background: bool = False
+) -> None:
+    """The one check made wherever a model meets labelled data (eval, export and decouple
+    ``--eval-data``, bench, a teacher, ``--init-from``): as many classes, and where the model
+    records the names it was trained on, the same names in the same order.  ``background``:
+    both lists start with the background (detectors), which is not counted in the message.
+    Raises :class:`DataError` naming both sides."""
+    from .errors import DataError
+
+    expected = list(info.get("classes") or [])
+    if len(classes) != len(expected):
+        raise DataError(f"{data} has {_count(classes, background)} but {model} has {_count(expected, background)}")
+    names = recorded_class_names(info)
+    if names is not None and names != list(classes):
+        first = next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
+        raise DataError(
+            f"the classes of {data} are not the classes {model} was trained on "
+            f"(class {first}: {classes[first]!r} in the data, {names[first]!r} in the model)"
+        )
+
+
+def renamed_classes(info: dict[str, Any], classes: Sequence[str], source: str) -> str:
+    """Why weights whose data info is ``info`` cannot keep their classifier for ``classes``
+    although it has as many rows: they record other class names ("" where they record none
+    or the same); the trainers then start the classifier afresh (``--init-from``)."""
+    names = recorded_class_names(info)
+    if names is None or len(names) != len(classes) or names == list(classes):
+        return ""
+    first = next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
+    return f"{source} was trained on other classes: class {first} is {names[first]!r} there, {classes[first]!r} here"
+
+
+def _count(classes: Sequence[str], background: bool) -> str:
+    """``"10 classes"``; a detector's list counts its named classes and says how many outputs
+    COCO-style category ids (with gaps, ``"N/A"``) make: ``"3 classes (ids up to 18: 19 outputs)"``."""
+    if not background:
+        return f"{len(classes)} classes"
+    named = sum(1 for name in classes[1:] if name != "N/A")
+    if named == len(classes) - 1:
+        return f"{named} classes"
+    return f"{named} classes (category ids up to {len(classes) - 1}: {len(classes)} outputs with the background)"
 
 
 @torch.no_grad()

@@ -160,3 +160,26 @@ def check_device(device: str, *, cli: str = "--device") -> str:
     elif kind not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
     return device
+
+
+def check_model(value: Any, name: str = "model") -> Any:
+    """``value`` if it is a PyTorch module, else a :class:`ConfigError` saying what to pass
+    (a model name or a file path where a model object is expected is the usual slip)."""
+    if callable(getattr(value, "named_modules", None)) and callable(getattr(value, "state_dict", None)):
+        return value
+    hint = ""
+    if isinstance(value, str):
+        hint = f"; build it first: mobilenets.create_model({value!r}) or mobilenets.load_model(path)"
+    raise ConfigError(f"{name} must be a torch.nn.Module, got {type(value).__name__} {value!r:.60}{hint}")
+
+
+def as_image_batch(value: Any, name: str) -> Any:
+    """A numpy array of images as a float tensor (N, C, H, W); a tensor as it is; anything else unchanged."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, np.ndarray):
+        if value.ndim != 4:
+            raise ConfigError(f"{name} must be a batch of images (N, C, H, W), got an array of shape {value.shape}")
+        return torch.from_numpy(np.ascontiguousarray(value)).float()
+    return value

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, WeightsError
+from .validate import check_model
 
 __all__ = [
     "load_model",
@@ -93,6 +94,7 @@ def save_weights(model: nn.Module, path: str | Path, *, data_info: Mapping[str, 
     needs no other information, and ``data_info`` (class names, transforms,
     resolution) so that prediction preprocesses images as training did.
     """
+    check_model(model)
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     arch = getattr(model, "arch", None) or {}
@@ -247,8 +249,16 @@ def _describe_mismatch(model: nn.Module, state: Mapping[str, Tensor], file_arch:
     hints: list[tuple[str, str]] = []  # (Python, CLI)
     if saved.get("name") and arch.get("name") and saved["name"] != arch["name"]:
         hints.append((f"this file is {saved['name']}, not {arch['name']}",) * 2)
-    classifier = [k for k in misshaped if k.startswith("classifier")]
-    if classifier:
+    classifier = [k for k in misshaped if k.startswith(("classifier", "head.classification_head"))]
+    if classifier and any(k.startswith("head.") for k in classifier):  # a detector's class predictions
+        ours = f"{arch['num_classes']} " if "num_classes" in arch else ""
+        theirs = f" ({saved['num_classes']} in the file)" if "num_classes" in saved else ""
+        hints.append((
+            f"the class predictions differ: the model has {ours}classes with the background{theirs}; pass num_classes=",
+            f"the class predictions differ: the model has {ours}classes with the background{theirs}; "
+            "pass --num-classes",
+        ))  # fmt: skip
+    elif classifier:
         count = f" ({saved['num_classes']} in the file)" if "num_classes" in saved else ""
         hints.append(
             (f"the classifier differs: pass num_classes={count}", f"the classifier differs: pass --num-classes{count}")
@@ -258,6 +268,14 @@ def _describe_mismatch(model: nn.Module, state: Mapping[str, Tensor], file_arch:
         hints.append(
             (f"layer widths differ: check width_mult{width}", f"layer widths differ: check --width-mult{width}")
         )
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    detector_keys = ("backbone.", "head.")
+    if body is not None and missing and unexpected and all(k.startswith(detector_keys) for k in missing) \
+            and not any(k.startswith(detector_keys) for k in unexpected):  # fmt: skip
+        hints.append((
+            "this is a classifier's file, which starts a detector's backbone: load_weights(model.backbone.body, path)",
+            "this is a classifier's file, which starts a detector's backbone: mobilenets train --init-from FILE",
+        ))  # fmt: skip
     if missing and unexpected and not hints:
         hints.append(("the file is for a different architecture or layout",) * 2)
     keys = (
@@ -311,22 +329,28 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], *
 
 
 def load_pretrained(
-    model: nn.Module, weights: str | Path | Mapping[str, Tensor], *, head: list[str]
+    model: nn.Module, weights: str | Path | Mapping[str, Tensor], *, head: list[str], new_classes: bool = False
 ) -> tuple[nn.Module, list[str], list[str]]:
     """Start ``model`` from pretrained ``weights`` for fine-tuning.
 
     Like :func:`load_weights`, except that the tensors named in ``head`` (the
     classifier) may differ in shape, as when 1000 ImageNet classes become your 10:
-    those keep ``model``'s fresh initialisation.  Any other mismatch is an error
-    naming the keys.  Returns ``(model, loaded keys, re-initialised keys)``.
+    those keep ``model``'s fresh initialisation, as they do whatever their shape with
+    ``new_classes`` (as many classes as the file's, but other ones).  Any other mismatch
+    is an error naming the keys.  Returns ``(model, loaded keys, re-initialised keys)``.
     """
-    model, reinitialised = _load(model, weights, strict=True, new_head=set(head))
+    model, reinitialised = _load(model, weights, strict=True, new_head=set(head), replace_head=new_classes)
     loaded = [k for k in model.state_dict() if k not in reinitialised]
     return model, loaded, reinitialised
 
 
 def _load(
-    model: nn.Module, weights: str | Path | Mapping[str, Tensor], *, strict: bool, new_head: set[str] = frozenset()
+    model: nn.Module,
+    weights: str | Path | Mapping[str, Tensor],
+    *,
+    strict: bool,
+    new_head: set[str] = frozenset(),
+    replace_head: bool = False,
 ) -> tuple[nn.Module, list[str]]:
     source = str(weights) if isinstance(weights, (str, Path)) else "state dict"
     file_arch: dict[str, Any] = {}
@@ -351,7 +375,9 @@ def _load(
         if mapping is not None and set(state) == set(mapping):
             state = {mapping[k]: v for k, v in state.items()}
     # a new classifier for another number of classes keeps its fresh initialisation
-    skipped = [k for k in expected if k in new_head and k in state and state[k].shape != expected[k].shape]
+    skipped = [
+        k for k in expected if k in new_head and k in state and (replace_head or state[k].shape != expected[k].shape)
+    ]
     state = {k: v for k, v in state.items() if k not in skipped}
     wanted = {k: v for k, v in expected.items() if k not in skipped}
     if strict:

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)
+    for command in subparsers.choices.values():  # so that a stray option is answered by its own command
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -63,7 +65,9 @@ def _one_line_warnings(command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # `mobilenets train --epoch 3`: the train command says so, and points to its own --help
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, or an option argparse refused (message printed)
         return exc.code if isinstance(exc.code, int) else 1
     _one_line_warnings(args.command)

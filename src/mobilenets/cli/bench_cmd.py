@@ -49,10 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--backends",
         type=csv_of(choices=BENCH_BACKENDS),
         default=["eager", "channels_last", "onnxruntime", "onnxruntime-int8"],
-        help=f"comma-separated, from: {', '.join(BENCH_BACKENDS)} (default: all but compile)",
+        help=f"comma-separated, from: {', '.join(BENCH_BACKENDS)} "
+        "(default: eager, channels_last, onnxruntime, onnxruntime-int8)",
     )
     parser.add_argument("--batch-sizes", type=csv_of(POSITIVE_INT), default=[1], help="comma-separated (default 1)")
-    parser.add_argument("--threads", type=csv_of(POSITIVE_INT), default=[2], help="intra-op threads (default 2)")
+    parser.add_argument(
+        "--threads", type=csv_of(POSITIVE_INT), default=[2], help="intra-op thread counts, comma-separated (default 2)"
+    )
     parser.add_argument("--resolution", type=POSITIVE_INT.argtype, help="input side (default: each model's, 224)")
     parser.add_argument(
         "--runs", type=POSITIVE_INT.argtype, default=30, help="timed runs per configuration (default 30)"

@@ -18,7 +18,7 @@ MODEL_HELP = "model name: see 'mobilenets models' (torchvision classifiers as to
 def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = True, required: bool = True) -> None:
     """``NAME --width-mult --resolution --num-classes --cifar --activation --weights``."""
     if positional:
-        parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+        parser.add_argument("model", metavar="MODEL", nargs=None if required else "?", help=MODEL_HELP)
     else:
         parser.add_argument("--model", required=required, help=MODEL_HELP)
     parser.add_argument(
@@ -109,12 +109,24 @@ def refuse_conflicts(args: argparse.Namespace, source: str) -> None:
 
 
 def require_weights(args: argparse.Namespace, command: str) -> None:
-    """Refuse ``--model`` without ``--weights`` where random weights would give a silently wrong answer."""
-    if args.model and not args.checkpoint and not args.weights:
-        extra = " (or --random-weights to try the pipeline anyway)" if command == "predict" else ""
+    """Refuse ``--model`` without ``--weights`` where random weights would give a silently wrong
+    answer (``--random-weights``, where a command has it, allows them)."""
+    if args.model and not args.checkpoint and not args.weights and not getattr(args, "random_weights", False):
+        from ..models import get_model_entry
+
+        get_model_entry(args.model)  # an unknown name is answered as such first
+        extra = " (or --random-weights to try the pipeline anyway)" if hasattr(args, "random_weights") else ""
         raise ConfigError(
             f"--model {args.model} without --weights would {command} with random weights; give --weights FILE{extra}"
         )
+
+
+def add_random_weights_option(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help=f"allow --model without --weights (untrained: the {command} is noise; for trying the pipeline)",
+    )
 
 
 def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str, Any]]:

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..validate import CALIBRATION_METHODS, EXECUTORCH_CALIBRATION_METHODS, PERCENTILE, POSITIVE_INT, WEIGHT_ROUNDING
-from .common import add_source_options, load_for_cli
+from .common import add_random_weights_option, add_source_options, load_for_cli, require_weights
 
 EXAMPLES = """\
 Examples:
@@ -35,30 +35,36 @@ Examples:
 """
 
 
+DESCRIPTION = (
+    "Export to ONNX (opset >= 17) with batch norm folded into the convs. The export is run by\n"
+    "ONNX Runtime and compared with PyTorch before it is written: the max relative error is\n"
+    "reported and an export off by more than 1e-3 fails. Class names and preprocessing are stored\n"
+    "in the file's metadata, so 'mobilenets predict --onnx' needs nothing else. --int8 adds\n"
+    "post-training static quantization (ONNX Runtime QDQ: int8 per-channel weights, uint8\n"
+    "activations with ranges cut at the 99.99th percentile on --calibration images, dense\n"
+    "weights rounded with GPTQ on the same images); the fp32 model is kept beside it. A checkpoint\n"
+    "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained.\n\n"
+    "--format executorch writes the .pte a phone app loads (ExecuTorch, every operator XNNPACK\n"
+    "supports delegated to it; batch 1), run in ExecuTorch's runtime and compared with PyTorch\n"
+    "before it is written; class names and preprocessing go in <out>.pte.json beside it. --int8 there\n"
+    "is PT2E quantization with ExecuTorch's XNNPACKQuantizer (per-channel int8 weights, int8\n"
+    "activations observed on --calibration images); the ONNX int8 options below do not apply.\n"
+    "Needs the [mobile] extra.\n\n"
+    "Beside the file, <out>.export.json records what was exported: the paths, the error against\n"
+    "PyTorch and, with --eval-data, the top-1 of each form."
+)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a model to ONNX (BN folded, checked against PyTorch), optionally int8",
+        help="export a model to ONNX or ExecuTorch (.pte), checked against PyTorch, optionally int8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Export to ONNX (opset >= 17) with batch norm folded into the convs. The export is run by\n"
-            "ONNX Runtime and compared with PyTorch before it is written: the max relative error is\n"
-            "reported and an export off by more than 1e-3 fails. Class names and preprocessing are stored\n"
-            "in the file's metadata, so 'mobilenets predict --onnx' needs nothing else. --int8 adds\n"
-            "post-training static quantization (ONNX Runtime QDQ: int8 per-channel weights, uint8\n"
-            "activations with ranges cut at the 99.99th percentile on --calibration images, dense\n"
-            "weights rounded with GPTQ on the same images); the fp32 model is kept beside it. A checkpoint\n"
-            "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained.\n\n"
-            "--format executorch writes the .pte a phone app loads (ExecuTorch, every operator XNNPACK\n"
-            "supports delegated to it; batch 1), run in ExecuTorch's runtime and compared with PyTorch\n"
-            "before it is written; class names and preprocessing go in <out>.pte.json beside it. --int8 there\n"
-            "is PT2E quantization with ExecuTorch's XNNPACKQuantizer (per-channel int8 weights, int8\n"
-            "activations observed on --calibration images); the ONNX int8 options below do not apply.\n"
-            "Needs the [mobile] extra."
-        ),
+        description=DESCRIPTION,
         epilog=EXAMPLES,
     )
     add_source_options(parser)
+    add_random_weights_option(parser, "export")
     opts = parser.add_argument_group("export")
     opts.add_argument(
         "--format",
@@ -138,6 +144,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    require_weights(args, "export")
+    if args.calibration and not args.int8:
+        raise ConfigError("--calibration sets int8 ranges: add --int8, or drop --calibration")
     methods = {"onnx": CALIBRATION_METHODS, "executorch": EXECUTORCH_CALIBRATION_METHODS}[args.format]
     if args.calibration_method not in methods:
         raise ConfigError(
@@ -154,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     from ..export.qat import convert_qat, is_qat
     from ..export.qat import export_int8 as export_qat_int8
     from ..train import evaluate
-    from ..weights import atomic_write
 
     if not MIN_OPSET <= args.opset <= max_opset():
         raise ConfigError(
@@ -214,8 +222,22 @@ def run(args: argparse.Namespace) -> int:
         for name, acc in accuracy.items():
             print(f"{name:10s} top-1 {100 * acc['top1']:.2f}%  top-5 {100 * acc['top5']:.2f}%  ({len(dataset)} images)")
         summary["accuracy"] = accuracy
-    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    write_summary(out, summary)
     return 0
+
+
+def summary_path(out: Path) -> Path:
+    """Where an export's summary goes: ``<out>.export.json`` (``m.onnx.export.json``), so that
+    exports of one stem to two formats, or a user's own ``m.json``, are not overwritten."""
+    return out.with_name(out.name + ".export.json")
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    from ..weights import atomic_write
+
+    path = summary_path(out)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    print(f"wrote {path} (what was exported, its error against PyTorch{', accuracy' * ('accuracy' in summary)})")
 
 
 def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibrated: bool):
@@ -223,6 +245,7 @@ def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibra
     checked before anything is written; ``calibrated``: the model brings its own int8
     ranges (a --qat checkpoint), so --int8 needs no --calibration."""
     from ..data import calibration_images, eval_dataset
+    from ..predict import check_classes
 
     if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
         kind = "a detector" if info["task"] == "detection" else "a segmenter"
@@ -234,10 +257,7 @@ def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibra
         evaluation = eval_dataset(
             args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
         )
-        if len(evaluation[1]) != len(info["classes"]):
-            raise DataError(
-                f"{args.eval_data} has {len(evaluation[1])} classes but the model has {len(info['classes'])}"
-            )
+        check_classes(info, evaluation[1], model=args.checkpoint or args.weights or "the model", data=args.eval_data)
     calibration = None
     if args.calibration:
         calibration = calibration_images(
@@ -270,7 +290,6 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
     from ..export.executorch import PteModel, export_executorch
     from ..export.qat import convert_qat, is_qat
     from ..train import evaluate
-    from ..weights import atomic_write
 
     if out.suffix != ".pte":
         raise ConfigError(f"--out should name a .pte file for --format executorch, got {out}")
@@ -304,5 +323,5 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
                 f"{name:17s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  ({len(dataset)} images)"
             )
         summary["accuracy"] = accuracy
-    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    write_summary(out, summary)
     return 0

@@ -7,17 +7,25 @@ import json
 import sys
 from dataclasses import fields
 
-from ..errors import ConfigError, DataError
-from ..train.config import COMPILE_MODES, FIELD_RULES, TrainConfig
+from ..errors import ConfigError
+from ..train.config import COMPILE_MODES, DISTILL_WEIGHT, FIELD_RULES, TEMPERATURE, TrainConfig
 from ..train.recipes import RECIPES, SCHEDULES, get_recipe
 from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PRECISIONS, PROBABILITY
-from .common import add_model_options, add_source_options, load_for_cli, refuse_conflicts, require_weights
+from .common import (
+    add_model_options,
+    add_random_weights_option,
+    add_source_options,
+    load_for_cli,
+    refuse_conflicts,
+    require_weights,
+)
 
 TRAIN_EXAMPLES = """\
 Examples:
   # fine-tune torchvision's ImageNet MobileNetV2 on your images (here a CIFAR-10 slice, upscaled to 96x96)
   mobilenets train --model mobilenet_v2 --recipe finetune --init-from ../shared/data/weights/mobilenet_v2-b0353104.pth \\
-      --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 1000 --out runs/finetune
+      --data-dir ../shared/data/cifar10 --train-subset 30000 --val-subset 1000 --epochs 1 --freeze-bn \\
+      --freeze-layers 2 --out runs/finetune
   # distil that model into MobileNetV2 x0.35 trained from scratch on the same images
   mobilenets train --model mobilenet_v2 --width-mult 0.35 --recipe cifar10-quick --teacher runs/finetune/best.pt \\
       --data-dir ../shared/data/cifar10 --train-subset 10000 --val-subset 1000 --out runs/student
@@ -141,7 +149,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="never train the body's first N layers (features[:N]): no backward pass through them, so each "
-        "step is cheaper (the finetune recipe's first command uses 4)",
+        "step is cheaper (the README's fine-tuning command uses 2)",
     )
     teach = parser.add_argument_group("distillation (learn from a trained teacher, Hinton et al. 2015)")
     teach.add_argument(
@@ -153,12 +161,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     teach.add_argument(
         "--distill-weight",
         type=rule("distill_weight"),
-        default=0.5,
         metavar="W",
-        help="loss = (1-W) CE + W T^2 KL(teacher || student) (default 0.5)",
+        help=f"with --teacher: loss = (1-W) CE + W T^2 KL(teacher || student) (default {DISTILL_WEIGHT:g})",
     )
     teach.add_argument(
-        "--temperature", type=rule("temperature"), default=4.0, metavar="T", help="softening temperature (default 4)"
+        "--temperature",
+        type=rule("temperature"),
+        metavar="T",
+        help=f"with --teacher: softening temperature (default {TEMPERATURE:g})",
     )
     teach.add_argument(
         "--unlabelled",
@@ -259,7 +269,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--download", action="store_true", help="with --dataset: let torchvision download them")
     ev.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="a fixed class-balanced slice of N images")
     ev.add_argument("--batch-size", type=POSITIVE_INT.argtype, default=None, help="(default 256; 16 for detectors)")
-    ev.add_argument("--workers", type=NON_NEGATIVE_INT.argtype, default=2)
+    ev.add_argument(
+        "--workers", type=NON_NEGATIVE_INT.argtype, default=2, help="image-decoding processes (default 2; 0: none)"
+    )
     ev.add_argument(
         "--test-flip",
         action="store_true",
@@ -283,7 +295,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--pte", help="a .pte written by 'mobilenets export --format executorch', run by ExecuTorch")
     pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5,
                     help="how many classes to show (default 5; segmenters: the largest by area)")  # fmt: skip
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--json", action="store_true", help="print the predictions as JSON, one entry per image")
     pr.add_argument("--out", help="detectors: write each image with its boxes, class names and scores drawn here; "
                     "segmenters: each image with its mask and a legend, and the class-id mask PNG")  # fmt: skip
     pr.add_argument(
@@ -293,11 +305,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="detectors: the lowest score of a box shown (default 0.3)",
     )
     add_model_options(pr, positional=False, required=False)
-    pr.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="allow --model without --weights (untrained: the answers are noise; for trying the pipeline)",
-    )
+    add_random_weights_option(pr, "prediction")
     pr.set_defaults(run=run_predict)
 
 
@@ -312,6 +320,14 @@ def run_train(args: argparse.Namespace) -> int:
     from .._table import human
     from ..train import train
 
+    given = [
+        f"--{name.replace('_', '-')}" for name in ("distill_weight", "temperature") if getattr(args, name) is not None
+    ]
+    if given and not args.teacher:
+        raise ConfigError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the distillation loss: "
+                          "they need --teacher")  # fmt: skip
+    args.distill_weight = DISTILL_WEIGHT if args.distill_weight is None else args.distill_weight
+    args.temperature = TEMPERATURE if args.temperature is None else args.temperature
     if args.device is None:
         import torch
 
@@ -322,9 +338,11 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     if "map" in s:  # a detector
-        result = f"mAP {100 * s['map']:.2f} (best {100 * s['best_map']:.2f}), mAP50 {100 * s['map50']:.2f}"
+        result = f"mAP {100 * s['map']:.2f}% (best {100 * s['best_map']:.2f}%), mAP50 {100 * s['map50']:.2f}%"
     elif "miou" in s:  # a segmenter
-        result = f"mIoU {100 * s['miou']:.2f} (best {100 * s['best_miou']:.2f}), pixel acc {100 * s['pixel_acc']:.2f}"
+        result = (
+            f"mIoU {100 * s['miou']:.2f}% (best {100 * s['best_miou']:.2f}%), pixel acc {100 * s['pixel_acc']:.2f}%"
+        )
     else:
         result = f"top-1 {100 * s['top1']:.2f}% (best {100 * s['best_top1']:.2f}%), top-5 {100 * s['top5']:.2f}%"
     print(
@@ -336,7 +354,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..data import build_datasets, eval_dataset, make_loader
-    from ..predict import recorded_class_names
+    from ..predict import check_classes, recorded_class_names
     from ..train import evaluate
 
     if args.download and not args.dataset:
@@ -366,16 +384,8 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         val_set, classes = eval_dataset(args.data_dir, style=style, resolution=resolution, subset=args.val_subset)
     source = args.checkpoint or args.weights or "the model"
-    if len(classes) != len(info["classes"]):
-        raise DataError(f"{args.data_dir} has {len(classes)} classes but {source} has {len(info['classes'])}")
-    names = recorded_class_names(info)
-    if names is not None and names != classes:
-        first = next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
-        raise DataError(
-            f"the class folders of {args.data_dir} are not the classes {source} was trained on "
-            f"(class {first}: folder {classes[first]!r}, trained as {names[first]!r})"
-        )
-    if names is None:
+    check_classes(info, classes, model=source, data=args.data_dir)
+    if recorded_class_names(info) is None:
         print(
             f"note: {source} records no class names; the {len(classes)} sorted class folders of {args.data_dir} "
             f"are taken as classes 0-{len(classes) - 1}",
@@ -402,25 +412,27 @@ def _eval_detector(args: argparse.Namespace, model, info: dict) -> int:
     from ..data import make_loader
     from ..detection.data import collate, detection_transforms, find_detection_data
     from ..detection.evaluate import evaluate_detector
+    from ..predict import check_classes
 
-    if args.dataset or args.val_subset:
-        raise ConfigError(f"{'--dataset' if args.dataset else '--val-subset'} is for classifiers; "
-                          "a detector is scored on the whole val split of --data-dir")  # fmt: skip
+    if args.dataset:
+        raise ConfigError("--dataset is for classifiers; a detector is scored on a split of --data-dir")
     val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
-    data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val)
-    source = args.checkpoint or args.weights or "the model"
-    if len(data.classes) != len(info["classes"]):
-        raise DataError(
-            f"{args.data_dir} has {len(data.classes) - 1} classes but {source} detects {len(info['classes']) - 1}"
-        )
+    # only the split scored is read, so warnings about the other split's files do not appear
+    data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val, splits=(args.split,))
+    check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir,
+                  background=True)  # fmt: skip
     split = data.train if args.split == "train" else data.val
+    if args.val_subset:  # the first N images, as training's --val-subset takes them
+        from torch.utils.data import Subset
+
+        split = Subset(split, range(min(args.val_subset, len(split))))
     loader = make_loader(split, args.batch_size or 16, workers=args.workers, collate_fn=collate)
     metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
     print(
-        f"mAP {100 * metrics['map']:.2f}  mAP50 {100 * metrics['map50']:.2f}  mAP75 {100 * metrics['map75']:.2f}  "
+        f"mAP {100 * metrics['map']:.2f}%  mAP50 {100 * metrics['map50']:.2f}%  mAP75 {100 * metrics['map75']:.2f}%  "
         f"({metrics['images']} images, {metrics['boxes']} boxes, {metrics['images_per_s']:.1f} images/s)"
     )
     return 0
@@ -428,6 +440,7 @@ def _eval_detector(args: argparse.Namespace, model, info: dict) -> int:
 
 def _eval_segmenter(args: argparse.Namespace, model, info: dict) -> int:
     from ..data import make_loader
+    from ..predict import check_classes
     from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
     from ..segmentation.evaluate import evaluate_segmenter
 
@@ -435,9 +448,7 @@ def _eval_segmenter(args: argparse.Namespace, model, info: dict) -> int:
         raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
     val = segmentation_transforms(info["resolution"], train=False)
     data = find_segmentation_data(args.data_dir, train_transforms=val, val_transforms=val)
-    source = args.checkpoint or args.weights or "the model"
-    if len(data.classes) != len(info["classes"]):
-        raise DataError(f"{args.data_dir} has {len(data.classes)} classes but {source} segments {len(info['classes'])}")
+    check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir)
     split = data.train if args.split == "train" else data.val
     if args.val_subset:
         from torch.utils.data import Subset
@@ -450,7 +461,7 @@ def _eval_segmenter(args: argparse.Namespace, model, info: dict) -> int:
         print(json.dumps(metrics, indent=2))
         return 0
     print(
-        f"mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}  "
+        f"mIoU {100 * metrics['miou']:.2f}%  pixel acc {100 * metrics['pixel_acc']:.2f}%  "
         f"({metrics['images']} images, {metrics['classes_scored']} of {len(data.classes)} classes present, "
         f"{metrics['images_per_s']:.1f} images/s)"
     )
@@ -489,8 +500,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 model = OnnxClassifier(args.onnx)
         info = model.info
     else:
-        if not args.random_weights:
-            require_weights(args, "predict")
+        require_weights(args, "predict")
         model, info = load_for_cli(args, "predict")
     if info.get("task") == "detection":
         from ..detection.predict import detect_images

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..validate import check_model
 from .memory import trace_live_activations
 
 __all__ = ["LayerCost", "Profile", "layer_kind", "profile"]
@@ -289,6 +290,7 @@ def profile(
             variants) with its ``in_channels``.
         device: where to run the counting pass (default: where the model is).
     """
+    check_model(model)
     if input_size is None:
         input_size = getattr(model, "default_resolution", 224)
     if isinstance(input_size, int) and not isinstance(input_size, bool):  # a side, as the CLI's --resolution

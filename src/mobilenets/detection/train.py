@@ -19,9 +19,10 @@ from torch.utils.data import Subset
 from ..errors import ConfigError
 from ..models import create_model, get_model_entry
 from ..models.ssd import IMAGENET_MEAN, SSD_SPECS
+from ..predict import renamed_classes
 from ..train.loop import Trainer
 from ..train.recipes import TRANSFORM_TASKS
-from ..weights import load_pretrained, load_state_dict_file, load_weights
+from ..weights import load_pretrained, load_weights, read_weights_file
 from .data import collate, detection_transforms, find_detection_data
 from .evaluate import evaluate_detector
 
@@ -75,13 +76,16 @@ class DetectionTrainer(Trainer):
         # Everything but the pretrained body is new: extra layers and heads learn at the full rate.
         head = [name for name, _ in model.named_parameters() if not name.startswith(BODY_PREFIX)]
         if config.init_from:
-            state, _ = load_state_dict_file(config.init_from)
+            state, _, info = read_weights_file(config.init_from)
             if any(key.startswith(("backbone.", "head.")) for key in state):  # a detector's file
                 class_convs = [n for n in head if n.startswith("head.classification_head.")]
+                renamed = renamed_classes(info, self.classes, config.init_from)
                 # (the path, not the state read above, so that a mismatch names the file)
-                model, loaded, fresh = load_pretrained(model, config.init_from, head=class_convs)
+                model, loaded, fresh = load_pretrained(model, config.init_from, head=class_convs,
+                                                       new_classes=bool(renamed))  # fmt: skip
                 self.log(f"started from the detector {config.init_from}: {len(loaded)} tensors loaded"
-                         + (f"; class predictions new for {len(self.classes) - 1} classes" if fresh else ""))  # fmt: skip
+                         + (f"; class predictions new for {len(self.classes) - 1} classes" if fresh else "")
+                         + (f" ({renamed})" if renamed else ""))  # fmt: skip
             else:  # a classifier's weights (ours, torchvision's) start the backbone
                 body = model.backbone.body
                 load_weights(body, config.init_from)
@@ -110,6 +114,6 @@ class DetectionTrainer(Trainer):
     def _epoch_line(self, record: dict[str, Any]) -> str:
         return (
             f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
-            f"val mAP {100 * record['map']:.2f}, mAP50 {100 * record['map50']:.2f}, "
+            f"val mAP {100 * record['map']:.2f}%, mAP50 {100 * record['map50']:.2f}%, "
             f"{record['train_images_per_s']:.1f} img/s"
         )

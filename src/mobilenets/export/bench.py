@@ -54,9 +54,9 @@ from .._table import format_table, human
 from ..cost import profile
 from ..errors import ConfigError
 from ..models import create_model
-from ..predict import default_data_info
+from ..predict import check_classes, default_data_info
 from ..validate import BENCH_BACKENDS as BACKENDS
-from ..weights import WeightsError, load_weights
+from ..weights import WeightsError, load_model_with_info, load_weights, read_weights_file
 from .detection import DecodedDetector, is_detector
 from .onnx import SegmentationScores, export_onnx, fold_batchnorm, ort_session
 from .quantize import quantize_onnx
@@ -468,11 +468,8 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         workdir = Path(tmp)
         for name in models:
-            model = create_model(name, **({"resolution": resolution} if resolution else {})).eval()
             weight_file = (weights or {}).get(name)
-            if weight_file:
-                load_weights(model, weight_file)
-            info = default_data_info(model)
+            model, info = _bench_model(name, weight_file, resolution)
             size = info["resolution"]
             detector, segmenter = is_detector(model), _task(name) == "segmentation"
             model_backends = [b for b in backends if b in DETECTOR_BACKENDS] if detector else backends
@@ -518,6 +515,24 @@ def run_bench(
     return results
 
 
+def _bench_model(name: str, weight_file: str | Path | None, resolution: int | None) -> tuple[nn.Module, dict]:
+    """``name`` untrained, or as ``weight_file`` records it: a run's checkpoint or a saved file
+    brings its own class count, width and class names (a fine-tuned 3-class MobileNetV2 is
+    benchmarked as such); a plain state dict (torchvision's) loads into the registry's model."""
+    options = {"resolution": resolution} if resolution else {}
+    if weight_file:
+        _, arch, _ = read_weights_file(weight_file)
+        if "name" in arch:
+            if arch["name"] != name:
+                raise ConfigError(f"--weights {name}={weight_file}: the file holds a {arch['name']}, not a {name}")
+            model, info = load_model_with_info(weight_file, **options)
+            return model.eval(), default_data_info(model, info)
+    model = create_model(name, **options).eval()
+    if weight_file:
+        load_weights(model, weight_file)
+    return model, default_data_info(model)
+
+
 def _score(results, entries, name, info, eval_data, val_subset, progress) -> None:
     """Fill in top-1 for every result of ``name`` whose model has trained weights."""
     from ..data import eval_dataset, make_loader
@@ -525,8 +540,7 @@ def _score(results, entries, name, info, eval_data, val_subset, progress) -> Non
     dataset, classes = eval_dataset(
         eval_data, style=info["transforms"], resolution=info["resolution"], subset=val_subset
     )
-    if len(classes) != len(info["classes"]):
-        raise ConfigError(f"{eval_data} has {len(classes)} classes but {name} has {len(info['classes'])}")
+    check_classes(info, classes, model=name, data=str(eval_data))
     batches = list(make_loader(dataset, 50, workers=0))
     for source, prepared, chosen in entries:
         if source == "torchvision" and not getattr(prepared.model, "has_weights", False):

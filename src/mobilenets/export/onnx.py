@@ -89,6 +89,61 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     return model, folded
 
 
+class _PoolAsMatrices(nn.Module):
+    """Adaptive average pooling at one fixed input size, as two constant matrices:
+    ``y = P_h x P_w^T``.  The same arithmetic as ``nn.AdaptiveAvgPool2d`` (each output cell is
+    the mean of the cells its bin covers), which ONNX cannot express when the input side is
+    not a multiple of the output side (torchvision's VGG at 32x32: 1x1 -> 7x7)."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("rows", _bin_means(in_hw[0], out_hw[0]))
+        self.register_buffer("columns", _bin_means(in_hw[1], out_hw[1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.matmul(torch.matmul(self.rows, x), self.columns.T)
+
+
+def _bin_means(size: int, bins: int) -> Tensor:
+    """(bins, size): row i averages the cells of PyTorch's adaptive bin i, [floor(i n / b), ceil((i + 1) n / b))."""
+    matrix = torch.zeros(bins, size)
+    for i in range(bins):
+        start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def exportable_pooling(model: nn.Module, example: Tensor) -> int:
+    """Replace, in place, every adaptive average pooling whose input side is not a multiple of
+    its output side at ``example``'s size by :class:`_PoolAsMatrices`; returns how many."""
+    sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+
+    def record(name: str):
+        def hook(module, args, output) -> None:
+            sizes.setdefault(name, (tuple(args[0].shape[-2:]), tuple(output.shape[-2:])))
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.AdaptiveAvgPool2d)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    replaced = 0
+    for name, (in_hw, out_hw) in sizes.items():
+        if in_hw[0] % out_hw[0] or in_hw[1] % out_hw[1]:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, _PoolAsMatrices(in_hw, out_hw))
+            replaced += 1
+    return replaced
+
+
 def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
     """(module, attribute) of the plain conv whose output ``parent.name`` returns: the
     module itself, or the last conv of a decoupled / decomposed replacement."""
@@ -218,6 +273,7 @@ def export_onnx(
     reference_model = copy.deepcopy(model).eval().float()
     folded_model, folded = fold_batchnorm(reference_model)
     example = torch.randn(2 if dynamic_batch else 1, channels, resolution, resolution)
+    exportable_pooling(folded_model, example)
     x = check_input if check_input is not None else example
     dynamic_axes = {name: {0: "batch"} for name in ["image", *outputs]} if dynamic_batch else None
     tmp = path.with_name(f".{path.name}.export.tmp")
@@ -303,10 +359,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path} is not an ONNX model: {exc}") from exc
     props = {p.key: p.value for p in graph.metadata_props}
     if METADATA_KEY not in props:
-        producer = graph.producer_name or "an unknown tool"
+        producer = f"written by {graph.producer_name}" if graph.producer_name else "no producer recorded"
         raise ExportError(
-            f"{path} was exported by {producer}, not by 'mobilenets export': it carries no preprocessing or class "
-            "names, so its input cannot be prepared safely. Export the model with 'mobilenets export'."
+            f"{path} carries no mobilenets metadata ({producer}): without the preprocessing and class names that "
+            "'mobilenets export' records, its input cannot be prepared safely; export the model with 'mobilenets export'"
         )
     return json.loads(props[METADATA_KEY])
 

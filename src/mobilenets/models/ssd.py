@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
+from ..errors import InputShapeError
 from ..layers import ConvBNAct
 from .features import FeatureExtractor
 from .registry import create_model, register_model
@@ -198,6 +199,33 @@ def detector_backbone(spec: SSDSpec, width_mult: float) -> FeatureExtractor:
     return body
 
 
+class Detector(SSD):
+    """torchvision's SSD, answering input it cannot take with an :class:`InputShapeError` that
+    says what to pass (a 3-D tensor or a numpy image failed deep inside its transform)."""
+
+    def forward(self, images, targets=None):
+        if isinstance(images, Tensor) and images.dim() == 4:
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            what = f"a {images.dim()}-D tensor" if isinstance(images, Tensor) else type(images).__name__
+            hint = " (one image: pass [image])" if isinstance(images, Tensor) and images.dim() == 3 else ""
+            raise InputShapeError(
+                f"a detector takes a list of (3, H, W) float images or a (N, 3, H, W) batch, got {what}{hint}"
+            )
+        for number, image in enumerate(images):
+            if not isinstance(image, Tensor):
+                raise InputShapeError(f"image {number} is a {type(image).__name__}, not a torch.Tensor; convert "
+                                      "with torch.from_numpy(array).permute(2, 0, 1).float() / 255")  # fmt: skip
+            if image.dim() != 3 or image.shape[0] != self.in_channels:
+                raise InputShapeError(
+                    f"image {number} has shape {tuple(image.shape)}; a detector takes ({self.in_channels}, H, W)"
+                )
+            if not image.is_floating_point():
+                raise InputShapeError(f"image {number} is {image.dtype}; convert with image.float() / 255 "
+                                      "(the detector normalises it itself)")  # fmt: skip
+        return super().forward(images, targets)
+
+
 def build_ssd(spec: SSDSpec, *, num_classes: int, width_mult: float, resolution: int) -> nn.Module:
     """The detector ``spec`` describes (see the module docstring)."""
     body = detector_backbone(spec, width_mult)
@@ -211,7 +239,7 @@ def build_ssd(spec: SSDSpec, *, num_classes: int, width_mult: float, resolution:
     anchors = SSDAnchors(len(channels), lowest_layer_boxes=spec.lowest_layer_boxes)
     head = SSDHead(channels, anchors.num_anchors_per_location(), num_classes, spec.lite, spec.prediction_kernel)
     _small_normal_init(head)
-    model = SSD(
+    model = Detector(
         SSDFeatures(body, extra),
         anchors,
         (resolution, resolution),

@@ -124,6 +124,6 @@ class SegmentationTrainer(Trainer):
     def _epoch_line(self, record: dict[str, Any]) -> str:
         return (
             f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
-            f"val mIoU {100 * record['miou']:.2f}, pixel acc {100 * record['pixel_acc']:.2f}, "
+            f"val mIoU {100 * record['miou']:.2f}%, pixel acc {100 * record['pixel_acc']:.2f}%, "
             f"{record['train_images_per_s']:.1f} img/s"
         )

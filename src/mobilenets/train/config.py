@@ -56,6 +56,10 @@ FIELD_RULES: dict[str, Rule] = {
 }
 
 
+# Distillation's defaults (Hinton et al. 2015 use T in 1-20; w 0.5 weighs both losses alike).
+DISTILL_WEIGHT, TEMPERATURE = 0.5, 4.0
+
+
 @dataclass
 class TrainConfig:
     model: str
@@ -92,8 +96,8 @@ class TrainConfig:
     # distillation (Hinton et al. 2015): learn from a trained teacher's softened outputs
     teacher: str | None = None  # a checkpoint or saved model (or a state dict with teacher_model)
     teacher_model: str | None = None  # the registry name of a teacher file that records no architecture
-    distill_weight: float = 0.5  # w: loss = (1 - w) CE + w T^2 KL
-    temperature: float = 4.0  # T
+    distill_weight: float = DISTILL_WEIGHT  # w: loss = (1 - w) CE + w T^2 KL
+    temperature: float = TEMPERATURE  # T
     unlabelled: str | None = None  # a folder of images without labels, learnt from the teacher alone
     with_labelled: bool = False  # with unlabelled: also train on the labelled images of data_dir
     # data
@@ -140,6 +144,11 @@ class TrainConfig:
             raise ConfigError(
                 "teacher_model names the network of a teacher file: give teacher=",
                 cli="--teacher-model needs --teacher",
+            )
+        if not self.teacher and (self.distill_weight != DISTILL_WEIGHT or self.temperature != TEMPERATURE):
+            raise ConfigError(
+                "distill_weight and temperature shape the distillation loss: give teacher=",
+                cli="--distill-weight and --temperature shape the distillation loss: they need --teacher",
             )
         if self.with_labelled and not self.unlabelled:
             raise ConfigError(

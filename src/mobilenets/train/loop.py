@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -43,7 +44,8 @@ from ..data import (
 )
 from ..errors import ConfigError, MobileNetsError
 from ..models import create_model
-from ..weights import atomic_write, load_pretrained, output_dir
+from ..predict import renamed_classes
+from ..weights import atomic_write, load_pretrained, output_dir, read_weights_file
 from .config import TrainConfig
 from .distributed import Distributed, setup
 from .recipes import SCHEDULES, TRANSFORM_TASKS, Recipe
@@ -57,8 +59,11 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # carried out or how long it goes on, not what an epoch computes.
 # (A teacher file may move: its identity is its content, compared separately.)
 # The memory format is one of them: NCHW and NHWC compute the same convolutions.
+# Settings that change how a run is carried out, not what it computes: they may differ on resuming.
+# data_dir is compared as the folder it resolves to (a relative path from another directory is
+# the same data), the teacher by its file's hash; the epochs set the schedule, so they must match.
 RESUMABLE_CHANGES = {
-    "epochs", "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard", "teacher",
+    "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard", "teacher",
     "channels_last",
 }  # fmt: skip
 
@@ -216,8 +221,13 @@ def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     saved_teacher, teacher = saved.get("teacher") or {}, now.get("teacher") or {}
     if saved_teacher.get("sha256") != teacher.get("sha256"):
         differ.append("teacher (another file)")
+    # (runs written before data_root was recorded are compared by their classes alone)
+    if saved.get("data_root", now.get("data_root")) != now.get("data_root"):
+        differ.append(f"data_dir ({saved['data_root']} before)")
+    if saved.get("classes") != now.get("classes"):
+        differ.append("classes (the data's class list)")
     recipe = set(saved["recipe"]) | set(now["recipe"])
-    return differ + [k for k in recipe if k != "epochs" and saved["recipe"].get(k) != now["recipe"].get(k)]
+    return differ + [k for k in recipe if saved["recipe"].get(k) != now["recipe"].get(k)]
 
 
 class Trainer:
@@ -258,6 +268,9 @@ class Trainer:
         if recipe.batch_size % dist.world_size:
             raise ConfigError(f"batch size {recipe.batch_size} does not split evenly over {dist.world_size} processes")
         self.batch_size = recipe.batch_size // dist.world_size  # the recipe's batch is the global batch
+        if recipe.freeze_body_epochs >= recipe.epochs:
+            self.log(f"warning: the body stays frozen for the whole run (--freeze-body-epochs "
+                     f"{recipe.freeze_body_epochs} >= --epochs {recipe.epochs}): only the classifier learns")  # fmt: skip
         self.resolution = config.resolution or recipe.resolution or self._default_resolution()
         train_set, val_set, self.classes = self._datasets()
         if config.unlabelled:
@@ -266,14 +279,17 @@ class Trainer:
         if config.teacher:
             self.teacher = Teacher(
                 config.teacher, model_name=config.teacher_model, num_classes=len(self.classes),
-                student_style=recipe.transforms,
+                student_style=recipe.transforms, student_classes=self.classes,
             ).to(self.device)  # fmt: skip
+            self.log(f"teacher {config.teacher} loaded: the loss is {1 - config.distill_weight:g} x cross-entropy + "
+                     f"{config.distill_weight:g} x T^2 KL at T {config.temperature:g}")  # fmt: skip
         self.resolved = {
             "teacher": self.teacher.identity if self.teacher is not None else None,
             "config": asdict(config),
             "recipe": asdict(recipe),
             "resolution": self.resolution,
             "classes": self.classes,
+            "data_root": str(Path(config.data_dir).resolve()),
             "world_size": dist.world_size,
         }
         self._build_loaders(train_set, val_set)
@@ -325,10 +341,12 @@ class Trainer:
         model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
         head = head_parameter_names(model, required=recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0)
         if config.init_from:
-            model, loaded, fresh = load_pretrained(model, config.init_from, head=head)
+            renamed = renamed_classes(read_weights_file(config.init_from)[2], self.classes, config.init_from)
+            model, loaded, fresh = load_pretrained(model, config.init_from, head=head, new_classes=bool(renamed))
             self.log(
                 f"started from {config.init_from}: {len(loaded)} tensors loaded"
                 + (f"; new for {len(self.classes)} classes: {', '.join(fresh)}" if fresh else "")
+                + (f" ({renamed})" if renamed and fresh else "")
             )
         return model, head
 
@@ -490,7 +508,7 @@ class Trainer:
         differ = _settings_differ(state["resolved"], self.resolved)
         if differ:
             raise ConfigError(
-                f"{self.out} holds a run with different settings ({', '.join(sorted(differ))}); "
+                f"{self.out} holds a run with different settings ({', '.join(sorted(set(differ)))}); "
                 "use another --out to start a new run"
             )
         self.model.load_state_dict(state["model"])
@@ -754,7 +772,7 @@ def finetune(model: str, weights: str, data_dir: str, out: str, **settings: Any)
     ``finetune`` recipe (AdamW, the body at 0.3x the head's learning rate, 96x96
     inputs with ImageNet statistics) unless ``recipe=`` says otherwise.  ``settings`` are
     any other :class:`TrainConfig` fields (``teacher=`` for distillation, ``epochs=``...)."""
-    progress = settings.pop("progress", True)
+    progress = settings.pop("progress", sys.stderr.isatty())  # no bars in a log file or a notebook's pipe
     log = settings.pop("log", print)
     settings.setdefault("recipe", "finetune")
     config = TrainConfig(model=model, data_dir=str(data_dir), out=str(out), init_from=str(weights), **settings)

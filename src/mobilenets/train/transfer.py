@@ -71,10 +71,11 @@ class Teacher(nn.Module):
         model_name: str | None,
         num_classes: int,
         student_style: str,
+        student_classes: list[str] | None = None,
     ):
         super().__init__()
         from ..models import create_model
-        from ..predict import default_data_info
+        from ..predict import check_classes, default_data_info
         from ..weights import load_model_with_info, load_pretrained, read_weights_file
 
         if not Path(path).is_file():
@@ -104,6 +105,8 @@ class Teacher(nn.Module):
                 f"the teacher {path} has {classes} classes but the student has {num_classes}",
                 cli=f"--teacher {path} has {classes} classes but the student has {num_classes}",
             )
+        if student_classes is not None:  # the same classes, not only as many
+            check_classes(info, student_classes, model=f"the teacher {path}", data="the student's data")
         self.network = network.eval().requires_grad_(False)
         self.resolution = int(info["resolution"])
         student, own = STYLES[student_style], STYLES[info["transforms"]]
