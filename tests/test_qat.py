@@ -16,7 +16,7 @@ from mobilenets.cli import main
 from mobilenets.data import build_datasets, make_loader
 from mobilenets.errors import ConfigError
 from mobilenets.export import OnnxClassifier, ptq
-from mobilenets.export.onnx import ort_session
+from mobilenets.export.ort import ort_session
 from mobilenets.export.qat import ActivationQuantizer, activation_quantizers, export_int8, prepare_qat
 from mobilenets.train import evaluate, train
 

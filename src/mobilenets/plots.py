@@ -14,10 +14,11 @@ from typing import Any
 from .errors import ConfigError
 from .weights import atomic_write
 
-__all__ = ["load_run", "plot_runs", "plot_sweep", "plot_tradeoff", "plot_tradeoffs"]
+__all__ = ["load_run", "plot_runs", "plot_sweep", "plot_tradeoff", "plot_tradeoffs", "pyplot", "save_figure"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed, none opened)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +39,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {"name": run_dir.name, "history": history, "summary": summary}
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``out``, atomically."""
     out = Path(out)
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     return out
@@ -83,14 +85,14 @@ def plot_tradeoffs(
     """One PNG of two panels: accuracy against mult-adds and against parameters (log axes),
     each point labelled - the papers' Figures 4-5, the picture for choosing a model size.
     ``points`` as for :func:`plot_tradeoff`, with both ``mult_adds`` and ``params``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, x in zip(axes, ("mult_adds", "params")):
         plot_tradeoff(ax, points, x=x, group=group)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = _save(fig, out)
+    path = save_figure(fig, out)
     plt.close(fig)
     return path
 
@@ -116,7 +118,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     metric = kinds.pop() if kinds else "top1"
     title = {"top1": "top-1 (%)", "map": "mAP@[.5:.95] (%)", "miou": "mIoU (%)"}[metric]
     secondary = {"map": ("map50", "mAP50"), "miou": ("pixel_acc", "pixel acc")}.get(metric)
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     colors = {run["name"]: f"C{i % 10}" for i, run in enumerate(runs)}  # one colour per run, in every panel
     for run in runs:
@@ -155,7 +157,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
         cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
     cost_ax.set_title("accuracy against cost")
     fig.tight_layout()
-    path = _save(fig, out)
+    path = save_figure(fig, out)
     plt.close(fig)
     return path
 
@@ -175,7 +177,7 @@ def plot_sweep(
     optional ``variant``, e.g. "fine-tuned", is drawn dashed in its method's colour);
     the original as a dotted line, or as a star where it has an ``x`` of its own
     (``before[x]``, e.g. its latency); ``labels`` names a key written beside each point."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r["method"] for r in results))}
     markers = "osD^v<>ph*"
@@ -205,6 +207,6 @@ def plot_sweep(
     ax.set(xlabel=xlabel, ylabel="top-1 (%)", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    path = _save(fig, out)
+    path = save_figure(fig, out)
     plt.close(fig)
     return path

@@ -2,7 +2,8 @@
 prediction, int8 quantization, latency benchmarks and memory-efficient inference."""
 
 from .memory_efficient import MemoryEfficientInvertedResidual, memory_efficient
-from .onnx import ExportError, ExportReport, OnnxClassifier, export_onnx, fold_batchnorm, max_opset, read_metadata
+from .onnx import ExportReport, export_onnx, fold_batchnorm, max_opset
+from .ort import ExportError, OnnxClassifier, read_metadata
 from .quantize import CALIBRATION_METHODS, WEIGHT_ROUNDING, quantize_onnx
 
 __all__ = [

@@ -38,7 +38,8 @@ from ..errors import ConfigError, InputShapeError
 from ..validate import EXECUTORCH_CALIBRATION_METHODS
 from ..weights import atomic_write
 from .detection import OnnxDetector
-from .onnx import ExportError, _relative_error, deployable, preprocessing_metadata
+from .onnx import deployable, preprocessing_metadata
+from .ort import ExportError, relative_error
 
 __all__ = ["ExecuTorchReport", "PteDetector", "PteModel", "export_executorch", "load_pte", "metadata_path"]
 
@@ -266,7 +267,7 @@ def export_executorch(
     if int8:
         error = max(((a - e).norm() / e.norm().clamp(min=1e-12)).item() for a, e in zip(actual, expected))
     else:
-        error = max(_relative_error(a, e) for a, e in zip(actual, expected))
+        error = max(relative_error(a, e) for a, e in zip(actual, expected))
     tolerance = INT8_TOLERANCE if int8 else FP32_TOLERANCE
     if not error <= tolerance:  # also catches NaN
         raise ExportError(

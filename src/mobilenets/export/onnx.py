@@ -1,8 +1,8 @@
-"""ONNX export with batch norm folded, checked against PyTorch, and an ONNX Runtime classifier.
+"""ONNX export: the deployable graph of each task, batch norm folded, checked against PyTorch.
 
 The exported file carries what prediction needs in its metadata (key
 ``mobilenets``): architecture, class names, the preprocessing style and
-resolution, mean/std.  :class:`OnnxClassifier` reads it back, so
+resolution, mean/std.  :class:`~mobilenets.export.ort.OnnxClassifier` reads it back, so
 ``mobilenets predict --onnx model.onnx`` preprocesses images exactly as
 training and evaluation did, and a file exported by another tool is refused
 with a clear message instead of being fed wrongly sized or normalised images.
@@ -11,35 +11,29 @@ with a clear message instead of being fed wrongly sized or normalised images.
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..data import STYLES
-from ..errors import ConfigError, InputShapeError, MobileNetsError
+from ..errors import ConfigError
+from ..tasks import get_task, task_of
 from ..weights import atomic_write
-from .detection import DecodedDetector, is_detector, postprocess_settings
+from .detection import DecodedDetector, is_detector
+from .ort import FORMAT, ExportError, onnx_modules, ort_session, relative_error, set_metadata
 
 __all__ = [
-    "METADATA_KEY",
-    "ExportError",
     "ExportReport",
-    "OnnxClassifier",
     "SegmentationScores",
     "export_onnx",
     "fold_batchnorm",
-    "ort_session",
 ]
 
-METADATA_KEY = "mobilenets"
-FORMAT = "mobilenets-onnx/1"
 MIN_OPSET = 17
 # fp32 ONNX Runtime against PyTorch: different kernels and summation orders, same
 # arithmetic.  Measured ~1e-6 on every registry model; 1e-3 catches real mistakes.
@@ -48,19 +42,6 @@ MAX_RELATIVE_ERROR = 1e-3
 # Children that feed each other directly inside modules that are not Sequential:
 # torchvision's ResNet blocks and stem, and our BasicResidual (same names).
 _PAIRED = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3"}
-
-
-class ExportError(MobileNetsError, RuntimeError):
-    """Export failed, or the exported model does not compute what the PyTorch model does."""
-
-
-def _onnx():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:  # the [onnx] extra
-        raise ConfigError("ONNX export needs onnx and onnxruntime: pip install 'mobilenets[onnx]'") from exc
-    return onnx, onnxruntime
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
@@ -157,29 +138,6 @@ def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
     return None, name
 
 
-def ort_session(path: str | Path | bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session with full graph optimisation (a file, or a serialized model)."""
-    _, ort = _onnx()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        source = path if isinstance(path, bytes) else str(path)
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        where = "the model" if isinstance(path, bytes) else path
-        raise ExportError(f"ONNX Runtime cannot load {where}: {exc}") from exc
-
-
-def _relative_error(actual, expected: Tensor) -> float:
-    actual = torch.as_tensor(actual, dtype=torch.float64)
-    expected = expected.detach().double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)).item()
-
-
 def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
     """What a consumer needs to turn an image file into the model's input."""
     style = info.get("transforms", "imagenet")
@@ -228,16 +186,22 @@ def max_opset() -> int:
 
 def deployable(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
     """What an export holds for ``model``, with the metadata its task adds and its output
-    names: a detector's network and box decoding (NMS after it; see
-    mobilenets.export.detection), a segmenter's class scores at the input's size (the
-    upsampling in the graph), a classifier's logits.  ``model`` itself is left as it is."""
-    if is_detector(model):
-        extra = {"task": "detection", "postprocess": postprocess_settings(model)}
-        return DecodedDetector(copy.deepcopy(model).eval(), int(info["resolution"])), extra, ["boxes", "scores"]
-    if info.get("task") == "segmentation":
-        extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
-        return model if isinstance(model, SegmentationScores) else SegmentationScores(model), extra, ["logits"]
+    names, as its task says (``Task.deployable``): a detector's network and box decoding
+    (:func:`mobilenets.export.detection.detector_graph`), a segmenter's class scores
+    (:func:`segmenter_graph`), a classifier's logits.  ``model`` itself is left as it is."""
+    task = get_task("detection") if is_detector(model) else task_of(info)
+    return task.deployable(model, info)
+
+
+def classifier_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """A classifier exports as it is: its logits."""
     return model, {}, ["logits"]
+
+
+def segmenter_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """A segmenter's class scores at the input's size (the upsampling in the graph), and the dataset's class ids."""
+    extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
+    return model if isinstance(model, SegmentationScores) else SegmentationScores(model), extra, ["logits"]
 
 
 @torch.no_grad()
@@ -259,7 +223,7 @@ def export_onnx(
     both; a max relative error above ``tolerance`` deletes nothing but raises
     :class:`ExportError` (the file is written atomically only after the check).
     """
-    onnx, _ = _onnx()
+    onnx, _ = onnx_modules()
     highest = max_opset()
     if not MIN_OPSET <= opset <= highest:
         problem = f"must be between {MIN_OPSET} and {highest} (the highest this torch's exporter writes), got {opset}"
@@ -303,7 +267,7 @@ def export_onnx(
             **preprocessing_metadata(info),
             **extra,
         }
-        _set_metadata(graph, metadata)
+        set_metadata(graph, metadata)
         onnx.save(graph, str(tmp))
         session = ort_session(tmp)
         if not dynamic_batch and x.shape[0] != 1:
@@ -312,7 +276,7 @@ def export_onnx(
         with torch.no_grad():
             expected = reference_model(x.float())
         expected = expected if isinstance(expected, tuple) else (expected,)
-        error = max(_relative_error(a, e) for a, e in zip(actual, expected))
+        error = max(relative_error(a, e) for a, e in zip(actual, expected))
         if not error <= tolerance:  # also catches NaN
             raise ExportError(
                 f"ONNX Runtime's output differs from PyTorch's by {error:.2e} relative (tolerance {tolerance:.0e}); "
@@ -336,63 +300,3 @@ class SegmentationScores(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)["out"]
-
-
-def _set_metadata(graph, metadata: dict[str, Any]) -> None:
-    for prop in list(graph.metadata_props):
-        if prop.key == METADATA_KEY:
-            graph.metadata_props.remove(prop)
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    graph.producer_name = "mobilenets"
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The preprocessing and class names a mobilenets export carries."""
-    onnx, _ = _onnx()
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"ONNX file not found: {path}")
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors
-        raise ExportError(f"{path} is not an ONNX model: {exc}") from exc
-    props = {p.key: p.value for p in graph.metadata_props}
-    if METADATA_KEY not in props:
-        producer = f"written by {graph.producer_name}" if graph.producer_name else "no producer recorded"
-        raise ExportError(
-            f"{path} carries no mobilenets metadata ({producer}): without the preprocessing and class names that "
-            "'mobilenets export' records, its input cannot be prepared safely; export the model with 'mobilenets export'"
-        )
-    return json.loads(props[METADATA_KEY])
-
-
-class OnnxClassifier:
-    """A mobilenets ONNX export run by ONNX Runtime: call it on a preprocessed batch.
-
-    ``info`` has the same keys as a checkpoint's data info (``classes``,
-    ``transforms``, ``resolution``), so :func:`mobilenets.predict.predict_images`
-    takes it like a PyTorch model.
-    """
-
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        self.path = Path(path)
-        self.info = read_metadata(self.path)
-        self.session = ort_session(self.path, threads)
-        shape = self.session.get_inputs()[0].shape
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.input_shape = tuple(shape[1:])
-        self.info.setdefault("in_channels", self.input_shape[0])  # predict converts images to this
-
-    def __call__(self, images: Tensor) -> Tensor:
-        images = torch.as_tensor(images)
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise InputShapeError(
-                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
-                f"got {tuple(images.shape)}"
-            )
-        if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
-            # exported without --dynamic-batch: run the batch one image at a time
-            parts = [self.session.run(None, {"image": image[None].float().numpy()})[0] for image in images]
-            return torch.from_numpy(np.concatenate(parts))
-        return torch.from_numpy(self.session.run(None, {"image": images.float().numpy()})[0])

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .onnx import ExportError, ort_session
+from .ort import ExportError, ort_session
 
 __all__ = [
     "WeightGrid",

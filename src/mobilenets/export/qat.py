@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ptq
-from .onnx import ExportError, ExportReport, export_onnx, fold_batchnorm, ort_session
+from .onnx import ExportReport, export_onnx, fold_batchnorm
+from .ort import ExportError, ort_session
 
 __all__ = [
     "ActivationQuantizer",

@@ -34,7 +34,8 @@ from ..errors import ConfigError
 from ..validate import CALIBRATION_METHODS, WEIGHT_ROUNDING
 from ..weights import atomic_write
 from . import ptq
-from .onnx import _onnx, _set_metadata, fold_batchnorm, read_metadata
+from .onnx import fold_batchnorm
+from .ort import onnx_modules, read_metadata, set_metadata
 
 __all__ = ["CALIBRATION_METHODS", "WEIGHT_ROUNDING", "quantize_onnx"]
 
@@ -92,7 +93,7 @@ def quantize_onnx(
       name, used instead of ``method``; how a quantization-aware trained model hands over
       its learned ranges (:func:`mobilenets.export.qat.onnx_ranges`).
     """
-    onnx, _ = _onnx()
+    onnx, _ = onnx_modules()
     from onnxruntime.quantization import CalibrationDataReader
 
     if method not in CALIBRATION_METHODS:
@@ -285,7 +286,7 @@ def _quantize(
             run(method, calibration, {})
         result = onnx.load(str(quantized))
         refine(result)
-        _set_metadata(result, metadata)
+        set_metadata(result, metadata)
         atomic_write(out_path, lambda tmp: onnx.save(result, tmp))
     finally:
         for tmp in (rounded, prepared, quantized):

@@ -1,0 +1,132 @@
+"""ONNX files at run time: the onnx and onnxruntime modules, an ONNX Runtime session, the metadata
+a mobilenets export carries (class names, preprocessing) and the classifier that runs one.
+
+Below the export (``onnx.py``) and the detector's runner (``detection.py``), which both read files
+through it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, InputShapeError, MobileNetsError
+
+__all__ = [
+    "FORMAT",
+    "METADATA_KEY",
+    "ExportError",
+    "OnnxClassifier",
+    "onnx_modules",
+    "ort_session",
+    "read_metadata",
+    "relative_error",
+    "set_metadata",
+]
+
+METADATA_KEY = "mobilenets"
+FORMAT = "mobilenets-onnx/1"
+
+
+class ExportError(MobileNetsError, RuntimeError):
+    """Export failed, or the exported model does not compute what the PyTorch model does."""
+
+
+def onnx_modules():
+    """``(onnx, onnxruntime)``, or a ConfigError naming the extra that installs them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:  # the [onnx] extra
+        raise ConfigError("ONNX export needs onnx and onnxruntime: pip install 'mobilenets[onnx]'") from exc
+    return onnx, onnxruntime
+
+
+def ort_session(path: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimisation (a file, or a serialized model)."""
+    _, ort = onnx_modules()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        where = "the model" if isinstance(path, bytes) else path
+        raise ExportError(f"ONNX Runtime cannot load {where}: {exc}") from exc
+
+
+def relative_error(actual, expected: Tensor) -> float:
+    """max |actual - expected| / max |expected|: how far a runtime is from PyTorch."""
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = expected.detach().double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)).item()
+
+
+def set_metadata(graph, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` in the graph under :data:`METADATA_KEY` (replacing any earlier record)."""
+    for prop in list(graph.metadata_props):
+        if prop.key == METADATA_KEY:
+            graph.metadata_props.remove(prop)
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    graph.producer_name = "mobilenets"
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The preprocessing and class names a mobilenets export carries."""
+    onnx, _ = onnx_modules()
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors
+        raise ExportError(f"{path} is not an ONNX model: {exc}") from exc
+    props = {p.key: p.value for p in graph.metadata_props}
+    if METADATA_KEY not in props:
+        producer = f"written by {graph.producer_name}" if graph.producer_name else "no producer recorded"
+        raise ExportError(
+            f"{path} carries no mobilenets metadata ({producer}): without the preprocessing and class names that "
+            "'mobilenets export' records, its input cannot be prepared safely; export the model with 'mobilenets export'"
+        )
+    return json.loads(props[METADATA_KEY])
+
+
+class OnnxClassifier:
+    """A mobilenets ONNX export run by ONNX Runtime: call it on a preprocessed batch.
+
+    ``info`` has the same keys as a checkpoint's data info (``classes``,
+    ``transforms``, ``resolution``), so :func:`mobilenets.predict.predict_images`
+    takes it like a PyTorch model.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.info = read_metadata(self.path)
+        self.session = ort_session(self.path, threads)
+        shape = self.session.get_inputs()[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.input_shape = tuple(shape[1:])
+        self.info.setdefault("in_channels", self.input_shape[0])  # predict converts images to this
+
+    def __call__(self, images: Tensor) -> Tensor:
+        images = torch.as_tensor(images)
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise InputShapeError(
+                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(images.shape)}"
+            )
+        if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
+            # exported without --dynamic-batch: run the batch one image at a time
+            parts = [self.session.run(None, {"image": image[None].float().numpy()})[0] for image in images]
+            return torch.from_numpy(np.concatenate(parts))
+        return torch.from_numpy(self.session.run(None, {"image": images.float().numpy()})[0])
