@@ -24,11 +24,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "Profile": "cost",
     "profile": "cost",
-    "decompose": "decouple.convert",
+    "decompose": "decouple.pipeline",
     "decouple": "decouple.convert",
     "create_model": "models",
     "list_models": "models",
-    "load_model": "weights",
+    "load_model": "models",
     "load_weights": "weights",
     "save_weights": "weights",
 }

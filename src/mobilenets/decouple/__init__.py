@@ -16,11 +16,11 @@ from .convert import (
     LayerReport,
     apply_converted_structure,
     apply_decoupled_structure,
-    decompose,
     decouple,
     eligible_convs,
 )
 from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
+from .pipeline import decompose
 
 __all__ = [
     "METHODS",

@@ -42,9 +42,16 @@ __all__ = [
     "LayerReport",
     "apply_converted_structure",
     "apply_decoupled_structure",
-    "decompose",
+    "calibration_batches",
+    "decompose_single",
     "decouple",
     "eligible_convs",
+    "input_size_of",
+    "layer_error",
+    "param_count",
+    "probe_shapes",
+    "refit",
+    "skipped_summary",
 ]
 
 
@@ -123,7 +130,7 @@ class DecoupleReport:
         return format_table(header, rows) + "\n" + totals + extras
 
 
-def _skipped_summary(skipped: dict[str, str]) -> str:
+def skipped_summary(skipped: dict[str, str]) -> str:
     """``{"a": "1x1 (already pointwise)", "b": ...}`` -> ``2 1x1 (already pointwise): a, b``."""
     by_reason: dict[str, list[str]] = {}
     for name, reason in skipped.items():
@@ -179,7 +186,7 @@ def eligible_convs(model: nn.Module, *, zero_padding_only: bool = False) -> tupl
     return eligible, skipped
 
 
-def _input_size(model: nn.Module, input_size) -> tuple[tuple[int, int, int], str]:
+def input_size_of(model: nn.Module, input_size) -> tuple[tuple[int, int, int], str]:
     """The (C, H, W) costs and latency are counted at, and where it came from (said in errors).
 
     ``input_size`` wins; else the model's recorded ``in_channels`` and
@@ -253,7 +260,7 @@ def _capture(
     return seen
 
 
-def _probe(model: nn.Module, names: list[str], x: Tensor, size_origin: str) -> dict[str, dict[str, Any]]:
+def probe_shapes(model: nn.Module, names: list[str], x: Tensor, size_origin: str) -> dict[str, dict[str, Any]]:
     """:func:`_capture` on the first input, a foreign model's failure to run on it told as one line."""
     try:
         return _capture(model, names, x, keep_inputs=True)
@@ -279,7 +286,7 @@ def _conv_mult_adds(conv: nn.Conv2d, out_hw) -> int:
     return kh * kw * m_per_group * n * out_hw[0] * out_hw[1]
 
 
-def _params(module: nn.Module) -> int:
+def param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
@@ -397,7 +404,7 @@ def _least_damaging(
     for label, ranks in candidates.items():
         converted = _decoupled_copy(model, ranks, order)
         if order == "dw_pw":
-            _refit(model, converted, list(ranks), batches)
+            refit(model, converted, list(ranks), batches)
         with torch.no_grad():
             scores[label] = sum(_output_loss(r, converted(x)) for r, x in zip(references, probe)) / len(probe)
     best = min(scores, key=scores.get)
@@ -470,7 +477,7 @@ def _measure(module: nn.Module, shape: tuple[int, ...], backend: str, runs: int 
         return median_ms(lambda: module(x), runs=runs, warmup=2)
     import tempfile
 
-    from ..export.onnx import ort_session
+    from ..export.ort import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/layer.onnx"
@@ -645,7 +652,7 @@ def _sensitivity(model: nn.Module, layers: list[_Layer], batches: list[Tensor]) 
     return table
 
 
-def _calibration_batches(calibration, model: nn.Module, size: tuple[int, int, int]) -> list[Tensor]:
+def calibration_batches(calibration, model: nn.Module, size: tuple[int, int, int]) -> list[Tensor]:
     """Batches of calibration images from a tensor, an iterable of batches (or of
     (images, labels)), or a folder of image files preprocessed as the model expects."""
     if calibration is None:
@@ -724,7 +731,7 @@ def _fit_pointwise(pointwise: nn.Conv2d, pairs: Iterable[tuple[Tensor, Tensor]],
 
 
 @torch.no_grad()
-def _refit(
+def refit(
     original: nn.Module, converted: nn.Module, names: list[str], batches: list[Tensor]
 ) -> tuple[list[str], list[str], list[str]]:
     """Re-fit the last 1x1 conv (and bias) of each converted layer so that, fed the
@@ -782,7 +789,7 @@ def _response_moments(model: nn.Module, names: list[str], batches: list[Tensor])
 
 
 @torch.no_grad()
-def _relative_error(original: nn.Module, replacement: nn.Module, x: Tensor) -> float:
+def layer_error(original: nn.Module, replacement: nn.Module, x: Tensor) -> float:
     reference = original(x)
     return ((replacement(x) - reference).norm() / reference.norm().clamp(min=1e-12)).item()
 
@@ -850,14 +857,14 @@ def _convert(
         )
     if "" in names:
         raise ConfigError("the model is a single conv: wrap it first, e.g. nn.Sequential(conv)")
-    size, size_origin = _input_size(model, input_size)
+    size, size_origin = input_size_of(model, input_size)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    batches = [b.to(device, dtype) for b in _calibration_batches(calibration, model, size)]
+    batches = [b.to(device, dtype) for b in calibration_batches(calibration, model, size)]
     if batches:
         probe, size_origin = batches[0][:8], "the calibration images"
     else:
         probe = torch.randn(2, *size, device=device, dtype=dtype)
-    shapes = _probe(model, names, probe, size_origin)
+    shapes = probe_shapes(model, names, probe, size_origin)
     chw = tuple(probe.shape[1:])  # what costs and whole-network times are counted at
     before = profile(model, chw)
 
@@ -966,7 +973,7 @@ def _convert(
     refined, refitted = False, []
     if batches and method != "channel":
         if method == "decouple" and order == "dw_pw":
-            refitted, unrefined, _ = _refit(model, converted, [n for n in names if n in chosen], batches)
+            refitted, unrefined, _ = refit(model, converted, [n for n in names if n in chosen], batches)
             for n in unrefined:
                 notes[n] = "not refined: too few calibration samples at this resolution"
             refined = True
@@ -993,11 +1000,11 @@ def _convert(
                 rank=t,
                 note=notes.get(n, ""),
                 retained_energy=retained.get(n),
-                relative_error=_relative_error(conv, new, shape["input"]) if t is not None else None,
+                relative_error=layer_error(conv, new, shape["input"]) if t is not None else None,
                 mult_adds_before=original_cost[n],
                 mult_adds_after=original_cost[n] if t is None else new_cost(n, t),
-                params_before=_params(conv),
-                params_after=_params(new),
+                params_before=param_count(conv),
+                params_after=param_count(new),
             )
         )
     label = f"decouple-{order}" if method == "decouple" else method
@@ -1005,7 +1012,7 @@ def _convert(
     report.extra.update(report_extra)
     report.skipped = skipped
     if skipped:
-        report.extra["skipped"] = _skipped_summary(skipped)
+        report.extra["skipped"] = skipped_summary(skipped)
     # Recorded with saved weights, so that load_model (registry and torchvision models) or
     # load_weights (any network, given the original) rebuilds the converted layers.
     step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
@@ -1133,9 +1140,9 @@ def decouple(
     )
 
 
-def decompose(
+def decompose_single(
     model: nn.Module,
-    method: str | Sequence[str] = "cp",
+    method: str = "cp",
     *,
     rank: int | str | None = None,
     target_reduction: float | None = None,
@@ -1145,32 +1152,9 @@ def decompose(
     seed: int = 0,
     replace_all: bool = False,
 ) -> tuple[nn.Module, DecoupleReport]:
-    """The baselines: CP (``"cp"``), Tucker-2 (``"tucker"``), spatial (``"spatial"``) or
-    channel (``"channel"``) decomposition of every regular conv, at a fixed ``rank``
-    or with every layer cut to ``1/target_reduction``-ish of the mult-adds so the
-    whole model meets it.  Same report as :func:`decouple`.
-
-    ``calibration`` images let the channel decomposition keep the principal
-    directions of each layer's real responses instead of its filters'.
-
-    Several methods in a row - ``["channel", "spatial", "decouple"]`` or
-    ``"channel+spatial+decouple"`` - form a pipeline (see
-    :mod:`mobilenets.decouple.pipeline`): each step converts the convs the
-    previous one left or produced, the ``target_reduction`` is shared across the
-    steps, and ``calibration`` images refit every converted layer to the original
-    network after each step.  ``"channel+decouple"`` is the paper's combination;
-    ``rank="full"`` makes every step exact (a check, not a saving).
-    """
+    """One method of :func:`mobilenets.decouple.decompose` (which also runs pipelines of them):
+    ``"cp"``, ``"tucker"``, ``"spatial"``, ``"channel"`` or ``"decouple"``."""
     check_model(model)
-    steps = method.split("+") if isinstance(method, str) else list(method)
-    if len(steps) > 1:
-        from .pipeline import convert_in_steps, parse_steps
-
-        return convert_in_steps(
-            model, parse_steps(steps), rank=rank, target_reduction=target_reduction, calibration=calibration,
-            input_size=input_size, layers=layers, seed=seed,
-        )  # fmt: skip
-    method = steps[0] if steps else method
     if method == "decouple":
         return decouple(
             model, rank=rank, target_reduction=target_reduction, calibration=calibration, input_size=input_size,

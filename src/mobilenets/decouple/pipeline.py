@@ -28,23 +28,24 @@ from torch import nn
 
 from ..cost import profile
 from ..errors import ConfigError
+from ..validate import check_model
 from .baselines import METHODS
 from .convert import (
     DecoupleReport,
     LayerReport,
-    _calibration_batches,
-    _input_size,
-    _params,
-    _probe,
-    _refit,
-    _relative_error,
-    _skipped_summary,
-    decompose,
+    calibration_batches,
+    decompose_single,
     decouple,
     eligible_convs,
+    input_size_of,
+    layer_error,
+    param_count,
+    probe_shapes,
+    refit,
+    skipped_summary,
 )
 
-__all__ = ["STEPS", "parse_steps", "convert_in_steps"]
+__all__ = ["STEPS", "convert_in_steps", "decompose", "parse_steps"]
 
 STEPS = (*METHODS, "decouple")  # what a step can be
 
@@ -101,13 +102,13 @@ def convert_in_steps(
         names = [n for n in names if n in set(layers)]
     if not names:
         raise ConfigError("the model has no regular k x k convolutions to convert")
-    size, origin = _input_size(model, input_size)
+    size, origin = input_size_of(model, input_size)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    batches = [b.to(device, dtype) for b in _calibration_batches(calibration, model, size)]
+    batches = [b.to(device, dtype) for b in calibration_batches(calibration, model, size)]
     if batches:
         size, origin = tuple(batches[0].shape[1:]), "the calibration images"
     probe = batches[0][:8] if batches else torch.randn(2, *size, device=device, dtype=dtype)
-    shapes = _probe(model, names, probe, origin)
+    shapes = probe_shapes(model, names, probe, origin)
     before = profile(model, size)
 
     current = model
@@ -131,12 +132,12 @@ def convert_in_steps(
             if step == "decouple":
                 current, report = decouple(current, **options)
             else:
-                current, report = decompose(current, step, seed=seed, **options)
+                current, report = decompose_single(current, step, seed=seed, **options)
         except ConfigError as error:
             raise ConfigError(f"step {i + 1} ({step}): {error}", cli=f"step {i + 1} ({step}): {error}") from None
         step_reports.append((step, report))
         if batches:
-            _, _, gained = _refit(model, current, names, batches)
+            _, _, gained = refit(model, current, names, batches)
             if gained:  # recorded as its own step, so that loading rebuilds the biases the refit added
                 steps_so_far = [*current.arch["converted"], {"method": "refit", "biased": gained}]
                 current.arch = {**current.arch, "converted": steps_so_far}
@@ -179,11 +180,11 @@ def _report(
                 rank=" > ".join(ranks) or None,
                 calls=len(shapes[name]["calls"]),
                 note="" if ranks else "kept: no step converted it",
-                relative_error=_relative_error(conv, new, shapes[name]["input"]) if ranks else None,
+                relative_error=layer_error(conv, new, shapes[name]["input"]) if ranks else None,
                 mult_adds_before=first[name].mult_adds_before,
                 mult_adds_after=cost,
-                params_before=_params(conv),
-                params_after=_params(new),
+                params_before=param_count(conv),
+                params_after=param_count(new),
             )
         )
     after = profile(converted, size)
@@ -192,8 +193,49 @@ def _report(
     )
     report.skipped = dict(skipped)
     if skipped:
-        report.extra["skipped"] = _skipped_summary(skipped)
+        report.extra["skipped"] = skipped_summary(skipped)
     report.extra["steps"] = ", ".join(
         f"{step} {report.reduction:.2f}x" for step, report in step_reports
     )  # each step's own cut of the network it was given
     return report
+
+
+def decompose(
+    model: nn.Module,
+    method: str | Sequence[str] = "cp",
+    *,
+    rank: int | str | None = None,
+    target_reduction: float | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    layers: Iterable[str] | None = None,
+    calibration=None,
+    seed: int = 0,
+    replace_all: bool = False,
+) -> tuple[nn.Module, DecoupleReport]:
+    """The baselines: CP (``"cp"``), Tucker-2 (``"tucker"``), spatial (``"spatial"``) or
+    channel (``"channel"``) decomposition of every regular conv, at a fixed ``rank``
+    or with every layer cut to ``1/target_reduction``-ish of the mult-adds so the
+    whole model meets it.  Same report as :func:`decouple`.
+
+    ``calibration`` images let the channel decomposition keep the principal
+    directions of each layer's real responses instead of its filters'.
+
+    Several methods in a row - ``["channel", "spatial", "decouple"]`` or
+    ``"channel+spatial+decouple"`` - form a pipeline (see
+    :mod:`mobilenets.decouple.pipeline`): each step converts the convs the
+    previous one left or produced, the ``target_reduction`` is shared across the
+    steps, and ``calibration`` images refit every converted layer to the original
+    network after each step.  ``"channel+decouple"`` is the paper's combination;
+    ``rank="full"`` makes every step exact (a check, not a saving).
+    """
+    steps = method.split("+") if isinstance(method, str) else list(method)
+    if len(steps) > 1:
+        check_model(model)
+        return convert_in_steps(
+            model, parse_steps(steps), rank=rank, target_reduction=target_reduction, calibration=calibration,
+            input_size=input_size, layers=layers, seed=seed,
+        )  # fmt: skip
+    return decompose_single(
+        model, steps[0] if steps else method, rank=rank, target_reduction=target_reduction, input_size=input_size,
+        layers=layers, calibration=calibration, seed=seed, replace_all=replace_all,
+    )  # fmt: skip
