@@ -41,7 +41,7 @@ fp16_parts() {  # run folder -> $OUT/NAME.safetensors.part-aa, -ab ... (15 MiB e
 import sys
 import mobilenets
 from mobilenets.predict import default_data_info
-from mobilenets.weights import load_model_with_info
+from mobilenets.models import load_model_with_info
 model, info = load_model_with_info(f"{sys.argv[1]}/best.pt")
 mobilenets.save_weights(model.half(), sys.argv[2], data_info=default_data_info(model, info))
 EOF

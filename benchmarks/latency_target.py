@@ -26,7 +26,7 @@ from mobilenets.data import calibration_images, eval_dataset, make_loader  # noq
 from mobilenets.errors import MobileNetsError  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 from mobilenets.train import evaluate  # noqa: E402
-from mobilenets.weights import load_model_with_info  # noqa: E402
+from mobilenets.models import load_model_with_info  # noqa: E402
 
 searched = convert._network_saving
 

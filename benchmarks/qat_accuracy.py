@@ -35,7 +35,7 @@ from mobilenets.data import build_datasets, calibration_images, make_loader  # n
 from mobilenets.export import OnnxClassifier, export_onnx, quantize_onnx  # noqa: E402
 from mobilenets.export.qat import export_int8, prepare_qat  # noqa: E402
 from mobilenets.train import evaluate  # noqa: E402
-from mobilenets.weights import load_model_with_info  # noqa: E402
+from mobilenets.models import load_model_with_info  # noqa: E402
 
 
 def main() -> None:

@@ -30,8 +30,7 @@ from .errors import ConfigError, WeightsError
 from .validate import check_model
 
 __all__ = [
-    "load_model",
-    "load_model_with_info",
+    "apply_rebuild_steps",
     "load_pretrained",
     "load_state_dict_file",
     "load_weights",
@@ -201,17 +200,14 @@ def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def torchvision_key_map(model: nn.Module) -> dict[str, str] | None:
-    """Map torchvision's state-dict keys to ``model``'s, or None if there is no twin."""
-    from .models.registry import get_model_entry
-
+    """Map torchvision's state-dict keys to ``model``'s, or None if there is no twin
+    (``model.torchvision_twin``, which the registry sets from the model's entry, builds it)."""
     arch = getattr(model, "arch", None) or {}
-    if "name" not in arch:
-        return None
-    entry = get_model_entry(arch["name"])
-    if entry.torchvision_twin is None:
+    build_twin = getattr(model, "torchvision_twin", None)
+    if "name" not in arch or build_twin is None:
         return None
     with torch.device("meta"):
-        twin = entry.torchvision_twin(arch)
+        twin = build_twin(arch)
     theirs = list(twin.state_dict().items())
     ours = list(model.state_dict().items())
     if len(theirs) != len(ours):
@@ -306,7 +302,7 @@ def rebuild_steps() -> dict[str, Callable[[nn.Module, Any], nn.Module]]:
     return {ep.name: ep for ep in entry_points(group=REBUILD_STEPS_GROUP)}
 
 
-def _apply_rebuild_steps(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
+def apply_rebuild_steps(model: nn.Module, arch: Mapping[str, Any]) -> nn.Module:
     """Apply the steps ``arch`` names, in the order they were recorded."""
     steps = rebuild_steps()
     for key, spec in arch.items():
@@ -365,7 +361,7 @@ def _load(
     # Conversions only: they change which layers hold the weights, which the file alone says.
     # (A quantization-aware file loaded into a plain model stays an error, not a silent QAT model.)
     if "converted" in file_arch and "converted" not in arch:
-        model = _apply_rebuild_steps(model, {"converted": file_arch["converted"]})
+        model = apply_rebuild_steps(model, {"converted": file_arch["converted"]})
     expected = model.state_dict()
     adapt = getattr(model, "adapt_state_dict", None)  # a backbone takes a classifier's weights
     if adapt is not None and set(state) != set(expected):
@@ -390,29 +386,3 @@ def _load(
             )
     model.load_state_dict(state, strict=strict and not skipped)
     return model, skipped
-
-
-def load_model(path: str | Path, **overrides: Any) -> nn.Module:
-    """Rebuild a model saved by :func:`save_weights` (or a training checkpoint) from its file alone."""
-    return load_model_with_info(path, **overrides)[0]
-
-
-def load_model_with_info(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """:func:`load_model`, reading the file once, plus its data info (see :func:`read_weights_file`)."""
-    from .models.registry import create_model
-
-    state, arch, info = read_weights_file(path)
-    if "name" not in arch:
-        hint = "a converted model of a network outside the registry: " if "converted" in arch else ""
-        raise WeightsError(
-            f"{path} records no architecture ({hint}build the network and call load_weights(model, {str(path)!r}))",
-            cli=f"{path} records no architecture ({hint or 'a plain state dict: '}give --model NAME --weights {path})",
-        )
-    arch = {**arch, **overrides}
-    steps = rebuild_steps()
-    structure = {k: v for k, v in arch.items() if k in steps}
-    model = create_model(**{k: v for k, v in arch.items() if k not in structure})
-    model = _apply_rebuild_steps(model, structure)
-    load_weights(model, state)
-    model.eval()
-    return model, info

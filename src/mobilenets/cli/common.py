@@ -133,8 +133,8 @@ def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str,
     """The model a command works on and its data info (classes, preprocessing, resolution):
     ``--checkpoint`` (a run's checkpoint or a saved file), or ``--model`` with optional
     ``--weights``; ``--model torchvision.NAME`` builds torchvision's classifier."""
+    from ..models import load_model_with_info
     from ..predict import default_data_info
-    from ..weights import load_model_with_info
 
     if getattr(args, "checkpoint", None):
         refuse_conflicts(args, "--checkpoint")

@@ -53,12 +53,13 @@ from torch import Tensor, nn
 from .._table import format_table, human
 from ..cost import profile
 from ..errors import ConfigError
-from ..models import create_model
+from ..models import create_model, load_model_with_info
 from ..predict import check_classes, default_data_info
 from ..validate import BENCH_BACKENDS as BACKENDS
-from ..weights import WeightsError, load_model_with_info, load_weights, read_weights_file
+from ..weights import WeightsError, load_weights, read_weights_file
 from .detection import DecodedDetector, is_detector
-from .onnx import SegmentationScores, export_onnx, fold_batchnorm, ort_session
+from .onnx import SegmentationScores, export_onnx, fold_batchnorm
+from .ort import ort_session
 from .quantize import quantize_onnx
 
 __all__ = [
@@ -653,9 +654,9 @@ def machine_description(threads: Sequence[int]) -> dict[str, Any]:
 
 def plot_latency(results: Sequence[BenchResult], out: str | Path) -> Path:
     """Latency (batch 1, most threads) against mult-adds: one marker per backend, one colour per model."""
-    from ..plots import _pyplot, _save
+    from ..plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     ok = [r for r in results if r.median_ms and r.batch_size == min(x.batch_size for x in results)]
     if not ok:
         raise ConfigError("no successful measurements to plot")
@@ -693,6 +694,6 @@ def plot_latency(results: Sequence[BenchResult], out: str | Path) -> Path:
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    path = _save(fig, out)
+    path = save_figure(fig, out)
     plt.close(fig)
     return path

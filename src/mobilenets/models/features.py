@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..weights import torchvision_key_map
 from .base import ImageClassifier
 
 __all__ = ["EXPANSION", "FeatureExtractor", "FeatureInfo", "available_features", "default_taps"]
@@ -139,9 +140,16 @@ class FeatureExtractor(nn.Module):
     check_input = ImageClassifier.check_input
 
     def __init__(
-        self, model: nn.Module, taps: Sequence[Any] | None = None, *, features: list[FeatureInfo] | None = None
+        self,
+        model: nn.Module,
+        taps: Sequence[Any] | None = None,
+        *,
+        features: list[FeatureInfo] | None = None,
     ) -> None:
         super().__init__()
+        # how the whole classifier's keys in torchvision's layout map to ours (None: no twin),
+        # kept so that a classifier's published weights load into this body
+        self.torchvision_keys = torchvision_key_map(model)
         body = _body(model)
         features = features or available_features(model)  # one probe for the defaults and the check
         wanted = [_normalise(t, len(body)) for t in (taps if taps is not None else default_taps(model, features))]
@@ -189,16 +197,9 @@ class FeatureExtractor(nn.Module):
         then the layers past the deepest tap and the classifier left out."""
         own = self.state_dict()
         if not set(own) <= set(state):
-            from ..weights import torchvision_key_map
-            from .registry import create_model
-
-            arch = {k: v for k, v in self.arch.items() if k not in ("features_only", "out_indices")}
-            if "name" in arch:
-                with torch.device("meta"):
-                    classifier = create_model(**arch)
-                mapping = torchvision_key_map(classifier)
-                if mapping is not None and set(state) == set(mapping):
-                    state = {mapping[k]: v for k, v in state.items()}
+            mapping = self.torchvision_keys
+            if mapping is not None and set(state) == set(mapping):
+                state = {mapping[k]: v for k, v in state.items()}
         if set(own) <= set(state):
             return {k: state[k] for k in own}
         return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,8 +14,18 @@ from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
 from ..validate import FRACTION, POSITIVE_INT, Rule
+from ..weights import WeightsError, apply_rebuild_steps, load_weights, read_weights_file, rebuild_steps
+from .features import FeatureExtractor
 
-__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "get_model_entry",
+    "list_models",
+    "load_model",
+    "load_model_with_info",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,11 @@ def get_model_entry(name: str) -> ModelEntry:
     )
 
 
+def torchvision_twin(name: str, arch: Mapping[str, Any]) -> nn.Module:
+    """torchvision's network of the same layout as the registry's ``name`` built with ``arch``."""
+    return get_model_entry(name).torchvision_twin(arch)
+
+
 def create_model(
     name: str,
     *,
@@ -199,17 +215,39 @@ def create_model(
         # the variant's own default, e.g. 32 for cifar=True, not the signature's 224
         resolved["resolution"] = getattr(model, "default_resolution", resolved["resolution"])
     model.arch = {"name": entry.name, **resolved}
+    # how weights in torchvision's layout are mapped (a module-level partial: models still pickle)
+    model.torchvision_twin = functools.partial(torchvision_twin, entry.name) if entry.torchvision_twin else None
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices chooses a backbone's feature maps: pass features_only=True with it")
     if features_only:
         if entry.task != "classification":
             raise ConfigError(f"{entry.name} is a {entry.task} model; features_only takes a classifier's body")
-        from .features import FeatureExtractor
-
         model = FeatureExtractor(model, out_indices)
         model.arch.update(features_only=True, out_indices=[f.tap for f in model.feature_info])
     if weights is not None:
-        from ..weights import load_weights
-
         load_weights(model, weights)
     return model
+
+
+def load_model(path: str | Path, **overrides: Any) -> nn.Module:
+    """Rebuild a model saved by :func:`save_weights` (or a training checkpoint) from its file alone."""
+    return load_model_with_info(path, **overrides)[0]
+
+
+def load_model_with_info(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model`, reading the file once, plus its data info (see :func:`read_weights_file`)."""
+    state, arch, info = read_weights_file(path)
+    if "name" not in arch:
+        hint = "a converted model of a network outside the registry: " if "converted" in arch else ""
+        raise WeightsError(
+            f"{path} records no architecture ({hint}build the network and call load_weights(model, {str(path)!r}))",
+            cli=f"{path} records no architecture ({hint or 'a plain state dict: '}give --model NAME --weights {path})",
+        )
+    arch = {**arch, **overrides}
+    steps = rebuild_steps()
+    structure = {k: v for k, v in arch.items() if k in steps}
+    model = create_model(**{k: v for k, v in arch.items() if k not in structure})
+    model = apply_rebuild_steps(model, structure)
+    load_weights(model, state)
+    model.eval()
+    return model, info

@@ -74,9 +74,9 @@ class Teacher(nn.Module):
         student_classes: list[str] | None = None,
     ):
         super().__init__()
-        from ..models import create_model
+        from ..models import create_model, load_model_with_info
         from ..predict import check_classes, default_data_info
-        from ..weights import load_model_with_info, load_pretrained, read_weights_file
+        from ..weights import load_pretrained, read_weights_file
 
         if not Path(path).is_file():
             raise ConfigError(f"teacher file not found: {path}", cli=f"--teacher file not found: {path}")
