@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .data import load_rgb, transforms_for
+from .tasks import task_of
 from .validate import POSITIVE_INT
 
 __all__ = ["check_classes", "default_data_info", "predict_images", "recorded_class_names", "renamed_classes"]
@@ -34,32 +35,28 @@ def default_data_info(
         from .models import get_model_entry
 
         info["task"] = get_model_entry(arch["name"]).task
-    if info.get("task") == "detection":
-        info["transforms"] = "detection"  # the detector resizes and normalises its own input
-        if "classes" not in info and num_classes == 91:
-            from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
-
-            info["classes"] = list(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"])
-            info["classes_source"] = "coco"
-    if info.get("task") == "segmentation":
-        info["transforms"] = "segmentation"  # ImageNet statistics, a square input, scores resized back
-        if "classes" not in info and num_classes == 21:
-            from .segmentation.data import VOC_CLASSES
-
-            info["classes"] = list(VOC_CLASSES)  # torchvision's segmentation weights' classes
-            info["classes_source"] = "voc"
+    task = task_of(info)
+    if task.data_style:
+        info["transforms"] = task.data_style
     if "classes" not in info:
         # Names to print, not the dataset's folder names: evaluation maps a dataset's
         # sorted folders onto such a model by position (see ``classes_source``).
-        if num_classes == 1000:
-            from torchvision.models import MobileNet_V2_Weights
-
-            info["classes"] = list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
-            info["classes_source"] = "imagenet"
+        published = task.default_classes(num_classes)
+        if published is not None:
+            info["classes"], info["classes_source"] = published
         elif num_classes:
             info["classes"] = [f"class {i}" for i in range(num_classes)]
             info["classes_source"] = "placeholder"
     return info
+
+
+def imagenet_classes(num_classes: int) -> tuple[list[str], str] | None:
+    """ImageNet's class names for a 1000-way classifier (torchvision ships them: no download)."""
+    if num_classes != 1000:
+        return None
+    from torchvision.models import MobileNet_V2_Weights
+
+    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]), "imagenet"
 
 
 def recorded_class_names(info: dict[str, Any]) -> list[str] | None:

@@ -246,10 +246,11 @@ def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibra
     ranges (a --qat checkpoint), so --int8 needs no --calibration."""
     from ..data import calibration_images, eval_dataset
     from ..predict import check_classes
+    from ..tasks import task_of
 
-    if info.get("task") in ("detection", "segmentation") and (args.int8 or args.eval_data or args.calibration):
-        kind = "a detector" if info["task"] == "detection" else "a segmenter"
-        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {kind} exports in fp32")
+    task = task_of(info)
+    if not task.quantizable and (args.int8 or args.eval_data or args.calibration):
+        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {task.noun} exports in fp32")
     if args.int8 and not args.calibration and not calibrated:
         raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
     evaluation = None

@@ -19,17 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-TASK_TITLES = {
-    "classification": "image classification",
-    "detection": "object detection (COCO: 91 classes)",
-    "segmentation": "semantic segmentation (Pascal VOC: 21 classes)",
-}
-
-
 def run(args: argparse.Namespace) -> int:
     from .._table import format_table, human
     from ..cost import profile
     from ..models import create_model, get_model_entry, list_models
+    from ..tasks import get_task
 
     by_task: dict[str, list[str]] = {}
     for name in list_models():
@@ -45,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 row += [f"{side}", human(cost.mult_adds), human(cost.params)]
             rows.append(row)
         headers = ["model", "description"] + (["input", "mult-adds", "params"] if args.costs else [])
-        print(("\n" if number else "") + TASK_TITLES.get(task, task) + ":")
+        print(("\n" if number else "") + get_task(task).title + ":")
         print(format_table(headers, rows, align="ll" + "rrr" * args.costs))
     if args.verbose:
         for name in list_models():

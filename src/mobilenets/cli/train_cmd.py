@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import fields
 
@@ -353,9 +352,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..data import build_datasets, eval_dataset, make_loader
-    from ..predict import check_classes, recorded_class_names
-    from ..train import evaluate
+    from ..tasks import task_of
 
     if args.download and not args.dataset:
         raise ConfigError("--download fetches torchvision's CIFAR files: give --dataset cifar10 or cifar100")
@@ -365,114 +362,11 @@ def run_eval(args: argparse.Namespace) -> int:
     model, info = load_for_cli(args, "eval")
     # NHWC convolutions run 1.3-1.6x faster than NCHW on CPUs (docs/benchmarks.md, "Training on the CPU")
     model = model.to(memory_format=torch.channels_last)
-    if args.test_flip and info.get("task") in ("detection", "segmentation"):
-        raise ConfigError(f"--test-flip averages a classifier's logits; these weights are a {info['task']} model")
-    if info.get("task") == "detection":
-        return _eval_detector(args, model, info)
-    if info.get("task") == "segmentation":
-        return _eval_segmenter(args, model, info)
-    if args.split != "val":
-        raise ConfigError("--split is for detectors and segmenters; a classifier is scored on --data-dir's val "
-                          "(or test) split")  # fmt: skip
-    args.batch_size = args.batch_size or 256
-    style, resolution = info["transforms"], info["resolution"]
-    if args.dataset:
-        _, val_set, classes = build_datasets(
-            args.data_dir, style=style, resolution=resolution, dataset=args.dataset, download=args.download,
-            val_subset=args.val_subset,
-        )  # fmt: skip
-    else:
-        val_set, classes = eval_dataset(args.data_dir, style=style, resolution=resolution, subset=args.val_subset)
-    source = args.checkpoint or args.weights or "the model"
-    check_classes(info, classes, model=source, data=args.data_dir)
-    if recorded_class_names(info) is None:
-        print(
-            f"note: {source} records no class names; the {len(classes)} sorted class folders of {args.data_dir} "
-            f"are taken as classes 0-{len(classes) - 1}",
-            file=sys.stderr,
-        )
-    loader = make_loader(val_set, args.batch_size, workers=args.workers)
-    metrics = evaluate(model, loader, len(classes), flip=args.test_flip, channels_last=True)
-    metrics["images"] = metrics["samples"]
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-        return 0
-    print(
-        f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
-        f"{metrics['images_per_s']:.0f} images/s  ({metrics['samples']} images)"
-    )
-    if len(classes) <= 100:
-        for name, acc, count in zip(classes, metrics["per_class_top1"], metrics["per_class_images"]):
-            shown = "     -  (no images)" if acc is None else f"{100 * acc:6.2f}%  ({count} image{'s' * (count != 1)})"
-            print(f"  {name:20s} {shown}")
-    return 0
-
-
-def _eval_detector(args: argparse.Namespace, model, info: dict) -> int:
-    from ..data import make_loader
-    from ..detection.data import collate, detection_transforms, find_detection_data
-    from ..detection.evaluate import evaluate_detector
-    from ..predict import check_classes
-
-    if args.dataset:
-        raise ConfigError("--dataset is for classifiers; a detector is scored on a split of --data-dir")
-    val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
-    # only the split scored is read, so warnings about the other split's files do not appear
-    data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val, splits=(args.split,))
-    check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir,
-                  background=True)  # fmt: skip
-    split = data.train if args.split == "train" else data.val
-    if args.val_subset:  # the first N images, as training's --val-subset takes them
-        from torch.utils.data import Subset
-
-        split = Subset(split, range(min(args.val_subset, len(split))))
-    loader = make_loader(split, args.batch_size or 16, workers=args.workers, collate_fn=collate)
-    metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-        return 0
-    print(
-        f"mAP {100 * metrics['map']:.2f}%  mAP50 {100 * metrics['map50']:.2f}%  mAP75 {100 * metrics['map75']:.2f}%  "
-        f"({metrics['images']} images, {metrics['boxes']} boxes, {metrics['images_per_s']:.1f} images/s)"
-    )
-    return 0
-
-
-def _eval_segmenter(args: argparse.Namespace, model, info: dict) -> int:
-    from ..data import make_loader
-    from ..predict import check_classes
-    from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
-    from ..segmentation.evaluate import evaluate_segmenter
-
-    if args.dataset:
-        raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
-    val = segmentation_transforms(info["resolution"], train=False)
-    data = find_segmentation_data(args.data_dir, train_transforms=val, val_transforms=val)
-    check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir)
-    split = data.train if args.split == "train" else data.val
-    if args.val_subset:
-        from torch.utils.data import Subset
-
-        split = Subset(split, range(min(args.val_subset, len(split))))
-    loader = make_loader(split, args.batch_size or 8, workers=args.workers, collate_fn=collate)
-    metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
-                                 progress=sys.stderr.isatty())  # fmt: skip
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-        return 0
-    print(
-        f"mIoU {100 * metrics['miou']:.2f}%  pixel acc {100 * metrics['pixel_acc']:.2f}%  "
-        f"({metrics['images']} images, {metrics['classes_scored']} of {len(data.classes)} classes present, "
-        f"{metrics['images_per_s']:.1f} images/s)"
-    )
-    scored = [(name, iou) for name, iou in zip(data.classes, metrics["per_class_iou"]) if iou is not None]
-    for name, iou in sorted(scored, key=lambda pair: -pair[1]):
-        print(f"  {name:24s} IoU {100 * iou:6.2f}")
-    return 0
+    return task_of(info).commands().evaluate(args, model, info)
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..predict import predict_images
+    from ..tasks import task_of
 
     exported = [option for option in ("onnx", "pte", "checkpoint") if getattr(args, option)]
     if len(exported) > 1:
@@ -502,42 +396,4 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         require_weights(args, "predict")
         model, info = load_for_cli(args, "predict")
-    if info.get("task") == "detection":
-        from ..detection.predict import detect_images
-
-        found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out)
-        if args.json:
-            print(json.dumps([{"image": p, "boxes": b} for p, b in zip(args.images, found)], indent=2))
-            return 0
-        for path, boxes in zip(args.images, found):
-            print(f"{path}: {len(boxes)} object{'s' * (len(boxes) != 1)}")
-            for box in boxes:
-                print(f"  {100 * box['score']:6.2f}%  {box['label']:16s} {' '.join(f'{v:.0f}' for v in box['box'])}")
-        if args.out:
-            print(f"drawn in {args.out}/")
-        return 0
-    if info.get("task") == "segmentation":
-        from ..segmentation.predict import segment_images
-
-        found = segment_images(model, args.images, info, out=args.out, top=args.top)
-        if args.json:
-            print(json.dumps([{"image": p, "classes": c} for p, c in zip(args.images, found)], indent=2))
-            return 0
-        for path, shares in zip(args.images, found):
-            print(path)
-            for share in shares:
-                print(f"  {100 * share['fraction']:6.2f}% of pixels  {share['label']}")
-        if args.out:
-            print(f"drawn in {args.out}/ (<name>.png: the mask over the image; <name>_mask.png: class ids)")
-        return 0
-    if args.out:
-        raise ConfigError("--out draws boxes or masks: it is for detectors and segmenters")
-    results = predict_images(model, args.images, info, top=args.top)
-    if args.json:
-        print(json.dumps([{"image": p, "top": r} for p, r in zip(args.images, results)], indent=2))
-        return 0
-    for path, top in zip(args.images, results):
-        print(path)
-        for name, probability in top:
-            print(f"  {100 * probability:6.2f}%  {name}")
-    return 0
+    return task_of(info).commands().predict(args, model, info)

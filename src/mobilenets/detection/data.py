@@ -187,6 +187,16 @@ class YoloDetection(BoxDataset):
             )
 
 
+def coco_classes(num_classes: int) -> tuple[list[str], str] | None:
+    """COCO's 91 category names (ids 0-90, gaps "N/A") for a detector with 91 outputs, as
+    torchvision's COCO weights name them (no download)."""
+    if num_classes != 91:
+        return None
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+    return list(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"]), "coco"
+
+
 def _coco_records(annotations: Path) -> dict[str, list[dict[str, Any]]]:
     """The ``images``, ``annotations`` and ``categories`` lists of a COCO instances file."""
     try:

@@ -20,8 +20,8 @@ from ..errors import ConfigError
 from ..models import create_model, get_model_entry
 from ..models.ssd import IMAGENET_MEAN, SSD_SPECS
 from ..predict import renamed_classes
+from ..tasks import get_task, task_for_recipe
 from ..train.loop import Trainer
-from ..train.recipes import TRANSFORM_TASKS
 from ..weights import load_pretrained, load_weights, read_weights_file
 from .data import collate, detection_transforms, find_detection_data
 from .evaluate import evaluate_detector
@@ -49,10 +49,10 @@ class DetectionTrainer(Trainer):
                    ("--activation", config.activation), ("--dataset", config.dataset)) if value]  # fmt: skip
         if refused:
             raise ConfigError(f"{', '.join(refused)}: not available for detectors ({config.model})")
-        if TRANSFORM_TASKS.get(self.recipe.transforms) != "detection":
-            task = TRANSFORM_TASKS.get(self.recipe.transforms, "classification")
+        task = task_for_recipe(self.recipe.transforms)
+        if task is not get_task(self.task):
             raise ConfigError(
-                f"recipe {self.recipe.name} is for {task} models; detectors train with --recipe coco-ssdlite or coco-ssd"
+                f"recipe {self.recipe.name} is for {task.name} models; detectors train with --recipe coco-ssdlite or coco-ssd"
             )
         spec = SSD_SPECS.get(config.model)
         fill = spec.image_mean if spec is not None else IMAGENET_MEAN

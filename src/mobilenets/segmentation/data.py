@@ -56,6 +56,13 @@ __all__ = [
 
 IGNORE = 255  # a mask value never scored (VOC's convention, and torchvision's references')
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
+def voc_classes(num_classes: int) -> tuple[list[str], str] | None:
+    """Pascal VOC's 21 class names for a 21-way segmenter (torchvision's segmentation weights' classes)."""
+    return (list(VOC_CLASSES), "voc") if num_classes == 21 else None
+
+
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",

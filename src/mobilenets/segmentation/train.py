@@ -21,8 +21,8 @@ from torch.utils.data import Subset
 
 from ..errors import ConfigError
 from ..models import create_model, get_model_entry
+from ..tasks import get_task, task_for_recipe
 from ..train.loop import Trainer
-from ..train.recipes import TRANSFORM_TASKS
 from ..weights import load_pretrained, load_state_dict_file, load_weights
 from .data import IGNORE, collate, find_segmentation_data, segmentation_transforms
 from .evaluate import evaluate_segmenter
@@ -51,10 +51,10 @@ class SegmentationTrainer(Trainer):
                    ("--data-on-device", config.data_on_device)) if value]  # fmt: skip
         if refused:
             raise ConfigError(f"{', '.join(refused)}: not available for segmentation models ({config.model})")
-        if TRANSFORM_TASKS.get(self.recipe.transforms) != "segmentation":
-            task = TRANSFORM_TASKS.get(self.recipe.transforms, "classification")
+        task = task_for_recipe(self.recipe.transforms)
+        if task is not get_task(self.task):
             raise ConfigError(
-                f"recipe {self.recipe.name} is for {task} models; segmenters train with --recipe seg-small or seg-voc"
+                f"recipe {self.recipe.name} is for {task.name} models; segmenters train with --recipe seg-small or seg-voc"
             )
         data = find_segmentation_data(
             config.data_dir,

@@ -45,10 +45,11 @@ from ..data import (
 from ..errors import ConfigError, MobileNetsError
 from ..models import create_model
 from ..predict import renamed_classes
+from ..tasks import get_task, task_for_recipe
 from ..weights import atomic_write, load_pretrained, output_dir, read_weights_file
 from .config import TrainConfig
 from .distributed import Distributed, setup
-from .recipes import SCHEDULES, TRANSFORM_TASKS, Recipe
+from .recipes import SCHEDULES, Recipe
 from .transfer import Teacher, UnlabelledImages, distillation_loss, head_parameter_names
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
@@ -304,9 +305,9 @@ class Trainer:
     def _datasets(self):
         """(train set, validation set, class names)."""
         config = self.config
-        task = TRANSFORM_TASKS.get(self.recipe.transforms)
-        if task is not None:
-            raise ConfigError(f"recipe {self.recipe.name} is for {task} models; {config.model} is a classifier "
+        task = task_for_recipe(self.recipe.transforms)
+        if task is not get_task(self.task):
+            raise ConfigError(f"recipe {self.recipe.name} is for {task.name} models; {config.model} is a classifier "
                               "(see mobilenets recipes)")  # fmt: skip
         train_set, val_set, classes = build_datasets(
             config.data_dir,
@@ -719,24 +720,12 @@ def train(
         dist.shutdown()
 
 
-# Trainers for tasks other than classification, by the task their models register
-# under; a task package adds its own (see pyproject.toml), so this loop imports none.
-TRAINERS_GROUP = "mobilenets.trainers"
-
-
 def trainer_class(model: str) -> type[Trainer]:
-    """The :class:`Trainer` for ``model``'s task."""
-    from importlib.metadata import entry_points
-
+    """The :class:`Trainer` of ``model``'s task (the task registry names it, so this loop imports
+    no task's package)."""
     from ..models import get_model_entry
 
-    task = get_model_entry(model).task
-    if task == Trainer.task:
-        return Trainer
-    found = {ep.name: ep for ep in entry_points(group=TRAINERS_GROUP)}
-    if task not in found:
-        raise ConfigError(f"{model} is a {task} model and no trainer for {task} is installed")
-    return found[task].load()
+    return get_task(get_model_entry(model).task).trainer()
 
 
 def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after, stop_after_steps):

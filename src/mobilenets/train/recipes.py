@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["RECIPES", "SCHEDULES", "TRANSFORM_TASKS", "Recipe", "get_recipe"]
+__all__ = ["RECIPES", "SCHEDULES", "Recipe", "get_recipe"]
 
 # How the learning rate falls after the warm-up (see mobilenets.train.lr_factor).
 SCHEDULES = ("cosine", "onecycle", "exponential", "poly")
@@ -85,9 +85,6 @@ SEGMENTATION = Recipe(
     warmup_epochs=1.0,
     transforms="segmentation",
 )
-
-# The task each recipe's data pipeline serves (by its transforms), for one-line refusals.
-TRANSFORM_TASKS = {"ssd": "detection", "ssdlite": "detection", "segmentation": "segmentation"}
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
