@@ -465,7 +465,7 @@ def test_a_one_epoch_run_is_drawn_with_markers(tmp_path, monkeypatch):
     record = {"epoch": 1, "train_loss": 1.0, "loss": 1.1, "top1": 0.5, "top5": 0.9, "lr": 0.1, "wall_s": 3.0}
     (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda figure, out: figures.append(figure) or out)
+    monkeypatch.setattr(plots, "save_figure", lambda figure, out: figures.append(figure) or out)
     plots.plot_runs([run], tmp_path / "p.png")
     lines = [line for axes in figures[0].axes for line in axes.get_lines()]
     assert lines and all(line.get_marker() not in (None, "None", "", " ") for line in lines)

@@ -34,6 +34,15 @@ def is_detector(model: Any) -> bool:
     return hasattr(model, "anchor_generator") and hasattr(model, "box_coder") and hasattr(model, "head")
 
 
+def detector_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """What an export of a detector holds: the network and its box decoding (NMS runs after
+    it, with the thresholds recorded in the metadata)."""
+    import copy
+
+    extra = {"task": "detection", "postprocess": postprocess_settings(model)}
+    return DecodedDetector(copy.deepcopy(model).eval(), int(info["resolution"])), extra, ["boxes", "scores"]
+
+
 def postprocess_settings(model: nn.Module) -> dict[str, float]:
     """The thresholds the detector's own post-processing uses."""
     return {
@@ -99,7 +108,7 @@ class OnnxDetector:
     images (3, H, W) in [0, 1] as the PyTorch detector; boxes come back in each image's pixels."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        from .onnx import ort_session, read_metadata
+        from .ort import ort_session, read_metadata
 
         self.path = Path(path)
         self.info = read_metadata(self.path)
