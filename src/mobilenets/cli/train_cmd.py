@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from typing import Any
 
 from ..errors import ConfigError
-from ..train.config import COMPILE_MODES, DISTILL_WEIGHT, FIELD_RULES, TEMPERATURE, TrainConfig
-from ..train.recipes import RECIPES, SCHEDULES, get_recipe
-from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PRECISIONS, PROBABILITY
+from ..train.config import FIELD_RULES, GROUPS, TrainConfig
+from ..train.recipes import RECIPES, get_recipe
+from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY
 from .common import (
     add_model_options,
     add_random_weights_option,
@@ -50,9 +51,23 @@ Examples:
 """
 
 
-def rule(field: str):
-    """argparse ``type=`` for a TrainConfig field: the same check the Python API makes."""
-    return FIELD_RULES[field].argtype
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field, made from the field: its help, group, choices and
+    flag in the field's metadata, its check in ``FIELD_RULES`` (the same the Python API makes).
+    An option not given is left out of the namespace, so the field's own default applies."""
+    groups = {name: parser.add_argument_group(name) if name else parser for name in GROUPS}
+    for setting in fields(TrainConfig):
+        meta = setting.metadata
+        options: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS, "help": meta["help"]}
+        if meta.get("action") == "optional":
+            options["action"] = argparse.BooleanOptionalAction
+        elif isinstance(setting.default, bool):
+            options["action"] = "store_false" if setting.default else "store_true"
+        else:
+            if setting.name in FIELD_RULES:
+                options["type"] = FIELD_RULES[setting.name].argtype
+            options.update({key: meta[key] for key in ("choices", "metavar") if key in meta})
+        groups[meta["group"]].add_argument(meta.get("flag") or "--" + setting.name.replace("_", "-"), **options)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -72,168 +87,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EXAMPLES,
     )
     parser.add_argument("--show-recipe", metavar="NAME", help="print a recipe's settings and exit")
-    parser.add_argument("--model", help="model name (see 'mobilenets models')")
-    parser.add_argument("--data-dir", help="ImageFolder tree (train/ + val/ or test/) or CIFAR root")
-    parser.add_argument("--out", help="run directory; an existing run there is resumed")
+    add_config_options(parser)
     parser.add_argument(
-        "--recipe", default="cifar10", choices=sorted(RECIPES), help="training recipe (default cifar10)"
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=["cifar10", "cifar100"], help="use torchvision's CIFAR files in --data-dir")
-    data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
-    data.add_argument(
-        "--train-subset", type=rule("train_subset"), help="train on a fixed class-balanced slice of N images"
-    )
-    data.add_argument(
-        "--val-subset", type=rule("val_subset"), help="validate on a fixed class-balanced slice of N images"
-    )
-    data.add_argument(
-        "--workers", type=rule("workers"), default=2, help="data-loading processes per training process (default 2)"
-    )
-    data.add_argument(
-        "--data-on-device", action="store_true", help="keep a CIFAR-sized dataset on the device, augment it there"
-    )
-    data.add_argument("--seed", type=rule("seed"), default=0, help="seeds weights, data order, augmentation, dropout")
-    recipe = parser.add_argument_group("recipe overrides")
-    recipe.add_argument("--epochs", type=rule("epochs"))
-    recipe.add_argument("--batch-size", type=rule("batch_size"), help="global batch (split over torchrun processes)")
-    recipe.add_argument("--lr", type=rule("lr"), help="peak learning rate")
-    recipe.add_argument("--weight-decay", type=rule("weight_decay"))
-    recipe.add_argument("--warmup-epochs", type=rule("warmup_epochs"), help="linear learning-rate warm-up")
-    recipe.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        help="how the rate falls after the warm-up: cosine; onecycle (a straight line to zero: with a warm-up, the "
-        "one-cycle schedule of fast large-batch training); exponential (per epoch); poly (DeepLab's)",
-    )
-    recipe.add_argument(
-        "--decay-epochs",
-        type=rule("decay_epochs"),
-        metavar="N",
-        help="the schedule ends at epoch N (default: the last); past N, cosine turns back up as PyTorch's "
-        "CosineAnnealingLR(T_max=N) does (the seed's '200 epochs, decayed until 150'), the others stay at zero",
-    )
-    recipe.add_argument("--label-smoothing", type=rule("label_smoothing"), help="in [0, 1)")
-    recipe.add_argument("--ema-decay", type=rule("ema_decay"), help="EMA of weights (e.g. 0.9999); 0 turns it off")
-    recipe.add_argument(
-        "--test-flip",
-        action="store_true",
-        help="validate on each image and its mirror image, logits averaged (test-time flip: twice the evaluation "
-        "cost; +1.1 points for torchvision's MobileNetV2 on the 1,000 shared ImageNet images)",
-    )
-    start = parser.add_argument_group("fine-tuning (start from pretrained weights)")
-    start.add_argument(
-        "--init-from",
-        metavar="WEIGHTS",
-        help="start from these weights: torchvision's published file, a run's best.pt, saved or converted "
-        "(decoupled) weights; a classifier for another number of classes is re-initialised",
-    )
-    start.add_argument(
-        "--body-lr-mult",
-        type=rule("body_lr_mult"),
-        help="the pretrained body learns at this x --lr, the classifier at --lr (finetune recipe: 0.3)",
-    )
-    start.add_argument(
-        "--freeze-body-epochs",
-        type=rule("freeze_body_epochs"),
-        metavar="N",
-        help="train only the classifier for the first N epochs (body weights and BN statistics held)",
-    )
-    start.add_argument(
-        "--freeze-bn", action="store_true", help="keep every batch norm's (pretrained) statistics throughout"
-    )
-    start.add_argument(
-        "--freeze-layers",
-        type=rule("freeze_layers"),
-        default=0,
-        metavar="N",
-        help="never train the body's first N layers (features[:N]): no backward pass through them, so each "
-        "step is cheaper (the README's fine-tuning command uses 2)",
-    )
-    teach = parser.add_argument_group("distillation (learn from a trained teacher, Hinton et al. 2015)")
-    teach.add_argument(
-        "--teacher", metavar="WEIGHTS", help="a trained model's checkpoint or saved file (any architecture and width)"
-    )
-    teach.add_argument(
-        "--teacher-model", metavar="NAME", help="the teacher's architecture, for a file that records none"
-    )
-    teach.add_argument(
-        "--distill-weight",
-        type=rule("distill_weight"),
-        metavar="W",
-        help=f"with --teacher: loss = (1-W) CE + W T^2 KL(teacher || student) (default {DISTILL_WEIGHT:g})",
-    )
-    teach.add_argument(
-        "--temperature",
-        type=rule("temperature"),
-        metavar="T",
-        help=f"with --teacher: softening temperature (default {TEMPERATURE:g})",
-    )
-    teach.add_argument(
-        "--unlabelled",
-        metavar="DIR",
-        help="train on these images without labels (any layout), from the teacher alone; --data-dir still validates",
-    )
-    teach.add_argument(
-        "--with-labelled", action="store_true", help="with --unlabelled: also train on --data-dir's labelled images"
-    )
-    qat = parser.add_argument_group("quantization-aware training")
-    qat.add_argument(
-        "--qat",
-        action="store_true",
-        help="quantization-aware training: the model computes what its int8 ONNX export will (folded BN, int8 "
-        "weights, uint8 activations with learned ranges); needs --init-from; use a -qat recipe",
-    )
-    qat.add_argument(
-        "--qat-calibration",
-        type=rule("qat_calibration"),
-        default=256,
-        help="training images that set the initial int8 ranges (256)",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--width-mult", type=rule("width_mult"), default=1.0, help="width multiplier alpha (default 1.0)"
-    )
-    model.add_argument(
-        "--resolution", type=rule("resolution"), help="input side (default 32 for CIFAR recipes, else 224)"
-    )
-    model.add_argument("--activation", help="relu or relu6 inside the blocks (the V1/V2 ablation)")
-    model.add_argument(
-        "--nonlinear-bottleneck",
-        dest="linear_bottleneck",
-        action="store_false",
-        help="MobileNetV2 with ReLU6 after each projection (the V2 paper's Figure 6 ablation)",
-    )
-    model.add_argument(
-        "--no-shortcuts",
-        dest="residual",
-        action="store_false",
-        help="MobileNetV2 without shortcuts between bottlenecks (Figure 6)",
-    )
-    speed = parser.add_argument_group("speed and bookkeeping")
-    speed.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)")
-    speed.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast precision")
-    speed.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        help="NHWC memory format: 1.1-1.4x faster training on CPUs, where it is the default; "
-        "opt-in on GPUs (not measured there)",
-    )
-    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
-    speed.add_argument(
-        "--compile-mode",
-        choices=COMPILE_MODES,
-        help="torch.compile's mode (implies --compile): reduce-overhead replays each training step as a CUDA graph, "
-        "which pays off for small models whose steps are launch-bound",
-    )
-    speed.add_argument(
-        "--checkpoint-every", type=rule("checkpoint_every"), default=0, help="also save last.pt every N steps"
-    )
-    speed.add_argument(
-        "--checkpoint-minutes", type=rule("checkpoint_minutes"), default=10.0, help="save last.pt at least this often"
-    )
-    speed.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
-    speed.add_argument(
         "--no-progress", action="store_true", help="no progress bars (also off when the output is not a terminal)"
     )
     parser.set_defaults(run=run_train)
@@ -313,25 +168,16 @@ def run_train(args: argparse.Namespace) -> int:
         recipe = get_recipe(args.show_recipe)
         print(f"{recipe.name}: {recipe.description}\n{recipe.describe()}")
         return 0
-    missing = [flag for flag in ("model", "data_dir", "out") if not getattr(args, flag)]
+    given = {
+        setting.name: getattr(args, setting.name) for setting in fields(TrainConfig) if hasattr(args, setting.name)
+    }
+    missing = [flag for flag in ("model", "data_dir", "out") if not given.get(flag)]
     if missing:
         raise ConfigError("train needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
     from .._table import human
     from ..train import train
 
-    given = [
-        f"--{name.replace('_', '-')}" for name in ("distill_weight", "temperature") if getattr(args, name) is not None
-    ]
-    if given and not args.teacher:
-        raise ConfigError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the distillation loss: "
-                          "they need --teacher")  # fmt: skip
-    args.distill_weight = DISTILL_WEIGHT if args.distill_weight is None else args.distill_weight
-    args.temperature = TEMPERATURE if args.temperature is None else args.temperature
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    config = TrainConfig(**given)
     s = train(config, progress=not args.no_progress and sys.stderr.isatty())
     if s is None:  # not rank 0 of a torchrun job
         return 0

@@ -19,6 +19,7 @@ modules, so it works for any ``nn.Module``: ours, torchvision's, converted ones.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import OrderedDict
@@ -275,6 +276,114 @@ class _Record:
 
 
 @torch.no_grad()
+def _input_shape(model: nn.Module, input_size) -> tuple[int, int, int]:
+    """``input_size`` as (C, H, W): given whole, as one side, or the model's own default."""
+    if input_size is None:
+        input_size = getattr(model, "default_resolution", 224)
+    if isinstance(input_size, int) and not isinstance(input_size, bool):  # a side, as the CLI's --resolution
+        input_size = (getattr(model, "in_channels", 3), input_size, input_size)
+    if (
+        not isinstance(input_size, (tuple, list))
+        or len(input_size) != 3
+        or not all(isinstance(v, int) and v > 0 for v in input_size)
+    ):
+        raise ConfigError(
+            f"input_size must be (channels, height, width) or an image side, got {input_size!r}",
+            cli=f"the input size must be positive, got {input_size!r}",
+        )
+    return tuple(input_size)
+
+
+class _Counter:
+    """Forward hooks that count one pass: a row per layer with mult-adds and parameters (a BN
+    folded into the conv before it, as the papers count), and the outputs of every block that
+    memory-efficient inference would compute in pieces."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.units = {name for name, m in model.named_modules() if _is_memory_unit(m)}
+        self.records: list[_Record] = []
+        self.rows: list[LayerCost] = []
+        self.counted: set[int] = set()
+        self.last_conv: LayerCost | None = None
+        self.uncounted: list[str] = []
+
+    def enclosing_unit(self, name: str) -> str | None:
+        best = None
+        for unit in self.units:
+            if name.startswith(unit + ".") and (best is None or len(unit) > len(best)):
+                best = unit
+        return best
+
+    def own_parameters(self, module: nn.Module, recurse: bool) -> list[Tensor]:
+        own = [p for p in module.parameters(recurse=recurse) if id(p) not in self.counted]
+        self.counted.update(id(p) for p in own)
+        return own
+
+    def leaf(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        if not isinstance(output, Tensor):
+            return
+        shape = tuple(output.shape[1:])
+        self.records.append(_Record(name, module, shape, self.enclosing_unit(name)))
+        params = sum(p.numel() for p in self.own_parameters(module, recurse=False))
+        kind = layer_kind(module)
+        mult_adds = _mult_adds(module, output, inputs)
+        label = f"{name} ({type(module).__name__})"
+        if (
+            kind == KIND_OTHER
+            and not isinstance(module, _NO_MULT_ADDS)
+            and any(p.dim() >= 2 for p in module.parameters(recurse=False))
+            and label not in self.uncounted
+        ):
+            self.uncounted.append(label)
+        if kind == KIND_NORM and self.last_conv is not None and self.last_conv.output_shape == shape:
+            self.last_conv.params += params  # conv + BN are one layer in the papers
+            self.last_conv = None
+            return
+        if not (mult_adds or params):
+            return
+        weight = getattr(module, "weight", None)
+        weight_params = weight.numel() if kind in _WEIGHTED_KINDS and weight is not None else 0
+        row = LayerCost(name, type(module).__name__, kind, shape, mult_adds, params, output.numel(), weight_params)
+        self.rows.append(row)
+        self.last_conv = row if isinstance(module, nn.modules.conv._ConvNd) else None
+
+    def attention(self, name: str, module: nn.Module, inputs: Any, kwargs: Any, output: Any) -> None:
+        # nn.MultiheadAttention uses its projections' weights directly (its out_proj
+        # module never runs), so it is counted as one layer from its inputs.
+        out = output[0] if isinstance(output, tuple) else output
+        own = self.own_parameters(module, recurse=True)
+        mult_adds = _attention_mult_adds(module, inputs, kwargs)
+        weights = sum(p.numel() for p in own if p.dim() >= 2)
+        batched = out.dim() == 3
+        if batched and not module.batch_first:
+            out = out.transpose(0, 1)  # (L, N, E) -> (N, L, E)
+        shape = tuple(out.shape[1:]) if batched else tuple(out.shape)
+        per_sample = out.numel() // (out.shape[0] if batched else 1)
+        params = sum(p.numel() for p in own)
+        self.rows.append(
+            LayerCost(name, type(module).__name__, KIND_ATTENTION, shape, mult_adds, params, per_sample, weights)
+        )
+        self.last_conv = None
+
+    def unit(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            self.records.append(_Record(name, module, tuple(output.shape[1:]), self.enclosing_unit(name), is_unit=True))
+
+    def attach(self, model: nn.Module) -> list[Any]:
+        """Hook every leaf, every attention module and every memory unit; returns the handles."""
+        handles = []
+        attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        for name, module in model.named_modules():
+            if name in attention:
+                hook = functools.partial(self.attention, name)
+                handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            elif not list(module.children()) and not any(name.startswith(a + ".") for a in attention):
+                handles.append(module.register_forward_hook(functools.partial(self.leaf, name)))
+            if name in self.units:
+                handles.append(module.register_forward_hook(functools.partial(self.unit, name)))
+        return handles
+
+
 def profile(
     model: nn.Module,
     input_size: tuple[int, int, int] | None = None,
@@ -291,110 +400,13 @@ def profile(
         device: where to run the counting pass (default: where the model is).
     """
     check_model(model)
-    if input_size is None:
-        input_size = getattr(model, "default_resolution", 224)
-    if isinstance(input_size, int) and not isinstance(input_size, bool):  # a side, as the CLI's --resolution
-        input_size = (getattr(model, "in_channels", 3), input_size, input_size)
-    if (
-        not isinstance(input_size, (tuple, list))
-        or len(input_size) != 3
-        or not all(isinstance(v, int) and v > 0 for v in input_size)
-    ):
-        raise ConfigError(
-            f"input_size must be (channels, height, width) or an image side, got {input_size!r}",
-            cli=f"the input size must be positive, got {input_size!r}",
-        )
+    input_size = _input_shape(model, input_size)
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     example = torch.zeros((1, *input_size), device=device)
-
-    unit_names = {name for name, m in model.named_modules() if _is_memory_unit(m)}
-
-    def enclosing_unit(name: str) -> str | None:
-        best = None
-        for unit in unit_names:
-            if name.startswith(unit + ".") and (best is None or len(unit) > len(best)):
-                best = unit
-        return best
-
-    records: list[_Record] = []
-    rows: list[LayerCost] = []
-    counted: set[int] = set()
-    last_conv_row: dict[str, LayerCost | None] = {"row": None}
-
-    uncounted: list[str] = []
-
-    def leaf_hook(name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not isinstance(output, Tensor):
-                return
-            shape = tuple(output.shape[1:])
-            records.append(_Record(name, module, shape, enclosing_unit(name)))
-            own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
-            counted.update(id(p) for p in own)
-            params = sum(p.numel() for p in own)
-            kind = layer_kind(module)
-            mult_adds = _mult_adds(module, output, inputs)
-            if (
-                kind == KIND_OTHER
-                and not isinstance(module, _NO_MULT_ADDS)
-                and any(p.dim() >= 2 for p in module.parameters(recurse=False))
-                and f"{name} ({type(module).__name__})" not in uncounted
-            ):
-                uncounted.append(f"{name} ({type(module).__name__})")
-            if kind == KIND_NORM and last_conv_row["row"] is not None and last_conv_row["row"].output_shape == shape:
-                last_conv_row["row"].params += params  # conv + BN are one layer in the papers
-                last_conv_row["row"] = None
-                return
-            if not (mult_adds or params):
-                return
-            weight = getattr(module, "weight", None)
-            weight_params = weight.numel() if kind in _WEIGHTED_KINDS and weight is not None else 0
-            row = LayerCost(name, type(module).__name__, kind, shape, mult_adds, params, output.numel(), weight_params)
-            rows.append(row)
-            last_conv_row["row"] = row if isinstance(module, nn.modules.conv._ConvNd) else None
-
-        return hook
-
-    def attention_hook(name: str):
-        # nn.MultiheadAttention uses its projections' weights directly (its out_proj
-        # module never runs), so it is counted as one layer from its inputs.
-        def hook(module: nn.Module, inputs: Any, kwargs: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple) else output
-            own = [p for p in module.parameters() if id(p) not in counted]
-            counted.update(id(p) for p in own)
-            mult_adds = _attention_mult_adds(module, inputs, kwargs)
-            weights = sum(p.numel() for p in own if p.dim() >= 2)
-            batched = out.dim() == 3
-            if batched and not module.batch_first:
-                out = out.transpose(0, 1)  # (L, N, E) -> (N, L, E)
-            shape = tuple(out.shape[1:]) if batched else tuple(out.shape)
-            per_sample = out.numel() // (out.shape[0] if batched else 1)
-            params = sum(p.numel() for p in own)
-            rows.append(
-                LayerCost(name, type(module).__name__, KIND_ATTENTION, shape, mult_adds, params, per_sample, weights)
-            )
-            last_conv_row["row"] = None
-
-        return hook
-
-    def unit_hook(name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, Tensor):
-                records.append(_Record(name, module, tuple(output.shape[1:]), enclosing_unit(name), is_unit=True))
-
-        return hook
-
-    handles = []
-    attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    for name, module in model.named_modules():
-        if name in attention:
-            handles.append(module.register_forward_hook(attention_hook(name), with_kwargs=True))
-        elif not list(module.children()) and not any(name.startswith(a + ".") for a in attention):
-            handles.append(module.register_forward_hook(leaf_hook(name)))
-        if name in unit_names:
-            handles.append(module.register_forward_hook(unit_hook(name)))
+    counter = _Counter(model)
+    handles = counter.attach(model)
     was_training = model.training
     model.eval()
     try:
@@ -407,7 +419,7 @@ def profile(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-
+    rows, records = counter.rows, counter.records
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     # Parameters of modules the forward pass never reached still count.
     unreached = params - sum(r.params for r in rows)
@@ -435,7 +447,7 @@ def profile(
         by_resolution=dict(sorted(by_res.items(), reverse=True)),
         by_resolution_channels=dict(sorted(by_res_ch.items(), reverse=True)),
         model_name=arch.get("name", type(model).__name__),
-        uncounted=uncounted,
+        uncounted=counter.uncounted,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .._table import format_table, human
 from ..cost import profile
@@ -794,25 +795,8 @@ def layer_error(original: nn.Module, replacement: nn.Module, x: Tensor) -> float
     return ((replacement(x) - reference).norm() / reference.norm().clamp(min=1e-12)).item()
 
 
-def _convert(
-    model: nn.Module,
-    method: str,
-    *,
-    rank: int | str | None,
-    energy: float | None,
-    target_reduction: float | None,
-    order: str,
-    allocation: str,
-    budget: str,
-    calibration,
-    latency_backend: str | Callable[[nn.Module, tuple[int, int, int]], float] = "onnxruntime",
-    input_size,
-    layers: Iterable[str] | None,
-    replace_all: bool,
-    build: Callable[[str, nn.Conv2d, int], nn.Module],
-    layer_cost: Callable[[nn.Conv2d, int, tuple, tuple], int],
-    layer_max_rank: Callable[[nn.Conv2d], int],
-) -> tuple[nn.Module, DecoupleReport]:
+def _check_settings(rank, energy, target_reduction, allocation: str, budget: str, latency_backend, calibration) -> None:
+    """Refuse settings that cannot work together, before anything is measured."""
     given = [
         k for k, v in {"rank": rank, "energy": energy, "target_reduction": target_reduction}.items() if v is not None
     ]
@@ -843,6 +827,22 @@ def _convert(
             cli="--allocation loss measures each rank's effect on calibration images: pass --calibration",
         )
 
+
+def _check_decouple_rank(rank: int, convs: dict[str, nn.Conv2d]) -> None:
+    """A decoupling rank is a number of kernel terms: at most k_h x k_w in every layer."""
+    for name, conv in convs.items():
+        terms = conv.kernel_size[0] * conv.kernel_size[1]
+        if rank > terms:
+            raise ConfigError(
+                f"rank {rank} is larger than the {terms} terms of {name} ({conv.kernel_size[0]}x"
+                f"{conv.kernel_size[1]} kernel); rank='full' keeps every layer exact",
+                cli=f"--rank {rank} is larger than the {terms} terms of {name} ({conv.kernel_size[0]}x"
+                f"{conv.kernel_size[1]} kernel); --rank full keeps every layer exact",
+            )
+
+
+def _names_to_convert(model: nn.Module, method: str, layers: Iterable[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The convs ``method`` converts (all eligible ones, or those of ``layers``), and why others are skipped."""
     names, skipped = eligible_convs(model, zero_padding_only=method != "decouple")
     if layers is not None:
         wanted = set(layers)
@@ -857,135 +857,131 @@ def _convert(
         )
     if "" in names:
         raise ConfigError("the model is a single conv: wrap it first, e.g. nn.Sequential(conv)")
-    size, size_origin = input_size_of(model, input_size)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    batches = [b.to(device, dtype) for b in calibration_batches(calibration, model, size)]
-    if batches:
-        probe, size_origin = batches[0][:8], "the calibration images"
-    else:
-        probe = torch.randn(2, *size, device=device, dtype=dtype)
-    shapes = probe_shapes(model, names, probe, size_origin)
-    chw = tuple(probe.shape[1:])  # what costs and whole-network times are counted at
-    before = profile(model, chw)
+    return names, skipped
 
-    convs = {n: model.get_submodule(n) for n in names}
-    # Every cost is summed over the layer's calls: a conv run twice costs twice.
-    original_cost = {n: _over_calls(shapes[n], lambda i, o, conv=convs[n]: _conv_mult_adds(conv, o)) for n in names}
 
-    def new_cost(name: str, t: int) -> int:
-        return _over_calls(shapes[name], lambda i, o: layer_cost(convs[name], t, i, o))
-
-    if target_reduction is not None and budget == "mult_adds":  # rank 1 everywhere saves the most
-        _check_reachable(original_cost, new_cost, before.mult_adds * (1 - 1 / target_reduction))
-    if method == "decouple" and isinstance(rank, int):
-        for name, conv in convs.items():
-            terms = conv.kernel_size[0] * conv.kernel_size[1]
-            if rank > terms:
-                raise ConfigError(
-                    f"rank {rank} is larger than the {terms} terms of {name} ({conv.kernel_size[0]}x"
-                    f"{conv.kernel_size[1]} kernel); rank='full' keeps every layer exact",
-                    cli=f"--rank {rank} is larger than the {terms} terms of {name} ({conv.kernel_size[0]}x"
-                    f"{conv.kernel_size[1]} kernel); --rank full keeps every layer exact",
-                )
-
+def _decouple_ranks(
+    model: nn.Module,
+    names: list[str],
+    convs: dict[str, nn.Conv2d],
+    shapes: dict[str, dict[str, Any]],
+    *,
+    rank,
+    energy,
+    target_reduction,
+    order: str,
+    allocation: str,
+    budget: str,
+    latency_backend,
+    replace_all: bool,
+    batches: list[Tensor],
+    total_mult_adds: int,
+    size: tuple[int, int, int],
+) -> tuple[dict[str, int], dict[str, str], dict[str, float], dict[str, Any]]:
+    """Each conv's decoupling rank under one of the rules (a rank, an energy, a target by the
+    allocation and budget asked for): (ranks, notes, energy retained, report extras)."""
     chosen: dict[str, int] = {}
     report_extra: dict[str, Any] = {}
     notes: dict[str, str] = {}
-    retained: dict[str, float] = {}
-    if method == "decouple":
-        info = {n: _Layer(n, convs[n], shapes[n], order) for n in names}
-        if rank is not None or energy is not None:
-            for n, layer in info.items():
-                if rank == "full":
-                    t = layer.max_rank
-                elif rank is not None:
-                    t = min(rank, layer.max_rank)
-                else:
-                    t = next(i + 1 for i, r in enumerate(layer.retained) if r >= energy - 1e-12)
-                if layer.cost(t) >= layer.original_cost and not replace_all:
-                    notes[n] = f"T={t} would cost more than the conv"
-                else:
-                    chosen[n] = t
-        else:
-            saving = before.mult_adds * (1 - 1 / target_reduction)
-            if allocation == "uniform":
-                chosen = _uniform_ranks(
-                    {n: layer.original_cost for n, layer in info.items()}, saving,
-                    lambda n, t: info[n].cost(t), {n: layer.max_rank for n, layer in info.items()},
-                )  # fmt: skip
+    info = {n: _Layer(n, convs[n], shapes[n], order) for n in names}
+    if rank is not None or energy is not None:
+        for n, layer in info.items():
+            if rank == "full":
+                t = layer.max_rank
+            elif rank is not None:
+                t = min(rank, layer.max_rank)
             else:
-                layer_list = list(info.values())
-                mult_adds = lambda layer, t: layer.original_cost if t is None else layer.cost(t)  # noqa: E731
-                if budget == "mult_adds":
-                    cost, needed = mult_adds, saving
-                else:
-                    table = _latency_table(layer_list, latency_backend)
-                    total_ms = sum(table[(n, None)] for n in names)
-                    cost = lambda layer, t: table[(layer.name, t)]  # noqa: E731
-                    needed, network = _network_saving(
-                        model, layer_list, cost, total_ms, target_reduction, chw, latency_backend, order
-                    )
-                if allocation == "loss":
-                    chosen, how = _least_damaging(model, layer_list, batches, needed, cost, mult_adds, budget, order)
-                    report_extra["allocation"] = how
-                else:
-                    chosen = _greedy(layer_list, needed, cost, unit="ms" if budget == "latency" else "mult-adds")
-                if budget == "latency":
-                    # the converted layers' summed batch-1 times, as measured for the allocation
-                    after_ms = sum(table[(n, chosen.get(n))] for n in names)
-                    report_extra["layer_latency"] = {"before_ms": total_ms, "after_ms": after_ms}
-                    report_extra["network_latency"] = network  # completed once the network is built
-        retained = {n: info[n].retained[t - 1] for n, t in chosen.items()}
-        for n in names:
-            if n not in chosen and n not in notes:
-                notes[n] = "kept: decoupling it buys the least"
-    else:
-        uniform: dict[str, int] = {}
-        if target_reduction is not None:
-            uniform = _uniform_ranks(
-                original_cost, before.mult_adds * (1 - 1 / target_reduction), new_cost,
-                {n: layer_max_rank(convs[n]) for n in names},
-            )  # fmt: skip
-        for n in names:
-            conv, shape = convs[n], shapes[n]
-            original = original_cost[n]
-            if rank is not None:
-                t = layer_max_rank(conv) if rank == "full" else min(rank, layer_max_rank(conv))
-            elif n in uniform:
-                t = uniform[n]
-            else:
-                notes[n] = "kept: no rank of it is cheap enough for the target"
-                continue
-            if new_cost(n, t) >= original and not replace_all:
-                notes[n] = f"rank {t} would cost more than the conv"
+                t = next(i + 1 for i, r in enumerate(layer.retained) if r >= energy - 1e-12)
+            if layer.cost(t) >= layer.original_cost and not replace_all:
+                notes[n] = f"T={t} would cost more than the conv"
             else:
                 chosen[n] = t
-
-    converted = copy.deepcopy(model)
-    if method == "channel" and batches:
-        moments = _response_moments(model, list(chosen), batches)
-        build = lambda name, conv, t: channel_conv(conv, t, moments[name])  # noqa: E731
-    from tqdm import tqdm
-
-    # CP and Tucker fit each layer iteratively (seconds a layer on VGG-sized convs): say where it is
-    for n, t in tqdm(chosen.items(), desc=f"{method} layers", unit="layer", leave=False, disable=None):
-        _replace(converted, n, build(n, convs[n], t))
-    refined, refitted = False, []
-    if batches and method != "channel":
-        if method == "decouple" and order == "dw_pw":
-            refitted, unrefined, _ = refit(model, converted, [n for n in names if n in chosen], batches)
-            for n in unrefined:
-                notes[n] = "not refined: too few calibration samples at this resolution"
-            refined = True
+    else:
+        saving = total_mult_adds * (1 - 1 / target_reduction)
+        if allocation == "uniform":
+            chosen = _uniform_ranks(
+                {n: layer.original_cost for n, layer in info.items()}, saving,
+                lambda n, t: info[n].cost(t), {n: layer.max_rank for n, layer in info.items()},
+            )  # fmt: skip
         else:
-            warnings.warn(
-                "least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=3
-            )
+            layer_list = list(info.values())
+            mult_adds = lambda layer, t: layer.original_cost if t is None else layer.cost(t)  # noqa: E731
+            if budget == "mult_adds":
+                cost, needed = mult_adds, saving
+            else:
+                table = _latency_table(layer_list, latency_backend)
+                total_ms = sum(table[(n, None)] for n in names)
+                cost = lambda layer, t: table[(layer.name, t)]  # noqa: E731
+                needed, network = _network_saving(
+                    model, layer_list, cost, total_ms, target_reduction, size, latency_backend, order
+                )
+            if allocation == "loss":
+                chosen, how = _least_damaging(model, layer_list, batches, needed, cost, mult_adds, budget, order)
+                report_extra["allocation"] = how
+            else:
+                chosen = _greedy(layer_list, needed, cost, unit="ms" if budget == "latency" else "mult-adds")
+            if budget == "latency":
+                # the converted layers' summed batch-1 times, as measured for the allocation
+                after_ms = sum(table[(n, chosen.get(n))] for n in names)
+                report_extra["layer_latency"] = {"before_ms": total_ms, "after_ms": after_ms}
+                report_extra["network_latency"] = network  # completed once the network is built
+    retained = {n: info[n].retained[t - 1] for n, t in chosen.items()}
+    for n in names:
+        if n not in chosen and n not in notes:
+            notes[n] = "kept: decoupling it buys the least"
+    return chosen, notes, retained, report_extra
 
-    after = profile(converted, chw)
-    network = report_extra.get("network_latency", {})
-    if "before_ms" in network:  # the network as returned, on the timer the target was met on
-        report_extra["network_latency"] = _network_record(network, converted, chw, latency_backend, target_reduction)
+
+def _decomposition_ranks(
+    names: list[str],
+    convs: dict[str, nn.Conv2d],
+    original_cost: dict[str, int],
+    new_cost: Callable[[str, int], int],
+    layer_max_rank: Callable[[nn.Conv2d], int],
+    *,
+    rank,
+    target_reduction,
+    total_mult_adds: int,
+    replace_all: bool,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Each conv's rank for a decomposition (a fixed rank, or a uniform cut to the target): (ranks, notes)."""
+    chosen: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    uniform: dict[str, int] = {}
+    if target_reduction is not None:
+        uniform = _uniform_ranks(
+            original_cost, total_mult_adds * (1 - 1 / target_reduction), new_cost,
+            {n: layer_max_rank(convs[n]) for n in names},
+        )  # fmt: skip
+    for n in names:
+        conv = convs[n]
+        original = original_cost[n]
+        if rank is not None:
+            t = layer_max_rank(conv) if rank == "full" else min(rank, layer_max_rank(conv))
+        elif n in uniform:
+            t = uniform[n]
+        else:
+            notes[n] = "kept: no rank of it is cheap enough for the target"
+            continue
+        if new_cost(n, t) >= original and not replace_all:
+            notes[n] = f"rank {t} would cost more than the conv"
+        else:
+            chosen[n] = t
+    return chosen, notes
+
+
+def _layer_reports(
+    names: list[str],
+    convs: dict[str, nn.Conv2d],
+    shapes: dict[str, dict[str, Any]],
+    converted: nn.Module,
+    chosen: dict[str, int],
+    notes: dict[str, str],
+    retained: dict[str, float],
+    original_cost: dict[str, int],
+    new_cost: Callable[[str, int], int],
+) -> list[LayerReport]:
+    """One row per conv: its rank, its error against the original on the probe, its cost before and after."""
     reports = []
     for n in names:
         conv, shape = convs[n], shapes[n]
@@ -1007,6 +1003,104 @@ def _convert(
                 params_after=param_count(new),
             )
         )
+    return reports
+
+
+def _conversion_step(method: str, order: str, chosen: dict[str, int], refitted: list[str], calibrated: bool):
+    """What a saved file records of this conversion, so that load_model (registry and torchvision
+    models) or load_weights (any network, given the original) rebuilds the converted layers."""
+    step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
+    if method == "decouple":
+        step["order"] = order
+        if refitted:
+            step["refined"] = refitted  # their 1x1 convs gained a bias in the least-squares refit
+    elif method == "channel":
+        step["calibrated"] = calibrated
+    return step
+
+
+def _convert(
+    model: nn.Module,
+    method: str,
+    *,
+    rank: int | str | None,
+    energy: float | None,
+    target_reduction: float | None,
+    order: str,
+    allocation: str,
+    budget: str,
+    calibration,
+    latency_backend: str | Callable[[nn.Module, tuple[int, int, int]], float] = "onnxruntime",
+    input_size,
+    layers: Iterable[str] | None,
+    replace_all: bool,
+    build: Callable[[str, nn.Conv2d, int], nn.Module],
+    layer_cost: Callable[[nn.Conv2d, int, tuple, tuple], int],
+    layer_max_rank: Callable[[nn.Conv2d], int],
+) -> tuple[nn.Module, DecoupleReport]:
+    _check_settings(rank, energy, target_reduction, allocation, budget, latency_backend, calibration)
+
+    names, skipped = _names_to_convert(model, method, layers)
+    size, size_origin = input_size_of(model, input_size)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    batches = [b.to(device, dtype) for b in calibration_batches(calibration, model, size)]
+    if batches:
+        probe, size_origin = batches[0][:8], "the calibration images"
+    else:
+        probe = torch.randn(2, *size, device=device, dtype=dtype)
+    shapes = probe_shapes(model, names, probe, size_origin)
+    chw = tuple(probe.shape[1:])  # what costs and whole-network times are counted at
+    before = profile(model, chw)
+
+    convs = {n: model.get_submodule(n) for n in names}
+    # Every cost is summed over the layer's calls: a conv run twice costs twice.
+    original_cost = {n: _over_calls(shapes[n], lambda i, o, conv=convs[n]: _conv_mult_adds(conv, o)) for n in names}
+
+    def new_cost(name: str, t: int) -> int:
+        return _over_calls(shapes[name], lambda i, o: layer_cost(convs[name], t, i, o))
+
+    if target_reduction is not None and budget == "mult_adds":  # rank 1 everywhere saves the most
+        _check_reachable(original_cost, new_cost, before.mult_adds * (1 - 1 / target_reduction))
+    if method == "decouple" and isinstance(rank, int):
+        _check_decouple_rank(rank, convs)
+
+    retained: dict[str, float] = {}
+    report_extra: dict[str, Any] = {}
+    if method == "decouple":
+        chosen, notes, retained, report_extra = _decouple_ranks(
+            model, names, convs, shapes, rank=rank, energy=energy, target_reduction=target_reduction, order=order,
+            allocation=allocation, budget=budget, latency_backend=latency_backend, replace_all=replace_all,
+            batches=batches, total_mult_adds=before.mult_adds, size=chw,
+        )  # fmt: skip
+    else:
+        chosen, notes = _decomposition_ranks(
+            names, convs, original_cost, new_cost, layer_max_rank, rank=rank, target_reduction=target_reduction,
+            total_mult_adds=before.mult_adds, replace_all=replace_all,
+        )  # fmt: skip
+    converted = copy.deepcopy(model)
+    if method == "channel" and batches:
+        moments = _response_moments(model, list(chosen), batches)
+        build = lambda name, conv, t: channel_conv(conv, t, moments[name])  # noqa: E731
+    # CP and Tucker fit each layer iteratively (seconds a layer on VGG-sized convs): say where it is
+    for n, t in tqdm(chosen.items(), desc=f"{method} layers", unit="layer", leave=False, disable=None):
+        _replace(converted, n, build(n, convs[n], t))
+    refined, refitted = False, []
+    if batches and method != "channel":
+        if method == "decouple" and order == "dw_pw":
+            refitted, unrefined, _ = refit(model, converted, [n for n in names if n in chosen], batches)
+            for n in unrefined:
+                notes[n] = "not refined: too few calibration samples at this resolution"
+            refined = True
+        else:
+            warnings.warn(
+                "least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=3
+            )
+
+    after = profile(converted, chw)
+    network = report_extra.get("network_latency", {})
+    if "before_ms" in network:  # the network as returned, on the timer the target was met on
+        report_extra["network_latency"] = _network_record(network, converted, chw, latency_backend, target_reduction)
+    reports = _layer_reports(names, convs, shapes, converted, chosen, notes, retained, original_cost, new_cost)
     label = f"decouple-{order}" if method == "decouple" else method
     report = DecoupleReport(label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined)
     report.extra.update(report_extra)
@@ -1015,13 +1109,7 @@ def _convert(
         report.extra["skipped"] = skipped_summary(skipped)
     # Recorded with saved weights, so that load_model (registry and torchvision models) or
     # load_weights (any network, given the original) rebuilds the converted layers.
-    step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
-    if method == "decouple":
-        step["order"] = order
-        if refitted:
-            step["refined"] = refitted  # their 1x1 convs gained a bias in the least-squares refit
-    elif method == "channel":
-        step["calibrated"] = bool(batches)
+    step = _conversion_step(method, order, chosen, refitted, bool(batches))
     arch = _with_converted_steps(dict(getattr(model, "arch", None) or {}))
     converted.arch = {**arch, "converted": [*arch.get("converted", []), step]}
     return converted, report

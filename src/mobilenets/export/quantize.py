@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,75 @@ from . import ptq
 from .onnx import fold_batchnorm
 from .ort import onnx_modules, read_metadata, set_metadata
 
-__all__ = ["CALIBRATION_METHODS", "WEIGHT_ROUNDING", "quantize_onnx"]
+__all__ = ["CALIBRATION_METHODS", "WEIGHT_ROUNDING", "QuantizeOptions", "quantize_onnx"]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How :func:`quantize_onnx` quantizes, each step measured in docs/benchmarks.md#int8-accuracy.
+
+    * ``method``: how activation ranges are chosen (see the module docstring), ``percentile``
+      where the percentile method cuts them;
+    * ``reduce_range``: 7-bit dense weights; ``None`` = where the CPU lacks VNNI;
+      ``full_range_depthwise``: depthwise weights keep 8 bits even then (their kernel does not saturate);
+    * ``weight_rounding="gptq"`` with the PyTorch model the file was exported from: dense weights
+      rounded with error feedback (:func:`mobilenets.export.ptq.round_weights`); without the
+      model, or ``"nearest"``, each weight goes to its nearest step;
+    * ``bias_correction``: every conv's mean output shift cancelled on the first
+      ``bias_correction_images`` calibration images (:func:`mobilenets.export.ptq.correct_biases`).
+      Off by default: on top of per-tensor 99.99 ranges and GPTQ it moved the int8 model *away*
+      from fp32 (mean KL 0.028 -> 0.050 on imagenet-sample): the mean shift left there comes
+      mostly from clipping, which a bias cannot undo;
+    * ``float_outputs``: the network's outputs (logits) stay float (:func:`mobilenets.export.ptq.keep_outputs_float`);
+    * ``range_search``: every activation range rescaled to bring the network's output closest to
+      fp32 on the first ``range_search_images`` calibration images
+      (:func:`mobilenets.export.ptq.tune_activation_ranges`), ``range_search_sweeps`` passes;
+      about a minute on 2 cores for MobileNetV2 with the defaults, KL to fp32 0.023 -> 0.019.
+    """
+
+    method: str = "percentile"
+    percentile: float = 99.99
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    weight_rounding: str = "gptq"
+    full_range_depthwise: bool = True
+    bias_correction: bool = False
+    bias_correction_images: int = 128
+    float_outputs: bool = True
+    range_search: bool = True
+    range_search_images: int = 16
+    range_search_sweeps: int = 1
+
+    def validate(self) -> QuantizeOptions:
+        if self.method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {self.method!r}"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.weight_rounding not in WEIGHT_ROUNDING:
+            raise ConfigError(
+                f"weight rounding must be one of {', '.join(WEIGHT_ROUNDING)}, got {self.weight_rounding!r}"
+            )
+        if self.range_search and (self.range_search_images < 1 or self.range_search_sweeps < 1):
+            raise ConfigError(
+                "the range search needs at least 1 image and 1 sweep, got "
+                f"{self.range_search_images} and {self.range_search_sweeps}"
+            )
+        return self
+
+    def details(self, rounding: str, reduce_range: bool) -> dict[str, Any]:
+        """What the int8 file's metadata records of how it was made."""
+        return {
+            "calibration": self.method if self.method != "percentile" else f"percentile {self.percentile}",
+            "per_channel": self.per_channel,
+            "reduce_range": reduce_range,
+            "full_range_depthwise": self.full_range_depthwise,
+            "weight_rounding": rounding,
+            "bias_correction": self.bias_correction,
+            "float_outputs": self.float_outputs,
+            "range_search": self.range_search,
+        }
 
 
 def quantize_onnx(
@@ -45,137 +115,97 @@ def quantize_onnx(
     out_path: str | Path,
     calibration: Tensor,
     *,
-    method: str = "percentile",
-    percentile: float = 99.99,
-    per_channel: bool = True,
-    reduce_range: bool | None = None,
     model: nn.Module | None = None,
-    weight_rounding: str = "gptq",
-    full_range_depthwise: bool = True,
-    bias_correction: bool = False,
-    bias_correction_images: int = 128,
-    float_outputs: bool = True,
-    range_search: bool = True,
-    range_search_images: int = 16,
-    range_search_sweeps: int = 1,
     activation_ranges: Callable[[Path, list[list[str]]], dict[str, tuple[float, float]]] | None = None,
     progress: bool = False,
+    options: QuantizeOptions | None = None,
+    **settings: Any,
 ) -> Path:
     """Write an int8 (QDQ) copy of the fp32 export ``fp32_path`` to ``out_path``.
 
     ``calibration`` is a batch of preprocessed images (e.g. from
     :func:`mobilenets.data.calibration_images`); a few hundred are plenty.
     The metadata (class names, preprocessing) is carried over, marked int8.
-
-    The steps, each measured in docs/benchmarks.md#int8-accuracy:
-
-    * ``method``: how activation ranges are chosen (see the module docstring);
-    * ``reduce_range``: 7-bit dense weights; ``None`` = where the CPU lacks VNNI;
-    * ``full_range_depthwise``: depthwise weights keep 8 bits even then (their kernel
-      does not saturate);
-    * ``weight_rounding="gptq"`` with the PyTorch ``model`` the file was exported from:
-      dense weights rounded with error feedback (:func:`mobilenets.export.ptq.round_weights`);
-      without ``model``, or ``"nearest"``, each weight goes to its nearest step;
-    * ``bias_correction``: every conv's mean output shift cancelled on the first
-      ``bias_correction_images`` calibration images (:func:`mobilenets.export.ptq.correct_biases`).
-      Off by default: it helped with wide (99.999th percentile, symmetric) ranges and
-      nearest rounding, but on top of per-tensor 99.99 ranges and GPTQ it moved the int8
-      model *away* from fp32 (mean KL 0.028 -> 0.050 on imagenet-sample): the mean
-      shift left there comes mostly from clipping, which a bias cannot undo;
-    * ``float_outputs``: the network's outputs (logits) stay float
-      (:func:`mobilenets.export.ptq.keep_outputs_float`);
-    * ``range_search``: every activation range rescaled to bring the network's output
-      closest to fp32 on the first ``range_search_images`` calibration images
-      (:func:`mobilenets.export.ptq.tune_activation_ranges`), ``range_search_sweeps`` passes;
-      about 3 minutes on 2 cores for MobileNetV2 with the defaults, KL to fp32 0.023 -> 0.019;
-    * ``activation_ranges``: a function given the pre-processed fp32 graph's path and the
-      tensors ONNX Runtime quantizes (groups sharing one step) that returns their ranges by
-      name, used instead of ``method``; how a quantization-aware trained model hands over
-      its learned ranges (:func:`mobilenets.export.qat.onnx_ranges`).
+    How it quantizes is ``options`` (:class:`QuantizeOptions`), or its fields given as
+    keywords (``range_search=False``); ``model`` is the PyTorch model the file was exported
+    from (GPTQ rounds its weights).  ``activation_ranges``: a function given the pre-processed
+    fp32 graph's path and the tensors ONNX Runtime quantizes (groups sharing one step) that
+    returns their ranges by name, used instead of ``method``; how a quantization-aware trained
+    model hands over its learned ranges (:func:`mobilenets.export.qat.onnx_ranges`).
     """
-    onnx, _ = onnx_modules()
-    from onnxruntime.quantization import CalibrationDataReader
-
-    if method not in CALIBRATION_METHODS:
-        raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
-    if not 50.0 < percentile <= 100.0:
-        raise ConfigError(f"percentile must be in (50, 100], got {percentile}")
-    if weight_rounding not in WEIGHT_ROUNDING:
-        raise ConfigError(f"weight rounding must be one of {', '.join(WEIGHT_ROUNDING)}, got {weight_rounding!r}")
-    if range_search and (range_search_images < 1 or range_search_sweeps < 1):
-        raise ConfigError(
-            f"the range search needs at least 1 image and 1 sweep, got {range_search_images} and {range_search_sweeps}"
-        )
+    known = {f.name for f in fields(QuantizeOptions)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown quantization setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    options = replace(options or QuantizeOptions(), **settings).validate()
     if calibration.dim() != 4 or calibration.shape[0] == 0:
         raise ConfigError(
             f"calibration must be a non-empty batch of images (N, C, H, W), got {tuple(calibration.shape)}"
         )
+    onnx, _ = onnx_modules()
     metadata = read_metadata(fp32_path)
     if metadata.get("precision") != "fp32":
         raise ConfigError(f"{fp32_path} is already quantized; quantize the fp32 export")
     batch = None if metadata.get("dynamic_batch") else 1
-    reduce_range = needs_reduced_range() if reduce_range is None else reduce_range
-    out_path = Path(out_path)
+    reduce_range = needs_reduced_range() if options.reduce_range is None else options.reduce_range
+    graph = onnx.load(str(fp32_path))
+    qmax = {True: ptq.QMAX_REDUCED, False: ptq.QMAX_FULL}
+    grids = _weight_grids(
+        graph, qmax[reduce_range], ptq.QMAX_FULL if options.full_range_depthwise else qmax[reduce_range]
+    )
+    rounding = options.weight_rounding if model is not None else "nearest"
+    if rounding == "gptq":
+        _round_with_gptq(graph, model, calibration, grids)
+
+    def refine(result) -> None:
+        """The steps that edit ONNX Runtime's int8 graph, in this order."""
+        if options.float_outputs:
+            ptq.keep_outputs_float(result)
+        if options.bias_correction:
+            images = calibration[: options.bias_correction_images]
+            ptq.correct_biases(result, fp32_path, images, batch_size=batch or 16, progress=progress)
+        if options.range_search:
+            images = calibration[: options.range_search_images]
+            ptq.tune_activation_ranges(result, fp32_path, images, sweeps=options.range_search_sweeps, progress=progress)
+
+    steps = {
+        "graph": graph,
+        "grids": grids if options.per_channel else {},
+        "reader": _calibration_reader(batch or 16),
+        "metadata": {**metadata, "precision": "int8", **options.details(rounding, reduce_range)},
+        "per_channel": options.per_channel,
+        "reduce_range": reduce_range,
+        "refine": refine,
+        "batch": batch or 16,
+        "calibration": calibration,
+        "percentile": options.percentile,
+        "ranges_for": activation_ranges,
+    }
+    try:
+        return _quantize(onnx, Path(out_path), options.method, **steps)
+    except ValueError as exc:
+        # ONNX Runtime's entropy calibration fails on tensors whose observed range is
+        # (nearly) a single value, e.g. saturated squeeze-excite gates.
+        if options.method != "entropy" or "bins" not in str(exc):
+            raise
+        warnings.warn(f"{options.method} calibration failed ({exc}); using minmax instead", stacklevel=2)
+        steps["metadata"]["calibration"] = "minmax"
+        return _quantize(onnx, Path(out_path), "minmax", **steps)
+
+
+def _calibration_reader(batch: int):
+    """ONNX Runtime's calibration data reader over a tensor of images, ``batch`` at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self, images: Tensor) -> None:
-            self.batches: Iterator[Tensor] = iter(images.split(batch or 16))
+            self.batches: Iterator[Tensor] = iter(images.split(batch))
 
         def get_next(self):
             images = next(self.batches, None)
             return None if images is None else {"image": images.float().numpy()}
 
-    graph = onnx.load(str(fp32_path))
-    qmax = {True: ptq.QMAX_REDUCED, False: ptq.QMAX_FULL}
-    grids = _weight_grids(graph, qmax[reduce_range], ptq.QMAX_FULL if full_range_depthwise else qmax[reduce_range])
-    rounding = weight_rounding if model is not None else "nearest"
-    if rounding == "gptq":
-        _round_with_gptq(graph, model, calibration, grids)
-    details = {
-        "calibration": method if method != "percentile" else f"percentile {percentile}",
-        "per_channel": per_channel,
-        "reduce_range": reduce_range,
-        "full_range_depthwise": full_range_depthwise,
-        "weight_rounding": rounding,
-        "bias_correction": bias_correction,
-        "float_outputs": float_outputs,
-        "range_search": range_search,
-    }
-
-    def refine(result) -> None:
-        """The steps that edit ONNX Runtime's int8 graph, in this order."""
-        if float_outputs:
-            ptq.keep_outputs_float(result)
-        if bias_correction:
-            images = calibration[:bias_correction_images]
-            ptq.correct_biases(result, fp32_path, images, batch_size=batch or 16, progress=progress)
-        if range_search:
-            images = calibration[:range_search_images]
-            ptq.tune_activation_ranges(result, fp32_path, images, sweeps=range_search_sweeps, progress=progress)
-
-    steps = {
-        "graph": graph,
-        "grids": grids if per_channel else {},
-        "reader": Reader,
-        "metadata": {**metadata, "precision": "int8", **details},
-        "per_channel": per_channel,
-        "reduce_range": reduce_range,
-        "refine": refine,
-        "batch": batch or 16,
-        "calibration": calibration,
-        "percentile": percentile,
-        "ranges_for": activation_ranges,
-    }
-    try:
-        return _quantize(onnx, out_path, method, **steps)
-    except ValueError as exc:
-        # ONNX Runtime's entropy calibration fails on tensors whose observed range is
-        # (nearly) a single value, e.g. saturated squeeze-excite gates.
-        if method != "entropy" or "bins" not in str(exc):
-            raise
-        warnings.warn(f"{method} calibration failed ({exc}); using minmax instead", stacklevel=2)
-        steps["metadata"]["calibration"] = "minmax"
-        return _quantize(onnx, out_path, "minmax", **steps)
+    return Reader
 
 
 def _weight_grids(graph, dense_qmax: int, depthwise_qmax: int) -> dict[str, ptq.WeightGrid]:

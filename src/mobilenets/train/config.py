@@ -7,7 +7,8 @@ API uses, before anything is loaded or written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..errors import ConfigError
 from ..validate import (
@@ -24,7 +25,7 @@ from ..validate import (
 )
 from .recipes import RECIPES, SCHEDULES, Recipe, get_recipe
 
-__all__ = ["COMPILE_MODES", "FIELD_RULES", "TrainConfig"]
+__all__ = ["COMPILE_MODES", "FIELD_RULES", "GROUPS", "TrainConfig", "option"]
 
 # torch.compile's modes: "reduce-overhead" and "max-autotune" replay CUDA graphs on a GPU
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -60,67 +61,158 @@ FIELD_RULES: dict[str, Rule] = {
 DISTILL_WEIGHT, TEMPERATURE = 0.5, 4.0
 
 
+def option(default: Any, help: str, group: str, **cli: Any) -> Any:
+    """A :class:`TrainConfig` field and its ``mobilenets train`` option: the help text, the
+    option group, and what argparse needs beyond the field's type and rule (``flag`` for
+    another name, ``action``, ``choices``, ``metavar``).  Each default is written once, here."""
+    return field(default=default, metadata={"help": help, "group": group, **cli})
+
+
+# The option groups of `mobilenets train --help`, in order ("" is the ungrouped top).
+GROUPS = ("", "data", "recipe overrides", "fine-tuning (start from pretrained weights)",
+          "distillation (learn from a trained teacher, Hinton et al. 2015)", "quantization-aware training", "model",
+          "speed and bookkeeping")  # fmt: skip
+DATA, RECIPE, START, TEACH, QAT, MODEL, SPEED = GROUPS[1:]
+
+
 @dataclass
 class TrainConfig:
-    model: str
-    data_dir: str
-    out: str
-    recipe: str = "cifar10"
+    model: str = option(None, "model name (see 'mobilenets models')", "")
+    data_dir: str = option(None, "ImageFolder tree (train/ + val/ or test/) or CIFAR root", "")
+    out: str = option(None, "run directory; an existing run there is resumed", "")
+    recipe: str = option("cifar10", "training recipe (default cifar10)", "", choices=sorted(RECIPES))
     # recipe overrides (None: the recipe's value)
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    schedule: str | None = None
-    decay_epochs: int | None = None
-    label_smoothing: float | None = None
-    ema_decay: float | None = None
-    body_lr_mult: float | None = None
-    freeze_body_epochs: int | None = None
+    epochs: int | None = option(None, "how many passes over the training images (the schedule's length)", RECIPE)
+    batch_size: int | None = option(None, "global batch (split over torchrun processes)", RECIPE)
+    lr: float | None = option(None, "peak learning rate", RECIPE)
+    weight_decay: float | None = option(None, "L2 penalty on the weights (not on biases and BN)", RECIPE)
+    warmup_epochs: float | None = option(None, "linear learning-rate warm-up", RECIPE)
+    schedule: str | None = option(
+        None,
+        "how the rate falls after the warm-up: cosine; onecycle (a straight line to zero: with a warm-up, the "
+        "one-cycle schedule of fast large-batch training); exponential (per epoch); poly (DeepLab's)",
+        RECIPE,
+        choices=SCHEDULES,
+    )
+    decay_epochs: int | None = option(
+        None,
+        "the schedule ends at epoch N (default: the last); past N, cosine turns back up as PyTorch's "
+        "CosineAnnealingLR(T_max=N) does (the seed's '200 epochs, decayed until 150'), the others stay at zero",
+        RECIPE,
+        metavar="N",
+    )
+    label_smoothing: float | None = option(None, "in [0, 1)", RECIPE)
+    ema_decay: float | None = option(None, "EMA of weights (e.g. 0.9999); 0 turns it off", RECIPE)
+    body_lr_mult: float | None = option(
+        None, "the pretrained body learns at this x --lr, the classifier at --lr (finetune recipe: 0.3)", START
+    )
+    freeze_body_epochs: int | None = option(
+        None,
+        "train only the classifier for the first N epochs (body weights and BN statistics held)",
+        START,
+        metavar="N",
+    )
     # model
-    width_mult: float = 1.0
-    resolution: int | None = None
-    activation: str | None = None
+    width_mult: float = option(1.0, "width multiplier alpha (default 1.0)", MODEL)
+    resolution: int | None = option(None, "input side (default 32 for CIFAR recipes, else 224)", MODEL)
+    activation: str | None = option(None, "relu or relu6 inside the blocks (the V1/V2 ablation)", MODEL)
     # the V2 paper's Figure 6 ablations (MobileNetV2 only): ReLU6 after the projection, no shortcuts
-    linear_bottleneck: bool = True
-    residual: bool = True
+    linear_bottleneck: bool = option(
+        True,
+        "MobileNetV2 with ReLU6 after each projection (the V2 paper's Figure 6 ablation)",
+        MODEL,
+        flag="--nonlinear-bottleneck",
+    )
+    residual: bool = option(
+        True, "MobileNetV2 without shortcuts between bottlenecks (Figure 6)", MODEL, flag="--no-shortcuts"
+    )
     # start from trained weights (fine-tuning), optionally quantization-aware
-    init_from: str | None = None
-    qat: bool = False
-    qat_calibration: int = 256  # training images whose activations set the initial int8 ranges
-    freeze_bn: bool = False  # keep every batch norm's statistics (e.g. the pretrained ones)
+    init_from: str | None = option(
+        None,
+        "start from these weights: torchvision's published file, a run's best.pt, saved or converted "
+        "(decoupled) weights; a classifier for another number (or set) of classes is re-initialised",
+        START,
+        metavar="WEIGHTS",
+    )
+    qat: bool = option(
+        False,
+        "quantization-aware training: the model computes what its int8 ONNX export will (folded BN, int8 "
+        "weights, uint8 activations with learned ranges); needs --init-from; use a -qat recipe",
+        QAT,
+    )
+    qat_calibration: int = option(256, "training images that set the initial int8 ranges (256)", QAT)
+    freeze_bn: bool = option(False, "keep every batch norm's (pretrained) statistics throughout", START)
     # the body's first N layers (model.features[:N]) never train: weights and statistics held, and
     # no backward pass through them - the generic early filters a pretrained network keeps anyway
-    freeze_layers: int = 0
+    freeze_layers: int = option(
+        0,
+        "never train the body's first N layers (features[:N]): no backward pass through them, so each "
+        "step is cheaper (the README's fine-tuning command uses 2)",
+        START,
+        metavar="N",
+    )
     # distillation (Hinton et al. 2015): learn from a trained teacher's softened outputs
-    teacher: str | None = None  # a checkpoint or saved model (or a state dict with teacher_model)
-    teacher_model: str | None = None  # the registry name of a teacher file that records no architecture
-    distill_weight: float = DISTILL_WEIGHT  # w: loss = (1 - w) CE + w T^2 KL
-    temperature: float = TEMPERATURE  # T
-    unlabelled: str | None = None  # a folder of images without labels, learnt from the teacher alone
-    with_labelled: bool = False  # with unlabelled: also train on the labelled images of data_dir
+    teacher: str | None = option(
+        None, "a trained model's checkpoint or saved file (any architecture and width)", TEACH, metavar="WEIGHTS"
+    )
+    teacher_model: str | None = option(
+        None, "the teacher's architecture, for a file that records none", TEACH, metavar="NAME"
+    )
+    distill_weight: float = option(
+        DISTILL_WEIGHT,
+        f"with --teacher: loss = (1-W) CE + W T^2 KL(teacher || student) (default {DISTILL_WEIGHT:g})",
+        TEACH,
+        metavar="W",
+    )
+    temperature: float = option(
+        TEMPERATURE, f"with --teacher: softening temperature (default {TEMPERATURE:g})", TEACH, metavar="T"
+    )
+    unlabelled: str | None = option(
+        None,
+        "train on these images without labels (any layout), from the teacher alone; --data-dir still validates",
+        TEACH,
+        metavar="DIR",
+    )
+    with_labelled: bool = option(False, "with --unlabelled: also train on --data-dir's labelled images", TEACH)
     # data
-    dataset: str | None = None
-    download: bool = False
-    train_subset: int | None = None
-    val_subset: int | None = None
-    workers: int = 0
-    data_on_device: bool = False
-    seed: int = 0
+    dataset: str | None = option(
+        None, "use torchvision's CIFAR files in --data-dir", DATA, choices=("cifar10", "cifar100")
+    )
+    download: bool = option(False, "let torchvision download CIFAR into --data-dir", DATA)
+    train_subset: int | None = option(None, "train on a fixed class-balanced slice of N images", DATA)
+    val_subset: int | None = option(None, "validate on a fixed class-balanced slice of N images", DATA)
+    workers: int = option(2, "data-loading processes per training process (default 2; 0: none)", DATA)
+    data_on_device: bool = option(False, "keep a CIFAR-sized dataset on the device, augment it there", DATA)
+    seed: int = option(0, "seeds weights, data order, augmentation, dropout", DATA)
     # speed
-    device: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool | None = None  # NHWC memory format; None: on for CPU training, where it is faster
-    compile: bool = False
-    # torch.compile's mode; "reduce-overhead" replays each step as a CUDA graph (implies compile)
-    compile_mode: str | None = None
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)", SPEED)
+    precision: str = option("fp32", "autocast precision", SPEED, choices=PRECISIONS)
+    channels_last: bool | None = option(
+        None,
+        "NHWC memory format: 1.1-1.4x faster training on CPUs, where it is the default; "
+        "opt-in on GPUs (not measured there)",
+        SPEED,
+        action="optional",
+    )
+    compile: bool = option(False, "torch.compile the model", SPEED)
+    compile_mode: str | None = option(
+        None,
+        "torch.compile's mode (implies --compile): reduce-overhead replays each training step as a CUDA graph, "
+        "which pays off for small models whose steps are launch-bound",
+        SPEED,
+        choices=COMPILE_MODES,
+    )
     # validation: average each image's logits with its mirror image's (test-time flip, 2x the cost)
-    test_flip: bool = False
+    test_flip: bool = option(
+        False,
+        "validate on each image and its mirror image, logits averaged (test-time flip: twice the evaluation "
+        "cost; +1.1 points for torchvision's MobileNetV2 on the 1,000 shared ImageNet images)",
+        RECIPE,
+    )
     # bookkeeping
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: time-based only)
-    checkpoint_minutes: float = 10.0
-    tensorboard: bool = False
+    checkpoint_every: int = option(0, "also save last.pt every N steps (0: time-based only)", SPEED)
+    checkpoint_minutes: float = option(10.0, "save last.pt at least this often", SPEED)
+    tensorboard: bool = option(False, "write TensorBoard logs to OUT/tensorboard", SPEED)
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first setting that cannot work."""
@@ -139,7 +231,8 @@ class TrainConfig:
             one_of(self.compile_mode, "compile_mode", COMPILE_MODES)
         if self.dataset is not None:
             one_of(self.dataset, "dataset", ("cifar10", "cifar100"))
-        check_device(self.device)
+        if self.device is not None:  # None: cuda where a GPU is visible, else cpu (train() decides)
+            check_device(self.device)
         if self.teacher_model and not self.teacher:
             raise ConfigError(
                 "teacher_model names the network of a teacher file: give teacher=",

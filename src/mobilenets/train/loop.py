@@ -711,6 +711,8 @@ def train(
     other than 0).
     """
     config.validate()
+    if config.device is None:
+        config = replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
     dist = setup(config.device)
     try:
         # A run refused before it wrote anything leaves no empty run directory behind.
