@@ -146,6 +146,23 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ),  # fmt: skip
         ("train", "--unlabelled without teacher"): ([*train, "--unlabelled", "{root}/empty"], ["give --teacher"]),
         ("train", "--with-labelled alone"): ([*train, "--with-labelled"], ["--with-labelled needs --unlabelled"]),
+        ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "detection or segmentation"]),
+        ("train", "--classes unknown"): (
+            [
+                "train",
+                "--model",
+                "ssdlite_mobilenet_v2",
+                "--recipe",
+                "coco-ssdlite",
+                "--data-dir",
+                str(SHARED_DATA / "coco128"),
+                "--out",
+                "{out}",
+                "--classes",
+                "persn",
+            ],
+            ["--classes", "no class 'persn'", "0 person"],
+        ),  # fmt: skip
         ("train", "missing"): (["train", "--model", "mobilenet_v1"], ["--data-dir", "--out"]),
         # eval
         ("eval", "--checkpoint"): (["eval", "--checkpoint", NO_FILE, "--data-dir", CIFAR], ["not found"]),

@@ -454,3 +454,29 @@ def follow_path(base: Path, relative: str) -> Path:
         if path.is_file() and path.stat().st_size < 1024 and not path.suffix:
             path = (path.parent / path.read_text().strip()).resolve()
     return path
+
+
+def select_classes(wanted: str | list[str], known: list[tuple[int, str]], where: str) -> list[int]:
+    """The ids of the classes ``wanted`` names (``"person,car"``, or ids as the dataset numbers
+    them), in the order given, from a dataset's ``known`` (id, name) pairs; a name or id it does
+    not have is a :class:`DataError` listing the ones it has."""
+    tokens = [t.strip() for t in (wanted.split(",") if isinstance(wanted, str) else wanted) if str(t).strip()]
+    if not tokens:
+        raise DataError(f"--classes names no class; {where} has: {_listing(known)}")
+    by_name = {name.lower(): number for number, name in known}
+    ids = {number for number, _ in known}
+    chosen = []
+    for token in tokens:
+        token = str(token)
+        number = int(token) if token.lstrip("-").isdigit() else by_name.get(token.lower())
+        if number is None or number not in ids:
+            raise DataError(f"--classes: {where} has no class {token!r}; it has: {_listing(known)}")
+        if number in chosen:
+            raise DataError(f"--classes names {token!r} twice")
+        chosen.append(number)
+    return chosen
+
+
+def _listing(known: list[tuple[int, str]], most: int = 30) -> str:
+    shown = ", ".join(f"{number} {name}" for number, name in known[:most])
+    return shown + (f" and {len(known) - most} more" if len(known) > most else "")

@@ -159,6 +159,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
             }
             if "class_ids" in resolved:  # a segmenter's: the value of each class in the dataset's masks
                 info["class_ids"] = resolved["class_ids"]
+            if "selected_classes" in resolved:  # trained on these classes of its dataset (--classes)
+                info["selected_classes"] = resolved["selected_classes"]
         # A training checkpoint with an EMA evaluates (and so deploys) the EMA weights.
         for key in ("state_dict", "ema", "model", "model_state", "ema_state"):
             if isinstance(obj.get(key), Mapping):

@@ -91,7 +91,8 @@ class DetectorCommands:
             raise ConfigError("--dataset is for classifiers; a detector is scored on a split of --data-dir")
         val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
         # only the split scored is read, so warnings about the other split's files do not appear
-        data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val, splits=(args.split,))
+        data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val, splits=(args.split,),
+                               classes=info.get("selected_classes"))  # fmt: skip
         check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir,
                       background=True)  # fmt: skip
         split = data.train if args.split == "train" else data.val
@@ -137,7 +138,9 @@ class SegmenterCommands:
         if args.dataset:
             raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
         val = segmentation_transforms(info["resolution"], train=False)
-        data = find_segmentation_data(args.data_dir, train_transforms=val, val_transforms=val)
+        data = find_segmentation_data(
+            args.data_dir, train_transforms=val, val_transforms=val, classes=info.get("selected_classes")
+        )
         check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir)
         split = data.train if args.split == "train" else data.val
         if args.val_subset:

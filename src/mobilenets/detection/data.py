@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
-from ..data import IMAGE_SUFFIXES, follow_path, load_rgb, read_yaml_config
+from ..data import IMAGE_SUFFIXES, follow_path, load_rgb, read_yaml_config, select_classes
 from ..errors import DataError
 
 __all__ = [
@@ -132,6 +132,18 @@ class BoxDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def keep_classes(self, labels: list[int]) -> None:
+        """Keep only the boxes of ``labels`` (in place), renumbered 1, 2, ... in that order: the
+        other objects become background."""
+        renumber = torch.zeros(max([*labels, *(int(t[1].max()) for t in self.targets if len(t[1]))]) + 1,
+                               dtype=torch.int64)  # fmt: skip
+        renumber[torch.tensor(labels)] = torch.arange(1, len(labels) + 1)
+        kept = []
+        for boxes, ids, size in self.targets:
+            mask = renumber[ids] > 0 if len(ids) else torch.zeros(0, dtype=torch.bool)
+            kept.append((boxes[mask], renumber[ids][mask], size))
+        self.targets = kept
 
     def __getitem__(self, index: int):
         boxes, labels, size = self.targets[index]
@@ -323,6 +335,20 @@ class DetectionData:
     val: Dataset | None
     classes: list[str]  # index = label; 0 is the background
     layout: str  # "yolo" or "coco"
+    selected: list[str] | None = None  # the classes --classes kept (by name), renumbered 1..K
+
+
+def _keep_classes(data: DetectionData, wanted: str | list[str], data_dir: Path) -> DetectionData:
+    """``data`` with only the ``wanted`` classes (names, or the dataset's own ids: YOLO's 0-based
+    class ids, COCO's category ids), renumbered 1..K; every other object becomes background."""
+    offset = 1 if data.layout == "yolo" else 0  # a YOLO class id is its label - 1, a COCO id its label
+    known = [(label - offset, name) for label, name in enumerate(data.classes) if label and name != "N/A"]
+    labels = [number + offset for number in select_classes(wanted, known, str(data_dir))]
+    for split in (data.train, data.val):
+        if split is not None:
+            split.keep_classes(labels)
+    names = [data.classes[label] for label in labels]
+    return DetectionData(data.train, data.val, [BACKGROUND, *names], data.layout, selected=names)
 
 
 def find_detection_data(
@@ -331,10 +357,26 @@ def find_detection_data(
     train_transforms: Any = None,
     val_transforms: Any = None,
     splits: tuple[str, ...] = ("train", "val"),
+    classes: str | list[str] | None = None,
 ) -> DetectionData:
     """The train and validation splits of ``data_dir``: a YOLO dataset (its YAML in the folder
     or in ``object_detection/``, as coco128 has it) or COCO JSON (``annotations/instances_*.json``).
-    ``splits`` names the splits read (and checked); the others are None (evaluation reads one)."""
+    ``splits`` names the splits read (and checked); the others are None (evaluation reads one).
+    ``classes`` keeps only those classes (``"person,car"``), renumbered, the rest background."""
+    if classes is None:
+        return _find_detection_data(Path(data_dir), train_transforms, val_transforms, splits)
+    # the readers' warnings (unlabelled images...) only once the classes are known to exist:
+    # a mistyped name is then one line, not two warnings and the error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = _keep_classes(_find_detection_data(Path(data_dir), train_transforms, val_transforms, splits),
+                             classes, Path(data_dir))  # fmt: skip
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return data
+
+
+def _find_detection_data(data_dir: Path, train_transforms: Any, val_transforms: Any, splits: tuple[str, ...]):
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: no such folder")

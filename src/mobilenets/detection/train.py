@@ -60,7 +60,9 @@ class DetectionTrainer(Trainer):
             config.data_dir,
             train_transforms=detection_transforms(self.recipe.transforms, self.resolution, train=True, fill=fill),
             val_transforms=detection_transforms(self.recipe.transforms, self.resolution, train=False, fill=fill),
+            classes=config.classes,
         )
+        self.selected_classes = data.selected
         train_set, val_set = data.train, data.val
         if config.train_subset:
             train_set = Subset(train_set, range(min(config.train_subset, len(train_set))))

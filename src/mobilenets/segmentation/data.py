@@ -41,7 +41,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from ..data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, follow_path, load_rgb, read_yaml_config
+from ..data import (
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    follow_path,
+    load_rgb,
+    read_yaml_config,
+    select_classes,
+)
 from ..errors import DataError
 
 __all__ = [
@@ -200,6 +208,24 @@ class SegmentationData:
     classes: list[str]  # index = training index
     class_ids: list[int]  # the value each class has in the dataset's masks
     layout: str  # "folders" or "voc"
+    selected: list[str] | None = None  # the classes --classes kept (by name), after the background
+
+
+def _selection(
+    class_ids: list[int], names: list[str], ignore: list[int], wanted: str | list[str] | None, where: str
+) -> tuple[np.ndarray, list[int], list[str], list[str] | None]:
+    """The mask lookup table, class ids and names for training, and the names --classes kept:
+    with ``wanted``, the first class (the background: "unlabeled", VOC's "background") and the
+    chosen ones renumbered 1..K, every other class background; without, every class as listed."""
+    if wanted is None:
+        return _lookup(class_ids, ignore), class_ids, names, None
+    chosen = select_classes(wanted, list(zip(class_ids[1:], names[1:])), where)
+    table = _lookup(class_ids, ignore)
+    table[(table >= 0) & (table != IGNORE)] = 0  # every listed class is background...
+    for index, class_id in enumerate(chosen, 1):  # ...but the chosen ones
+        table[class_id] = index
+    kept = [names[class_ids.index(i)] for i in chosen]
+    return table, [class_ids[0], *chosen], [names[0], *kept], kept
 
 
 def _find_config(data_dir: Path) -> Path | None:
@@ -273,10 +299,16 @@ def _voc_pairs(voc: Path, split: str) -> list[tuple[Path, Path]]:
 
 
 def find_segmentation_data(
-    data_dir: str | Path, *, train_transforms: Any = None, val_transforms: Any = None, progress: bool | None = None
+    data_dir: str | Path,
+    *,
+    train_transforms: Any = None,
+    val_transforms: Any = None,
+    progress: bool | None = None,
+    classes: str | list[str] | None = None,
 ) -> SegmentationData:
     """The train and validation splits of ``data_dir``: folder pairs named by a YAML config
-    (in the folder or its ``semantic_segmentation/``) or a Pascal VOC tree."""
+    (in the folder or its ``semantic_segmentation/``) or a Pascal VOC tree.  ``classes`` keeps
+    only those classes (``"person"``, names or the masks' ids), the rest become background."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: no such folder")
@@ -284,7 +316,7 @@ def find_segmentation_data(
     if config is not None:
         spec = read_yaml_config(config)
         class_ids, names, ignore = _config_classes(config, spec)
-        table = _lookup(class_ids, ignore)
+        table, class_ids, names, selected = _selection(class_ids, names, ignore, classes, str(config))
         base = config.parent / str(spec.get("path") or ".")
         splits = {}
         for split, transforms in (("train", train_transforms), ("val", val_transforms)):
@@ -293,13 +325,15 @@ def find_segmentation_data(
                 raise DataError(f"{config}: '{split}:' must name its 'images:' and 'masks:' folders")
             pairs = _folder_pairs(follow_path(base, str(entry["images"])), follow_path(base, str(entry["masks"])))
             splits[split] = MaskPairs(pairs, names, table, transforms, progress=progress)
-        return SegmentationData(splits["train"], splits["val"], names, class_ids, "folders")
+        return SegmentationData(splits["train"], splits["val"], names, class_ids, "folders", selected)
     voc = _voc_root(data_dir)
     if voc is not None:
-        table = _lookup(range(len(VOC_CLASSES)), [])
-        train = MaskPairs(_voc_pairs(voc, "train"), VOC_CLASSES, table, train_transforms, progress=progress)
-        val = MaskPairs(_voc_pairs(voc, "val"), VOC_CLASSES, table, val_transforms, progress=progress)
-        return SegmentationData(train, val, list(VOC_CLASSES), list(range(len(VOC_CLASSES))), "voc")
+        table, class_ids, names, selected = _selection(
+            list(range(len(VOC_CLASSES))), list(VOC_CLASSES), [], classes, str(voc)
+        )
+        train = MaskPairs(_voc_pairs(voc, "train"), names, table, train_transforms, progress=progress)
+        val = MaskPairs(_voc_pairs(voc, "val"), names, table, val_transforms, progress=progress)
+        return SegmentationData(train, val, names, class_ids, "voc", selected)
     raise DataError(
         f"{data_dir} holds no segmentation dataset: expected a config.yaml naming train/val images and masks "
         "(and classes), or Pascal VOC's VOCdevkit/VOC2012 with ImageSets/Segmentation"

@@ -61,8 +61,9 @@ class SegmentationTrainer(Trainer):
             train_transforms=segmentation_transforms(self.resolution, train=True),
             val_transforms=segmentation_transforms(self.resolution, train=False),
             progress=self.progress,
+            classes=config.classes,
         )
-        self.class_ids = data.class_ids
+        self.class_ids, self.selected_classes = data.class_ids, data.selected
         train_set, val_set = data.train, data.val
         if config.train_subset:
             train_set = Subset(train_set, range(min(config.train_subset, len(train_set))))

@@ -179,6 +179,13 @@ class TrainConfig:
         None, "use torchvision's CIFAR files in --data-dir", DATA, choices=("cifar10", "cifar100")
     )
     download: bool = option(False, "let torchvision download CIFAR into --data-dir", DATA)
+    classes: str | None = option(
+        None,
+        "detectors and segmenters: keep only these classes of the dataset (names or its ids, comma-separated, "
+        "e.g. person,car), renumbered; every other object is background. Recorded in the run, so eval applies it",
+        DATA,
+        metavar="A,B",
+    )
     train_subset: int | None = option(None, "train on a fixed class-balanced slice of N images", DATA)
     val_subset: int | None = option(None, "validate on a fixed class-balanced slice of N images", DATA)
     workers: int = option(2, "data-loading processes per training process (default 2; 0: none)", DATA)

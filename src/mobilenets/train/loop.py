@@ -273,6 +273,7 @@ class Trainer:
             self.log(f"warning: the body stays frozen for the whole run (--freeze-body-epochs "
                      f"{recipe.freeze_body_epochs} >= --epochs {recipe.epochs}): only the classifier learns")  # fmt: skip
         self.resolution = config.resolution or recipe.resolution or self._default_resolution()
+        self.selected_classes: list[str] | None = None  # what --classes kept (a task's _datasets sets it)
         train_set, val_set, self.classes = self._datasets()
         if config.unlabelled:
             train_set = self._with_unlabelled(train_set)
@@ -291,6 +292,7 @@ class Trainer:
             "resolution": self.resolution,
             "classes": self.classes,
             "data_root": str(Path(config.data_dir).resolve()),
+            **({"selected_classes": self.selected_classes} if self.selected_classes else {}),
             "world_size": dist.world_size,
         }
         self._build_loaders(train_set, val_set)
@@ -309,6 +311,9 @@ class Trainer:
         if task is not get_task(self.task):
             raise ConfigError(f"recipe {self.recipe.name} is for {task.name} models; {config.model} is a classifier "
                               "(see mobilenets recipes)")  # fmt: skip
+        if config.classes:
+            raise ConfigError("--classes selects a detection or segmentation dataset's classes; a classifier learns "
+                              "the class folders of --data-dir (point it at a tree with only those)")  # fmt: skip
         train_set, val_set, classes = build_datasets(
             config.data_dir,
             style=self.recipe.transforms,

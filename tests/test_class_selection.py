@@ -1,0 +1,92 @@
+"""--classes: a few classes of a detection or segmentation dataset, renumbered, the rest background
+(issue 32), on coco128's real labels and on a generated COCO-JSON set."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from mobilenets.cli import main
+from mobilenets.detection.data import find_detection_data
+from mobilenets.errors import DataError
+from mobilenets.segmentation.data import find_segmentation_data
+from mobilenets.weights import read_weights_file
+
+from .test_first_use import _coco
+
+
+def _quiet(find, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # coco128's unlabelled images and orphan label files
+        return find(*args, **kwargs)
+
+
+def test_yolo_people_of_coco128(shared_data):
+    """coco128's people: 254 boxes on 61 training images (two more label files have no image) and
+    350 on 73 validation images, labelled 1; every other object is gone."""
+    everything = _quiet(find_detection_data, shared_data / "coco128")
+    people = _quiet(find_detection_data, shared_data / "coco128", classes="person")
+    assert people.classes == ["__background__", "person"] and people.selected == ["person"]
+    for split, images, boxes in (("train", 61, 254), ("val", 73, 350)):
+        dataset, original = getattr(people, split), getattr(everything, split)
+        labels = [t[1] for t in dataset.targets]
+        assert sum(1 for x in labels if len(x)) == images and sum(len(x) for x in labels) == boxes
+        assert all(set(x.tolist()) <= {1} for x in labels)
+        # the same boxes as the unselected reader's class 1 (person), in the same images
+        for (kept, _, _), (all_boxes, all_labels, _) in zip(dataset.targets, original.targets):
+            assert torch.equal(kept, all_boxes[all_labels == 1])
+    # ids are the dataset's own: YOLO's 0 is person, 2 is car; the order given is the new numbering
+    cars_first = _quiet(find_detection_data, shared_data / "coco128", classes="2,0")
+    assert cars_first.classes == ["__background__", "car", "person"]
+
+
+def test_coco_json_selection_renumbers_category_ids(tmp_path):
+    root = _coco(tmp_path / "coco")
+    blobs = _quiet(find_detection_data, root, classes="3")  # COCO ids are category ids
+    assert blobs.classes == ["__background__", "blob"]
+    labels = [t[1].tolist() for t in blobs.train.targets]
+    assert labels == [[], [1], [], []]  # image 1 holds the blob (id 3), image 0 the square (id 1), now background
+    assert _quiet(find_detection_data, root, classes="blob, square").classes == ["__background__", "blob", "square"]
+    with pytest.raises(DataError, match=r"has no class 'dog'; it has: 1 square, 3 blob"):
+        _quiet(find_detection_data, root, classes="dog")
+    with pytest.raises(DataError, match="names '3' twice"):
+        _quiet(find_detection_data, root, classes="blob,3")
+
+
+def test_segmentation_people_of_coco128(shared_data):
+    everything = _quiet(find_segmentation_data, shared_data / "coco128")
+    people = _quiet(find_segmentation_data, shared_data / "coco128", classes="person")
+    assert people.classes == ["unlabeled", "person"] and people.class_ids == [0, 1] and people.selected == ["person"]
+    person = everything.classes.index("person")
+    seen = 0
+    for index in range(len(people.val)):
+        mask, original = people.val.mask(index), everything.val.mask(index)
+        assert set(mask.unique().tolist()) <= {0, 1, 255}
+        assert torch.equal(mask == 1, original == person) and torch.equal(mask == 255, original == 255)
+        seen += int((mask == 1).any())
+    assert seen > 20  # coco128's val masks show people in most images
+    with pytest.raises(DataError, match="has no class 'persons'"):
+        _quiet(find_segmentation_data, shared_data / "coco128", classes="persons")
+
+
+def test_a_run_records_its_classes_and_eval_applies_them(tmp_path, capsys):
+    root = _coco(tmp_path / "coco")
+    out = tmp_path / "run"
+    argv = ["train", "--model", "ssdlite_mobilenet_v2", "--recipe", "coco-ssdlite", "--data-dir", str(root),
+            "--resolution", "96", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--no-progress",
+            "--classes", "blob", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    _, arch, info = read_weights_file(out / "best.pt")
+    assert arch["num_classes"] == 2 and info["classes"] == ["__background__", "blob"]
+    assert info["selected_classes"] == ["blob"]
+    capsys.readouterr()
+    code = main(["eval", "--checkpoint", str(out / "best.pt"), "--data-dir", str(root), "--workers", "0", "--json"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 4 and metrics["boxes"] == 1  # only the blob is scored
+    # resuming with other classes is another run
+    assert main([*argv[:-4], "--classes", "square", "--out", str(out)]) == 2
+    assert "different settings" in capsys.readouterr().err
