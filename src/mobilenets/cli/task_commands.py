@@ -19,6 +19,16 @@ def _refuse_test_flip(args: argparse.Namespace, info: dict[str, Any]) -> None:
         raise ConfigError(f"--test-flip averages a classifier's logits; these weights are a {info['task']} model")
 
 
+def _scored_split(data, args: argparse.Namespace):
+    """The split --split names, its first --val-subset images (as training's --val-subset takes them)."""
+    split = data.train if args.split == "train" else data.val
+    if args.val_subset:
+        from torch.utils.data import Subset
+
+        split = Subset(split, range(min(args.val_subset, len(split))))
+    return split
+
+
 class ClassifierCommands:
     def evaluate(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..data import build_datasets, eval_dataset, make_loader
@@ -95,12 +105,7 @@ class DetectorCommands:
                                classes=info.get("selected_classes"))  # fmt: skip
         check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir,
                       background=True)  # fmt: skip
-        split = data.train if args.split == "train" else data.val
-        if args.val_subset:  # the first N images, as training's --val-subset takes them
-            from torch.utils.data import Subset
-
-            split = Subset(split, range(min(args.val_subset, len(split))))
-        loader = make_loader(split, args.batch_size or 16, workers=args.workers, collate_fn=collate)
+        loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
         metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
         if args.json:
             print(json.dumps(metrics, indent=2))
@@ -142,12 +147,7 @@ class SegmenterCommands:
             args.data_dir, train_transforms=val, val_transforms=val, classes=info.get("selected_classes")
         )
         check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir)
-        split = data.train if args.split == "train" else data.val
-        if args.val_subset:
-            from torch.utils.data import Subset
-
-            split = Subset(split, range(min(args.val_subset, len(split))))
-        loader = make_loader(split, args.batch_size or 8, workers=args.workers, collate_fn=collate)
+        loader = make_loader(_scored_split(data, args), args.batch_size or 8, workers=args.workers, collate_fn=collate)
         metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
                                      progress=sys.stderr.isatty())  # fmt: skip
         if args.json:
