@@ -140,21 +140,20 @@ def _latencies(models: dict[str, Any], resolution: int) -> dict[str, dict[str, A
     when that range is wide (one figure from a loaded host can be 50x off)."""
     import torch
 
-    from ..cost.latency import WIDE_SPREAD, spread, timings_ms
+    from ..cost.latency import WIDE_SPREAD, alternating_ms, spread
 
-    runners = {}
+    calls = {}
     for label, model in models.items():
+        x = torch.randn(1, getattr(model, "in_channels", 3), resolution, resolution)
         for layout in ("eager", "channels_last"):
-            copy_ = copy.deepcopy(model).cpu().eval()
+            net = copy.deepcopy(model).cpu().eval()
             if layout == "channels_last":
-                copy_ = copy_.to(memory_format=torch.channels_last)
-            x = torch.randn(1, getattr(model, "in_channels", 3), resolution, resolution)
-            runners[(label, layout)] = (copy_, x)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+                net = net.to(memory_format=torch.channels_last)
+            calls[(label, layout)] = lambda net=net, x=x: net(x)
     with torch.no_grad():
-        for _ in range(5):  # rounds
-            for key, (net, x) in runners.items():
-                times[key] += timings_ms(lambda net=net, x=x: net(x), runs=4, warmup=1)
+        for call in calls.values():  # first-call allocations
+            call()
+        times = alternating_ms(calls, rounds=5, runs=4)
     result: dict[str, dict[str, Any]] = {label: {} for label in models}
     for (label, layout), values in times.items():
         stats = spread(values)

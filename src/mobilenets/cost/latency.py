@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["WIDE_SPREAD", "measure_latency", "median_ms", "spread", "timings_ms"]
+K = TypeVar("K")
+
+__all__ = ["WIDE_SPREAD", "alternating_ms", "measure_latency", "median_ms", "spread", "timings_ms"]
 
 
 @torch.no_grad()
@@ -50,12 +53,28 @@ def timings_ms(call: Callable[[], object], *, runs: int = 20, warmup: int = 3) -
     return times
 
 
+def alternating_ms(
+    calls: Mapping[K, Callable[[], object]], *, rounds: int, runs: int, pause: float = 0.0
+) -> dict[K, list[float]]:
+    """Milliseconds of each call, ``runs`` back to back a round, the calls taking turns for
+    ``rounds`` rounds (warm them up first): drift of a noisy machine (clock, neighbours) then
+    reaches them all alike, so their ratios hold.  ``pause`` seconds before each call's turn let
+    the previous engine's worker threads stop spinning."""
+    times: dict[K, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            if pause:
+                time.sleep(pause)
+            times[key] += timings_ms(call, runs=runs, warmup=0)
+    return times
+
+
 # p90 / p10 above this: the host was busy while timing, and one figure would mislead
 WIDE_SPREAD = 1.5
 
 
 def spread(times: list[float]) -> dict[str, float]:
     """Median and the 10th-90th percentile range of ``times`` (ms), and whether it is wide."""
-    ordered = sorted(times)
-    low, high = ordered[int(0.1 * (len(ordered) - 1))], ordered[int(round(0.9 * (len(ordered) - 1)))]
-    return {"median_ms": statistics.median(ordered), "p10_ms": low, "p90_ms": high, "wide": high > WIDE_SPREAD * low}
+    deciles = statistics.quantiles(times, n=10)
+    low, high = deciles[0], deciles[-1]
+    return {"median_ms": statistics.median(times), "p10_ms": low, "p90_ms": high, "wide": high > WIDE_SPREAD * low}

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from .._table import format_table, human
 from ..cost import profile
+from ..cost.latency import alternating_ms
 from ..errors import ConfigError
 from ..models import create_model, load_model_with_info
 from ..predict import check_classes, default_data_info
@@ -411,12 +412,8 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
                     timed.append((result, run, x))
                 except Exception as exc:
                     result.error = _error(exc)
-    times: dict[int, list[float]] = {id(r): [] for r, _, _ in timed}
-    per_round = max(1, -(-runs // ROUNDS))
-    for _ in range(ROUNDS):
-        for result, run, x in timed:
-            time.sleep(0.05)  # let the previous engine's worker threads stop spinning
-            times[id(result)] += [1000 * time_call(lambda: run(x)) for _ in range(per_round)]
+    calls = {id(result): (lambda run=run, x=x: run(x)) for result, run, x in timed}
+    times = alternating_ms(calls, rounds=ROUNDS, runs=max(1, -(-runs // ROUNDS)), pause=0.05)
     for result, _, _ in timed:
         samples = times[id(result)]
         result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
@@ -629,15 +626,11 @@ def int8_pays(fp32: Path, int8: Path, size: int, runs: int = 30) -> tuple[float,
     faster depends on the CPU (integer dot-product instructions: VNNI on x86, dot-product
     on Arm), so it is measured where the export runs, not assumed."""
     x = torch.rand(1, 3, size, size)
-    runners = [_ort_runner(fp32, 0), _ort_runner(int8, 0)]
-    samples: list[list[float]] = [[], []]
-    for run in runners:
-        run(x)  # first-call allocations
-    for _ in range(ROUNDS):
-        for run, times in zip(runners, samples):
-            time.sleep(0.05)
-            times += [1000 * time_call(lambda: run(x)) for _ in range(-(-runs // ROUNDS))]
-    return statistics.median(samples[0]), statistics.median(samples[1])
+    calls = {path: (lambda run=_ort_runner(path, 0): run(x)) for path in (fp32, int8)}
+    for call in calls.values():
+        call()  # first-call allocations
+    times = alternating_ms(calls, rounds=ROUNDS, runs=-(-runs // ROUNDS), pause=0.05)
+    return statistics.median(times[fp32]), statistics.median(times[int8])
 
 
 def machine_description(threads: Sequence[int]) -> dict[str, Any]:
