@@ -436,12 +436,33 @@ def _unreachable(
     )
 
 
+def _most_saved(original: dict[str, int], cost: Callable[[str, int], int]) -> int:
+    """The mult-adds rank 1 in every layer saves: the most any allocation can (every method's
+    cost grows with the rank)."""
+    return sum(max(original[n] - cost(n, 1), 0) for n in original)
+
+
 def _check_reachable(original: dict[str, int], cost: Callable[[str, int], int], needed: float) -> None:
-    """Refuse a saving of ``needed`` mult-adds that even rank 1 in every layer cannot make
-    (every method's cost grows with the rank), naming the layers that can be converted."""
-    most = sum(max(original[n] - cost(n, 1), 0) for n in original)
+    """Refuse a saving of ``needed`` mult-adds that no allocation can make, naming the layers
+    that can be converted."""
+    most = _most_saved(original, cost)
     if most < needed:
         raise _unreachable(most, needed, convertible=list(original))
+
+
+def _highest_rank(cost: Callable[[int], float], limit: float, max_rank: int) -> int | None:
+    """The highest rank in 1..max_rank whose cost is at most ``limit`` (None if rank 1 is over it),
+    by bisection: costs grow with the rank, and CP's ranks run to N x M (262,144 for a 512x512 conv)."""
+    if cost(1) > limit:
+        return None
+    low, high = 1, max_rank
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _uniform_ranks(
@@ -456,15 +477,14 @@ def _uniform_ranks(
         fraction = 1 - saving / sum(original[n] for n in pool)
         ranks = {}
         for n in pool:
-            fits = [t for t in range(1, max_ranks[n] + 1) if cost(n, t) <= fraction * original[n]]
-            if fits:
-                ranks[n] = fits[-1]
-            else:
+            rank = _highest_rank(lambda t, n=n: cost(n, t), fraction * original[n], max_ranks[n])
+            if rank is None:
                 kept.add(n)
+            else:
+                ranks[n] = rank
         if len(ranks) == len(pool):
             return ranks
-    most = sum(max(original[n] - min(cost(n, t) for t in range(1, max_ranks[n] + 1)), 0) for n in original)
-    raise _unreachable(most, saving)
+    raise _unreachable(_most_saved(original, cost), saving)
 
 
 @torch.no_grad()
