@@ -85,7 +85,7 @@ def check_classes(
         raise DataError(f"{data} has {_count(classes, background)} but {model} has {_count(expected, background)}")
     names = recorded_class_names(info)
     if names is not None and names != list(classes):
-        first = next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
+        first = _first_difference(names, classes)
         raise DataError(
             f"the classes of {data} are not the classes {model} was trained on "
             f"(class {first}: {classes[first]!r} in the data, {names[first]!r} in the model)"
@@ -99,8 +99,13 @@ def renamed_classes(info: dict[str, Any], classes: Sequence[str], source: str) -
     names = recorded_class_names(info)
     if names is None or len(names) != len(classes) or names == list(classes):
         return ""
-    first = next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
+    first = _first_difference(names, classes)
     return f"{source} was trained on other classes: class {first} is {names[first]!r} there, {classes[first]!r} here"
+
+
+def _first_difference(names: Sequence[str], classes: Sequence[str]) -> int:
+    """The first position where two class lists of the same length name different classes."""
+    return next(i for i, (a, b) in enumerate(zip(names, classes)) if a != b)
 
 
 def _count(classes: Sequence[str], background: bool) -> str:

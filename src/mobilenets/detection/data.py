@@ -141,8 +141,8 @@ class BoxDataset(Dataset):
         renumber[torch.tensor(labels)] = torch.arange(1, len(labels) + 1)
         kept = []
         for boxes, ids, size in self.targets:
-            mask = renumber[ids] > 0 if len(ids) else torch.zeros(0, dtype=torch.bool)
-            kept.append((boxes[mask], renumber[ids][mask], size))
+            new = renumber[ids]
+            kept.append((boxes[new > 0], new[new > 0], size))
         self.targets = kept
 
     def __getitem__(self, index: int):
@@ -377,7 +377,6 @@ def find_detection_data(
 
 
 def _find_detection_data(data_dir: Path, train_transforms: Any, val_transforms: Any, splits: tuple[str, ...]):
-    data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: no such folder")
     config = _yolo_config(data_dir)

@@ -18,6 +18,7 @@ are the PyTorch model's (checked when exporting and in the tests).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,6 @@ def is_detector(model: Any) -> bool:
 def detector_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any], list[str]]:
     """What an export of a detector holds: the network and its box decoding (NMS runs after
     it, with the thresholds recorded in the metadata)."""
-    import copy
-
     extra = {"task": "detection", "postprocess": postprocess_settings(model)}
     return DecodedDetector(copy.deepcopy(model).eval(), int(info["resolution"])), extra, ["boxes", "scores"]
 

@@ -56,13 +56,11 @@ __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Settings that may differ when a run is resumed: they change how the run is
-# carried out or how long it goes on, not what an epoch computes.
-# (A teacher file may move: its identity is its content, compared separately.)
-# The memory format is one of them: NCHW and NHWC compute the same convolutions.
-# Settings that change how a run is carried out, not what it computes: they may differ on resuming.
-# data_dir is compared as the folder it resolves to (a relative path from another directory is
-# the same data), the teacher by its file's hash; the epochs set the schedule, so they must match.
+# Settings that may differ when a run is resumed: they change how the run is carried out,
+# not what it computes (NCHW and NHWC compute the same convolutions).  The epochs are not among
+# them: they set the schedule.  Compared separately: the teacher by its file's content (the
+# file may move), data_dir as the folder it resolves to (a relative path from elsewhere is the
+# same data) and the class list.
 RESUMABLE_CHANGES = {
     "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard", "teacher",
     "channels_last",
