@@ -204,6 +204,21 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("predict", "--threshold"): ([*pr, "--threshold", "1.5"], ["--threshold"]),
         ("predict", "--out"): ([*pr, "--out", "{out}"], ["--out draws boxes", "detectors"]),
         ("predict", "--onnx"): (["predict", "--onnx", "{root}/notes.txt", TENCH], ["notes.txt"]),
+        ("predict", "--exported"): (
+            ["predict", "--exported", "{root}/notes.txt", TENCH],
+            ["notes.txt", "not an exported model"],
+        ),
+        ("predict", "--exported not found"): (["predict", "--exported", "m.xml", TENCH], ["not found: m.xml"]),
+        ("eval", "--exported"): (
+            ["eval", "--exported", "{root}/notes.txt", "--data-dir", "{root}"],
+            ["notes.txt", "not an exported model"],
+        ),
+        ("eval", "--onnx"): (["eval", "--onnx", "{root}/notes.txt", "--data-dir", "{root}"], ["notes.txt"]),
+        ("eval", "--pte"): (
+            ["eval", "--pte", "{root}/notes.txt", "--data-dir", "{root}"],
+            ["notes.txt.json", "missing"],
+        ),
+        ("eval", "--exported with --checkpoint"): ([*ev, "--exported", "m.onnx"], ["not both"]),
         ("predict", "--onnx with --checkpoint"): ([*pr, "--onnx", "{root}/notes.txt"], ["not both"]),
         ("predict", "--pte with --onnx"): (["predict", "--pte", "m.pte", "--onnx", "m.onnx", TENCH], ["not both"]),
         ("predict", "--pte"): (["predict", "--pte", "{root}/notes.txt", TENCH], ["notes.txt.json", "missing"]),
@@ -299,6 +314,12 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             ["--calibration"],
         ),
         ("export", "--int8 without calibration"): ([*exp, "--int8"], ["--calibration"]),
+        ("export", "--precision"): ([*exp, "--precision", "fp16"], ["--precision", "invalid choice"]),
+        ("export", "--precision bf16 for onnx"): (
+            [*exp, "--precision", "bf16"],
+            ["ONNX Runtime runs fp32, int8, not bf16"],
+        ),
+        ("export", "--precision with --int8"): ([*exp, "--precision", "fp32", "--int8"], ["disagree"]),
         ("export", "--calibration"): ([*exp, "--int8", "--calibration", "{root}/empty"], ["no images"]),
         ("export", "--calibration-images"): ([*exp, "--calibration-images", "0"], ["--calibration-images"]),
         ("export", "--calibration-method"): ([*exp, "--calibration-method", "max"], ["--calibration-method"]),
@@ -356,6 +377,37 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("bench", "--val-subset"): ([*bench, "--val-subset", "0"], ["--val-subset"]),
         ("bench", "--calibration"): ([*bench, "--calibration", "/nonexistent"], ["not found"]),
         ("bench", "--out"): ([*bench, "--out", "{root}/notes.txt/b", "--backends", "nope"], ["nope"]),
+        # choose
+        ("choose", "--latency-ms"): (["choose", "--latency-ms", "0"], ["--latency-ms must be a positive"]),
+        ("choose", "--latency-ms text"): (["choose", "--latency-ms", "fast"], ["--latency-ms", "invalid float"]),
+        ("choose", "--runtime"): (["choose", "--latency-ms", "3", "--runtime", "tpu"], ["no runtime 'tpu'"]),
+        ("choose", "--precision"): (
+            ["choose", "--latency-ms", "3", "--precision", "bf16"],
+            ["ONNX Runtime runs fp32, int8, not bf16"],
+        ),
+        ("choose", "--threads"): (["choose", "--latency-ms", "3", "--threads", "0"], ["--threads", "positive integer"]),
+        ("choose", "--families"): (["choose", "--latency-ms", "3", "--families", "v4"], ["--families", "v4"]),
+        ("choose", "--runs"): (["choose", "--latency-ms", "3", "--runs", "0"], ["--runs", "positive integer"]),
+        ("choose", "--out"): (["choose", "--latency-ms", "3", "--out", "{out}", "--runtime", "tpu"], ["no runtime"]),
+        # export --format auto
+        ("export", "--tolerance"): (
+            [*exp[:-2], "--out", "{out}/m", "--format", "auto", "--tolerance", "-1"],
+            ["--tolerance", "cannot be negative"],
+        ),
+        ("export", "--tolerance without auto"): ([*exp, "--tolerance", "1"], ["--tolerance is for --format auto"]),
+        ("export", "--runtimes"): (
+            [*exp[:-2], "--out", "{out}/m", "--format", "auto", "--runtimes", "tpu"],
+            ["no runtime 'tpu'"],
+        ),
+        ("export", "--threads"): ([*exp, "--threads", "0"], ["--threads", "positive integer"]),
+        ("export", "--format auto with --int8"): (
+            [*exp[:-2], "--out", "{out}/m", "--format", "auto", "--int8"],
+            ["tries every precision"],
+        ),
+        ("export", "--format auto without images"): (
+            [*exp[:-2], "--out", "{out}/m", "--format", "auto"],
+            ["--calibration DIR"],
+        ),
     }
 
 

@@ -407,18 +407,19 @@ def test_collate_keeps_images_of_different_sizes():
     assert [tuple(i.shape) for i in images] == [(3, 10, 20), (3, 30, 5)] and targets == [{"a": 1}, {"a": 2}]
 
 
-def test_onnx_export_gives_the_pytorch_detections(trained, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["onnx", "openvino"])
+def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
     """The exported graph (network + box decoding) with the detector's own NMS after it
-    finds the same boxes, scores and labels as the PyTorch detector."""
-    pytest.importorskip("onnxruntime")
-    from mobilenets.export.detection import OnnxDetector
+    finds the same boxes, scores and labels as the PyTorch detector, in ONNX Runtime and OpenVINO."""
+    pytest.importorskip({"onnx": "onnxruntime", "openvino": "openvino"}[kind])
+    from mobilenets.runtimes import load_exported
 
     root, out, _ = trained
-    path = tmp_path / "det.onnx"
-    assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path)]) == 0
-    assert "max relative error" in capsys.readouterr().out
+    path = tmp_path / ("det.onnx" if kind == "onnx" else "det.xml")
+    assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path), "--format", kind]) == 0
+    assert "relative error" in capsys.readouterr().out
     model = mobilenets.load_model(out / "a" / "best.pt").eval()
-    exported = OnnxDetector(path)
+    exported = load_exported(path)
     images = [detection_transforms("ssdlite", 128, train=False, fill=(0,))(Image.open(p).convert("RGB"))
               for p in sorted((root / "images" / "val").iterdir())[:2]]  # fmt: skip
     for ours, theirs in zip(model(images), exported(images)):
@@ -427,7 +428,7 @@ def test_onnx_export_gives_the_pytorch_detections(trained, tmp_path, capsys):
         torch.testing.assert_close(theirs["scores"], ours["scores"].detach(), atol=1e-5, rtol=1e-4)
         assert torch.equal(theirs["labels"], ours["labels"])
     image = str(root / "images" / "val" / "1.jpg")
-    assert main(["predict", "--onnx", str(path), image, "--threshold", "0", "--json"]) == 0
+    assert main(["predict", "--exported", str(path), image, "--threshold", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["boxes"]
-    assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path), "--int8"]) == 2
-    assert "a detector exports in fp32" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path), "--int8", "--format", kind]) == 2
+    assert "int8" in capsys.readouterr().err

@@ -460,7 +460,7 @@ def test_bench_memory_probe_sees_the_activations(tmp_path):
     output is 16 MB per image must add at least 3 x 16 MB more at batch 4 than at batch 1.
     Measured: about 96 MB in both (eager holds the conv's and the ReLU's outputs at once;
     ONNX Runtime fuses them but its arena grows in powers of two)."""
-    from mobilenets.export.bench import isolated_memory
+    from mobilenets.runtimes.bench import isolated_memory
 
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU()).eval()  # 64 x 256 x 256 floats = 16 MB
     torch.onnx.export(

@@ -295,7 +295,7 @@ def test_export_random_weights_only_when_asked(tmp_path, capsys):
 
 def test_bench_takes_a_fine_tuned_checkpoints_architecture_from_the_file(tmp_path):
     """A 3-class fine-tuned MobileNetV2 is benchmarked as such, scored on its own classes."""
-    from mobilenets.export.bench import run_bench
+    from mobilenets.runtimes.bench import run_bench
 
     names = ["a", "b", "c"]
     model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, num_classes=3, resolution=64)

@@ -384,7 +384,7 @@ def test_poly_schedule_decays_to_zero():
 
 def test_bench_times_segmenters_beside_torchvisions_twin():
     pytest.importorskip("onnxruntime")
-    from mobilenets.export.bench import run_bench
+    from mobilenets.runtimes.bench import run_bench
 
     results = run_bench(["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v2"], backends=("eager", "onnxruntime"),
                         resolution=64, runs=1, warmup=0, memory=False)  # fmt: skip

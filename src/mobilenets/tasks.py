@@ -46,6 +46,9 @@ class Task:
     # "module:function" (num_classes) -> (class names, where they come from) or None: names its
     # published weights imply (ImageNet's 1000, COCO's 91, Pascal VOC's 21)
     default_classes_hook: str | None = None
+    # "module:Class" wrapping an exported file's network (any runtime) with the task's
+    # post-processing; None: the network is called on batches as it is
+    exported_hook: str | None = None
 
     def trainer(self) -> type:
         return _load(self.trainer_hook)
@@ -55,6 +58,10 @@ class Task:
 
     def deployable(self, model: Any, info: Mapping[str, Any]) -> tuple[Any, dict[str, Any], list[str]]:
         return _load(self.deployable_hook)(model, info)
+
+    def exported_runner(self, network: Any) -> Any:
+        """``network`` (an exported file loaded by a runtime) as the task's commands call a model."""
+        return network if self.exported_hook is None else _load(self.exported_hook)(network)
 
     def default_classes(self, num_classes: int | None) -> tuple[list[str], str] | None:
         if self.default_classes_hook is None or not num_classes:
@@ -96,6 +103,7 @@ register_task(
         commands_hook="mobilenets.cli.task_commands:DETECTION",
         deployable_hook="mobilenets.export.detection:detector_graph",
         default_classes_hook="mobilenets.detection.data:coco_classes",
+        exported_hook="mobilenets.export.detection:ExportedDetector",
     )
 )
 register_task(

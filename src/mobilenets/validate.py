@@ -20,7 +20,6 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
-    "BENCH_BACKENDS",
     "CALIBRATION_METHODS",
     "EXECUTORCH_CALIBRATION_METHODS",
     "DECOMPOSITION_METHODS",
@@ -50,15 +49,6 @@ WEIGHT_ROUNDING = ("gptq", "nearest")  # int8 dense weights
 DECOMPOSITION_METHODS = ("cp", "tucker", "spatial", "channel")  # decoupling's baselines
 DECOUPLE_ORDERS = ("dw_pw", "pw_dw")
 LATENCY_BACKENDS = ("onnxruntime", "channels_last")  # where a latency budget is measured
-BENCH_BACKENDS = (
-    "eager",
-    "channels_last",
-    "compile",
-    "onnxruntime",
-    "onnxruntime-int8",
-    "executorch-xnnpack",
-    "executorch-xnnpack-int8",
-)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import MobileNetsError
-from . import bench_cmd, decouple_cmd, export_cmd, models_cmd, plot_cmd, profile_cmd, train_cmd
+from . import bench_cmd, choose_cmd, decouple_cmd, export_cmd, models_cmd, plot_cmd, profile_cmd, train_cmd
 
-SUBCOMMANDS = [models_cmd, profile_cmd, train_cmd, plot_cmd, decouple_cmd, export_cmd, bench_cmd]
+SUBCOMMANDS = [models_cmd, profile_cmd, train_cmd, plot_cmd, decouple_cmd, export_cmd, bench_cmd, choose_cmd]
 
 __all__ = ["build_parser", "main"]
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..validate import BENCH_BACKENDS, NON_NEGATIVE_INT, POSITIVE_INT, csv_of
+from ..runtimes import bench_paths
+from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, csv_of
 
 EXAMPLES = """\
 Examples:
@@ -21,6 +22,8 @@ Examples:
   mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8 \\
       --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample --out bench/
+  # every CPU runtime at every precision this CPU has ([openvino,litert] extras): which is fastest here?
+  mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8,openvino,openvino-bf16,openvino-int8,litert,litert-int8
   # the phone path beside ONNX Runtime: ExecuTorch + XNNPACK, fp32 and int8 (each export lowers ~1 min)
   mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8,executorch-xnnpack,executorch-xnnpack-int8
 """
@@ -33,12 +36,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Time registry models on each backend (eager, channels_last = BN folded + NHWC, compile,\n"
-            "onnxruntime, onnxruntime-int8, executorch-xnnpack[-int8] = the .pte a phone runs, here on x86;\n"
-            "[mobile] extra) and torchvision's model of the same name (eager and its own ONNX\n"
-            "export) in the same process. Reports median and p90 latency, throughput, the ratio to the compute\n"
-            "floor (mult-adds / this CPU's measured multiply-add rate) and to torchvision's ONNX Runtime export,\n"
+            "onnxruntime[-int8], openvino[-bf16|-int8] ([openvino] extra), litert[-int8] ([litert] extra),\n"
+            "executorch-xnnpack[-int8] = the .pte a phone runs, here on x86; [mobile] extra) and torchvision's\n"
+            "model of the same name (eager and its own ONNX export) in the same process.\n"
+            "Reports median and p90 latency, throughput, the ratio to the compute floor (mult-adds / this\n"
+            "CPU's measured multiply-add rate) and to torchvision's ONNX Runtime export,\n"
             "and memory: the peak resident memory of a fresh process that runs only that configuration, and how\n"
-            "much its runs added to the loaded model. Writes bench.txt, bench.json and bench.png to --out."
+            "much its runs added to the loaded model, and ends with the fastest path measured here. Writes\n"
+            "bench.txt, bench.json and bench.png to --out."
         ),
         epilog=EXAMPLES,
     )
@@ -47,9 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--backends",
-        type=csv_of(choices=BENCH_BACKENDS),
+        type=csv_of(choices=list(bench_paths())),
         default=["eager", "channels_last", "onnxruntime", "onnxruntime-int8"],
-        help=f"comma-separated, from: {', '.join(BENCH_BACKENDS)} "
+        help=f"comma-separated, from: {', '.join(bench_paths())} "
         "(default: eager, channels_last, onnxruntime, onnxruntime-int8)",
     )
     parser.add_argument("--batch-sizes", type=csv_of(POSITIVE_INT), default=[1], help="comma-separated (default 1)")
@@ -84,8 +89,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import calibration_images
-    from ..export.bench import machine_description, plot_latency, results_json, results_table, run_bench
     from ..models import get_model_entry
+    from ..runtimes.bench import (
+        fastest_here,
+        machine_description,
+        plot_latency,
+        results_json,
+        results_table,
+        run_bench,
+    )
     from ..weights import atomic_write
 
     for name in args.models:
@@ -123,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     text = results_table(results)
     rates = ", ".join(f"{t} thread(s) {r} G/s" for t, r in machine["peak_gmac_per_s"].items())
     text += f"\n{machine['cpu']}, {machine['logical_cpus']} logical CPUs; measured multiply-add peak: {rates}"
+    text += "\nruntimes: " + ", ".join(f"{name} {version}" for name, version in machine["runtimes"].items())
+    text += "".join("\n" + verdict for verdict in fastest_here(results))
     print(text)
     if args.out:
         out = Path(args.out)

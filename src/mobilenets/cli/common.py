@@ -146,3 +146,40 @@ def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str,
         raise ConfigError(f"{command} needs --checkpoint, or --model (with --weights)")
     model, resolution = model_from_args(args)
     return model.eval(), default_data_info(model, {"resolution": resolution})
+
+
+# options naming an exported file -> the runtime that loads it (None: the one its suffix names)
+EXPORTED_OPTIONS = {"exported": None, "onnx": "onnxruntime", "pte": "executorch"}
+
+
+def add_exported_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exported",
+        metavar="FILE",
+        help="a file written by 'mobilenets export', run by the runtime its kind names: .onnx (ONNX Runtime), "
+        ".xml (OpenVINO), .pte (ExecuTorch); its class names and preprocessing travel with it",
+    )
+    parser.add_argument("--onnx", metavar="FILE", help="an .onnx export, run by ONNX Runtime (as --exported)")
+    parser.add_argument("--pte", metavar="FILE", help="a .pte export, run by ExecuTorch (as --exported)")
+
+
+def load_exported_for_cli(args: argparse.Namespace) -> tuple[Any, dict[str, Any]] | None:
+    """The exported file ``--exported``/``--onnx``/``--pte`` names, loaded by its runtime and
+    ready for its task's commands, with its data info; None when none is given."""
+    given = [option for option in (*EXPORTED_OPTIONS, "checkpoint") if getattr(args, option, None)]
+    if len(given) > 1:
+        named = " and ".join("--" + option for option in given)
+        raise ConfigError(
+            f"give one of --exported, --onnx, --pte and --checkpoint, not {'both' if len(given) == 2 else 'all of'} {named}"
+        )
+    option = next((option for option in EXPORTED_OPTIONS if getattr(args, option, None)), None)
+    if option is None:
+        return None
+    refuse_conflicts(args, "--" + option)
+    if getattr(args, "resolution", None) is not None:
+        raise ConfigError(f"--{option} records its input size; drop --resolution")
+    from ..runtimes import get_runtime, load_exported
+
+    runtime = EXPORTED_OPTIONS[option]
+    model = load_exported(getattr(args, option), runtime=get_runtime(runtime) if runtime else None)
+    return model, model.info

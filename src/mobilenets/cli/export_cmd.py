@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..validate import CALIBRATION_METHODS, EXECUTORCH_CALIBRATION_METHODS, PERCENTILE, POSITIVE_INT, WEIGHT_ROUNDING
+from ..runtimes import export_formats
+from ..validate import (
+    CALIBRATION_METHODS,
+    EXECUTORCH_CALIBRATION_METHODS,
+    PERCENTILE,
+    POSITIVE_INT,
+    WEIGHT_ROUNDING,
+    csv_of,
+)
 from .common import add_random_weights_option, add_source_options, load_for_cli, require_weights
 
 EXAMPLES = """\
@@ -69,12 +78,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "executorch"],
-        help="onnx (default) or executorch: the .pte an Android/iOS app runs through XNNPACK",
+        choices=[*export_formats(), "auto"],
+        help="onnx (default; ONNX Runtime), executorch (the .pte an Android/iOS app runs through XNNPACK), "
+        "openvino (OpenVINO's IR, .xml + .bin; [openvino] extra), litert (.tflite; [litert] extra), or auto: "
+        "time every installed runtime x precision here and write the fastest whose top-1 stays within "
+        "--tolerance of fp32 (--out is then a name without suffix; the chosen runtime's is added)",
     )
-    opts.add_argument("--out", required=True, help="the .onnx (or, for --format executorch, .pte) file to write")
+    opts.add_argument("--out", required=True, help="the file to write: .onnx, .pte (executorch) or .xml (openvino)")
+    opts.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        help="what the file computes in (default fp32; --int8 is --precision int8); bf16: OpenVINO on a CPU with "
+        "AVX-512 BF16 or AMX, refused where the CPU lacks it",
+    )
     opts.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary at run time")
     opts.add_argument("--opset", type=POSITIVE_INT.argtype, default=17, help="ONNX opset (17 to 20; default 17)")
+    add_auto_options(parser)
     quant = parser.add_argument_group("int8")
     quant.add_argument(
         "--int8", action="store_true", help="quantize to int8; needs --calibration unless the checkpoint is from --qat"
@@ -142,12 +161,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run, onnx_only={option: (dest, parser.get_default(dest)) for option, dest in dests.items()})
 
 
+def add_auto_options(parser: argparse.ArgumentParser) -> None:
+    auto = parser.add_argument_group("--format auto")
+    auto.add_argument("--tolerance", type=float, default=0.5,
+                      help="top-1 points a faster path may lose against fp32 (default 0.5); scored on --eval-data, "
+                      "else as agreement with the fp32 model on the --calibration images")  # fmt: skip
+    auto.add_argument("--runtimes", type=csv_of(), help="comma-separated runtimes to try (default: every installed "
+                      "one that writes a file: onnxruntime, openvino, litert, executorch)")  # fmt: skip
+    auto.add_argument("--threads", type=POSITIVE_INT.argtype, default=2, help="threads to time with (default 2)")
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..runtimes import runtime_for_format
+
     out = Path(args.out)
     require_weights(args, "export")
+    if args.precision and args.int8 and args.precision != "int8":
+        raise ConfigError(f"--int8 and --precision {args.precision} disagree: give one")
+    args.int8 = args.int8 or args.precision == "int8"
+    if args.format == "auto":
+        return run_auto(args, out)
+    auto_only = [flag for flag, given in (("--tolerance", args.tolerance != 0.5), ("--runtimes", args.runtimes),
+                                           ("--threads", args.threads != 2)) if given]  # fmt: skip
+    if auto_only:
+        raise ConfigError(f"{', '.join(auto_only)} {'is' if len(auto_only) == 1 else 'are'} for --format auto")
+    precision = "int8" if args.int8 else args.precision or "fp32"
+    runtime = runtime_for_format(args.format)
+    runtime.check(precision)
     if args.calibration and not args.int8:
         raise ConfigError("--calibration sets int8 ranges: add --int8, or drop --calibration")
-    methods = {"onnx": CALIBRATION_METHODS, "executorch": EXECUTORCH_CALIBRATION_METHODS}[args.format]
+    methods = {"executorch": EXECUTORCH_CALIBRATION_METHODS}.get(args.format, CALIBRATION_METHODS)
     if args.calibration_method not in methods:
         raise ConfigError(
             f"--calibration-method {args.calibration_method} is not available for --format {args.format} "
@@ -155,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format == "executorch":
         return run_executorch(args, out)
+    if args.format != "onnx":  # a runtime whose exporter takes the plain settings
+        return run_runtime(args, out, runtime, precision)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
     from ..data import make_loader
@@ -269,11 +314,13 @@ def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibra
 
 def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
     """Time both exports here and say plainly whether int8 is worth shipping to this host."""
-    from ..export.bench import cpu_name, int8_pays
+    from ..runtimes.bench import cpu_description, int8_pays
 
     fp32_ms, int8_ms = int8_pays(fp32, int8, size)
     ratio = fp32_ms / int8_ms
-    print(f"latency on this host ({cpu_name()}, ONNX Runtime, batch 1): fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms")
+    print(
+        f"latency on this host ({cpu_description()}, ONNX Runtime, batch 1): fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms"
+    )
     if ratio >= 1.1:
         print(f"int8 pays here: {ratio:.2f}x faster than fp32")
     elif ratio > 0.95:
@@ -282,7 +329,7 @@ def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
     else:
         print(f"int8 is SLOWER here ({1 / ratio:.2f}x fp32's time): ship fp32 to CPUs like this one; int8 pays on "
               "CPUs with integer dot products (x86 VNNI, Arm dot-product) and still quarters the file")  # fmt: skip
-    return {"fp32": fp32_ms, "int8": int8_ms, "cpu": cpu_name()}
+    return {"fp32": fp32_ms, "int8": int8_ms, "cpu": cpu_description()}
 
 
 def run_executorch(args: argparse.Namespace, out: Path) -> int:
@@ -325,4 +372,92 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
             )
         summary["accuracy"] = accuracy
     write_summary(out, summary)
+    return 0
+
+
+def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) -> int:
+    """``export --format NAME`` for a runtime other than ONNX's and ExecuTorch's (OpenVINO): the
+    runtime exports and checks the file against PyTorch; int8 uses the default ONNX int8 recipe."""
+    from ..data import make_loader
+    from ..export.qat import convert_qat, is_qat
+    from ..train import evaluate
+
+    if out.suffix != runtime.suffix:
+        raise ConfigError(f"--out should name a {runtime.suffix} file for --format {args.format}, got {out}")
+    for option, (name, default) in args.onnx_only.items():
+        if getattr(args, name) != default:
+            raise ConfigError(f"{option} is an ONNX export option; --format {args.format} does not take it")
+    model, info = load_for_cli(args, "export")
+    evaluation, calibration = classifier_inputs(args, info, calibrated=False)
+    if is_qat(model):  # the float model it simulates
+        model = convert_qat(model)[0]
+    print(f"exporting to {runtime.title} ({precision})")
+    check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
+    summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check)
+    print(f"wrote {out} ({precision}); {runtime.title} vs PyTorch relative error {summary['max_relative_error']:.2e}")
+    if evaluation is not None:
+        dataset, classes = evaluation
+        batches = list(make_loader(dataset, 50, workers=2))
+        accuracy = {}
+        for name, runner in {"pytorch": model, f"{runtime.name}_{precision}": runtime.load(out)}.items():
+            metrics = evaluate(runner, batches, len(classes))
+            accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
+            print(f"{name:17s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+                  f"({len(dataset)} images)")  # fmt: skip
+        summary["accuracy"] = accuracy
+    write_summary(out, summary)
+    return 0
+
+
+def run_auto(args: argparse.Namespace, out: Path) -> int:
+    """``export --format auto``: see :mod:`mobilenets.runtimes.auto`."""
+    import tempfile
+
+    from ..data import make_loader
+    from ..runtimes import get_runtime
+    from ..runtimes.auto import (
+        candidate_paths,
+        candidates_table,
+        copy_export,
+        measure_candidates,
+        pick,
+        score_candidates,
+    )
+    from ..runtimes.bench import PreparedModel, cpu_description
+    from ..tasks import task_of
+
+    if args.int8 or args.precision:
+        raise ConfigError("--format auto tries every precision itself; drop --int8/--precision")
+    if not args.tolerance >= 0:
+        raise ConfigError(f"--tolerance is top-1 points and cannot be negative, got {args.tolerance:g}")
+    for name in args.runtimes or []:
+        get_runtime(name)  # an unknown name is one line
+    model, info = load_for_cli(args, "export")
+    task = task_of(info)
+    if task.quantizable and not (args.calibration or args.eval_data):
+        raise ConfigError("--format auto scores int8 paths: give --calibration DIR (and --eval-data for top-1)")
+    evaluation, calibration = classifier_inputs(args, info, calibrated=False)
+    names = candidate_paths(task, args.runtimes)
+    if not names:
+        raise ConfigError("no installed runtime writes a file for this model; pip install 'mobilenets[openvino]'")
+    progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="mobilenets-auto-") as tmp:
+        prepared = PreparedModel(model, info, Path(tmp), calibration, "auto")
+        candidates = measure_candidates(prepared, names, threads=args.threads, runs=30, progress=progress)
+        reference, scored_by = None, "-"
+        if task.quantizable:
+            batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation else None
+            classes = len(evaluation[1]) if evaluation else None
+            reference = score_candidates(prepared, candidates, batches, classes, progress)
+            scored_by = "top-1 %" if evaluation else "agrees with fp32 %"
+        chosen = pick(candidates, reference, args.tolerance)
+        print(candidates_table(candidates, reference, scored_by))
+        print(f"measured on {cpu_description()}, {args.threads} thread(s), batch 1")
+        runtime = get_runtime(chosen.runtime)
+        target = out.with_suffix(runtime.suffix) if out.suffix else out.with_name(out.name + runtime.suffix)
+        written = copy_export(runtime, prepared.exported_file(chosen.path), target)
+    print(f"chosen: {chosen.path} ({chosen.median_ms:.2f} ms); wrote {', '.join(map(str, written))}")
+    summary = {"chosen": chosen.path, "file": str(target), "cpu": cpu_description(), "threads": args.threads,
+               "candidates": [vars(c) for c in candidates], "reference_accuracy": reference, "scored_by": scored_by}  # fmt: skip
+    write_summary(target, summary)
     return 0

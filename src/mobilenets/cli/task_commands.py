@@ -56,7 +56,8 @@ class ClassifierCommands:
                 file=sys.stderr,
             )
         loader = make_loader(val_set, args.batch_size, workers=args.workers)
-        metrics = evaluate(model, loader, len(classes), flip=args.test_flip, channels_last=True)
+        # NHWC batches for a PyTorch model; an exported file's runtime takes plain NCHW arrays
+        metrics = evaluate(model, loader, len(classes), flip=args.test_flip, channels_last=hasattr(model, "to"))
         metrics["images"] = metrics["samples"]
         if args.json:
             print(json.dumps(metrics, indent=2))

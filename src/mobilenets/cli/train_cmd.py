@@ -12,11 +12,12 @@ from ..train.config import FIELD_RULES, GROUPS, TrainConfig
 from ..train.recipes import RECIPES, get_recipe
 from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY
 from .common import (
+    add_exported_options,
     add_model_options,
     add_random_weights_option,
     add_source_options,
+    load_exported_for_cli,
     load_for_cli,
-    refuse_conflicts,
     require_weights,
 )
 
@@ -112,6 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "../shared/data/weights/mobilenet_v2-b0353104.pth --data-dir ../shared/data/imagenet-sample --json",
     )
     add_source_options(ev)
+    add_exported_options(ev)
     ev.add_argument("--data-dir", required=True, help="labelled images (see above)")
     ev.add_argument("--dataset", choices=["cifar10", "cifar100"], help="torchvision's CIFAR files in --data-dir")
     ev.add_argument(
@@ -145,8 +147,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
-    pr.add_argument("--onnx", help="a model written by 'mobilenets export', run by ONNX Runtime")
-    pr.add_argument("--pte", help="a .pte written by 'mobilenets export --format executorch', run by ExecuTorch")
+    add_exported_options(pr)
     pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5,
                     help="how many classes to show (default 5; segmenters: the largest by area)")  # fmt: skip
     pr.add_argument("--json", action="store_true", help="print the predictions as JSON, one entry per image")
@@ -202,44 +203,25 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.download and not args.dataset:
         raise ConfigError("--download fetches torchvision's CIFAR files: give --dataset cifar10 or cifar100")
-    require_weights(args, "eval")
-    import torch
+    loaded = load_exported_for_cli(args)
+    if loaded is None:
+        import torch
 
-    model, info = load_for_cli(args, "eval")
-    # NHWC convolutions run 1.3-1.6x faster than NCHW on CPUs (docs/benchmarks.md, "Training on the CPU")
-    model = model.to(memory_format=torch.channels_last)
+        require_weights(args, "eval")
+        model, info = load_for_cli(args, "eval")
+        # NHWC convolutions run 1.3-1.6x faster than NCHW on CPUs (docs/benchmarks.md, "Training on the CPU")
+        model = model.to(memory_format=torch.channels_last)
+    else:
+        model, info = loaded
     return task_of(info).commands().evaluate(args, model, info)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..tasks import task_of
 
-    exported = [option for option in ("onnx", "pte", "checkpoint") if getattr(args, option)]
-    if len(exported) > 1:
-        both = "not both" if len(exported) == 2 else "not all three:"
-        raise ConfigError(
-            f"give one of --onnx, --pte and --checkpoint, {both} {' and '.join('--' + o for o in exported)}"
-        )
-    if args.onnx or args.pte:
-        option = "--onnx" if args.onnx else "--pte"
-        refuse_conflicts(args, option)
-        if args.resolution is not None:
-            raise ConfigError(f"{option} records its input size; drop --resolution")
-        if args.pte:
-            from ..export.executorch import load_pte
-
-            model = load_pte(args.pte)
-        else:
-            from ..export import OnnxClassifier, read_metadata
-
-            if read_metadata(args.onnx).get("task") == "detection":
-                from ..export.detection import OnnxDetector
-
-                model = OnnxDetector(args.onnx)
-            else:  # a classifier's logits, or a segmenter's class scores per pixel
-                model = OnnxClassifier(args.onnx)
-        info = model.info
-    else:
+    loaded = load_exported_for_cli(args)
+    if loaded is None:
         require_weights(args, "predict")
-        model, info = load_for_cli(args, "predict")
+        loaded = load_for_cli(args, "predict")
+    model, info = loaded
     return task_of(info).commands().predict(args, model, info)

@@ -9,7 +9,7 @@ heads and decodes every default box, returning
 
 Non-maximum suppression is left out of the graph on purpose: it is data-dependent,
 ONNX Runtime's ``NonMaxSuppression`` is per class with fixed limits, and mobile
-runtimes (XNNPACK, Core ML) ship their own.  :class:`OnnxDetector` applies the
+runtimes (XNNPACK, Core ML) ship their own.  :class:`ExportedDetector` applies the
 detector's own post-processing to these outputs - score threshold, top candidates per
 class, torchvision's ``batched_nms`` at the detector's IoU threshold, the
 ``detections_per_img`` best - all recorded in the file's metadata, so its detections
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms
 
-__all__ = ["DecodedDetector", "OnnxDetector", "is_detector", "postprocess", "postprocess_settings"]
+__all__ = ["DecodedDetector", "ExportedDetector", "OnnxDetector", "is_detector", "postprocess", "postprocess_settings"]
 
 
 def is_detector(model: Any) -> bool:
@@ -102,28 +102,26 @@ def postprocess(boxes: Tensor, scores: Tensor, settings: dict[str, float]) -> di
     return {"boxes": box[keep], "scores": score[keep], "labels": label[keep]}
 
 
-class OnnxDetector:
-    """A detector exported by ``mobilenets export``, run by ONNX Runtime: call it on a list of
-    images (3, H, W) in [0, 1] as the PyTorch detector; boxes come back in each image's pixels."""
+class ExportedDetector:
+    """An exported detector's network (boxes and scores from any runtime), called like the
+    PyTorch detector on a list of images (3, H, W) in [0, 1]: each is resized to the network's
+    input, and the detector's own post-processing (its thresholds and NMS, recorded in the
+    file) runs after the graph; boxes come back in each image's pixels."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        from .ort import ort_session, read_metadata
-
-        self.path = Path(path)
-        self.info = read_metadata(self.path)
+    def __init__(self, network: Any) -> None:
+        self.network, self.path, self.info = network, network.path, network.info
         if self.info.get("task") != "detection":
             raise ValueError(f"{self.path} is not a detector export")
-        self.session = ort_session(self.path, threads)
         self.resolution = int(self.info["resolution"])
         self.settings = self.info["postprocess"]
 
-    def eval(self) -> OnnxDetector:
+    def eval(self) -> ExportedDetector:
         return self
 
     def decoded(self, resized: Tensor) -> tuple[Tensor, Tensor]:
         """The exported network's (boxes, scores) for one resized image."""
-        boxes, scores = self.session.run(None, {"image": resized.numpy()})
-        return torch.from_numpy(boxes), torch.from_numpy(scores)
+        boxes, scores = self.network(resized)
+        return boxes, scores
 
     def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         results = []
@@ -136,3 +134,12 @@ class OnnxDetector:
             found["boxes"] = found["boxes"] * torch.tensor([width / side, height / side] * 2)
             results.append(found)
         return results
+
+
+class OnnxDetector(ExportedDetector):
+    """A detector exported by ``mobilenets export``, run by ONNX Runtime."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        from .ort import OnnxClassifier
+
+        super().__init__(OnnxClassifier(path, threads=threads))

@@ -35,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, InputShapeError
+from ..tasks import task_of
 from ..validate import EXECUTORCH_CALIBRATION_METHODS
 from ..weights import atomic_write
-from .detection import OnnxDetector
+from .detection import ExportedDetector
 from .onnx import deployable, preprocessing_metadata
 from .ort import ExportError, relative_error
 
@@ -196,7 +197,7 @@ def _outside_delegate(program) -> list[str]:
 
 
 @contextmanager
-def _quiet_native_logs():
+def quiet_native_logs():
     """ExecuTorch's runtime logs CPU probing to the process's stderr from C++ on first
     load (notes that concern no user): silence file descriptor 2 around it."""
     sys.stderr.flush()
@@ -262,7 +263,7 @@ def export_executorch(
         buffer = program.to_executorch().buffer
     expected = reference(example)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    with _quiet_native_logs():
+    with quiet_native_logs():
         actual = Runtime.get().load_program(bytes(buffer)).load_method("forward").execute([example])
     if int8:
         error = max(((a - e).norm() / e.norm().clamp(min=1e-12)).item() for a, e in zip(actual, expected))
@@ -312,7 +313,7 @@ class PteModel:
         except json.JSONDecodeError as exc:
             raise ExportError(f"{sidecar} is not valid JSON ({exc})") from exc
         try:
-            with _quiet_native_logs():
+            with quiet_native_logs():
                 self.method = Runtime.get().load_program(self.path).load_method("forward")
         except Exception as exc:  # the runtime raises RuntimeError or its own types on a bad file
             raise ExportError(
@@ -321,6 +322,10 @@ class PteModel:
         resolution = int(self.info["resolution"])
         self.input_shape = (3, resolution, resolution)
         self.info.setdefault("in_channels", 3)
+
+    def eval(self) -> PteModel:
+        """Already an inference graph (as a PyTorch model's ``eval()``, for code that calls it)."""
+        return self
 
     def __call__(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
         images = torch.as_tensor(images).float()
@@ -334,23 +339,15 @@ class PteModel:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-class PteDetector(OnnxDetector):
+class PteDetector(ExportedDetector):
     """A detector's ``.pte`` (network and box decoding), called like the PyTorch detector
     on a list of images (3, H, W) in [0, 1]; NMS runs after it, as for the ONNX export."""
 
     def __init__(self, path: str | Path, *, program: PteModel | None = None) -> None:
-        self.program = program or PteModel(path)
-        self.path, self.info = self.program.path, self.program.info
-        if self.info.get("task") != "detection":
-            raise ExportError(f"{self.path} is not a detector export")
-        self.resolution = int(self.info["resolution"])
-        self.settings = self.info["postprocess"]
-
-    def decoded(self, resized: Tensor) -> tuple[Tensor, Tensor]:
-        return self.program(resized)
+        super().__init__(program or PteModel(path))
 
 
-def load_pte(path: str | Path) -> PteModel | PteDetector:
-    """The runner for a mobilenets ``.pte``: a detector's takes image lists, the others batches."""
+def load_pte(path: str | Path) -> Any:
+    """The runner for a mobilenets ``.pte``, ready for its task: a detector's takes image lists, the others batches."""
     program = PteModel(path)
-    return PteDetector(path, program=program) if program.info.get("task") == "detection" else program
+    return task_of(program.info).exported_runner(program)

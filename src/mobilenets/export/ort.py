@@ -102,7 +102,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 class OnnxClassifier:
-    """A mobilenets ONNX export run by ONNX Runtime: call it on a preprocessed batch.
+    """A mobilenets ONNX export run by ONNX Runtime: call it on a preprocessed batch (its
+    output, or a tuple of them where the graph has several: a detector's boxes and scores).
 
     ``info`` has the same keys as a checkpoint's data info (``classes``,
     ``transforms``, ``resolution``), so :func:`mobilenets.predict.predict_images`
@@ -118,6 +119,10 @@ class OnnxClassifier:
         self.input_shape = tuple(shape[1:])
         self.info.setdefault("in_channels", self.input_shape[0])  # predict converts images to this
 
+    def eval(self) -> OnnxClassifier:
+        """Already an inference graph (as a PyTorch model's ``eval()``, for code that calls it)."""
+        return self
+
     def __call__(self, images: Tensor) -> Tensor:
         images = torch.as_tensor(images)
         if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
@@ -127,6 +132,9 @@ class OnnxClassifier:
             )
         if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
             # exported without --dynamic-batch: run the batch one image at a time
-            parts = [self.session.run(None, {"image": image[None].float().numpy()})[0] for image in images]
-            return torch.from_numpy(np.concatenate(parts))
-        return torch.from_numpy(self.session.run(None, {"image": images.float().numpy()})[0])
+            parts = [self.session.run(None, {"image": image[None].float().numpy()}) for image in images]
+            outputs = [np.concatenate([part[i] for part in parts]) for i in range(len(parts[0]))]
+        else:
+            outputs = self.session.run(None, {"image": images.float().numpy()})
+        tensors = tuple(torch.from_numpy(output) for output in outputs)
+        return tensors[0] if len(tensors) == 1 else tensors  # a detector's: (boxes, scores)

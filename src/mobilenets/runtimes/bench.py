@@ -1,16 +1,11 @@
 """Inference latency of registry models on every CPU path, beside torchvision's as references.
 
-Backends:
-
-* ``eager`` - the model as built, NCHW, ``torch.inference_mode``;
-* ``channels_last`` - batch norm folded into the convs, NHWC memory format;
-* ``compile`` - the ``channels_last`` model through ``torch.compile`` (needs a C++ compiler);
-* ``onnxruntime`` - ``mobilenets export`` (BN folded) run by ONNX Runtime;
-* ``onnxruntime-int8`` - the same, quantized to int8 (QDQ, per-channel weights, uint8 activations);
-* ``executorch-xnnpack`` - ``mobilenets export --format executorch``: the ``.pte`` a phone
-  runs, here through ExecuTorch's Python runtime and XNNPACK's x86 kernels (batch 1 per call:
-  a batch runs image by image); ``executorch-xnnpack-int8`` - the same, PT2E int8.  Each
-  export lowers for about a minute, so neither is a default.
+Backends are the runtime registry's bench paths (:func:`mobilenets.runtimes.bench_paths`):
+``eager``, ``channels_last`` (BN folded, NHWC) and ``compile`` run PyTorch itself;
+``onnxruntime[-int8]`` our ONNX export (int8: calibrated QDQ); ``openvino[-bf16|-int8]`` our
+OpenVINO IR at each precision; ``executorch-xnnpack[-int8]`` the ``.pte`` a phone runs, here
+through ExecuTorch's Python runtime and XNNPACK's x86 kernels (batch 1 per call; each export
+lowers for about a minute, so neither is a default).
 
 torchvision's model of the same name (when it has one) runs ``eager`` and
 ``onnxruntime`` (its plain ``torch.onnx.export``) in the same process, so every
@@ -20,12 +15,10 @@ configuration is timed ``runs`` times in three rounds that take turns.  The medi
 this CPU's measured multiply-add rate at that thread count.
 
 Memory is measured apart from the timing, in a fresh process per configuration that
-loads only that model (an ONNX Runtime one imports only onnxruntime and numpy, as a
-deployment would): its peak resident memory over ``warmup + 1`` runs, and how much of
-that the runs added to the loaded model (activations, workspaces, thread buffers).
-A process that has held other models keeps their allocator pools, so in-process
-figures would mostly measure the benchmark.  ``compile`` is not measured (its child
-would recompile for a minute).  Given trained weights and labelled images, each
+loads only that model (:mod:`mobilenets.runtimes.probe`: an ONNX Runtime one imports only
+onnxruntime and numpy, as a deployment would): its peak resident memory over ``warmup + 1``
+runs, and how much of that the runs added to the loaded model (activations, workspaces,
+thread buffers).  ``compile`` and ExecuTorch are not measured.  Given trained weights and labelled images, each
 backend's top-1 is measured as well.
 """
 
@@ -54,17 +47,16 @@ from .._table import format_table, human
 from ..cost import profile
 from ..cost.latency import alternating_ms
 from ..errors import ConfigError
+from ..export.onnx import deployable, export_onnx, fold_batchnorm
+from ..export.ort import ort_session
+from ..export.quantize import quantize_onnx
 from ..models import create_model, load_model_with_info
 from ..predict import check_classes, default_data_info
-from ..validate import BENCH_BACKENDS as BACKENDS
+from ..tasks import get_task
 from ..weights import WeightsError, load_weights, read_weights_file
-from .detection import DecodedDetector, is_detector
-from .onnx import SegmentationScores, export_onnx, fold_batchnorm
-from .ort import ort_session
-from .quantize import quantize_onnx
+from . import Runtime, bench_path, bench_paths, list_runtimes
 
 __all__ = [
-    "BACKENDS",
     "BenchResult",
     "PreparedModel",
     "cpu_name",
@@ -75,7 +67,6 @@ __all__ = [
     "time_call",
 ]
 
-REFERENCE_BACKENDS = ("eager", "onnxruntime")
 ROUNDS = 3
 # torchvision's builders for the registry models it also ships
 TORCHVISION_NAMES = {
@@ -87,19 +78,10 @@ TORCHVISION_NAMES = {
     "lraspp_mobilenet_v3_large": "lraspp_mobilenet_v3_large",
     "deeplabv3_mobilenet_v3_large": "deeplabv3_mobilenet_v3_large",
 }
-# Detectors are timed as what is exported: the network and its box decoding on an image
-# already at the input size (mobilenets.export.detection.DecodedDetector), ours and
-# torchvision's alike; NMS, which depends on the scores, is left out of every path.
-DETECTOR_BACKENDS = ("eager", "channels_last", "onnxruntime")
-# Segmenters are timed as exported: image in, class scores at the input's size out (the
-# final upsampling included; mobilenets.export.onnx.SegmentationScores), ours and torchvision's.
-SEGMENTER_BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")
-
-
-def _task(name: str) -> str:
-    from ..models import get_model_entry
-
-    return get_model_entry(name).task
+# Every path times what an export holds (``Task.deployable``): a detector's network and box
+# decoding on an image already at the input size (NMS, which depends on the scores, is left
+# out of every path), a segmenter's class scores at the input's size, ours and torchvision's
+# alike.  Which paths serve which task is the runtime's to say (``Runtime.serves``).
 
 
 def _reference_model(name: str) -> nn.Module:
@@ -163,92 +145,23 @@ def _threads(count: int):
         torch.set_num_threads(before)
 
 
-# Run in a fresh interpreter by `isolated_memory`: load one model, note the resident
-# memory, start a new high-water mark (Linux: /proc/self/clear_refs), run it, report.
-_MEMORY_CHILD = """
-import json, sys
-from pathlib import Path
-kind, path, batch, size, threads, runs = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
-
-def status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-
-if kind == "onnxruntime":
-    import numpy as np
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-    run = lambda: session.run(None, {"image": x})
-else:
-    import torch
-    torch.set_num_threads(threads)
-    model = torch.load(path, weights_only=False).eval()
-    x = torch.randn(batch, 3, size, size)
-    if kind == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    def run():
-        with torch.inference_mode():
-            model(x)
-loaded = status("VmRSS")
-Path("/proc/self/clear_refs").write_text("5")
-for _ in range(runs):
-    run()
-print(json.dumps({"loaded_mb": loaded, "peak_mb": status("VmHWM")}))
-"""
-
-
-def isolated_memory(kind: str, path: Path, batch: int, size: int, threads: int, runs: int) -> tuple[float, float]:
-    """(peak resident MB, MB the runs added to the loaded model) of a fresh process that
-    loads ``path`` - an ONNX file (``kind`` "onnxruntime") or a pickled module ("eager",
-    "channels_last") - and runs it ``runs`` times on a batch of ``batch`` images."""
+def isolated_memory(backend: str, path: Path, batch: int, size: int, threads: int, runs: int) -> tuple[float, float]:
+    """(peak resident MB, MB the runs added to the loaded model) of a fresh process that loads
+    ``path`` as the bench path ``backend`` runs it (:mod:`mobilenets.runtimes.probe`) and runs
+    it ``runs`` times on a batch of ``batch`` images."""
+    runtime, precision = bench_path(backend)
     if not Path("/proc/self/clear_refs").exists():
         raise ConfigError("per-process memory is measured through /proc (Linux only)")
-    package_root = str(Path(__file__).resolve().parents[2])  # unpickling needs mobilenets importable
+    package_root = str(Path(__file__).resolve().parents[2])  # mobilenets importable in the child
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-c", _MEMORY_CHILD, kind, str(path), str(batch), str(size), str(threads), str(runs)]
+    argv = [sys.executable, "-m", "mobilenets.runtimes.probe", runtime.name, precision, str(path)]
+    argv += [str(batch), str(size), str(threads), str(runs)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return report["peak_mb"], report["peak_mb"] - report["loaded_mb"]
-
-
-def _torch_runner(model: nn.Module, channels_last: bool) -> Callable[[Tensor], Any]:
-    def run(x: Tensor):
-        with torch.inference_mode():
-            return model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-
-    return run
-
-
-def _pte_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
-    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
-
-    from .executorch import PteModel
-
-    program = PteModel(path)
-    # ExecuTorch's Python runtime sizes its XNNPACK thread pool once per process (one
-    # thread per core); resizing it between runs deadlocked here, so other counts are
-    # reported as not measured rather than mislabelled.
-    pool = _threadpool_get_thread_count()
-    if threads and threads != pool:
-        raise ConfigError(f"ExecuTorch's thread pool has {pool} threads in this process; run --threads {pool}")
-    return program
-
-
-def _ort_runner(path: Path, threads: int) -> Callable[[Tensor], Any]:
-    session = ort_session(path, threads)
-
-    def run(x: Tensor):
-        return session.run(None, {"image": x.numpy()})
-
-    return run
 
 
 class PreparedModel:
@@ -265,32 +178,34 @@ class PreparedModel:
         reference: bool = False,
     ):
         self.model, self.info, self.workdir, self.calibration, self.tag = model, info, workdir, calibration, tag
+        # what the PyTorch paths run and torchvision's plain export holds: what an export of ours holds
+        self.graph = deployable(model, info)[0].eval()
         self.reference = reference  # torchvision's model: exported the plain way, not through export_onnx
         self._cache: dict[str, Any] = {}
         self._top1: dict[str, float] = {}
 
     def top1(self, backend: str, batches: list, num_classes: int) -> float:
-        """Top-1 (%) of this backend's model on ``batches``; the PyTorch backends share one
-        evaluation (they compute the same function), the ONNX Runtime ones run their files."""
+        """Top-1 (%) of this backend's model on ``batches``; the PyTorch paths share one
+        evaluation (they compute the same function), every other runs its file."""
         from ..train import evaluate
 
-        kind = backend if backend.startswith(("onnxruntime", "executorch")) else "pytorch"
+        runtime, precision = bench_path(backend)
+        kind = "pytorch" if not runtime.suffix else backend
         if kind not in self._top1:
-            if kind == "pytorch":
-                runner = self.model.eval()
-            elif kind.startswith("executorch"):
-                runner = self.runner(backend, threads=0)
-            else:
-                run = self.runner(backend, threads=0)
-                runner = lambda x: torch.from_numpy(run(x)[0])  # noqa: E731
-            self._top1[kind] = 100 * evaluate(runner, batches, num_classes)["top1"]
+            run = self.graph if kind == "pytorch" else runtime.bench_runner(self, precision, threads=0)
+            self._top1[kind] = 100 * evaluate(run, batches, num_classes)["top1"]
         return self._top1[kind]
 
     def folded(self) -> nn.Module:
         if "folded" not in self._cache:
-            folded, _ = fold_batchnorm(self.model)
+            folded, _ = fold_batchnorm(self.graph)
             self._cache["folded"] = folded.to(memory_format=torch.channels_last)
         return self._cache["folded"]
+
+    def compiled(self) -> nn.Module:
+        if "compiled" not in self._cache:
+            self._cache["compiled"] = torch.compile(self.folded())
+        return self._cache["compiled"]
 
     def onnx(self) -> Path:
         if "onnx" not in self._cache:
@@ -307,13 +222,14 @@ class PreparedModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    self.model.eval(), (x,), str(path), input_names=["image"], output_names=["logits"],
+                    self.graph, (x,), str(path), input_names=["image"], output_names=["logits"],
                     opset_version=17, dynamic_axes={"image": {0: "batch"}}, dynamo=False,
                 )  # fmt: skip
             self._cache["tv_onnx"] = path
         return self._cache["tv_onnx"]
 
     def int8(self) -> Path:
+        """The int8 QDQ ONNX model, which the ONNX Runtime and OpenVINO int8 paths both run."""
         if "int8" not in self._cache:
             real = self.calibration is not None
             calibration = self.calibration_images()
@@ -331,56 +247,44 @@ class PreparedModel:
         size = self.info["resolution"]
         return torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0))
 
-    def pte(self, int8: bool) -> Path:
-        """This model as an XNNPACK ``.pte`` (int8: calibrated as ``int8`` is, ranges only)."""
-        key = "pte-int8" if int8 else "pte"
+    def exported(self, runtime: Runtime, precision: str, **options: Any) -> Path:
+        """This model in ``runtime``'s file at ``precision``, exported once (int8: calibrated
+        on :meth:`calibration_images`); ``options`` go to the runtime's exporter."""
+        key = f"{runtime.name}-{precision}"
         if key not in self._cache:
-            from .executorch import export_executorch
-
-            calibration = self.calibration_images() if int8 else None
-            path = self.workdir / f"{self.tag}-{key}.pte"
-            export_executorch(self.model, path, info=self.info, int8=int8, calibration=calibration)
+            path = self.workdir / f"{self.tag}-{key}{runtime.suffix}"
+            calibration = self.calibration_images() if precision == "int8" else None
+            runtime.export(self.model, path, info=self.info, precision=precision, calibration=calibration, **options)
             self._cache[key] = path
         return self._cache[key]
+
+    def exported_file(self, backend: str) -> Path:
+        """The file a bench path ran (exported already by its runner)."""
+        runtime, precision = bench_path(backend)
+        path = runtime.probe_file(self, precision)
+        if path is None:
+            raise ConfigError(f"{backend} runs no exported file")
+        return path
 
     def pickled(self, backend: str) -> Path:
         """The module ``backend`` runs, saved whole for a memory probe to load."""
         key = f"pickled-{backend}"
         if key not in self._cache:
             path = self.workdir / f"{self.tag}-{backend}.pt"
-            torch.save(self.folded() if backend == "channels_last" else self.model.eval(), path)
+            torch.save(self.folded() if backend == "channels_last" else self.graph, path)
             self._cache[key] = path
         return self._cache[key]
 
     def memory(self, backend: str, batch: int, size: int, threads: int, runs: int) -> tuple[float, float] | None:
-        """``isolated_memory`` of this backend's model; None where it is not measured (compile)."""
-        if backend == "compile" or backend.startswith("executorch"):  # compile: recompiles; executorch: not yet
-            return None
-        if backend.startswith("onnxruntime"):
-            path, kind = self.runner_file(backend), "onnxruntime"
-        else:
-            path, kind = self.pickled(backend), backend
-        return isolated_memory(kind, path, batch, size, threads, runs)
-
-    def runner_file(self, backend: str) -> Path:
-        if backend == "onnxruntime":
-            return self.torchvision_onnx() if self.reference else self.onnx()
-        return self.int8()
+        """``isolated_memory`` of this backend's model; None where it is not measured."""
+        runtime, precision = bench_path(backend)
+        path = runtime.probe_file(self, precision)
+        return None if path is None else isolated_memory(backend, path, batch, size, threads, runs)
 
     def runner(self, backend: str, threads: int) -> Callable[[Tensor], Any]:
-        if backend == "eager":
-            return _torch_runner(self.model.eval(), channels_last=False)
-        if backend == "channels_last":
-            return _torch_runner(self.folded(), channels_last=True)
-        if backend == "compile":
-            if "compiled" not in self._cache:
-                self._cache["compiled"] = torch.compile(self.folded())
-            return _torch_runner(self._cache["compiled"], channels_last=True)
-        if backend in ("onnxruntime", "onnxruntime-int8"):
-            return _ort_runner(self.runner_file(backend), threads)
-        if backend in ("executorch-xnnpack", "executorch-xnnpack-int8"):
-            return _pte_runner(self.pte(int8=backend.endswith("int8")), threads)
-        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        runtime, precision = bench_path(backend)
+        runtime.check(precision)
+        return runtime.bench_runner(self, precision, threads)
 
 
 def _error(exc: BaseException) -> str:
@@ -456,9 +360,9 @@ def run_bench(
     int8 is measured, not assumed.  ``memory=False`` skips the per-configuration memory
     processes (a few seconds each).
     """
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in bench_paths()]
     if unknown:
-        raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(bench_paths())}")
     if not models:
         raise ConfigError("name at least one model")
     rates = {t: peak_multiply_add_rate(t) for t in threads}
@@ -469,16 +373,11 @@ def run_bench(
             weight_file = (weights or {}).get(name)
             model, info = _bench_model(name, weight_file, resolution)
             size = info["resolution"]
-            detector, segmenter = is_detector(model), _task(name) == "segmentation"
-            model_backends = [b for b in backends if b in DETECTOR_BACKENDS] if detector else backends
-            if segmenter:
-                model_backends = [b for b in backends if b in SEGMENTER_BACKENDS]
-            if detector:
-                model = DecodedDetector(model, size).eval()
-            if segmenter:
-                model = SegmentationScores(model).eval()
-            mult_adds = profile(model, (3, size, size)).mult_adds
-            entries = [("mobilenets", PreparedModel(model, info, workdir, calibration, name), model_backends)]
+            task = get_task(info.get("task") or "classification")
+            model_backends = [b for b in backends if bench_path(b)[0].serves(task, bench_path(b)[1])]
+            prepared = PreparedModel(model.eval(), info, workdir, calibration, name)
+            mult_adds = profile(prepared.graph, (3, size, size)).mult_adds
+            entries = [("mobilenets", prepared, model_backends)]
             if references and name in TORCHVISION_NAMES:
                 reference = _reference_model(name).eval()
                 reference.has_weights = False
@@ -486,11 +385,7 @@ def run_bench(
                     with contextlib.suppress(WeightsError):  # our layout: the reference stays untrained
                         load_weights(reference, weight_file)
                         reference.has_weights = True
-                if detector:
-                    reference = DecodedDetector(reference, size).eval()
-                if segmenter:
-                    reference = SegmentationScores(reference).eval()
-                ref_backends = [b for b in REFERENCE_BACKENDS if b in backends]
+                ref_backends = [b for b in model_backends if b in bench_path(b)[0].reference_paths]
                 entries.append(
                     (
                         "torchvision",
@@ -607,6 +502,28 @@ def results_table(results: Sequence[BenchResult]) -> str:
     )
 
 
+def fastest_here(results: Sequence[BenchResult], tolerance: float = 0.5) -> list[str]:
+    """One verdict per model, batch size and thread count: the fastest of our paths measured here
+    and its speed against the other paths; where top-1 was measured, only paths within
+    ``tolerance`` points of the best fp32 top-1 (eager or ONNX Runtime fp32) compete."""
+    verdicts = []
+    ours = [r for r in results if r.source == "mobilenets" and r.median_ms]
+    for key in dict.fromkeys((r.model, r.batch_size, r.threads) for r in ours):
+        rows = [r for r in ours if (r.model, r.batch_size, r.threads) == key]
+        reference = [r.top1 for r in rows if r.top1 is not None and bench_path(r.backend)[1] in ("eager", "fp32")]
+        floor = max(reference) - tolerance if reference else None
+        fit = [r for r in rows if floor is None or (r.top1 is not None and r.top1 >= floor)]
+        if not fit:
+            continue
+        best = min(fit, key=lambda r: r.median_ms)
+        others = sorted((r for r in rows if r is not best), key=lambda r: r.median_ms)
+        versus = ", ".join(f"{r.median_ms / best.median_ms:.2f}x faster than {r.backend}" for r in others[:3])
+        accuracy = f", top-1 {best.top1:.1f}% (within {tolerance} of fp32)" if floor is not None else ""
+        verdicts.append(f"fastest here for {key[0]} (batch {key[1]}, {key[2]} threads): {best.backend} "
+                        f"{best.median_ms:.2f} ms{accuracy}" + (f"; {versus}" if versus else ""))  # fmt: skip
+    return verdicts
+
+
 def results_json(results: Sequence[BenchResult], machine: dict[str, Any]) -> dict[str, Any]:
     return {"machine": machine, "results": [asdict(r) for r in results]}
 
@@ -626,21 +543,50 @@ def int8_pays(fp32: Path, int8: Path, size: int, runs: int = 30) -> tuple[float,
     faster depends on the CPU (integer dot-product instructions: VNNI on x86, dot-product
     on Arm), so it is measured where the export runs, not assumed."""
     x = torch.rand(1, 3, size, size)
-    calls = {path: (lambda run=_ort_runner(path, 0): run(x)) for path in (fp32, int8)}
+    calls = {path: (lambda session=ort_session(path): session.run(None, {"image": x.numpy()})) for path in (fp32, int8)}
     for call in calls.values():
         call()  # first-call allocations
     times = alternating_ms(calls, rounds=ROUNDS, runs=-(-runs // ROUNDS), pause=0.05)
     return statistics.median(times[fp32]), statistics.median(times[int8])
 
 
-def machine_description(threads: Sequence[int]) -> dict[str, Any]:
-    import onnxruntime
+# the instructions int8 and bf16 speed depend on, as /proc/cpuinfo names them
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimddp")
 
+
+def cpu_features() -> list[str]:
+    """Which of :data:`SPEED_FLAGS` this CPU has (Linux; empty elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                return [flag for flag in SPEED_FLAGS if flag in flags]
+    return []
+
+
+def cpu_description() -> str:
+    """The CPU's name, family/model where the name is generic ("AMD EPYC"), and its int8/bf16 instructions."""
+    family = model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            family = value.strip() if key.strip() == "cpu family" and not family else family
+            model = value.strip() if key.strip() == "model" and not model else model
+    ident = f" family {family} model {model}" if family else ""
+    return f"{cpu_name()}{ident} ({', '.join(cpu_features()) or 'no AVX2'})"
+
+
+def machine_description(threads: Sequence[int]) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for runtime in list_runtimes():
+        with contextlib.suppress(PackageNotFoundError, ValueError):
+            versions[runtime.name] = version(runtime.package or "torch")
     return {
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),
         "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "runtimes": versions,
         "peak_gmac_per_s": {str(t): round(peak_multiply_add_rate(t) / 1e9, 1) for t in threads},
     }
 
@@ -658,7 +604,7 @@ def plot_latency(results: Sequence[BenchResult], out: str | Path) -> Path:
     scored = [r for r in ok if r.top1 is not None]
     fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(12 if scored else 7, 4.8), squeeze=False)
     ax = axes[0][0]
-    markers = dict(zip(BACKENDS, "osD^v"))
+    markers = dict(zip(bench_paths(), "osD^v<>phP*X"))
     colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r.label for r in ok))}
     for panel, rows, x in ((ax, ok, lambda r: r.mult_adds / 1e6), (axes[0][-1], scored, lambda r: r.top1)):
         for r in rows:

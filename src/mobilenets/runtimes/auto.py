@@ -1,0 +1,144 @@
+"""The host decides: every installed runtime x precision that writes a file, timed on this machine
+for one model, and the fastest whose accuracy holds is the one to ship (``export --format auto``).
+
+Each candidate is exported as its runtime exports (and checked against PyTorch there), timed at
+batch 1 in alternating rounds (so a noisy host slows all alike), and scored: top-1 on labelled
+images when given, otherwise agreement with the float PyTorch model's top-1 on the calibration
+images (the float model scores 100 %).  The fastest candidate within ``tolerance`` points of the
+float model wins.  Detectors and segmenters have no top-1 here: their candidates are the float
+ones (fp32, and bf16 where the CPU has it), each checked against PyTorch by its exporter.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from . import bench_path, bench_paths
+
+FLOAT = ("fp32", "bf16")
+
+
+@dataclass
+class Candidate:
+    path: str  # the bench path: "openvino-int8"
+    runtime: str
+    precision: str
+    median_ms: float | None = None
+    accuracy: float | None = None  # top-1 %, or agreement with the float model %
+    error: str = ""
+    chosen: bool = False
+
+
+def candidate_paths(task: Any, runtimes: Sequence[str] | None = None) -> list[str]:
+    """The bench paths that write a file, are installed, run on this CPU and serve ``task``."""
+    names = []
+    for name, (runtime, precision) in bench_paths().items():
+        if not runtime.suffix or (runtimes and runtime.name not in runtimes) or not runtime.available():
+            continue
+        if runtime.serves(task, precision) and runtime.precision_problem(precision) is None:
+            if task.quantizable or precision in FLOAT:
+                names.append(name)
+    return names
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+
+
+def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, runs: int,
+                       progress: Callable[[str], None]) -> list[Candidate]:  # fmt: skip
+    """Export and time every candidate path on ``prepared`` (a ``bench.PreparedModel``)."""
+    import torch
+
+    from ..cost.latency import alternating_ms
+
+    size = int(prepared.info["resolution"])
+    x = torch.rand(1, 3, size, size)
+    candidates, calls = [], {}
+    for name in names:
+        runtime, precision = bench_path(name)
+        candidate = Candidate(name, runtime.name, precision)
+        candidates.append(candidate)
+        progress(f"exporting and checking {name}")
+        try:
+            run = prepared.runner(name, threads)
+            run(x)  # first-call allocations
+            calls[name] = lambda run=run: run(x)
+        except Exception as exc:  # one path that fails must not hide the others
+            candidate.error = _first_line(exc)
+            progress(f"{name}: {candidate.error}")
+    progress(f"timing {len(calls)} paths in 3 alternating rounds")
+    times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), pause=0.05)
+    for candidate in candidates:
+        if candidate.path in times:
+            candidate.median_ms = statistics.median(times[candidate.path])
+    return candidates
+
+
+def score_candidates(prepared: Any, candidates: Sequence[Candidate], batches: list | None,
+                     num_classes: int | None, progress: Callable[[str], None]) -> float:  # fmt: skip
+    """Fill in each timed candidate's accuracy; returns the float PyTorch model's (see the module docstring)."""
+    import torch
+
+    if batches is None:  # no labels: agreement with the float model's top-1 on the calibration images
+        images = prepared.calibration_images()
+        with torch.no_grad():
+            labels = prepared.graph(images).argmax(1)
+        batches, num_classes = [(images, labels)], int(prepared.graph(images[:1]).shape[1])
+    reference = prepared.top1("eager", batches, num_classes)
+    for candidate in candidates:
+        if candidate.median_ms is None:
+            continue
+        try:
+            candidate.accuracy = prepared.top1(candidate.path, batches, num_classes)
+        except Exception as exc:  # noqa: BLE001 - an unscorable path is not chosen
+            candidate.error = _first_line(exc)
+        progress(f"{candidate.path}: top-1 {candidate.accuracy}")
+    return reference
+
+
+def pick(candidates: Sequence[Candidate], reference: float | None, tolerance: float) -> Candidate:
+    """The fastest candidate within ``tolerance`` points of ``reference`` (any timed one without it)."""
+    fit = [c for c in candidates if c.median_ms is not None and not c.error]
+    if reference is not None:
+        fit = [c for c in fit if c.accuracy is not None and c.accuracy >= reference - tolerance]
+    if not fit:
+        raise ConfigError("no runtime produced a file that runs and keeps the accuracy here; see the table above")
+    best = min(fit, key=lambda c: c.median_ms)
+    best.chosen = True
+    return best
+
+
+def copy_export(runtime: Any, source: Path, out: Path) -> list[Path]:
+    """Copy the files of one export (a runtime's ``files``) under a new name; returns the copies."""
+    written = []
+    for part in runtime.files(source):
+        target = out.with_name(out.name + part.name[len(source.name):]) if part.name.startswith(source.name) else (
+            out.with_suffix(part.suffix))  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(part, target)
+        written.append(target)
+    return written
+
+
+def candidates_table(candidates: Sequence[Candidate], reference: float | None, scored_by: str) -> str:
+    from .._table import format_table
+
+    rows = []
+    fastest = min((c.median_ms for c in candidates if c.median_ms), default=None)
+    for c in sorted(candidates, key=lambda c: (c.median_ms is None, c.median_ms or 0)):
+        timing = "-" if c.median_ms is None else f"{c.median_ms:.2f}"
+        ratio = "-" if c.median_ms is None or not fastest else f"{c.median_ms / fastest:.2f}"
+        accuracy = "-" if c.accuracy is None else f"{c.accuracy:.1f}"
+        rows.append([c.path, timing, ratio, accuracy, "<- chosen" if c.chosen else c.error[:60]])
+    header = ["runtime path", "median ms", "x fastest", scored_by, ""]
+    text = format_table(header, rows)
+    if reference is not None:
+        text += f"\nfloat PyTorch model: {reference:.1f} % ({scored_by})"
+    return text

@@ -1,0 +1,243 @@
+"""OpenVINO: Intel's CPU runtime, on AMD as well: ``export --format openvino`` writes its IR
+(``model.xml`` with the graph and mobilenets' metadata, ``model.bin`` with the weights).
+
+Precisions (all from one fp32 IR but int8):
+
+* ``fp32`` - every operation in float32 (``INFERENCE_PRECISION_HINT f32``);
+* ``bf16`` - float32 weights, computed in bfloat16 where the CPU has it (AVX-512 BF16 or AMX:
+  OpenVINO's own default there).  Where it lacks it, refused in one line;
+* ``int8`` - our calibrated QDQ ONNX model (``mobilenets.export.quantize_onnx``: per-channel
+  weights, ranges searched against fp32's output) converted to IR, whose quantize/dequantize
+  pairs OpenVINO runs as int8 kernels (VNNI/AMX where the CPU has them).
+
+The precision is recorded in the metadata, and the file is compiled with it when loaded.
+Before the IR is written it is compiled and run on ``check_input`` and compared with PyTorch
+(fp32: max relative error 1e-3, as the ONNX check; bf16 and int8: the L2 norm of the
+difference over the output's, as the ExecuTorch int8 check).  Needs the ``[openvino]`` extra.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InputShapeError
+from . import Runtime, register_runtime
+
+FORMAT = "mobilenets-openvino/1"
+RT_INFO_KEY = "mobilenets"
+FP32_TOLERANCE = 1e-3
+# bf16 keeps 8 bits of mantissa: 0.04 max relative measured on MobileNetV2 (AMD Zen 5); as an
+# L2 ratio about 0.01.  int8: as ExecuTorch's int8 check (0.12 measured there on MobileNetV2).
+LOW_PRECISION_TOLERANCE = {"bf16": 0.1, "int8": 0.3}
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # int8: OpenVINO's default for the operations left in float
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as exc:  # the [openvino] extra
+        raise ConfigError("OpenVINO is not installed: pip install 'mobilenets[openvino]'") from exc
+    return openvino
+
+
+@functools.cache
+def _core() -> Any:
+    """One OpenVINO Core for the process: a compiled model must not outlive the Core that
+    compiled it (its plugin goes with it), so none is made per call."""
+    return _openvino().Core()
+
+
+def _compile(model: Any, precision: str, threads: int | None):
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if precision in HINTS:
+        config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return _core().compile_model(model, "CPU", config)
+
+
+class OpenVinoNetwork:
+    """A mobilenets OpenVINO IR, compiled for the CPU with the precision it records: call it on
+    a preprocessed batch; its output, or a tuple of them (a detector's boxes and scores)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.info = read_ir_info(self.path)
+        self.info.setdefault("in_channels", 3)
+        resolution = int(self.info["resolution"])
+        self.input_shape = (self.info["in_channels"], resolution, resolution)
+        self.compiled = _compile(str(self.path), self.info.get("precision", "fp32"), threads)
+        self.request = self.compiled.create_infer_request()
+
+    def eval(self) -> OpenVinoNetwork:
+        """Already an inference graph (as a PyTorch model's ``eval()``, for code that calls it)."""
+        return self
+
+    def __call__(self, images: Any) -> Any:
+        import torch
+
+        images = torch.as_tensor(images)
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise InputShapeError(
+                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(images.shape)}"
+            )
+        results = self.request.infer({0: images.float().numpy()})
+        outputs = tuple(torch.from_numpy(results[port].copy()) for port in self.compiled.outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def read_ir_info(path: Path) -> dict[str, Any]:
+    """The metadata a mobilenets IR carries; one line for a missing, corrupt or foreign file."""
+    core = _core()
+    if not path.is_file():
+        raise ConfigError(f"OpenVINO model not found: {path}")
+    if not path.with_suffix(".bin").is_file():
+        raise ConfigError(f"{path.with_suffix('.bin')} is missing: an OpenVINO IR keeps its weights there")
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses on a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not a loadable OpenVINO IR ({first[:200]})") from exc
+    if not model.has_rt_info([RT_INFO_KEY]):
+        raise ConfigError(
+            f"{path} carries no mobilenets metadata: without the preprocessing and class names that "
+            "'mobilenets export --format openvino' records, its input cannot be prepared safely"
+        )
+    return json.loads(model.get_rt_info([RT_INFO_KEY]).astype(str))
+
+
+def _relative_error(actual: Any, expected: Any, precision: str) -> float:
+    import torch
+
+    from ..export.ort import relative_error
+
+    if precision == "fp32":
+        return relative_error(actual, expected)
+    actual = torch.as_tensor(actual)
+    return ((actual - expected).norm() / expected.norm().clamp(min=1e-12)).item()
+
+
+def _int8_graph(model: Any, info: dict[str, Any], calibration: Any, workdir: Path) -> Path:
+    """Our calibrated QDQ ONNX model, for OpenVINO to convert (see the module docstring)."""
+    from ..export import export_onnx, quantize_onnx
+
+    fp32, int8 = workdir / "fp32.onnx", workdir / "int8.onnx"
+    export_onnx(model, fp32, info=info, dynamic_batch=True)
+    quantize_onnx(fp32, int8, calibration, model=model, progress=True)
+    return int8
+
+
+class OpenVinoRuntime(Runtime):
+    name, title, package, extra, suffix = "openvino", "OpenVINO", "openvino", "openvino", ".xml"
+    format = "openvino"
+    precisions = ("fp32", "bf16", "int8")
+    bench = {"openvino": "fp32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
+
+    def precision_problem(self, precision: str) -> str | None:
+        problem = super().precision_problem(precision)
+        if problem or precision != "bf16" or not self.available():
+            return problem
+        capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in capabilities:
+            return ("bf16 needs a CPU with AVX-512 BF16 or AMX; this one has none "
+                    f"(OpenVINO sees {', '.join(capabilities)}): use fp32 or int8")  # fmt: skip
+        return None
+
+    def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
+               calibration: Any = None, check_input: Any = None, qdq_onnx: Path | None = None) -> dict[str, Any]:  # fmt: skip
+        """See the module docstring; ``qdq_onnx``: an int8 ONNX model of ``model`` already made
+        (bench's and ``export --format auto``'s, shared with ONNX Runtime's int8 path)."""
+        import torch
+
+        from ..export.onnx import deployable, preprocessing_metadata
+        from ..export.ort import ExportError
+        from ..tasks import task_of
+
+        ov = _openvino()
+        self.check(precision)
+        if path.suffix != ".xml":
+            raise ConfigError(f"an OpenVINO IR is an .xml file (its weights go in a .bin beside it), got {path}")
+        if precision == "int8" and not task_of(info).quantizable:
+            raise ConfigError(f"OpenVINO int8 is for classifiers here; {task_of(info).noun} exports in fp32 or bf16")
+        if precision == "int8" and calibration is None:
+            raise ConfigError("int8 needs calibration images", cli="--int8 needs --calibration DIR")
+        resolution = int(info["resolution"])
+        network, extra, outputs = deployable(model, info)
+        network = copy.deepcopy(network).float().eval()
+        if check_input is None:  # int8 is checked on an image like those it was calibrated on
+            check_input = calibration if precision == "int8" else torch.rand(1, 3, resolution, resolution)
+        example = check_input[:1].float()
+        shape = ov.PartialShape([-1, 3, resolution, resolution])  # any batch
+        with tempfile.TemporaryDirectory(prefix="mobilenets-openvino-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on the model's input checks concern no user
+            if precision == "int8":
+                graph = ov.convert_model(str(qdq_onnx or _int8_graph(model, info, calibration, Path(tmp))))
+            else:
+                with torch.no_grad():
+                    graph = ov.convert_model(network, example_input=example, input=[shape])
+            with torch.no_grad():
+                expected = network(example)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            results = _compile(graph, precision, None)(example.numpy())
+            error = max(_relative_error(results[i], e, precision) for i, e in enumerate(expected))
+            tolerance = LOW_PRECISION_TOLERANCE.get(precision, FP32_TOLERANCE)
+            if not error <= tolerance:  # also catches NaN
+                raise ExportError(
+                    f"OpenVINO's output differs from PyTorch's by {error:.2e} relative (tolerance {tolerance:.0e}); "
+                    "the export is wrong and was not written"
+                )
+            metadata = {
+                "format": FORMAT, "arch": getattr(model, "arch", None) or {}, "classes": list(info.get("classes") or []),
+                "precision": precision, "outputs": outputs, "max_relative_error": error,
+                **preprocessing_metadata(info), **extra,
+            }  # fmt: skip
+            graph.set_rt_info(json.dumps(metadata), [RT_INFO_KEY])
+            staged = Path(tmp) / "model.xml"
+            ov.save_model(graph, str(staged), compress_to_fp16=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # the weights first: an .xml is never beside a .bin it does not belong to
+            shutil.move(str(staged.with_suffix(".bin")), path.with_suffix(".bin"))
+            shutil.move(str(staged), path)
+        return {"xml": str(path), "bin": str(path.with_suffix(".bin")), "precision": precision,
+                "max_relative_error": error}  # fmt: skip
+
+    def files(self, path: Path) -> list[Path]:
+        return [path, path.with_suffix(".bin")]
+
+    def read_info(self, path: Path) -> dict[str, Any]:
+        return read_ir_info(path)
+
+    def load(self, path: Path, *, threads: int | None = None) -> Callable[..., Any]:
+        return OpenVinoNetwork(path, threads=threads)
+
+    def bench_runner(self, prepared: Any, precision: str, threads: int) -> Callable[[Any], Any]:
+        import torch
+
+        network = OpenVinoNetwork(self.probe_file(prepared, precision), threads=threads)
+        # the first output, as the request holds it (no copy; read before the next run)
+        return lambda x: torch.from_numpy(network.request.infer({0: x.numpy()})[0])
+
+    def probe_file(self, prepared: Any, precision: str) -> Path | None:
+        if precision == "int8":  # the QDQ model ONNX Runtime's int8 path runs: quantized once
+            return prepared.exported(self, precision, qdq_onnx=prepared.int8())
+        return prepared.exported(self, precision)
+
+    def probe_runner(self, path: Path, precision: str, threads: int, shape: tuple[int, ...]) -> Callable[[], Any]:
+        import numpy as np
+
+        compiled = _compile(str(path), precision, threads)
+        request = compiled.create_infer_request()
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        return lambda: request.infer({0: x})
+
+
+register_runtime(OpenVinoRuntime())

@@ -1,0 +1,76 @@
+"""LiteRT (the [litert] extra): .tflite files converted by litert-torch, run in LiteRT's interpreter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mobilenets
+from mobilenets.cli import main
+from mobilenets.errors import ConfigError
+from mobilenets.predict import default_data_info
+from mobilenets.runtimes import get_runtime, load_exported
+
+from .conftest import SHARED_DATA, TORCHVISION_V2_WEIGHTS
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("litert_torch")
+
+LITERT = get_runtime("litert")
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def imagenet_v2():
+    """torchvision's ImageNet MobileNetV2 at 96 px (a real network, so int8 has real ranges), with real images."""
+    from mobilenets.data import calibration_images
+
+    model = mobilenets.create_model("mobilenet_v2", resolution=96, weights=TORCHVISION_V2_WEIGHTS).eval()
+    images = calibration_images(SHARED_DATA / "imagenet-sample", style="imagenet", resolution=96, count=24)
+    return model, default_data_info(model), images
+
+
+def test_fp32_file_reproduces_pytorch_and_predict_reads_it(imagenet_v2, tmp_path, capsys):
+    model, info, images = imagenet_v2
+    path = tmp_path / "m.tflite"
+    written = LITERT.export(model, path, info=info, check_input=images[:1])
+    assert written["max_relative_error"] < 1e-4 and (tmp_path / "m.tflite.json").is_file()
+    network = load_exported(path)
+    assert rel(network(images[:4]), model(images[:4]).detach()) < 1e-4
+    tench = SHARED_DATA / "imagenet-sample" / "n01440764" / "n01440764_tench.jpg"
+    assert main(["predict", "--exported", str(path), str(tench), "--json", "--top", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0][0] == "tench"
+
+
+def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, tmp_path):
+    """PT2E int8 (litert-torch's quantizer): on images it was not calibrated on, the int8 file's
+    logits stay within the export check's bound and mostly agree with fp32's top-1."""
+    model, info, images = imagenet_v2
+    LITERT.export(model, tmp_path / "q.tflite", info=info, precision="int8", calibration=images[:16])
+    network = load_exported(tmp_path / "q.tflite")
+    assert network.info["precision"] == "int8"
+    held_out = images[16:]
+    ours, theirs = network(held_out), model(held_out).detach()
+    assert rel(ours, theirs) < 0.3
+    assert (ours.argmax(1) == theirs.argmax(1)).float().mean() >= 0.75
+
+
+def test_bad_input_is_one_line(imagenet_v2, tmp_path, capsys):
+    model, info, _ = imagenet_v2
+    with pytest.raises(ConfigError, match="a LiteRT model is a .tflite file"):
+        LITERT.export(model, tmp_path / "m.lite", info=info)
+    with pytest.raises(ConfigError, match="needs calibration images"):
+        LITERT.export(model, tmp_path / "m.tflite", info=info, precision="int8")
+    with pytest.raises(ConfigError, match="runs fp32, int8, not bf16"):
+        LITERT.export(model, tmp_path / "m.tflite", info=info, precision="bf16")
+    (tmp_path / "c.tflite").write_bytes(b"not a flatbuffer")
+    assert main(["predict", "--exported", str(tmp_path / "c.tflite"), "x.jpg"]) == 2
+    assert "c.tflite.json is missing" in capsys.readouterr().err
+    (tmp_path / "c.tflite.json").write_text(json.dumps({"resolution": 96, "transforms": "imagenet"}))
+    assert main(["predict", "--exported", str(tmp_path / "c.tflite"), "x.jpg"]) == 2
+    assert "is not a loadable LiteRT model" in capsys.readouterr().err

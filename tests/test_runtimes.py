@@ -1,0 +1,128 @@
+"""The runtime registry, the model chooser for a latency budget, and export --format auto."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import mobilenets
+from mobilenets.cli import main
+from mobilenets.cost import profile
+from mobilenets.errors import ConfigError
+from mobilenets.runtimes import (
+    Runtime,
+    bench_path,
+    bench_paths,
+    get_runtime,
+    list_runtimes,
+    register_runtime,
+    runtime_for_file,
+)
+from mobilenets.runtimes.choose import Measured, _mark_front, choose, published_variants
+
+from .conftest import SHARED_DATA
+
+
+def test_every_runtime_serves_its_bench_paths_and_files():
+    """Each bench path belongs to one runtime at one of its precisions; each file kind to one runtime."""
+    names = {runtime.name for runtime in list_runtimes()}
+    assert {"pytorch", "onnxruntime", "executorch", "openvino", "litert"} <= names
+    for path, (runtime, precision) in bench_paths().items():
+        assert precision in runtime.precisions and runtime.bench[path] == precision
+    assert bench_path("openvino-int8") == (get_runtime("openvino"), "int8")
+    suffixes = [runtime.suffix for runtime in list_runtimes() if runtime.suffix]
+    assert len(suffixes) == len(set(suffixes))
+    with pytest.raises(ConfigError, match="not an exported model"):
+        runtime_for_file("m.pb")
+
+
+def test_a_registered_runtime_reaches_bench_and_file_loading(tmp_path):
+    """A runtime added from outside (as an entry point would) is one object: bench names and
+    file kinds follow from it, with no other edit."""
+
+    class Echo(Runtime):
+        name, title, suffix = "echo", "Echo", ".echo"
+        bench = {"echo": "fp32"}
+
+        def load(self, path, *, threads=None):
+            return type("Net", (), {"info": {"task": "classification"}, "path": path})()
+
+    register_runtime(Echo())
+    try:
+        assert bench_path("echo")[0].name == "echo"
+        (tmp_path / "m.echo").write_text("")
+        assert runtime_for_file(tmp_path / "m.echo").name == "echo"
+        assert mobilenets.runtimes.load_exported(tmp_path / "m.echo").path == tmp_path / "m.echo"
+    finally:
+        mobilenets.runtimes._RUNTIMES.pop("echo")  # noqa: SLF001 - the test's own registration
+
+
+def test_published_variants_are_the_zoos_tables_and_our_models_cost_what_they_publish():
+    """V1's 16 and V2's 22 TF-slim checkpoints and V3's four; each built here has the published
+    mult-adds (within 3 %: the authors round to the million and count the classifier's 1001 classes)."""
+    variants = published_variants()
+    assert [v.model for v in variants].count("mobilenet_v1") == 16
+    assert [v.model for v in variants].count("mobilenet_v2") == 22 and len(variants) == 42
+    best = max(variants, key=lambda v: v.top1)
+    assert (best.model, best.width, best.top1) == ("mobilenet_v3_large", 1.0, 75.2)
+    for v in variants[::3]:  # every third keeps the test quick; each family is sampled
+        model = mobilenets.create_model(v.model, width_mult=v.width, resolution=v.resolution)
+        measured = profile(model, (3, v.resolution, v.resolution)).mult_adds / 1e6
+        assert measured == pytest.approx(v.published_mult_adds, rel=0.03, abs=1.0), v.label
+    with pytest.raises(ConfigError, match="unknown family v4"):
+        published_variants(["v4"])
+
+
+def test_the_choice_is_the_most_accurate_variant_within_the_budget():
+    variants = {v.label: v for v in published_variants(["v2"])}
+    timed = [
+        Measured(variants["mobilenet_v2 1x 224px"], 0, median_ms=4.0),
+        Measured(variants["mobilenet_v2 0.75x 224px"], 0, median_ms=3.0),
+        Measured(variants["mobilenet_v2 1x 160px"], 0, median_ms=2.5),  # 68.8 %: less accurate than 0.75x 224
+        Measured(variants["mobilenet_v2 0.35x 96px"], 0, median_ms=None, error="failed"),
+    ]
+    _mark_front(timed)
+    assert [m.on_front for m in timed] == [True, True, True, False]
+    assert choose(timed, 3.2).variant.label == "mobilenet_v2 0.75x 224px"
+    assert choose(timed, 2.6).variant.label == "mobilenet_v2 1x 160px"
+    assert choose(timed, 1.0) is None
+    slower_and_worse = Measured(variants["mobilenet_v2 0.5x 224px"], 0, median_ms=3.5)
+    _mark_front([*timed, slower_and_worse])
+    assert not slower_and_worse.on_front
+
+
+def test_choose_command_times_v3_and_names_the_choice(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["choose", "--families", "v3", "--runtime", "pytorch", "--precision", "channels_last", "--runs", "3"]
+    assert main([*argv, "--latency-ms", "100000", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "chosen for 100000 ms: mobilenet_v3_large 1x 224px" in printed and "published top-1" in printed
+    saved = json.loads((out / "choose.json").read_text())
+    assert saved["chosen"]["model"] == "mobilenet_v3_large" and len(saved["variants"]) == 4
+    assert all(v["median_ms"] > 0 for v in saved["variants"]) and (out / "choose.png").stat().st_size > 10_000
+    assert main([*argv, "--latency-ms", "0.0001"]) == 1
+    assert "nothing meets 0.0001 ms here; the fastest is mobilenet_v3_small" in capsys.readouterr().out
+
+
+def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys):
+    """Every installed runtime x precision for one model, timed here; the chosen file is the
+    fastest whose agreement with fp32 stays within the tolerance, written with its runtime's suffix."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    argv = ["export", "--format", "auto", "--model", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64",
+            "--random-weights", "--runtimes", "onnxruntime,openvino", "--calibration",
+            str(SHARED_DATA / "cifar10" / "test"), "--calibration-images", "16", "--out", str(tmp_path / "m")]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    chosen_file = next(p for p in tmp_path.iterdir() if p.stem == "m" and p.suffix in (".onnx", ".xml"))
+    summary = json.loads(chosen_file.with_name(chosen_file.name + ".export.json").read_text())
+    candidates = {c["path"]: c for c in summary["candidates"]}
+    assert {"onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"} <= set(candidates)
+    fit = [c for c in candidates.values() if c["accuracy"] is not None and c["accuracy"] >= 100 - 0.5]
+    chosen = candidates[summary["chosen"]]
+    assert chosen["chosen"] and chosen["median_ms"] == min(c["median_ms"] for c in fit)
+    assert summary["reference_accuracy"] == 100.0 and "<- chosen" in printed
+    assert runtime_for_file(chosen_file).name == chosen["runtime"]
+    exported = mobilenets.runtimes.load_exported(chosen_file)
+    assert exported.info["resolution"] == 64
