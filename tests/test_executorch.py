@@ -134,10 +134,10 @@ def test_models_executorch_cannot_take_are_refused_in_one_line(tmp_path, monkeyp
 def test_percentile_ranges_cut_each_activation_where_the_onnx_path_does():
     """The int8 ranges ExecuTorch exports use by default: a never-negative tensor keeps 0 and
     loses its top 1 - p; a signed one loses (1 - p) / 2 at each end (here p = 99 %)."""
-    from mobilenets.export.executorch import _percentile_observer
+    from mobilenets.export.executorch import percentile_observer
 
     def observed(values):
-        observer = _percentile_observer()(
+        observer = percentile_observer()(
             dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine, percentile=99.0
         )
         for chunk in values.split(1000):  # as calibration images arrive, the histogram re-bins

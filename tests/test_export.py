@@ -435,12 +435,13 @@ def test_bench_output_format(tmp_path, capsys):
         ]
     )  # fmt: skip
     assert code == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     for column in ("median ms", "p90 ms", "img/s", "peak RSS MB", "run MB", "vs floor", "vs tv ORT"):
         assert column in text
     payload = json.loads((tmp_path / "bench.json").read_text())
     rows = payload["results"]
-    assert all(0 <= r["run_mb"] < r["peak_rss_mb"] for r in rows)
+    assert all(r["run_mb"] is not None and 0 <= r["run_mb"] < r["peak_rss_mb"] for r in rows), captured.err
     got = {(r["source"], r["backend"]) for r in rows}
     assert got == {
         ("mobilenets", "eager"),

@@ -62,7 +62,7 @@ def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, tmp_path):
 
 def test_bad_input_is_one_line(imagenet_v2, tmp_path, capsys):
     model, info, _ = imagenet_v2
-    with pytest.raises(ConfigError, match="a LiteRT model is a .tflite file"):
+    with pytest.raises(ConfigError, match="LiteRT writes .tflite files"):
         LITERT.export(model, tmp_path / "m.lite", info=info)
     with pytest.raises(ConfigError, match="needs calibration images"):
         LITERT.export(model, tmp_path / "m.tflite", info=info, precision="int8")

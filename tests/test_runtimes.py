@@ -112,7 +112,7 @@ def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, c
     pytest.importorskip("openvino")
     argv = ["export", "--format", "auto", "--model", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64",
             "--random-weights", "--runtimes", "onnxruntime,openvino", "--calibration",
-            str(SHARED_DATA / "cifar10" / "test"), "--calibration-images", "16", "--out", str(tmp_path / "m")]  # fmt: skip
+            str(SHARED_DATA / "cifar10" / "test"), "--calibration-images", "8", "--out", str(tmp_path / "m")]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     chosen_file = next(p for p in tmp_path.iterdir() if p.stem == "m" and p.suffix in (".onnx", ".xml"))

@@ -183,3 +183,16 @@ def test_distillation_from_unlabelled_images(shared_data, tmp_path, teacher_file
     assert mixed is not None and (
         torch.load(tmp_path / "mixed" / "last.pt", weights_only=True)["scheduler"]["last_epoch"] == 8
     )  # (40 + 24) / 8
+
+
+def test_head_protocol_names_and_replaces_the_last_layer_only():
+    """get_classifier/reset_classifier (timm's protocol): the last fully connected layer, replaced
+    for a new class count with the body and the rest of the head untouched; the saved architecture
+    follows, so the file reloads as the new shape."""
+    model = mobilenets.create_model("mobilenet_v3_small", resolution=64).eval()
+    assert model.get_classifier() is model.classifier[3]
+    body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier.3")}
+    model.reset_classifier(7)
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 7) and model.arch["num_classes"] == 7
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in body.items())
+    assert head_parameter_names(model) == ["classifier.3.weight", "classifier.3.bias"]

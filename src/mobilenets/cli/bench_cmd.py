@@ -23,7 +23,8 @@ Examples:
       --weights mobilenet_v2=../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample --out bench/
   # every CPU runtime at every precision this CPU has ([openvino,litert] extras): which is fastest here?
-  mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8,openvino,openvino-bf16,openvino-int8,litert,litert-int8
+  mobilenets bench --models mobilenet_v2 \\
+      --backends onnxruntime,onnxruntime-int8,openvino,openvino-bf16,openvino-int8,litert,litert-int8
   # the phone path beside ONNX Runtime: ExecuTorch + XNNPACK, fp32 and int8 (each export lowers ~1 min)
   mobilenets bench --models mobilenet_v2 --backends onnxruntime,onnxruntime-int8,executorch-xnnpack,executorch-xnnpack-int8
 """

@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=POSITIVE_INT.argtype, default=2, help="intra-op threads (default 2)")
     parser.add_argument("--families", type=csv_of(choices=["v1", "v2", "v3"]), default=["v1", "v2", "v3"],
                         help="comma-separated, from v1, v2, v3 (default all)")  # fmt: skip
-    parser.add_argument("--runs", type=POSITIVE_INT.argtype, default=15, help="timed runs per variant (default 15)")
+    parser.add_argument("--runs", type=POSITIVE_INT.argtype, default=30, help="timed runs per variant (default 30)")
     parser.add_argument("--out", help="folder for choose.txt, choose.json, choose.png")
     parser.set_defaults(run=run)
 

@@ -393,11 +393,12 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
         model = convert_qat(model)[0]
     print(f"exporting to {runtime.title} ({precision})")
     check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
+    # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
+    batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation is not None else None
     summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check)
     print(f"wrote {out} ({precision}); {runtime.title} vs PyTorch relative error {summary['max_relative_error']:.2e}")
     if evaluation is not None:
         dataset, classes = evaluation
-        batches = list(make_loader(dataset, 50, workers=2))
         accuracy = {}
         for name, runner in {"pytorch": model, f"{runtime.name}_{precision}": runtime.load(out)}.items():
             metrics = evaluate(runner, batches, len(classes))
@@ -437,6 +438,8 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
     if task.quantizable and not (args.calibration or args.eval_data):
         raise ConfigError("--format auto scores int8 paths: give --calibration DIR (and --eval-data for top-1)")
     evaluation, calibration = classifier_inputs(args, info, calibrated=False)
+    # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
+    batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation else None
     names = candidate_paths(task, args.runtimes)
     if not names:
         raise ConfigError("no installed runtime writes a file for this model; pip install 'mobilenets[openvino]'")
@@ -446,7 +449,6 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
         candidates = measure_candidates(prepared, names, threads=args.threads, runs=30, progress=progress)
         reference, scored_by = None, "-"
         if task.quantizable:
-            batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation else None
             classes = len(evaluation[1]) if evaluation else None
             reference = score_candidates(prepared, candidates, batches, classes, progress)
             scored_by = "top-1 %" if evaluation else "agrees with fp32 %"

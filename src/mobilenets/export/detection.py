@@ -110,8 +110,8 @@ class ExportedDetector:
 
     def __init__(self, network: Any) -> None:
         self.network, self.path, self.info = network, network.path, network.info
-        if self.info.get("task") != "detection":
-            raise ValueError(f"{self.path} is not a detector export")
+        if "postprocess" not in self.info:  # what every detector export records (detector_graph)
+            raise ValueError(f"{self.path} is not a detector export: it records no post-processing settings")
         self.resolution = int(self.info["resolution"])
         self.settings = self.info["postprocess"]
 

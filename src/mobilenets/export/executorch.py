@@ -97,7 +97,7 @@ class ExecuTorchReport:
         )
 
 
-def _percentile_observer():
+def percentile_observer():
     """PT2E's histogram observer with the ONNX path's range rule: each activation's range
     cut at a percentile of the values seen on the calibration images (defined here, not at
     import: torchao comes with the optional [mobile] extra)."""
@@ -143,7 +143,7 @@ def _quantization_config(method: str, percentile: float):
     if method == "histogram":
         return config
     if method == "percentile":
-        observer = _percentile_observer().with_args(percentile=percentile, eps=2**-12)
+        observer = percentile_observer().with_args(percentile=percentile, eps=2**-12)
     elif method == "minmax":
         observer = MinMaxObserver.with_args(eps=2**-12)
     else:

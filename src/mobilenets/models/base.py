@@ -53,6 +53,23 @@ class ImageClassifier(nn.Module):
         # Filled in by the registry: the name and options that rebuild this model.
         self.arch: dict[str, Any] = {}
 
+    def get_classifier(self) -> nn.Linear:
+        """The last fully connected layer (timm's head protocol): what a new task replaces and
+        what fine-tuning trains faster than the body."""
+        return next(m for m in reversed(list(self.classifier.modules())) if isinstance(m, nn.Linear))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised last layer for ``num_classes`` (the rest of the head kept)."""
+        old = self.get_classifier()
+        parent = next(m for m in self.classifier.modules() if any(c is old for c in m.children()))
+        name = next(n for n, c in parent.named_children() if c is old)
+        new = nn.Linear(old.in_features, num_classes)
+        nn.init.normal_(new.weight, 0, 0.01)  # as init_weights
+        nn.init.zeros_(new.bias)
+        setattr(parent, name, new)
+        if self.arch:
+            self.arch["num_classes"] = num_classes
+
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputShapeError` for a tensor this network cannot classify."""
         if not isinstance(x, Tensor):

@@ -85,9 +85,10 @@ class Runtime:
 
     # -- files ------------------------------------------------------------------------------
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
-               calibration: Any = None, check_input: Any = None) -> dict[str, Any]:  # fmt: skip
-        """Write ``model`` as this runtime's file after checking it against PyTorch; returns
-        what was written (paths, precision, error) for the export summary."""
+               calibration: Any = None, check_input: Any = None, verify: bool = True) -> dict[str, Any]:  # fmt: skip
+        """Write ``model`` as this runtime's file after checking it against PyTorch (``verify``
+        off: written whatever the error, for timing int8 calibrated on noise); returns what was
+        written (paths, precision, error) for the export summary."""
         raise ConfigError(f"{self.title} has no exporter")
 
     def files(self, path: Path) -> list[Path]:

@@ -103,7 +103,7 @@ def measure_variants(
     runtime: str = "onnxruntime",
     precision: str = "fp32",
     threads: int = 2,
-    runs: int = 15,
+    runs: int = 30,
     progress: Callable[[str], None] | None = None,
 ) -> list[Measured]:
     """Median batch-1 latency of every variant on ``runtime`` at ``precision`` (see the module docstring)."""
@@ -139,7 +139,8 @@ def measure_variants(
                     progress(f"prepared {variant.label} on {path} ({index + 1}/{len(variants)})")
             if progress:
                 progress(f"timing {len(calls)} variants in 3 alternating rounds")
-            times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), pause=0.02)
+            # the pause lets the previous engine's worker threads stop spinning (as bench does)
+            times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), pause=0.05)
     finally:
         torch.set_num_threads(previous)
     for index, samples in times.items():

@@ -20,7 +20,7 @@ class ExecuTorchRuntime(Runtime):
     bench = {"executorch-xnnpack": "fp32", "executorch-xnnpack-int8": "int8"}
 
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
-               calibration: Any = None, check_input: Any = None) -> dict[str, Any]:  # fmt: skip
+               calibration: Any = None, check_input: Any = None, verify: bool = True) -> dict[str, Any]:  # fmt: skip
         from ..export.executorch import export_executorch
 
         self.check(precision)

@@ -18,7 +18,7 @@ class OnnxRuntime(Runtime):
     reference_paths = ("onnxruntime",)
 
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
-               calibration: Any = None, check_input: Any = None) -> dict[str, Any]:  # fmt: skip
+               calibration: Any = None, check_input: Any = None, verify: bool = True) -> dict[str, Any]:  # fmt: skip
         """fp32: :func:`~mobilenets.export.export_onnx`; int8: that file quantized with the
         default post-training recipe (``export --int8`` offers every option)."""
         from ..export import export_onnx, quantize_onnx

@@ -30,10 +30,14 @@ UNLABELLED = -1  # the label of an image without one
 
 
 def head_parameter_names(model: nn.Module, *, required: bool = True) -> list[str]:
-    """Names of the classifier head's parameters: those of the network's last fully
-    connected layer (ours ``classifier.1``, torchvision's ``fc``, ``classifier.6``,
-    ``heads.head``...).  A network without one has no head to split off: an error if
-    ``required``, else no names."""
+    """Names of the classifier head's parameters: those of the layer the model's
+    ``get_classifier()`` names (ours, timm's), else the network's last fully connected layer
+    (torchvision's ``fc``, ``classifier.6``, ``heads.head``...).  A network without one has no
+    head to split off: an error if ``required``, else no names."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        prefix = next(name for name, m in model.named_modules() if m is head) + "."
+        return [name for name, _ in model.named_parameters() if name.startswith(prefix)]
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears and not required:
         return []
