@@ -153,11 +153,14 @@ EXPORTED_OPTIONS = {"exported": None, "onnx": "onnxruntime", "pte": "executorch"
 
 
 def add_exported_options(parser: argparse.ArgumentParser) -> None:
+    from ..runtimes import list_runtimes
+
+    kinds = ", ".join(f"{runtime.suffix} ({runtime.title})" for runtime in list_runtimes() if runtime.suffix)
     parser.add_argument(
         "--exported",
         metavar="FILE",
-        help="a file written by 'mobilenets export', run by the runtime its kind names: .onnx (ONNX Runtime), "
-        ".xml (OpenVINO), .pte (ExecuTorch); its class names and preprocessing travel with it",
+        help=f"a file written by 'mobilenets export', run by the runtime its kind names: {kinds}; its class names "
+        "and preprocessing travel with it",
     )
     parser.add_argument("--onnx", metavar="FILE", help="an .onnx export, run by ONNX Runtime (as --exported)")
     parser.add_argument("--pte", metavar="FILE", help="a .pte export, run by ExecuTorch (as --exported)")

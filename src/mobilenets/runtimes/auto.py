@@ -117,12 +117,16 @@ def pick(candidates: Sequence[Candidate], reference: float | None, tolerance: fl
 
 def copy_export(runtime: Any, source: Path, out: Path) -> list[Path]:
     """Copy the files of one export (a runtime's ``files``) under a new name; returns the copies."""
+    from ..weights import atomic_write
+
     written = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     for part in runtime.files(source):
-        target = out.with_name(out.name + part.name[len(source.name):]) if part.name.startswith(source.name) else (
-            out.with_suffix(part.suffix))  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(part, target)
+        if part.name.startswith(source.name):  # the file itself, or a sidecar "m.pte.json" -> "<out>.json"
+            target = out.with_name(out.name + part.name[len(source.name) :])
+        else:  # a companion of the same stem: OpenVINO's "m.bin"
+            target = out.with_suffix(part.suffix)
+        atomic_write(target, lambda tmp, part=part: shutil.copyfile(part, tmp))
         written.append(target)
     return written
 

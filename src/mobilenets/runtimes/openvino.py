@@ -145,6 +145,8 @@ class OpenVinoRuntime(Runtime):
         off writes the file whatever its error (bench's latency-only int8, calibrated on noise)."""
         import torch
 
+        from ..weights import atomic_write
+
         ov = _openvino()
         network, extra, outputs, example = prepare_export(self, model, path, info, precision, calibration, check_input)
         shape = ov.PartialShape([-1, 3, int(info["resolution"]), int(info["resolution"])])  # any batch
@@ -162,10 +164,9 @@ class OpenVinoRuntime(Runtime):
             graph.set_rt_info(json.dumps(metadata), [RT_INFO_KEY])
             staged = Path(tmp) / "model.xml"
             ov.save_model(graph, str(staged), compress_to_fp16=False)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # the weights first: an .xml is never beside a .bin it does not belong to
-            shutil.move(str(staged.with_suffix(".bin")), path.with_suffix(".bin"))
-            shutil.move(str(staged), path)
+            # the weights first: the new .xml never appears before its weights
+            atomic_write(path.with_suffix(".bin"), lambda tmp: shutil.copyfile(staged.with_suffix(".bin"), tmp))
+            atomic_write(path, lambda tmp: shutil.copyfile(staged, tmp))
         return {"xml": str(path), "bin": str(path.with_suffix(".bin")), "precision": precision,
                 "max_relative_error": error}  # fmt: skip
 
