@@ -1,5 +1,5 @@
 """Runtimes as registered objects: each way a model runs on the CPU (PyTorch itself, ONNX
-Runtime, ExecuTorch, OpenVINO) is one :class:`Runtime`, and export, ``predict``/``eval`` of an
+Runtime, ExecuTorch, OpenVINO, LiteRT) is one :class:`Runtime`, and export, ``predict``/``eval`` of an
 exported file, and ``bench`` ask the registry instead of matching names.
 
 A runtime says which file it writes and loads (``suffix``), the precisions and tasks it serves,
