@@ -163,6 +163,22 @@ def check_model(value: Any, name: str = "model") -> Any:
     raise ConfigError(f"{name} must be a torch.nn.Module, got {type(value).__name__} {value!r:.60}{hint}")
 
 
+def exported_batch(images: Any, shape: Sequence[int], file: str) -> Any:
+    """``images`` as the float batch (N, *shape) an exported file takes; an InputShapeError naming
+    the file otherwise.  What every exported network (ONNX Runtime, ExecuTorch, OpenVINO, LiteRT)
+    checks before it runs."""
+    import torch
+
+    from .errors import InputShapeError
+
+    images = torch.as_tensor(images).float()
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
+        raise InputShapeError(
+            f"{file} takes images shaped (N, {', '.join(map(str, shape))}), got {tuple(images.shape)}"
+        )
+    return images
+
+
 def as_image_batch(value: Any, name: str) -> Any:
     """A numpy array of images as a float tensor (N, C, H, W); a tensor as it is; anything else unchanged."""
     import numpy as np

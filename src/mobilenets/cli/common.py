@@ -186,3 +186,9 @@ def load_exported_for_cli(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
     runtime = EXPORTED_OPTIONS[option]
     model = load_exported(getattr(args, option), runtime=get_runtime(runtime) if runtime else None)
     return model, model.info
+
+
+def model_source(args: argparse.Namespace) -> str:
+    """How messages name the model a command works on: the file it came from, else "the model"."""
+    named = (getattr(args, option, None) for option in (*EXPORTED_OPTIONS, "checkpoint", "weights"))
+    return next((str(value) for value in named if value), "the model")

@@ -20,7 +20,7 @@ from ..validate import (
     UNIT_FRACTION,
     csv_of,
 )
-from .common import add_source_options, load_for_cli
+from .common import add_source_options, load_for_cli, model_source
 
 EXAMPLES = """\
 Examples:
@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> in
         val_set, classes = eval_dataset(
             args.eval_data, style=info["transforms"], resolution=resolution, subset=args.val_subset
         )
-        check_classes(info, classes, model=args.checkpoint or args.weights or "the model", data=args.eval_data)
+        check_classes(info, classes, model=model_source(args), data=args.eval_data)
         loader, num_classes = make_loader(val_set, 128, workers=2), len(classes)
     calibration = None
     if args.calibration:

@@ -18,7 +18,7 @@ from ..validate import (
     WEIGHT_ROUNDING,
     csv_of,
 )
-from .common import add_random_weights_option, add_source_options, load_for_cli, require_weights
+from .common import add_random_weights_option, add_source_options, load_for_cli, model_source, require_weights
 
 EXAMPLES = """\
 Examples:
@@ -157,8 +157,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     # given with --format executorch these would be ignored: run_executorch refuses them
     onnx_only = ["--dynamic-batch", "--opset", "--weight-rounding"]
     onnx_only += ["--bias-correction", "--range-search-images", "--range-search-sweeps"]
-    dests = {option: option[2:].replace("-", "_") for option in onnx_only}
-    parser.set_defaults(run=run, onnx_only={option: (dest, parser.get_default(dest)) for option, dest in dests.items()})
+    auto_only = ["--tolerance", "--runtimes", "--threads"]
+    parser.set_defaults(run=run, onnx_only=_defaults(parser, onnx_only), auto_only=_defaults(parser, auto_only))
+
+
+def _defaults(parser: argparse.ArgumentParser, options: list[str]) -> dict[str, tuple[str, Any]]:
+    """option -> (its attribute, its default): what :func:`given` compares with."""
+    dests = {option: option[2:].replace("-", "_") for option in options}
+    return {option: (dest, parser.get_default(dest)) for option, dest in dests.items()}
+
+
+def given(args: argparse.Namespace, options: dict[str, tuple[str, Any]]) -> list[str]:
+    """Which of ``options`` (from :func:`_defaults`) the command line set away from the default."""
+    return [option for option, (dest, default) in options.items() if getattr(args, dest) != default]
 
 
 def add_auto_options(parser: argparse.ArgumentParser) -> None:
@@ -181,8 +192,7 @@ def run(args: argparse.Namespace) -> int:
     args.int8 = args.int8 or args.precision == "int8"
     if args.format == "auto":
         return run_auto(args, out)
-    auto_only = [flag for flag, given in (("--tolerance", args.tolerance != 0.5), ("--runtimes", args.runtimes),
-                                           ("--threads", args.threads != 2)) if given]  # fmt: skip
+    auto_only = given(args, args.auto_only)
     if auto_only:
         raise ConfigError(f"{', '.join(auto_only)} {'is' if len(auto_only) == 1 else 'are'} for --format auto")
     precision = "int8" if args.int8 else args.precision or "fp32"
@@ -207,7 +217,6 @@ def run(args: argparse.Namespace) -> int:
     from ..export.onnx import MIN_OPSET
     from ..export.qat import convert_qat, is_qat
     from ..export.qat import export_int8 as export_qat_int8
-    from ..train import evaluate
 
     if not MIN_OPSET <= args.opset <= max_opset():
         raise ConfigError(
@@ -260,15 +269,24 @@ def run(args: argparse.Namespace) -> int:
         runners = {"pytorch_qat" if trained_for_int8 else "pytorch": model, "onnx_fp32": OnnxClassifier(fp32_path)}
         if args.int8:
             runners["onnx_int8"] = OnnxClassifier(out)
-        accuracy = {}
-        for name, runner in runners.items():
-            metrics = evaluate(runner, batches, len(classes))
-            accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
-        for name, acc in accuracy.items():
-            print(f"{name:10s} top-1 {100 * acc['top1']:.2f}%  top-5 {100 * acc['top5']:.2f}%  ({len(dataset)} images)")
-        summary["accuracy"] = accuracy
+        summary["accuracy"] = report_accuracy(runners, batches, len(classes), width=10)
     write_summary(out, summary)
     return 0
+
+
+def report_accuracy(runners: dict[str, Any], batches: list, num_classes: int, *, width: int) -> dict[str, Any]:
+    """Top-1 and top-5 of each form of the model (PyTorch, the exported files) on the same
+    labelled batches, printed a line each; what the export summary records."""
+    from ..train import evaluate
+
+    images = sum(len(labels) for _, labels in batches)
+    accuracy = {}
+    for name, runner in runners.items():
+        metrics = evaluate(runner, batches, num_classes)
+        accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
+        print(f"{name:{width}s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+              f"({images} images)")  # fmt: skip
+    return accuracy
 
 
 def summary_path(out: Path) -> Path:
@@ -303,7 +321,7 @@ def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibra
         evaluation = eval_dataset(
             args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
         )
-        check_classes(info, evaluation[1], model=args.checkpoint or args.weights or "the model", data=args.eval_data)
+        check_classes(info, evaluation[1], model=model_source(args), data=args.eval_data)
     calibration = None
     if args.calibration:
         calibration = calibration_images(
@@ -337,13 +355,12 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
     from ..data import make_loader
     from ..export.executorch import PteModel, export_executorch
     from ..export.qat import convert_qat, is_qat
-    from ..train import evaluate
 
     if out.suffix != ".pte":
         raise ConfigError(f"--out should name a .pte file for --format executorch, got {out}")
-    for option, (name, default) in args.onnx_only.items():
-        if getattr(args, name) != default:
-            raise ConfigError(f"{option} is an ONNX export option; --format executorch does not take it")
+    onnx_options = given(args, args.onnx_only)
+    if onnx_options:
+        raise ConfigError(f"{onnx_options[0]} is an ONNX export option; --format executorch does not take it")
     model, info = load_for_cli(args, "export")
     evaluation, calibration = classifier_inputs(args, info, calibrated=False)  # PT2E calibrates its own ranges
     if is_qat(model):  # the float model it simulates
@@ -363,14 +380,8 @@ def run_executorch(args: argparse.Namespace, out: Path) -> int:
     if evaluation is not None:
         dataset, classes = evaluation
         batches = list(make_loader(dataset, 50, workers=2))
-        accuracy = {}
-        for name, runner in {"pytorch": model, f"executorch_{report.precision}": PteModel(out)}.items():
-            metrics = evaluate(runner, batches, len(classes))
-            accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
-            print(
-                f"{name:17s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  ({len(dataset)} images)"
-            )
-        summary["accuracy"] = accuracy
+        runners = {"pytorch": model, f"executorch_{report.precision}": PteModel(out)}
+        summary["accuracy"] = report_accuracy(runners, batches, len(classes), width=17)
     write_summary(out, summary)
     return 0
 
@@ -380,13 +391,12 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
     runtime exports and checks the file against PyTorch; int8 uses the default ONNX int8 recipe."""
     from ..data import make_loader
     from ..export.qat import convert_qat, is_qat
-    from ..train import evaluate
 
     if out.suffix != runtime.suffix:
         raise ConfigError(f"--out should name a {runtime.suffix} file for --format {args.format}, got {out}")
-    for option, (name, default) in args.onnx_only.items():
-        if getattr(args, name) != default:
-            raise ConfigError(f"{option} is an ONNX export option; --format {args.format} does not take it")
+    onnx_options = given(args, args.onnx_only)
+    if onnx_options:
+        raise ConfigError(f"{onnx_options[0]} is an ONNX export option; --format {args.format} does not take it")
     model, info = load_for_cli(args, "export")
     evaluation, calibration = classifier_inputs(args, info, calibrated=False)
     if is_qat(model):  # the float model it simulates
@@ -398,14 +408,8 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
     summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check)
     print(f"wrote {out} ({precision}); {runtime.title} vs PyTorch relative error {summary['max_relative_error']:.2e}")
     if evaluation is not None:
-        dataset, classes = evaluation
-        accuracy = {}
-        for name, runner in {"pytorch": model, f"{runtime.name}_{precision}": runtime.load(out)}.items():
-            metrics = evaluate(runner, batches, len(classes))
-            accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
-            print(f"{name:17s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
-                  f"({len(dataset)} images)")  # fmt: skip
-        summary["accuracy"] = accuracy
+        runners = {"pytorch": model, f"{runtime.name}_{precision}": runtime.load(out)}
+        summary["accuracy"] = report_accuracy(runners, batches, len(evaluation[1]), width=17)
     write_summary(out, summary)
     return 0
 

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from .common import model_source
 
 __all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION"]
 
@@ -47,7 +48,7 @@ class ClassifierCommands:
             )  # fmt: skip
         else:
             val_set, classes = eval_dataset(args.data_dir, style=style, resolution=resolution, subset=args.val_subset)
-        source = args.checkpoint or args.weights or "the model"
+        source = model_source(args)
         check_classes(info, classes, model=source, data=args.data_dir)
         if recorded_class_names(info) is None:
             print(
@@ -104,7 +105,7 @@ class DetectorCommands:
         # only the split scored is read, so warnings about the other split's files do not appear
         data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val, splits=(args.split,),
                                classes=info.get("selected_classes"))  # fmt: skip
-        check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir,
+        check_classes(info, data.classes, model=model_source(args), data=args.data_dir,
                       background=True)  # fmt: skip
         loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
         metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
@@ -147,7 +148,7 @@ class SegmenterCommands:
         data = find_segmentation_data(
             args.data_dir, train_transforms=val, val_transforms=val, classes=info.get("selected_classes")
         )
-        check_classes(info, data.classes, model=args.checkpoint or args.weights or "the model", data=args.data_dir)
+        check_classes(info, data.classes, model=model_source(args), data=args.data_dir)
         loader = make_loader(_scored_split(data, args), args.batch_size or 8, workers=args.workers, collate_fn=collate)
         metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
                                      progress=sys.stderr.isatty())  # fmt: skip

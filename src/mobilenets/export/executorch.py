@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InputShapeError
 from ..tasks import task_of
-from ..validate import EXECUTORCH_CALIBRATION_METHODS
+from ..validate import EXECUTORCH_CALIBRATION_METHODS, exported_batch
 from ..weights import atomic_write
 from .detection import ExportedDetector
 from .onnx import deployable, preprocessing_metadata
@@ -328,12 +328,7 @@ class PteModel:
         return self
 
     def __call__(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
-        images = torch.as_tensor(images).float()
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise InputShapeError(
-                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
-                f"got {tuple(images.shape)}"
-            )
+        images = exported_batch(images, self.input_shape, self.path.name)
         parts = [self.method.execute([image[None].contiguous()]) for image in images]
         outputs = tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
         return outputs[0] if len(outputs) == 1 else outputs

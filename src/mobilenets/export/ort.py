@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputShapeError, MobileNetsError
+from ..errors import ConfigError, MobileNetsError
+from ..validate import exported_batch
 
 __all__ = [
     "FORMAT",
@@ -124,17 +125,12 @@ class OnnxClassifier:
         return self
 
     def __call__(self, images: Tensor) -> Tensor:
-        images = torch.as_tensor(images)
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise InputShapeError(
-                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
-                f"got {tuple(images.shape)}"
-            )
+        images = exported_batch(images, self.input_shape, self.path.name)
         if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
             # exported without --dynamic-batch: run the batch one image at a time
-            parts = [self.session.run(None, {"image": image[None].float().numpy()}) for image in images]
+            parts = [self.session.run(None, {"image": image[None].numpy()}) for image in images]
             outputs = [np.concatenate([part[i] for part in parts]) for i in range(len(parts[0]))]
         else:
-            outputs = self.session.run(None, {"image": images.float().numpy()})
+            outputs = self.session.run(None, {"image": images.numpy()})
         tensors = tuple(torch.from_numpy(output) for output in outputs)
         return tensors[0] if len(tensors) == 1 else tensors  # a detector's: (boxes, scores)

@@ -5,8 +5,8 @@ exported file, and ``bench`` ask the registry instead of matching names.
 A runtime says which file it writes and loads (``suffix``), the precisions and tasks it serves,
 the extra that installs it, and its bench paths (``"onnxruntime-int8"`` -> precision
 ``"int8"``).  Its module implements ``export`` (model -> file, checked against PyTorch before it
-is written), ``load`` (file -> a network called on preprocessed batches), ``read_info`` and the
-bench hooks.  Adding a runtime is one module here (or, from another package, an entry point of
+is written), ``load`` (file -> a network called on preprocessed batches, with its data info) and
+the bench hooks.  Adding a runtime is one module here (or, from another package, an entry point of
 the group ``mobilenets.runtimes``) plus its tests: docs/architecture.md.
 
 This module imports nothing heavy, so ``--help`` and the memory probe stay light.
@@ -94,10 +94,6 @@ class Runtime:
     def files(self, path: Path) -> list[Path]:
         """Every file an export at ``path`` consists of (weights, metadata beside it)."""
         return [path]
-
-    def read_info(self, path: Path) -> dict[str, Any]:
-        """The data info (classes, preprocessing, task) a file of this runtime carries."""
-        raise ConfigError(f"{self.title} loads no files")
 
     def load(self, path: Path, *, threads: int | None = None) -> Callable[..., Any]:
         """The file's network: called on a preprocessed batch, its output(s) as tensors; ``.info``."""

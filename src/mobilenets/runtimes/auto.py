@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import bench_path, bench_paths
+from .bench import error_line
 
 FLOAT = ("fp32", "bf16")
 
@@ -47,10 +48,6 @@ def candidate_paths(task: Any, runtimes: Sequence[str] | None = None) -> list[st
     return names
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
-
-
 def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, runs: int,
                        progress: Callable[[str], None]) -> list[Candidate]:  # fmt: skip
     """Export and time every candidate path on ``prepared`` (a ``bench.PreparedModel``)."""
@@ -71,7 +68,7 @@ def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, run
             run(x)  # first-call allocations
             calls[name] = lambda run=run: run(x)
         except Exception as exc:  # one path that fails must not hide the others
-            candidate.error = _first_line(exc)
+            candidate.error = error_line(exc)
             progress(f"{name}: {candidate.error}")
     progress(f"timing {len(calls)} paths in 3 alternating rounds")
     times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), pause=0.05)
@@ -89,8 +86,8 @@ def score_candidates(prepared: Any, candidates: Sequence[Candidate], batches: li
     if batches is None:  # no labels: agreement with the float model's top-1 on the calibration images
         images = prepared.calibration_images()
         with torch.no_grad():
-            labels = prepared.graph(images).argmax(1)
-        batches, num_classes = [(images, labels)], int(prepared.graph(images[:1]).shape[1])
+            logits = prepared.graph(images)
+        batches, num_classes = [(images, logits.argmax(1))], int(logits.shape[1])
     reference = prepared.top1("eager", batches, num_classes)
     for candidate in candidates:
         if candidate.median_ms is None:
@@ -98,7 +95,7 @@ def score_candidates(prepared: Any, candidates: Sequence[Candidate], batches: li
         try:
             candidate.accuracy = prepared.top1(candidate.path, batches, num_classes)
         except Exception as exc:  # noqa: BLE001 - an unscorable path is not chosen
-            candidate.error = _first_line(exc)
+            candidate.error = error_line(exc)
         progress(f"{candidate.path}: top-1 {candidate.accuracy}")
     return reference
 

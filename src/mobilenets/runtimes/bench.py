@@ -60,6 +60,7 @@ __all__ = [
     "BenchResult",
     "PreparedModel",
     "cpu_name",
+    "error_line",
     "int8_pays",
     "peak_multiply_add_rate",
     "results_table",
@@ -290,7 +291,8 @@ class PreparedModel:
         return runtime.bench_runner(self, precision, threads)
 
 
-def _error(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """What a table's error column shows of a path that failed: its type and first line."""
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
@@ -306,7 +308,7 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
             try:
                 run, error = prepared.runner(backend, threads), ""
             except Exception as exc:  # one broken path must not hide the others
-                run, error = None, _error(exc)
+                run, error = None, error_line(exc)
             for batch in batch_sizes:
                 result = BenchResult(name, source, backend, batch, threads, size, mult_adds, error=error)
                 results.append(result)
@@ -318,7 +320,7 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
                         run(x)
                     timed.append((result, run, x))
                 except Exception as exc:
-                    result.error = _error(exc)
+                    result.error = error_line(exc)
     calls = {id(result): (lambda run=run, x=x: run(x)) for result, run, x in timed}
     times = alternating_ms(calls, rounds=ROUNDS, runs=max(1, -(-runs // ROUNDS)), pause=0.05)
     for result, _, _ in timed:
@@ -331,7 +333,7 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
             try:
                 measured = prepared.memory(result.backend, result.batch_size, size, threads, warmup + 1)
             except Exception as exc:  # noqa: BLE001 - the timings stand without it
-                warnings.warn(f"{result.label} {result.backend}: no memory figure ({_error(exc)})", stacklevel=2)
+                warnings.warn(f"{result.label} {result.backend}: no memory figure ({error_line(exc)})", stacklevel=2)
                 continue
             if measured:
                 result.peak_rss_mb, result.run_mb = measured
@@ -446,7 +448,7 @@ def _score(results, entries, name, info, eval_data, val_subset, progress) -> Non
                 top1 = prepared.top1(backend, batches, len(classes))
             except Exception as exc:  # noqa: BLE001 - an unscorable path keeps its timings
                 if progress:
-                    progress(f"{name} {source} {backend}: no accuracy ({_error(exc)})")
+                    progress(f"{name} {source} {backend}: no accuracy ({error_line(exc)})")
                 continue
             for r in results:
                 if (r.model, r.source, r.backend) == (name, source, backend):

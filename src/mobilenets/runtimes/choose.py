@@ -113,7 +113,7 @@ def measure_variants(
     from ..cost.latency import alternating_ms
     from ..models import create_model
     from ..predict import default_data_info
-    from .bench import PreparedModel
+    from .bench import PreparedModel, error_line
 
     engine = get_runtime(runtime)
     engine.check(precision)
@@ -134,7 +134,7 @@ def measure_variants(
                     run(x)  # first-call allocations
                     calls[index] = lambda run=run, x=x: run(x)
                 except Exception as exc:  # one variant that does not export must not hide the others
-                    result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+                    result.error = error_line(exc)
                 if progress:
                     progress(f"prepared {variant.label} on {path} ({index + 1}/{len(variants)})")
             if progress:

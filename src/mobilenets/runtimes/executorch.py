@@ -33,9 +33,6 @@ class ExecuTorchRuntime(Runtime):
 
         return [path, metadata_path(path)]
 
-    def read_info(self, path: Path) -> dict[str, Any]:
-        return self.load(path).info
-
     def load(self, path: Path, *, threads: int | None = None) -> Callable[..., Any]:
         from ..export.executorch import PteModel
 

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputShapeError
+from ..errors import ConfigError
+from ..validate import exported_batch
 from . import Runtime, register_runtime
 from .checks import checked_error, file_metadata, prepare_export
 
@@ -109,12 +110,7 @@ class LiteRtNetwork:
         import numpy as np
         import torch
 
-        images = torch.as_tensor(images).float()
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise InputShapeError(
-                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
-                f"got {tuple(images.shape)}"
-            )
+        images = exported_batch(images, self.input_shape, self.path.name)
         parts = [self.run_one(image[None].contiguous().numpy()) for image in images]
         outputs = tuple(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(len(parts[0])))
         return outputs[0] if len(outputs) == 1 else outputs
@@ -184,9 +180,6 @@ class LiteRtRuntime(Runtime):
 
     def files(self, path: Path) -> list[Path]:
         return [path, sidecar_path(path)]
-
-    def read_info(self, path: Path) -> dict[str, Any]:
-        return LiteRtNetwork(path).info
 
     def load(self, path: Path, *, threads: int | None = None) -> Callable[..., Any]:
         return LiteRtNetwork(path, threads=threads)

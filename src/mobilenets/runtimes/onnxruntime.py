@@ -32,11 +32,6 @@ class OnnxRuntime(Runtime):
             written["int8"] = str(path)
         return written
 
-    def read_info(self, path: Path) -> dict[str, Any]:
-        from ..export import read_metadata
-
-        return read_metadata(path)
-
     def load(self, path: Path, *, threads: int | None = None) -> Callable[..., Any]:
         from ..export import OnnxClassifier
 

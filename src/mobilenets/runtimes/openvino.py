@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputShapeError
+from ..errors import ConfigError
+from ..validate import exported_batch
 from . import Runtime, register_runtime
 from .checks import checked_error, file_metadata, prepare_export
 
@@ -80,13 +81,8 @@ class OpenVinoNetwork:
     def __call__(self, images: Any) -> Any:
         import torch
 
-        images = torch.as_tensor(images)
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise InputShapeError(
-                f"{self.path.name} takes images shaped (N, {', '.join(map(str, self.input_shape))}), "
-                f"got {tuple(images.shape)}"
-            )
-        results = self.request.infer({0: images.float().numpy()})
+        images = exported_batch(images, self.input_shape, self.path.name)
+        results = self.request.infer({0: images.numpy()})
         outputs = tuple(torch.from_numpy(results[port].copy()) for port in self.compiled.outputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -172,9 +168,6 @@ class OpenVinoRuntime(Runtime):
 
     def files(self, path: Path) -> list[Path]:
         return [path, path.with_suffix(".bin")]
-
-    def read_info(self, path: Path) -> dict[str, Any]:
-        return read_ir_info(path)
 
     def load(self, path: Path, *, threads: int | None = None) -> Callable[..., Any]:
         return OpenVinoNetwork(path, threads=threads)
