@@ -26,6 +26,7 @@ from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
 from .errors import DataError
+from .extras import require
 
 __all__ = [
     "CIFAR_MEAN",
@@ -431,10 +432,7 @@ def calibration_images(folder: str | Path, *, style: str, resolution: int, count
 
 def read_yaml_config(config: Path) -> dict[str, Any]:
     """A dataset's YAML config as a dict; bad YAML raises :class:`DataError` naming the file."""
-    try:
-        import yaml
-    except ImportError as exc:  # the [detection] / [segmentation] extras
-        raise DataError(f"{config}: reading dataset configs needs PyYAML: pip install pyyaml") from exc
+    yaml = require("yaml", f"{config}: reading dataset configs", "detection", error=DataError)
 
     try:
         spec = yaml.safe_load(config.read_text())

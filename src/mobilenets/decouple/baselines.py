@@ -43,12 +43,9 @@ def _pair(value) -> tuple[int, int]:
 
 
 def _tensorly():
-    try:
-        import tensorly
-    except ImportError as exc:  # the [decompose] extra
-        from ..errors import ConfigError
+    from ..extras import require
 
-        raise ConfigError("CP and Tucker need tensorly: pip install 'mobilenets[decompose]'") from exc
+    tensorly = require("tensorly", "CP and Tucker", "decompose")
     tensorly.set_backend("pytorch")
     return tensorly
 

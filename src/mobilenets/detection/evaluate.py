@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..extras import require
 
 __all__ = ["COCO_STATS", "coco_metrics", "evaluate_detector"]
 
@@ -35,11 +36,8 @@ def coco_metrics(
 ) -> dict[str, float]:
     """COCO AP of ``predictions`` against ``targets`` (one dict per image, same order;
     ``boxes`` x1 y1 x2 y2, ``labels``, and ``scores`` for predictions)."""
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as exc:
-        raise ConfigError("COCO metrics need pycocotools: pip install 'mobilenets[detection]'") from exc
+    COCO = require("pycocotools.coco", "COCO metrics", "detection").COCO
+    COCOeval = require("pycocotools.cocoeval", "COCO metrics", "detection").COCOeval
     if not targets:
         raise ConfigError("the validation set is empty")
     images, annotations, detections = [], [], []

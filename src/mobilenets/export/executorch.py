@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, InputShapeError
+from ..extras import require
 from ..tasks import task_of
 from ..validate import EXECUTORCH_CALIBRATION_METHODS, exported_batch
 from ..weights import atomic_write
@@ -54,16 +55,14 @@ INT8_TOLERANCE = 0.3
 
 
 def _executorch():
-    try:
-        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # its import notes concern no user
-        with warnings.catch_warnings():  # its deprecation and "experimental API" notes concern no user
-            warnings.simplefilter("ignore")
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.exir import to_edge_transform_and_lower
-            from executorch.runtime import Runtime
-    except ImportError as exc:  # the [mobile] extra
-        raise ConfigError("ExecuTorch export needs executorch: pip install 'mobilenets[mobile]'") from exc
-    return XnnpackPartitioner, to_edge_transform_and_lower, Runtime
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # its import notes concern no user
+    with warnings.catch_warnings():  # its deprecation and "experimental API" notes concern no user
+        warnings.simplefilter("ignore")
+        partitioner, exir, runtime = (
+            require(f"executorch.{name}", "ExecuTorch export", "mobile")
+            for name in ("backends.xnnpack.partition.xnnpack_partitioner", "exir", "runtime")
+        )
+    return partitioner.XnnpackPartitioner, exir.to_edge_transform_and_lower, runtime.Runtime
 
 
 def _first_line(exc: BaseException) -> str:

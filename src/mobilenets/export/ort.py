@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, MobileNetsError
+from ..errors import MobileNetsError
+from ..extras import require
 from ..validate import exported_batch
 
 __all__ = [
@@ -40,12 +41,7 @@ class ExportError(MobileNetsError, RuntimeError):
 
 def onnx_modules():
     """``(onnx, onnxruntime)``, or a ConfigError naming the extra that installs them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:  # the [onnx] extra
-        raise ConfigError("ONNX export needs onnx and onnxruntime: pip install 'mobilenets[onnx]'") from exc
-    return onnx, onnxruntime
+    return require("onnx", "ONNX export", "onnx"), require("onnxruntime", "ONNX export", "onnx")
 
 
 def ort_session(path: str | Path | bytes, threads: int | None = None):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..extras import require
 from ..validate import exported_batch
 from . import Runtime, register_runtime
 from .checks import checked_error, file_metadata, prepare_export
@@ -39,10 +40,7 @@ def sidecar_path(path: Path) -> Path:
 
 
 def _interpreter(path: Path, threads: int | None):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as exc:
-        raise ConfigError("LiteRT is not installed: pip install 'mobilenets[litert]'") from exc
+    Interpreter = require("ai_edge_litert.interpreter", "LiteRT", "litert").Interpreter
     from ..export.executorch import quiet_native_logs
 
     try:
@@ -119,13 +117,9 @@ class LiteRtNetwork:
 def _converter():
     from ..export.executorch import quiet_native_logs
 
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_native_logs():
-            warnings.simplefilter("ignore")  # its import notes concern no user
-            import litert_torch
-    except ImportError as exc:
-        raise ConfigError("LiteRT export needs litert-torch: pip install 'mobilenets[litert]'") from exc
-    return litert_torch
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_native_logs():
+        warnings.simplefilter("ignore")  # its import notes concern no user
+        return require("litert_torch", "LiteRT export", "litert")
 
 
 def _quantized(network: Any, example: Any, calibration: Any):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..extras import require
 from ..validate import exported_batch
 from . import Runtime, register_runtime
 from .checks import checked_error, file_metadata, prepare_export
@@ -38,11 +39,7 @@ HINTS = {"fp32": "f32", "bf16": "bf16"}  # int8: OpenVINO's default for the oper
 
 
 def _openvino():
-    try:
-        import openvino
-    except ImportError as exc:  # the [openvino] extra
-        raise ConfigError("OpenVINO is not installed: pip install 'mobilenets[openvino]'") from exc
-    return openvino
+    return require("openvino", "OpenVINO", "openvino")
 
 
 @functools.cache
