@@ -124,6 +124,8 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--body-lr-mult"): ([*train, "--body-lr-mult", "-1"], ["--body-lr-mult", ">= 0"]),
         ("train", "--freeze-body-epochs"): ([*train, "--freeze-body-epochs", "-1"], ["--freeze-body-epochs"]),
         ("train", "--freeze-layers"): ([*train, "--freeze-layers", "-2"], ["--freeze-layers"]),
+        ("train", "--recompute-bn"): ([*train, "--recompute-bn", "-1"], ["--recompute-bn", ">= 0"]),
+        ("train", "--eval-every"): ([*train, "--eval-every", "0"], ["--eval-every", "positive integer"]),
         ("train", "--freeze-layers too many"): ([*train, "--freeze-layers", "99"], ["--freeze-layers 99", "layers"]),
         ("train", "--teacher"): ([*train, "--teacher", NO_FILE], ["--teacher", "not found"]),
         ("train", "--teacher-model"): ([*train, "--teacher-model", "resnet18"], ["--teacher-model needs --teacher"]),

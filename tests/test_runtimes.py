@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -102,7 +103,9 @@ def test_choose_command_times_v3_and_names_the_choice(tmp_path, capsys):
     assert saved["chosen"]["model"] == "mobilenet_v3_large" and len(saved["variants"]) == 4
     assert all(v["median_ms"] > 0 for v in saved["variants"]) and (out / "choose.png").stat().st_size > 10_000
     assert main([*argv, "--latency-ms", "0.0001"]) == 1
-    assert "nothing meets 0.0001 ms here; the fastest is mobilenet_v3_small" in capsys.readouterr().out
+    # (which variant times fastest depends on the machine and its load: the message names the measured one)
+    assert re.search(r"nothing meets 0.0001 ms here; the fastest is mobilenet_v3_\w+ [\d.]+x \d+px at [\d.]+ ms",
+                     capsys.readouterr().out)  # fmt: skip
 
 
 def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys):

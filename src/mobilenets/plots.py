@@ -112,7 +112,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
                 raise ConfigError(f"{run['name']} records no wall-clock times (trained by an older version); "
                                   "plot it against training minutes instead")  # fmt: skip
     # classifiers report top-1, detectors COCO mAP, segmenters mIoU (all fractions); one kind per plot
+    # (epochs trained without a validation pass, --eval-every, carry no metric)
     kinds = {next((k for k in ("top1", "map", "miou") if k in h), None) for run in runs for h in run["history"]}
+    kinds.discard(None)
     if len(kinds) > 1:
         raise ConfigError("plot runs of one task together: these mix classifiers, detectors and segmenters")
     metric = kinds.pop() if kinds else "top1"
@@ -132,14 +134,15 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
         # markers on every line: a 1-epoch run is a single point, which a line alone does not draw
         loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], color=color, marker="o",
                      label=f"{run['name']} train")  # fmt: skip
-        if all("loss" in h for h in run["history"]):
-            val_loss = [h["loss"] for h in run["history"]]
-            loss_ax.plot(epochs, val_loss, color=color, linestyle="--", marker="s", label=f"{run['name']} val")
-        scores = [100 * h.get(metric, float("nan")) for h in run["history"]]
-        acc_ax.plot(epochs, scores, color=color, marker="o", label=run["name"])
+        scored = [(e, h) for e, h in zip(epochs, run["history"]) if metric in h]
+        at = [e for e, _ in scored]
+        if scored and all("loss" in h for _, h in scored):
+            val_loss = [h["loss"] for _, h in scored]
+            loss_ax.plot(at, val_loss, color=color, linestyle="--", marker="s", label=f"{run['name']} val")
+        acc_ax.plot(at, [100 * h[metric] for _, h in scored], color=color, marker="o", label=run["name"])
         if secondary:  # mAP50 beside a detector's mAP, pixel accuracy beside a segmenter's mIoU
-            values = [100 * h.get(secondary[0], float("nan")) for h in run["history"]]
-            acc_ax.plot(epochs, values, color=color, linestyle=":", marker="^", label=f"{run['name']} {secondary[1]}")
+            values = [100 * h.get(secondary[0], float("nan")) for _, h in scored]
+            acc_ax.plot(at, values, color=color, linestyle=":", marker="^", label=f"{run['name']} {secondary[1]}")
     xlabel = {"epoch": "epoch", "minutes": "training minutes", "wall": "wall-clock minutes"}[x]
     loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
     acc_ax.set(xlabel=xlabel, ylabel=title, title=f"validation {title.split(' (')[0]}")

@@ -110,6 +110,16 @@ class DetectionTrainer(Trainer):
         losses = self.net(images, targets)  # torchvision's SSD: box regression + classification
         return losses["bbox_regression"] + losses["classification"]
 
+    def _bn_forward(self, model: nn.Module):
+        # torchvision's SSD wants targets in training mode; its batch norms are all in the
+        # backbone and the head, which this runs as SSD.forward does.
+        def forward(images: list[Tensor]) -> None:
+            batch, _ = model.transform(images)
+            features = model.backbone(batch.tensors)
+            model.head(list(features.values()) if isinstance(features, dict) else [features])
+
+        return forward
+
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         return evaluate_detector(model, self.val_loader, self.device, dist=self.dist, progress=self.progress)
 

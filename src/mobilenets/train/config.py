@@ -25,7 +25,7 @@ from ..validate import (
 )
 from .recipes import RECIPES, SCHEDULES, Recipe, get_recipe
 
-__all__ = ["COMPILE_MODES", "FIELD_RULES", "GROUPS", "TrainConfig", "option"]
+__all__ = ["COMPILE_MODES", "FIELD_RULES", "GROUPS", "RECIPE_OVERRIDES", "TrainConfig", "option"]
 
 # torch.compile's modes: "reduce-overhead" and "max-autotune" replay CUDA graphs on a GPU
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -39,6 +39,7 @@ FIELD_RULES: dict[str, Rule] = {
     "warmup_epochs": NON_NEGATIVE,
     "decay_epochs": POSITIVE_INT,
     "label_smoothing": FRACTION,
+    "recompute_bn": NON_NEGATIVE_INT,
     "ema_decay": FRACTION,
     "width_mult": POSITIVE,
     "resolution": POSITIVE_INT,
@@ -48,6 +49,7 @@ FIELD_RULES: dict[str, Rule] = {
     "workers": NON_NEGATIVE_INT,
     "seed": NON_NEGATIVE_INT,
     "checkpoint_every": NON_NEGATIVE_INT,
+    "eval_every": POSITIVE_INT,
     "checkpoint_minutes": POSITIVE,
     "body_lr_mult": NON_NEGATIVE,
     "freeze_body_epochs": NON_NEGATIVE_INT,
@@ -56,6 +58,12 @@ FIELD_RULES: dict[str, Rule] = {
     "temperature": POSITIVE,
 }
 
+
+# The settings that override the recipe's value of the same name when given (None: the recipe's).
+RECIPE_OVERRIDES = (
+    "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "schedule", "decay_epochs", "label_smoothing",
+    "ema_decay", "body_lr_mult", "freeze_body_epochs", "fit_head", "recompute_bn", "freeze_bn",
+)  # fmt: skip
 
 # Distillation's defaults (Hinton et al. 2015 use T in 1-20; w 0.5 weighs both losses alike).
 DISTILL_WEIGHT, TEMPERATURE = 0.5, 4.0
@@ -102,15 +110,31 @@ class TrainConfig:
         metavar="N",
     )
     label_smoothing: float | None = option(None, "in [0, 1)", RECIPE)
+    recompute_bn: int | None = option(
+        None,
+        "before each evaluation, re-estimate the batch norms' running statistics on N training images with the "
+        "current weights ('precise BN': the moving averages lag the weights by ~1/momentum steps, which short "
+        "runs never outlast); 0: off (detection and segmentation recipes: 256)",
+        RECIPE,
+        metavar="N",
+    )
     ema_decay: float | None = option(None, "EMA of weights (e.g. 0.9999); 0 turns it off", RECIPE)
     body_lr_mult: float | None = option(
-        None, "the pretrained body learns at this x --lr, the classifier at --lr (finetune recipe: 0.3)", START
+        None, "the pretrained body learns at this x --lr, the classifier at --lr (finetune recipe: 0.1)", START
     )
     freeze_body_epochs: int | None = option(
         None,
         "train only the classifier for the first N epochs (body weights and BN statistics held)",
         START,
         metavar="N",
+    )
+    fit_head: bool | None = option(
+        None,
+        "before training, fit the new classifier to the pretrained body's features (a linear probe on up to "
+        "1,024 training images, one forward pass), so the first steps do not send a random head's noise into "
+        "the body (finetune recipe: on)",
+        START,
+        action="optional",
     )
     # model
     width_mult: float = option(1.0, "width multiplier alpha (default 1.0)", MODEL)
@@ -141,7 +165,13 @@ class TrainConfig:
         QAT,
     )
     qat_calibration: int = option(256, "training images that set the initial int8 ranges (256)", QAT)
-    freeze_bn: bool = option(False, "keep every batch norm's (pretrained) statistics throughout", START)
+    freeze_bn: bool | None = option(
+        None,
+        "keep the pretrained body's batch-norm statistics throughout (new layers' batch norms still train); "
+        "finetune recipe: on",
+        START,
+        action="optional",
+    )
     # the body's first N layers (model.features[:N]) never train: weights and statistics held, and
     # no backward pass through them - the generic early filters a pretrained network keeps anyway
     freeze_layers: int = option(
@@ -217,6 +247,13 @@ class TrainConfig:
         RECIPE,
     )
     # bookkeeping
+    eval_every: int = option(
+        1,
+        "validate after every Nth epoch and after the last (default 1); best.pt is the best validated epoch. "
+        "On a few hundred images a validation pass can cost as much as the epoch it scores",
+        SPEED,
+        metavar="N",
+    )
     checkpoint_every: int = option(0, "also save last.pt every N steps (0: time-based only)", SPEED)
     checkpoint_minutes: float = option(10.0, "save last.pt at least this often", SPEED)
     tensorboard: bool = option(False, "write TensorBoard logs to OUT/tensorboard", SPEED)
@@ -257,16 +294,4 @@ class TrainConfig:
         return self
 
     def resolved_recipe(self) -> Recipe:
-        return get_recipe(self.recipe).override(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_epochs=self.warmup_epochs,
-            schedule=self.schedule,
-            decay_epochs=self.decay_epochs,
-            label_smoothing=self.label_smoothing,
-            ema_decay=self.ema_decay,
-            body_lr_mult=self.body_lr_mult,
-            freeze_body_epochs=self.freeze_body_epochs,
-        )
+        return get_recipe(self.recipe).override(**{name: getattr(self, name) for name in RECIPE_OVERRIDES})

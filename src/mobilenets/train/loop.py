@@ -43,14 +43,16 @@ from ..data import (
     transforms_for,
 )
 from ..errors import ConfigError, MobileNetsError
+from ..extras import require
 from ..models import create_model
 from ..predict import renamed_classes
 from ..tasks import get_task, task_for_recipe
 from ..weights import atomic_write, load_pretrained, output_dir, read_weights_file
-from .config import TrainConfig
+from .batchnorm import recompute_batchnorm, training_batchnorms
+from .config import RECIPE_OVERRIDES, TrainConfig
 from .distributed import Distributed, setup
 from .recipes import SCHEDULES, Recipe
-from .transfer import Teacher, UnlabelledImages, distillation_loss, head_parameter_names
+from .transfer import Teacher, UnlabelledImages, distillation_loss, fit_new_head, head_parameter_names
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
 
@@ -63,7 +65,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # same data) and the class list.
 RESUMABLE_CHANGES = {
     "workers", "device", "data_dir", "checkpoint_every", "checkpoint_minutes", "tensorboard", "teacher",
-    "channels_last",
+    "channels_last", "eval_every",
 }  # fmt: skip
 
 
@@ -104,7 +106,8 @@ def _optimizer(model: nn.Module, recipe: Recipe, head: list[str]) -> torch.optim
 def lr_factor(recipe: Recipe, steps_per_epoch: int):
     """The learning-rate multiplier after ``step`` optimizer steps (per-step schedule).
 
-    A linear warm-up over ``warmup_epochs``, then one of: cosine decay to zero;
+    A linear warm-up over ``warmup_epochs`` (but at least ``warmup_steps``, up to half the run),
+    then one of: cosine decay to zero;
     ``onecycle``, a straight line down to zero (with the warm-up, the triangular
     one-cycle schedule that fast CIFAR training uses with large batches); DeepLab's
     poly decay to zero; or the papers' staircase ×``lr_decay`` per epoch.
@@ -115,8 +118,8 @@ def lr_factor(recipe: Recipe, steps_per_epoch: int):
     when trained past ``T_max`` - the seed's "200 epochs, decayed until 150"); onecycle
     and poly stay at zero.
     """
-    warmup = round(recipe.warmup_epochs * steps_per_epoch)
     total = (recipe.decay_epochs or recipe.epochs) * steps_per_epoch
+    warmup = max(round(recipe.warmup_epochs * steps_per_epoch), min(recipe.warmup_steps, total // 2))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -213,7 +216,9 @@ def _check_writable(out: Path) -> None:
 
 
 def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    config = [k for k in set(saved["config"]) | set(now["config"]) if k not in RESUMABLE_CHANGES]
+    # recipe overrides (--lr, --freeze-bn...) are compared as the recipe they resolve to, below
+    config = [k for k in set(saved["config"]) | set(now["config"])
+              if k not in RESUMABLE_CHANGES and k not in RECIPE_OVERRIDES]  # fmt: skip
     # a setting added since the run started was at its default then
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     differ = [k for k in config if saved["config"].get(k, defaults.get(k)) != now["config"].get(k, defaults.get(k))]
@@ -226,7 +231,8 @@ def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     if saved.get("classes") != now.get("classes"):
         differ.append("classes (the data's class list)")
     recipe = set(saved["recipe"]) | set(now["recipe"])
-    return differ + [k for k in recipe if saved["recipe"].get(k) != now["recipe"].get(k)]
+    recipe_defaults = {f.name: f.default for f in fields(Recipe)}  # (a run saved before a setting existed)
+    return differ + [k for k in recipe if saved["recipe"].get(k, recipe_defaults.get(k)) != now["recipe"].get(k)]
 
 
 class Trainer:
@@ -272,6 +278,7 @@ class Trainer:
                      f"{recipe.freeze_body_epochs} >= --epochs {recipe.epochs}): only the classifier learns")  # fmt: skip
         self.resolution = config.resolution or recipe.resolution or self._default_resolution()
         self.selected_classes: list[str] | None = None  # what --classes kept (a task's _datasets sets it)
+        self.new_head = False  # whether --init-from left a freshly initialised classifier (_create_model sets it)
         train_set, val_set, self.classes = self._datasets()
         if config.unlabelled:
             train_set = self._with_unlabelled(train_set)
@@ -293,9 +300,9 @@ class Trainer:
             **({"selected_classes": self.selected_classes} if self.selected_classes else {}),
             "world_size": dist.world_size,
         }
+        self.epoch, self.step, self.best_score, self.history = 0, 0, -1.0, []
         self._build_loaders(train_set, val_set)
         self._build_model(train_set)
-        self.epoch, self.step, self.best_score, self.history = 0, 0, -1.0, []
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, samples, non-finite
 
     # -- what a task replaces --------------------------------------------------------
@@ -347,6 +354,7 @@ class Trainer:
         if config.init_from:
             renamed = renamed_classes(read_weights_file(config.init_from)[2], self.classes, config.init_from)
             model, loaded, fresh = load_pretrained(model, config.init_from, head=head, new_classes=bool(renamed))
+            self.new_head = bool(fresh)
             self.log(
                 f"started from {config.init_from}: {len(loaded)} tensors loaded"
                 + (f"; new for {len(self.classes)} classes: {', '.join(fresh)}" if fresh else "")
@@ -438,6 +446,8 @@ class Trainer:
             model = self._prepare_qat(model, train_set)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
+        if recipe.fit_head and self.new_head and not (self.out / "last.pt").exists():
+            self._fit_head()  # before DDP wraps the model: its construction hands rank 0's head to every process
         net: nn.Module = self.model
         if self.dist.enabled:
             device_ids = [self.dist.local_rank] if self.device_type == "cuda" else None
@@ -452,6 +462,18 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+
+    def _fit_head(self) -> None:
+        """The new classifier fitted to the pretrained body's features (see ``fit_new_head``)."""
+        started = time.perf_counter()
+        self.sampler.set_epoch(0)
+        self.model.train()
+        self._freeze()  # the batch norms in the modes the first epoch trains them in
+        batches = (self._to_device(batch)[:2] for batch in self.train_loader)
+        count, accuracy = fit_new_head(self.model, batches, label_smoothing=self.recipe.label_smoothing,
+                                       batch_statistics=training_batchnorms(self.model))  # fmt: skip
+        self.log(f"fitted the new classifier to the body's features of {count} training images (their top-1 "
+                 f"{100 * accuracy:.1f}%) in {time.perf_counter() - started:.0f} s")  # fmt: skip
 
     def _prepare_qat(self, model: nn.Module, train_set) -> nn.Module:
         """Quantization-aware copy of the --init-from model, ranges set on training images.
@@ -563,8 +585,26 @@ class Trainer:
         head_modules = {name.rsplit(".", 1)[0] for name in self.head}
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
-                if self.config.freeze_bn or frozen or self._in_fixed_layer(name):
+                if self.recipe.freeze_bn or frozen or self._in_fixed_layer(name):
                     module.eval()
+
+    def _bn_forward(self, model: nn.Module):
+        """A function running every batch norm of ``model`` on a batch's inputs (a task whose
+        network needs targets in training mode replaces it)."""
+        return model
+
+    def _recompute_bn(self, model: nn.Module) -> None:
+        """The running statistics of the batch norms that train, re-estimated on training
+        images with the weights just reached (see ``mobilenets.train.batchnorm``). Called at the
+        end of an epoch, while the model is still in its training modes."""
+        names = training_batchnorms(self.model)
+        model.eval()  # every other module as in evaluation: frozen batch norms keep their statistics
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = 0
+        batches = ((inputs, count) for inputs, _, count in map(self._to_device, self.train_loader))
+        world = self.dist.world_size
+        recompute_batchnorm(model, names, batches, self._bn_forward(model), limit=self.recipe.recompute_bn,
+                            average=lambda t: self.dist.all_sum(t).div_(world))  # fmt: skip
 
     def _diverged(self) -> TrainingDiverged:
         last = self.out / "last.pt"
@@ -633,7 +673,10 @@ class Trainer:
 
     def end_epoch(self, writer) -> None:
         eval_model = self.ema.module if self.ema is not None else self.model
-        metrics = self._evaluate(eval_model)
+        validates = (self.epoch + 1) % self.config.eval_every == 0 or self.epoch + 1 == self.recipe.epochs
+        if self.recipe.recompute_bn and validates:
+            self._recompute_bn(eval_model)
+        metrics = self._evaluate(eval_model) if validates else {}
         loss_sum, seen, _ = self.dist.all_sum(self.epoch_sums.clone()).tolist()
         # Wall-clock since the run began, summed over resumed processes (the time an
         # interruption lost after the last checkpoint is not counted: it was not kept).
@@ -650,17 +693,19 @@ class Trainer:
             **{k: v for k, v in metrics.items() if not k.startswith("per_class")},
         }
         self.history.append(record)
-        self.log(self._epoch_line(record))
+        self.log(self._epoch_line(record) if metrics else (
+            f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
+            f"{record['train_images_per_s']:.1f} img/s (validated every {self.config.eval_every} epochs)"))  # fmt: skip
         if writer is not None:
             for key in ("train_loss", "lr", "train_images_per_s"):
                 writer.add_scalar(key, record[key], self.epoch + 1)
-            for key in self.reported_metrics:
+            for key in self.reported_metrics if metrics else ():
                 writer.add_scalar(f"val_{key}", record[key], self.epoch + 1)
             writer.flush()
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_sums.zero_()
-        improved = metrics[self.score_key] > self.best_score
-        self.best_score = max(self.best_score, metrics[self.score_key])
+        improved = bool(metrics) and metrics[self.score_key] > self.best_score
+        self.best_score = max(self.best_score, metrics.get(self.score_key, -1.0))
         self.save()
         if improved:
             self.save("best.pt")
@@ -744,10 +789,9 @@ def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after
             log(f"training on {dist.world_size} processes ({dist.device} on rank 0)")
     writer = None
     if config.tensorboard and dist.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        require("tensorboard", "--tensorboard", None)
+        from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(trainer.out / "tensorboard"))
     end_epoch = trainer.recipe.epochs if stop_after is None else min(stop_after, trainer.recipe.epochs)
     while trainer.epoch < end_epoch:
@@ -763,8 +807,8 @@ def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after
 
 def finetune(model: str, weights: str, data_dir: str, out: str, **settings: Any) -> dict[str, Any] | None:
     """Fine-tune ``model`` from pretrained ``weights`` on ``data_dir``: :func:`train` with the
-    ``finetune`` recipe (AdamW, the body at 0.3x the head's learning rate, 96x96
-    inputs with ImageNet statistics) unless ``recipe=`` says otherwise.  ``settings`` are
+    ``finetune`` recipe (AdamW, the body at 0.1x the head's learning rate with its batch-norm
+    statistics held, the new classifier fitted first, 96x96 inputs with ImageNet statistics) unless ``recipe=`` says otherwise.  ``settings`` are
     any other :class:`TrainConfig` fields (``teacher=`` for distillation, ``epochs=``...)."""
     progress = settings.pop("progress", sys.stderr.isatty())  # no bars in a log file or a notebook's pipe
     log = settings.pop("log", print)

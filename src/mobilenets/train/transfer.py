@@ -3,6 +3,8 @@
 * :func:`head_parameter_names` splits a network into its pretrained body and its
   classifier head (the part that is replaced for a new set of classes and trained
   at the full learning rate while the body moves slowly, or not at all).
+* :func:`fit_new_head` fits a newly initialised classifier on the pretrained body's
+  features before the body moves (the first step of LP-FT).
 * :class:`Teacher` runs a trained network in eval mode, without gradients, on the
   student's augmented batch, resized and re-normalised to what the teacher expects.
 * :func:`distillation_loss` is Hinton et al.'s (2015):
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,10 @@ from torch.utils.data import Dataset
 from ..data import STYLES, image_files, load_rgb
 from ..errors import ConfigError, DataError
 
-__all__ = ["UNLABELLED", "Teacher", "UnlabelledImages", "distillation_loss", "file_sha256", "head_parameter_names"]
+__all__ = [
+    "UNLABELLED", "Teacher", "UnlabelledImages", "distillation_loss", "file_sha256", "fit_new_head",
+    "head_parameter_names",
+]  # fmt: skip
 
 UNLABELLED = -1  # the label of an image without one
 
@@ -50,6 +56,95 @@ def head_parameter_names(model: nn.Module, *, required: bool = True) -> list[str
         )
     prefix = linears[-1] + "."
     return [name for name, _ in model.named_parameters() if name.startswith(prefix)]
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no fully connected classifier to fit")
+    return linears[-1]
+
+
+@torch.no_grad()
+def _head_inputs(
+    model: nn.Module, layer: nn.Linear, batches, limit: int, batch_statistics: Collection[str] | None
+) -> tuple[Tensor, Tensor]:
+    """What ``layer`` receives for up to ``limit`` labelled images: dropout off, the batch norms
+    named in ``batch_statistics`` (None: all) on each batch's statistics, the others on their
+    running ones - as training will run them. Every buffer is left as it was."""
+    captured: list[Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, args, _out: captured.append(args[0].float()))
+    labels: list[Tensor] = []
+    was_training = model.training
+    norms = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [{k: v.clone() for k, v in m.state_dict().items()} for _, m in norms]
+    model.eval()
+    for name, module in norms:
+        module.train(batch_statistics is None or name in batch_statistics)
+    try:
+        seen = 0
+        for images, targets in batches:
+            model(images)
+            labels.append(targets)
+            seen += len(targets)
+            if seen >= limit:
+                break
+    finally:
+        hook.remove()
+        for (_, module), state in zip(norms, kept):  # the body leaves exactly as it came
+            module.load_state_dict(state)
+        model.train(was_training)
+    features, labels_ = torch.cat(captured)[:limit], torch.cat(labels)[:limit]
+    keep = labels_ != UNLABELLED
+    return features[keep], labels_[keep]
+
+
+def fit_new_head(
+    model: nn.Module,
+    batches,
+    *,
+    limit: int = 1024,
+    label_smoothing: float = 0.0,
+    l2: float = 1e-1,
+    iterations: int = 50,
+    batch_statistics: Collection[str] | None = None,
+) -> tuple[int, float]:
+    """Fit ``model``'s last fully connected layer to the pretrained body's features before
+    fine-tuning moves the body: L2-regularised logistic regression (L-BFGS, full batch) on the
+    features of up to ``limit`` training images from ``batches``, computed as training will
+    compute them (``batch_statistics``: the batch norms that train; see ``_head_inputs``).
+
+    A freshly initialised classifier sends noise back into the pretrained body in the first
+    steps, and with few steps the body does not recover (Kumar et al. 2022, "Fine-Tuning can
+    Distort Pretrained Features": linear probe, then fine-tune). Measured here: one epoch of the
+    ``finetune`` recipe on 1,000 CIFAR-10 images, 500 test images, AMD EPYC Zen 5, seeds 0-2:
+    docs/benchmarks.md, "Fine-tuning on a thousand images". Costs one forward pass over
+    ``limit`` images. Returns (images used, their top-1 under the fitted layer)."""
+    layer = _last_linear(model)
+    features, labels = _head_inputs(model, layer, batches, limit, batch_statistics)
+    if not len(labels):
+        return 0, 0.0
+    weight = layer.weight.detach().float().clone().requires_grad_(True)
+    bias = layer.bias.detach().float().clone().requires_grad_(True) if layer.bias is not None else None
+    params = [weight] + ([bias] if bias is not None else [])
+    optimizer = torch.optim.LBFGS(params, lr=1, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        logits = F.linear(features, weight, bias)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+        accuracy = (F.linear(features, weight, bias).argmax(1) == labels).float().mean().item()
+    return len(labels), accuracy
 
 
 def file_sha256(path: str | Path) -> str:
