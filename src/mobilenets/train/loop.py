@@ -466,10 +466,9 @@ class Trainer:
     def _fit_head(self) -> None:
         """The new classifier fitted to the pretrained body's features (see ``fit_new_head``)."""
         started = time.perf_counter()
-        self.sampler.set_epoch(0)
         self.model.train()
         self._freeze()  # the batch norms in the modes the first epoch trains them in
-        batches = (self._to_device(batch)[:2] for batch in self.train_loader)
+        batches = (inputs_targets for *inputs_targets, _ in self._training_batches())
         count, accuracy = fit_new_head(self.model, batches, label_smoothing=self.recipe.label_smoothing,
                                        batch_statistics=training_batchnorms(self.model))  # fmt: skip
         self.log(f"fitted the new classifier to the body's features of {count} training images (their top-1 "
@@ -588,6 +587,15 @@ class Trainer:
                 if self.recipe.freeze_bn or frozen or self._in_fixed_layer(name):
                     module.eval()
 
+    def _training_batches(self):
+        """The current epoch's training batches from its first, on the device (as ``_to_device``):
+        the images and augmentations that epoch trains on, for passes outside the training loop."""
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = 0
+        if hasattr(self, "seeded"):
+            self.seeded.epoch = self.epoch
+        return map(self._to_device, self.train_loader)
+
     def _bn_forward(self, model: nn.Module):
         """A function running every batch norm of ``model`` on a batch's inputs (a task whose
         network needs targets in training mode replaces it)."""
@@ -599,9 +607,7 @@ class Trainer:
         end of an epoch, while the model is still in its training modes."""
         names = training_batchnorms(self.model)
         model.eval()  # every other module as in evaluation: frozen batch norms keep their statistics
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.start = 0
-        batches = ((inputs, count) for inputs, _, count in map(self._to_device, self.train_loader))
+        batches = ((inputs, count) for inputs, _, count in self._training_batches())
         world = self.dist.world_size
         recompute_batchnorm(model, names, batches, self._bn_forward(model), limit=self.recipe.recompute_bn,
                             average=lambda t: self.dist.all_sum(t).div_(world))  # fmt: skip
@@ -808,8 +814,9 @@ def _run(config: TrainConfig, dist: Distributed, progress: bool, log, stop_after
 def finetune(model: str, weights: str, data_dir: str, out: str, **settings: Any) -> dict[str, Any] | None:
     """Fine-tune ``model`` from pretrained ``weights`` on ``data_dir``: :func:`train` with the
     ``finetune`` recipe (AdamW, the body at 0.1x the head's learning rate with its batch-norm
-    statistics held, the new classifier fitted first, 96x96 inputs with ImageNet statistics) unless ``recipe=`` says otherwise.  ``settings`` are
-    any other :class:`TrainConfig` fields (``teacher=`` for distillation, ``epochs=``...)."""
+    statistics held, the new classifier fitted first, 96x96 inputs with ImageNet statistics)
+    unless ``recipe=`` says otherwise.  ``settings`` are any other :class:`TrainConfig` fields
+    (``teacher=`` for distillation, ``epochs=``...)."""
     progress = settings.pop("progress", sys.stderr.isatty())  # no bars in a log file or a notebook's pipe
     log = settings.pop("log", print)
     settings.setdefault("recipe", "finetune")

@@ -35,36 +35,30 @@ __all__ = [
 UNLABELLED = -1  # the label of an image without one
 
 
-def head_parameter_names(model: nn.Module, *, required: bool = True) -> list[str]:
-    """Names of the classifier head's parameters: those of the layer the model's
-    ``get_classifier()`` names (ours, timm's), else the network's last fully connected layer
-    (torchvision's ``fc``, ``classifier.6``, ``heads.head``...).  A network without one has no
-    head to split off: an error if ``required``, else no names."""
+def _last_linear(model: nn.Module) -> nn.Linear | None:
+    """The layer the model's ``get_classifier()`` names (ours, timm's), else its last fully
+    connected layer (torchvision's ``fc``, ``classifier.6``, ``heads.head``...); None without one."""
     if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        prefix = next(name for name, m in model.named_modules() if m is head) + "."
-        return [name for name, _ in model.named_parameters() if name.startswith(prefix)]
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears and not required:
+        return model.get_classifier()
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
+def head_parameter_names(model: nn.Module, *, required: bool = True) -> list[str]:
+    """Names of the classifier head's parameters: those of the model's last fully connected layer
+    (``_last_linear``).  A network without one has no head to split off: an error if
+    ``required``, else no names."""
+    head = _last_linear(model)
+    if head is None and not required:
         return []
-    if not linears:
+    if head is None:
         raise ConfigError(
             f"{type(model).__name__} has no fully connected classifier to tell its head from its body; "
             "fine-tune it without a separate body learning rate or frozen body",
             cli=f"{type(model).__name__} has no fully connected classifier to tell its head from its body; "
             "drop --freeze-body-epochs and use --body-lr-mult 1",
         )
-    prefix = linears[-1] + "."
+    prefix = next(name for name, m in model.named_modules() if m is head) + "."
     return [name for name, _ in model.named_parameters() if name.startswith(prefix)]
-
-
-def _last_linear(model: nn.Module) -> nn.Linear:
-    if hasattr(model, "get_classifier"):
-        return model.get_classifier()
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"{type(model).__name__} has no fully connected classifier to fit")
-    return linears[-1]
 
 
 @torch.no_grad()
@@ -123,6 +117,8 @@ def fit_new_head(
     docs/benchmarks.md, "Fine-tuning on a thousand images". Costs one forward pass over
     ``limit`` images. Returns (images used, their top-1 under the fitted layer)."""
     layer = _last_linear(model)
+    if layer is None:
+        raise ConfigError(f"{type(model).__name__} has no fully connected classifier to fit")
     features, labels = _head_inputs(model, layer, batches, limit, batch_statistics)
     if not len(labels):
         return 0, 0.0
