@@ -133,6 +133,30 @@ def test_baselines(method):
     assert small_report.mult_adds_after <= report.mult_adds_before / 2 * 1.05
 
 
+def test_conversion_methods_are_entries_whose_saved_structure_fits_the_fitted_layers():
+    """Every method the command line offers is one registered entry; for each, the untrained
+    structure a saved file is rebuilt into holds exactly the fitted layers' tensors, and its
+    cost formula counts what the fitted layers compute."""
+    from mobilenets.decouple.methods import conversion_method, method_names
+    from mobilenets.validate import DECOMPOSITION_METHODS
+
+    assert method_names() == [*DECOMPOSITION_METHODS, "decouple"]
+    conv = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+    for name in method_names():
+        method = conversion_method(name)
+        rank = min(4, method.max_rank(conv))
+        moments = (torch.zeros(12), torch.eye(12)) if method.calibrated else None
+        fitted = method.fit(conv, rank, moments, 0)
+        step = {"method": name, "ranks": {"conv": rank}, **method.recorded([], moments is not None)}
+        rebuilt = method.structure("conv", conv, rank, step)
+        shapes = {k: v.shape for k, v in fitted.state_dict().items()}
+        assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}, name
+        counted = mobilenets.profile(fitted, (8, 9, 9)).mult_adds
+        assert method.cost(conv, rank, (9, 9), (5, 5)) == counted, name
+    with pytest.raises(mobilenets.ConfigError, match="method must be one of cp, tucker, spatial, channel, decouple"):
+        conversion_method("svd")
+
+
 def test_channel_decomposition_fits_the_calibration_responses_best():
     """With calibration images the kept subspace is the responses' principal one, which
     (with the mean added back) is the best rank-R affine fit to them: it must beat the

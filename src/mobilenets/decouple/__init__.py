@@ -10,7 +10,8 @@ import sys
 import types
 from typing import Any
 
-from .baselines import METHODS, cp_conv, spatial_conv, tucker_conv
+from ..validate import DECOMPOSITION_METHODS as METHODS
+from .baselines import cp_conv, spatial_conv, tucker_conv
 from .convert import (
     DecoupleReport,
     LayerReport,

@@ -14,8 +14,10 @@
   run as k x 1 (M -> R) then 1 x k (R -> N); the optimal V, H come from the SVD of W
   reshaped to (M k) x (N k), exact at R = min(M k, N k).
 
-Each ``*_mult_adds`` gives a layer's cost at a rank, so ranks can be chosen for
-equal mult-adds across methods.
+Each method has its fitted layers (``*_conv``), their untrained structure (``*_layers``, what a
+saved file's weights fit), its mult-adds at a rank (``*_mult_adds``, so ranks can be chosen for
+equal mult-adds across methods) and its highest useful rank (``*_max_rank``); ``methods.py``
+registers them as conversion methods.
 """
 
 from __future__ import annotations
@@ -23,19 +25,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..validate import DECOMPOSITION_METHODS as METHODS
-
 __all__ = [
-    "METHODS",
-    "channel_conv",
-    "cp_als",
-    "cp_conv",
-    "decomposed_mult_adds",
-    "decomposition_layers",
-    "max_decomposition_rank",
-    "spatial_conv",
-    "tucker_conv",
-]
+    "channel_conv", "channel_layers", "channel_max_rank", "channel_mult_adds",
+    "cp_als", "cp_conv", "cp_layers", "cp_max_rank", "cp_mult_adds",
+    "spatial_conv", "spatial_layers", "spatial_max_rank", "spatial_mult_adds",
+    "tucker_conv", "tucker_layers", "tucker_max_rank", "tucker_mult_adds", "tucker_ranks",
+]  # fmt: skip
 
 
 def _pair(value) -> tuple[int, int]:
@@ -73,15 +68,23 @@ def _check(conv: nn.Conv2d) -> None:
         raise ValueError("the decompositions support numeric zero padding only")
 
 
-def max_decomposition_rank(conv: nn.Conv2d, method: str) -> int:
-    n, m, kh, kw = conv.weight.shape
-    if method == "spatial":
-        return min(m * kh, n * kw)
-    if method == "tucker":
-        return max(n, m)  # the rank of the larger side; see tucker_ranks
-    if method == "channel":
-        return min(n, m * kh * kw)
+def cp_max_rank(conv: nn.Conv2d) -> int:
+    n, m = conv.weight.shape[:2]
     return n * m  # CP has no exactness bound that small; a generous ceiling
+
+
+def tucker_max_rank(conv: nn.Conv2d) -> int:
+    return max(conv.weight.shape[:2])  # the rank of the larger side; see tucker_ranks
+
+
+def spatial_max_rank(conv: nn.Conv2d) -> int:
+    n, m, kh, kw = conv.weight.shape
+    return min(m * kh, n * kw)
+
+
+def channel_max_rank(conv: nn.Conv2d) -> int:
+    n, m, kh, kw = conv.weight.shape
+    return min(n, m * kh * kw)
 
 
 def cp_conv(conv: nn.Conv2d, rank: int, *, seed: int = 0, iterations: int = 25, tol: float = 1e-4) -> nn.Sequential:
@@ -89,7 +92,7 @@ def cp_conv(conv: nn.Conv2d, rank: int, *, seed: int = 0, iterations: int = 25, 
     relative fit error moves by less than ``tol``)."""
     _check(conv)
     weights, (out_f, in_f, v_f, h_f) = cp_als(conv.weight.detach(), rank, iterations=iterations, tol=tol, seed=seed)
-    layers = _cp_layers(conv, rank)
+    layers = cp_layers(conv, rank)
     _set(layers[0], in_f.T)
     _set(layers[1], v_f.T)
     _set(layers[2], h_f.T)
@@ -173,7 +176,7 @@ def cp_als(
     return norms.to(weight.dtype), [f.to(weight.dtype) for f in factors]
 
 
-def _cp_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+def cp_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     n, m, kh, kw = conv.weight.shape
     vertical, horizontal = _split_spatial(conv)
     return nn.Sequential(
@@ -200,14 +203,14 @@ def tucker_conv(conv: nn.Conv2d, rank: int, *, iterations: int = 50) -> nn.Seque
     (core, (out_f, in_f)), _ = partial_tucker(
         conv.weight.detach().double(), rank=[r_out, r_in], modes=[0, 1], n_iter_max=iterations
     )
-    layers = _tucker_layers(conv, rank)
+    layers = tucker_layers(conv, rank)
     _set(layers[0], in_f.T)
     _set(layers[1], core)
     _set(layers[2], out_f, conv.bias)
     return layers
 
 
-def _tucker_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+def tucker_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     n, m, kh, kw = conv.weight.shape
     r_in, r_out = tucker_ranks(conv, rank)
     return nn.Sequential(
@@ -226,13 +229,13 @@ def spatial_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     root = s[:rank].sqrt()
     v = (u[:, :rank] * root).T.reshape(rank, m, kh, 1)  # vertical filters
     h = (vh[:rank].T * root).reshape(n, kw, rank).permute(0, 2, 1).reshape(n, rank, 1, kw)
-    layers = _spatial_layers(conv, rank)
+    layers = spatial_layers(conv, rank)
     _set(layers[0], v)
     _set(layers[1], h, conv.bias)
     return layers
 
 
-def _spatial_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+def spatial_layers(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     n, m, kh, kw = conv.weight.shape
     vertical, horizontal = _split_spatial(conv)
     return nn.Sequential(
@@ -263,13 +266,13 @@ def channel_conv(conv: nn.Conv2d, rank: int, moments: tuple[Tensor, Tensor] | No
         basis = eigenvectors[:, eigenvalues.argsort(descending=True)[:rank]]
         offset = mean - basis @ (basis.T @ mean)
     bias = offset if conv.bias is None else offset + conv.bias.detach().double()
-    layers = _channel_layers(conv, rank, calibrated=moments is not None)
+    layers = channel_layers(conv, rank, calibrated=moments is not None)
     _set(layers[0], basis.T @ weight)
     _set(layers[1], basis, bias.to(conv.weight.dtype) if layers[1].bias is not None else None)
     return layers
 
 
-def _channel_layers(conv: nn.Conv2d, rank: int, *, calibrated: bool = False) -> nn.Sequential:
+def channel_layers(conv: nn.Conv2d, rank: int, *, calibrated: bool = False) -> nn.Sequential:
     # A calibrated subspace adds back the mean of what it projects away: a bias even where the conv had none.
     n, m, kh, kw = conv.weight.shape
     return nn.Sequential(
@@ -278,32 +281,31 @@ def _channel_layers(conv: nn.Conv2d, rank: int, *, calibrated: bool = False) -> 
     ).to(conv.weight.device)
 
 
-def decomposition_layers(conv: nn.Conv2d, method: str, rank: int, *, calibrated: bool = False) -> nn.Sequential:
-    """The untrained layers ``method`` replaces ``conv`` with at ``rank``: the structure a
-    saved decomposed model's state dict fits (``calibrated``: a channel decomposition
-    fitted to calibration responses)."""
-    _check(conv)
-    if method == "channel":
-        return _channel_layers(conv, rank, calibrated=calibrated)
-    layers = {"cp": _cp_layers, "tucker": _tucker_layers, "spatial": _spatial_layers}
-    if method not in layers:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return layers[method](conv, rank)
+def _pixels(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int, int]:
+    """(input, output, after a k x 1 part) pixel counts; the last has the vertical stride only
+    (approximate with padding)."""
+    return in_hw[0] * in_hw[1], out_hw[0] * out_hw[1], out_hw[0] * in_hw[1]
 
 
-def decomposed_mult_adds(
-    conv: nn.Conv2d, method: str, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]
-) -> int:
+def cp_mult_adds(conv: nn.Conv2d, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
     n, m, kh, kw = conv.weight.shape
-    in_px, out_px = in_hw[0] * in_hw[1], out_hw[0] * out_hw[1]
-    mid_px = out_hw[0] * in_hw[1]  # after the k x 1 part (vertical stride only); approximate with padding
-    if method == "cp":
-        return m * rank * in_px + kh * rank * mid_px + kw * rank * out_px + rank * n * out_px
-    if method == "tucker":
-        r_in, r_out = tucker_ranks(conv, rank)
-        return m * r_in * in_px + kh * kw * r_in * r_out * out_px + r_out * n * out_px
-    if method == "spatial":
-        return kh * m * rank * mid_px + kw * rank * n * out_px
-    if method == "channel":
-        return (kh * kw * m + n) * rank * out_px
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    in_px, out_px, mid_px = _pixels(in_hw, out_hw)
+    return m * rank * in_px + kh * rank * mid_px + kw * rank * out_px + rank * n * out_px
+
+
+def tucker_mult_adds(conv: nn.Conv2d, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    n, m, kh, kw = conv.weight.shape
+    in_px, out_px, _ = _pixels(in_hw, out_hw)
+    r_in, r_out = tucker_ranks(conv, rank)
+    return m * r_in * in_px + kh * kw * r_in * r_out * out_px + r_out * n * out_px
+
+
+def spatial_mult_adds(conv: nn.Conv2d, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    n, m, kh, kw = conv.weight.shape
+    _, out_px, mid_px = _pixels(in_hw, out_hw)
+    return kh * m * rank * mid_px + kw * rank * n * out_px
+
+
+def channel_mult_adds(conv: nn.Conv2d, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    n, m, kh, kw = conv.weight.shape
+    return (kh * kw * m + n) * rank * out_hw[0] * out_hw[1]

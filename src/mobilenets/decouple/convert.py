@@ -26,17 +26,8 @@ from ..cost import profile
 from ..cost.latency import median_ms
 from ..errors import ConfigError
 from ..validate import LATENCY_BACKENDS, as_image_batch, check_model
-from .baselines import (
-    METHODS,
-    channel_conv,
-    cp_conv,
-    decomposed_mult_adds,
-    decomposition_layers,
-    max_decomposition_rank,
-    spatial_conv,
-    tucker_conv,
-)
 from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
+from .methods import ConversionMethod, conversion_method, decoupling
 
 __all__ = [
     "DecoupleReport",
@@ -861,9 +852,11 @@ def _check_decouple_rank(rank: int, convs: dict[str, nn.Conv2d]) -> None:
             )
 
 
-def _names_to_convert(model: nn.Module, method: str, layers: Iterable[str] | None) -> tuple[list[str], dict[str, str]]:
+def _names_to_convert(
+    model: nn.Module, method: ConversionMethod, layers: Iterable[str] | None
+) -> tuple[list[str], dict[str, str]]:
     """The convs ``method`` converts (all eligible ones, or those of ``layers``), and why others are skipped."""
-    names, skipped = eligible_convs(model, zero_padding_only=method != "decouple")
+    names, skipped = eligible_convs(model, zero_padding_only=not method.any_padding)
     if layers is not None:
         wanted = set(layers)
         unknown = wanted - set(names)
@@ -1026,22 +1019,9 @@ def _layer_reports(
     return reports
 
 
-def _conversion_step(method: str, order: str, chosen: dict[str, int], refitted: list[str], calibrated: bool):
-    """What a saved file records of this conversion, so that load_model (registry and torchvision
-    models) or load_weights (any network, given the original) rebuilds the converted layers."""
-    step: dict[str, Any] = {"method": method, "ranks": dict(chosen)}
-    if method == "decouple":
-        step["order"] = order
-        if refitted:
-            step["refined"] = refitted  # their 1x1 convs gained a bias in the least-squares refit
-    elif method == "channel":
-        step["calibrated"] = calibrated
-    return step
-
-
 def _convert(
     model: nn.Module,
-    method: str,
+    method: ConversionMethod,
     *,
     rank: int | str | None,
     energy: float | None,
@@ -1054,9 +1034,7 @@ def _convert(
     input_size,
     layers: Iterable[str] | None,
     replace_all: bool,
-    build: Callable[[str, nn.Conv2d, int], nn.Module],
-    layer_cost: Callable[[nn.Conv2d, int, tuple, tuple], int],
-    layer_max_rank: Callable[[nn.Conv2d], int],
+    seed: int = 0,
 ) -> tuple[nn.Module, DecoupleReport]:
     _check_settings(rank, energy, target_reduction, allocation, budget, latency_backend, calibration)
 
@@ -1077,16 +1055,16 @@ def _convert(
     original_cost = {n: _over_calls(shapes[n], lambda i, o, conv=convs[n]: _conv_mult_adds(conv, o)) for n in names}
 
     def new_cost(name: str, t: int) -> int:
-        return _over_calls(shapes[name], lambda i, o: layer_cost(convs[name], t, i, o))
+        return _over_calls(shapes[name], lambda i, o: method.cost(convs[name], t, i, o))
 
     if target_reduction is not None and budget == "mult_adds":  # rank 1 everywhere saves the most
         _check_reachable(original_cost, new_cost, before.mult_adds * (1 - 1 / target_reduction))
-    if method == "decouple" and isinstance(rank, int):
+    if method.name == "decouple" and isinstance(rank, int):
         _check_decouple_rank(rank, convs)
 
     retained: dict[str, float] = {}
     report_extra: dict[str, Any] = {}
-    if method == "decouple":
+    if method.name == "decouple":  # ranks by singular-value energy, measured latency or loss
         chosen, notes, retained, report_extra = _decouple_ranks(
             model, names, convs, shapes, rank=rank, energy=energy, target_reduction=target_reduction, order=order,
             allocation=allocation, budget=budget, latency_backend=latency_backend, replace_all=replace_all,
@@ -1094,19 +1072,17 @@ def _convert(
         )  # fmt: skip
     else:
         chosen, notes = _decomposition_ranks(
-            names, convs, original_cost, new_cost, layer_max_rank, rank=rank, target_reduction=target_reduction,
+            names, convs, original_cost, new_cost, method.max_rank, rank=rank, target_reduction=target_reduction,
             total_mult_adds=before.mult_adds, replace_all=replace_all,
         )  # fmt: skip
     converted = copy.deepcopy(model)
-    if method == "channel" and batches:
-        moments = _response_moments(model, list(chosen), batches)
-        build = lambda name, conv, t: channel_conv(conv, t, moments[name])  # noqa: E731
+    moments = _response_moments(model, list(chosen), batches) if method.calibrated and batches else {}
     # CP and Tucker fit each layer iteratively (seconds a layer on VGG-sized convs): say where it is
-    for n, t in tqdm(chosen.items(), desc=f"{method} layers", unit="layer", leave=False, disable=None):
-        _replace(converted, n, build(n, convs[n], t))
+    for n, t in tqdm(chosen.items(), desc=f"{method.name} layers", unit="layer", leave=False, disable=None):
+        _replace(converted, n, method.fit(convs[n], t, moments.get(n), seed))
     refined, refitted = False, []
-    if batches and method != "channel":
-        if method == "decouple" and order == "dw_pw":
+    if batches and not method.calibrated:
+        if method.refits:
             refitted, unrefined, _ = refit(model, converted, [n for n in names if n in chosen], batches)
             for n in unrefined:
                 notes[n] = "not refined: too few calibration samples at this resolution"
@@ -1121,15 +1097,16 @@ def _convert(
     if "before_ms" in network:  # the network as returned, on the timer the target was met on
         report_extra["network_latency"] = _network_record(network, converted, chw, latency_backend, target_reduction)
     reports = _layer_reports(names, convs, shapes, converted, chosen, notes, retained, original_cost, new_cost)
-    label = f"decouple-{order}" if method == "decouple" else method
-    report = DecoupleReport(label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined)
+    report = DecoupleReport(
+        method.label or method.name, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined
+    )
     report.extra.update(report_extra)
     report.skipped = skipped
     if skipped:
         report.extra["skipped"] = skipped_summary(skipped)
     # Recorded with saved weights, so that load_model (registry and torchvision models) or
     # load_weights (any network, given the original) rebuilds the converted layers.
-    step = _conversion_step(method, order, chosen, refitted, bool(batches))
+    step = {"method": method.name, "ranks": dict(chosen), **method.recorded(refitted, bool(batches))}
     arch = _with_converted_steps(dict(getattr(model, "arch", None) or {}))
     converted.arch = {**arch, "converted": [*arch.get("converted", []), step]}
     return converted, report
@@ -1147,19 +1124,15 @@ def apply_converted_structure(model: nn.Module, steps: list[dict[str, Any]]) -> 
     """Swap the recorded convs for untrained layers of the recorded methods and ranks,
     step by step, so that a saved converted model's state dict fits; in place."""
     for step in steps:
-        method = step["method"]
-        for name, rank in step.get("ranks", {}).items():
+        ranks = step.get("ranks", {})  # (a pipeline's "refit" step converts nothing: it adds biases)
+        method = conversion_method(step["method"]) if ranks else None
+        for name, rank in ranks.items():
             try:
                 conv = model.get_submodule(name)
             except AttributeError:
                 raise ConfigError(f"the recorded converted layer {name!r} is not in the model") from None
             with torch.no_grad():
-                if method == "decouple":
-                    new = DecoupledConv.from_conv(conv, rank, step.get("order", "dw_pw"))
-                    if name in step.get("refined", ()) and new.pointwise.bias is None:
-                        new.pointwise.bias = nn.Parameter(torch.zeros_like(new.pointwise.weight[:, 0, 0, 0]))
-                else:
-                    new = decomposition_layers(conv, method, rank, calibrated=step.get("calibrated", False))
+                new = method.structure(name, conv, rank, step)
             _replace(model, name, new)
         for name in step.get("biased", ()):  # 1x1 convs a least-squares refit gave a bias
             pointwise = model.get_submodule(name)
@@ -1230,7 +1203,7 @@ def decouple(
         raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     return _convert(
         model,
-        "decouple",
+        decoupling(order),
         rank=rank,
         energy=energy,
         target_reduction=target_reduction,
@@ -1242,9 +1215,6 @@ def decouple(
         input_size=input_size,
         layers=layers,
         replace_all=replace_all,
-        build=lambda name, conv, t: DecoupledConv.from_conv(conv, t, order),
-        layer_cost=lambda conv, t, i, o: decoupled_mult_adds(conv, t, order, i, o),
-        layer_max_rank=lambda conv: max_rank(conv, order),
     )
 
 
@@ -1268,22 +1238,12 @@ def decompose_single(
             model, rank=rank, target_reduction=target_reduction, calibration=calibration, input_size=input_size,
             layers=layers, replace_all=replace_all,
         )  # fmt: skip
-    if method not in METHODS:
-        raise ConfigError(
-            f"method must be one of {', '.join(METHODS)}, decouple, or several joined by '+' "
-            f"(e.g. channel+spatial+decouple); got {method!r}"
-        )
-    if calibration is not None and method != "channel":
+    entry = conversion_method(method)
+    if calibration is not None and not entry.calibrated:
         raise ConfigError(f"calibration images are used by the channel decomposition only, not {method!r}")
-    builders = {
-        "cp": lambda name, conv, t: cp_conv(conv, t, seed=seed),
-        "tucker": lambda name, conv, t: tucker_conv(conv, t),
-        "spatial": lambda name, conv, t: spatial_conv(conv, t),
-        "channel": lambda name, conv, t: channel_conv(conv, t),
-    }
     return _convert(
         model,
-        method,
+        entry,
         rank=rank,
         energy=None,
         target_reduction=target_reduction,
@@ -1294,7 +1254,5 @@ def decompose_single(
         input_size=input_size,
         layers=layers,
         replace_all=replace_all,
-        build=builders[method],
-        layer_cost=lambda conv, t, i, o: decomposed_mult_adds(conv, method, t, i, o),
-        layer_max_rank=lambda conv: max_decomposition_rank(conv, method),
+        seed=seed,
     )

@@ -29,7 +29,6 @@ from torch import nn
 from ..cost import profile
 from ..errors import ConfigError
 from ..validate import check_model
-from .baselines import METHODS
 from .convert import (
     DecoupleReport,
     LayerReport,
@@ -44,10 +43,11 @@ from .convert import (
     refit,
     skipped_summary,
 )
+from .methods import method_names
 
 __all__ = ["STEPS", "convert_in_steps", "decompose", "parse_steps"]
 
-STEPS = (*METHODS, "decouple")  # what a step can be
+STEPS = tuple(method_names())  # what a step can be: every conversion method
 
 
 def parse_steps(method: str | Sequence[str]) -> list[str]:
