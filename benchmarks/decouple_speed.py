@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import mobilenets  # noqa: E402
+from mobilenets.classification.evaluate import evaluate  # noqa: E402
 from mobilenets.data import calibration_images, eval_dataset, make_loader  # noqa: E402
 from mobilenets.models import load_model_with_info  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 from mobilenets.runtimes.bench import ROUNDS, PreparedModel, time_call  # noqa: E402
-from mobilenets.train import evaluate  # noqa: E402
 
 BACKENDS = ("eager", "channels_last", "onnxruntime")
 

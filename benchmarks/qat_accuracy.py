@@ -31,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mobilenets._table import format_table  # noqa: E402
+from mobilenets.classification.evaluate import evaluate  # noqa: E402
 from mobilenets.data import build_datasets, calibration_images, make_loader  # noqa: E402
 from mobilenets.export import OnnxClassifier, export_onnx, quantize_onnx  # noqa: E402
 from mobilenets.export.qat import export_int8, prepare_qat  # noqa: E402
 from mobilenets.models import load_model_with_info  # noqa: E402
-from mobilenets.train import evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -94,6 +94,10 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             [*train[:2], "ssdlite_mobilenet_v2", *train[3:], "--test-flip"],
             ["--test-flip", "detection"],
         ),
+        ("train", "--residual segmenter"): (
+            [*train[:2], "lraspp_mobilenet_v3_large", *train[3:], "--no-shortcuts", "--teacher", "t.pt"],
+            ["--teacher, --no-shortcuts", "not available for a segmenter"],
+        ),
         ("train", "--label-smoothing"): ([*train, "--label-smoothing", "2"], ["--label-smoothing", "[0, 1)"]),
         ("train", "--ema-decay"): ([*train, "--ema-decay", "1"], ["--ema-decay", "[0, 1)"]),
         ("train", "--train-subset"): ([*train, "--train-subset", "0"], ["--train-subset"]),

@@ -247,8 +247,8 @@ def test_metrics_are_printed_in_percent():
     trainer = SimpleNamespace(recipe=SimpleNamespace(epochs=3))
     record = {"epoch": 1, "train_loss": 0.5, "miou": 0.00109, "pixel_acc": 0.0064, "map": 0.0225, "map50": 0.29,
               "train_images_per_s": 3.0}  # fmt: skip
-    assert "val mIoU 0.11%, pixel acc 0.64%" in SegmentationTrainer._epoch_line(trainer, record)
-    assert "val mAP 2.25%, mAP50 29.00%" in DetectionTrainer._epoch_line(trainer, record)
+    assert "val mIoU 0.11%, pixel acc 0.64%" in SegmentationTrainer._metrics_text(trainer, record)
+    assert "val mAP 2.25%, mAP50 29.00%" in DetectionTrainer._metrics_text(trainer, record)
 
 
 # -- export, bench, profile ------------------------------------------------------------------

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import mobilenets
+from mobilenets.classification.evaluate import evaluate
 from mobilenets.cli import main
 from mobilenets.data import build_datasets, make_loader
 from mobilenets.errors import ConfigError
 from mobilenets.export import OnnxClassifier, ptq
 from mobilenets.export.ort import ort_session
 from mobilenets.export.qat import ActivationQuantizer, activation_quantizers, export_int8, prepare_qat
-from mobilenets.train import evaluate, train
+from mobilenets.train import train
 
 from .test_export import with_batch_statistics
 from .test_train import config

@@ -235,7 +235,7 @@ def test_the_v2_papers_figure_6_ablations_train(shared_data, tmp_path):
 
 
 def test_flip_evaluation_averages_each_image_with_its_mirror():
-    from mobilenets.train import evaluate
+    from mobilenets.classification.evaluate import evaluate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
@@ -255,8 +255,8 @@ def test_flip_evaluation_averages_each_image_with_its_mirror():
 def test_fast_training_options_reach_the_run(shared_data, tmp_path, monkeypatch):
     """--schedule onecycle, --compile-mode (CUDA graphs on a GPU), --test-flip and the wall-clock record."""
     import mobilenets
+    from mobilenets.classification.evaluate import evaluate
     from mobilenets.data import make_loader
-    from mobilenets.train import evaluate
 
     modes = []
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import mobilenets
 from mobilenets.cli import main
-from mobilenets.weights import atomic_write
+from mobilenets.files import atomic_write
 
 from .conftest import TORCHVISION_V2_WEIGHTS
 

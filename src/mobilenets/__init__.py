@@ -13,10 +13,8 @@ and the command line's ``--help`` answer before torch is loaded.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from .errors import ConfigError, InputShapeError, MobileNetsError, UnknownModelError, WeightsError
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -55,14 +53,7 @@ __all__ = [
 _SUBMODULES = {"cli", "cost", "data", "decouple", "export", "layers", "models", "plots", "predict", "train", "weights"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:  # ``import mobilenets`` then ``mobilenets.models.X``, as before
-        return importlib.import_module(f".{name}", __name__)
-    if name not in _LAZY:
-        raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value  # the function, also where a subpackage of the same name was bound
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, submodules=_SUBMODULES)
 
 
 def __dir__() -> list[str]:

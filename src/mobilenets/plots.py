@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .weights import atomic_write
+from .files import atomic_write
 
 __all__ = ["load_run", "plot_runs", "plot_sweep", "plot_tradeoff", "plot_tradeoffs", "pyplot", "save_figure"]
 

@@ -85,7 +85,7 @@ register_task(
         recipe_styles=("cifar", "imagenet"),
         data_style=None,
         quantizable=True,
-        trainer_hook="mobilenets.train.loop:Trainer",
+        trainer_hook="mobilenets.classification.train:ClassificationTrainer",
         commands_hook="mobilenets.cli.task_commands:CLASSIFICATION",
         deployable_hook="mobilenets.export.onnx:classifier_graph",
         default_classes_hook="mobilenets.predict:imagenet_classes",

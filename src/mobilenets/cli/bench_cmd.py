@@ -90,6 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import calibration_images
+    from ..files import atomic_write
     from ..models import get_model_entry
     from ..runtimes.bench import (
         fastest_here,
@@ -99,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
         results_table,
         run_bench,
     )
-    from ..weights import atomic_write
 
     for name in args.models:
         get_model_entry(name)  # an unknown name is refused with the nearest ones

@@ -47,10 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..files import atomic_write
     from ..runtimes import get_runtime
     from ..runtimes.bench import cpu_description
     from ..runtimes.choose import choice_table, choose, measure_variants, plot_front, published_variants
-    from ..weights import atomic_write
 
     if not args.latency_ms > 0:
         raise ConfigError(f"--latency-ms must be a positive number of milliseconds, got {args.latency_ms:g}")

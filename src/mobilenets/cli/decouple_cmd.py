@@ -124,7 +124,7 @@ def _rank(text: str) -> int | str:
 def _accuracy(model, loader, num_classes: int) -> dict[str, float]:
     import torch
 
-    from ..train import evaluate
+    from ..classification.evaluate import evaluate
 
     device = str(next(model.parameters()).device)
     nhwc = device == "cpu"  # NHWC convolutions run 1.3-1.6x faster on CPUs, with the same results
@@ -167,8 +167,8 @@ def _latencies(models: dict[str, Any], resolution: int) -> dict[str, dict[str, A
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..files import output_dir
     from ..validate import check_device
-    from ..weights import output_dir
 
     check_device(args.device)
     given = [name for name in ("rank", "energy", "target_reduction", "sweep") if getattr(args, name) is not None]
@@ -182,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> int:
     from ..data import calibration_images, eval_dataset, make_loader
     from ..decouple import decompose, decouple
+    from ..files import atomic_write
     from ..predict import check_classes
-    from ..weights import atomic_write, save_weights
+    from ..weights import save_weights
 
     resolution = info["resolution"]
     size = (getattr(model, "in_channels", 3), resolution, resolution)
@@ -267,8 +268,8 @@ def _sweep_methods(model, size, calibration) -> list[tuple[str, Any]]:
 
 def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) -> int:
     from .._table import format_table
+    from ..files import atomic_write
     from ..plots import plot_sweep
-    from ..weights import atomic_write
 
     reductions = args.sweep
     before = _accuracy(model, loader, num_classes) if loader is not None else None

@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 def report_accuracy(runners: dict[str, Any], batches: list, num_classes: int, *, width: int) -> dict[str, Any]:
     """Top-1 and top-5 of each form of the model (PyTorch, the exported files) on the same
     labelled batches, printed a line each; what the export summary records."""
-    from ..train import evaluate
+    from ..classification.evaluate import evaluate
 
     images = sum(len(labels) for _, labels in batches)
     accuracy = {}
@@ -296,7 +296,7 @@ def summary_path(out: Path) -> Path:
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    from ..weights import atomic_write
+    from ..files import atomic_write
 
     path = summary_path(out)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))

@@ -32,9 +32,9 @@ def _scored_split(data, args: argparse.Namespace):
 
 class ClassifierCommands:
     def evaluate(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
+        from ..classification.evaluate import evaluate
         from ..data import build_datasets, eval_dataset, make_loader
         from ..predict import check_classes, recorded_class_names
-        from ..train import evaluate
 
         if args.split != "val":
             raise ConfigError("--split is for detectors and segmenters; a classifier is scored on --data-dir's val "

@@ -8,7 +8,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..errors import ConfigError
-from ..train.config import FIELD_RULES, GROUPS, TrainConfig
+from ..train.config import FIELD_RULES, GROUPS, TrainConfig, option_flag
 from ..train.recipes import RECIPES, get_recipe
 from ..validate import NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY
 from .common import (
@@ -68,7 +68,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             if setting.name in FIELD_RULES:
                 options["type"] = FIELD_RULES[setting.name].argtype
             options.update({key: meta[key] for key in ("choices", "metavar") if key in meta})
-        groups[meta["group"]].add_argument(meta.get("flag") or "--" + setting.name.replace("_", "-"), **options)
+        groups[meta["group"]].add_argument(option_flag(setting.name), **options)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
 
 from ..data import load_rgb
-from ..weights import atomic_write
+from ..files import atomic_write
 
 __all__ = ["detect_images", "draw_detections"]
 

@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InputShapeError
 from ..extras import require
+from ..files import atomic_write
 from ..tasks import task_of
 from ..validate import EXECUTORCH_CALIBRATION_METHODS, exported_batch
-from ..weights import atomic_write
 from .detection import ExportedDetector
 from .onnx import deployable, preprocessing_metadata
 from .ort import ExportError, relative_error

@@ -22,8 +22,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..data import STYLES
 from ..errors import ConfigError
+from ..files import atomic_write
 from ..tasks import get_task, task_of
-from ..weights import atomic_write
 from .detection import DecodedDetector, is_detector
 from .ort import FORMAT, ExportError, onnx_modules, ort_session, relative_error, set_metadata
 

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..files import atomic_write
 from ..validate import CALIBRATION_METHODS, WEIGHT_ROUNDING
-from ..weights import atomic_write
 from . import ptq
 from .onnx import fold_batchnorm
 from .ort import onnx_modules, read_metadata, set_metadata

@@ -114,7 +114,7 @@ def pick(candidates: Sequence[Candidate], reference: float | None, tolerance: fl
 
 def copy_export(runtime: Any, source: Path, out: Path) -> list[Path]:
     """Copy the files of one export (a runtime's ``files``) under a new name; returns the copies."""
-    from ..weights import atomic_write
+    from ..files import atomic_write
 
     written = []
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -188,7 +188,7 @@ class PreparedModel:
     def top1(self, backend: str, batches: list, num_classes: int) -> float:
         """Top-1 (%) of this backend's model on ``batches``; the PyTorch paths share one
         evaluation (they compute the same function), every other runs its file."""
-        from ..train import evaluate
+        from ..classification.evaluate import evaluate
 
         runtime, precision = bench_path(backend)
         kind = "pytorch" if not runtime.suffix else backend

@@ -149,7 +149,7 @@ class LiteRtRuntime(Runtime):
         latency-only int8, calibrated on noise)."""
         from ..export.executorch import quiet_native_logs
         from ..export.onnx import preprocessing_metadata
-        from ..weights import atomic_write
+        from ..files import atomic_write
 
         network, extra, outputs, example = prepare_export(self, model, path, info, precision, calibration, check_input)
         litert_torch = _converter()

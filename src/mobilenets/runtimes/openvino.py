@@ -138,7 +138,7 @@ class OpenVinoRuntime(Runtime):
         off writes the file whatever its error (bench's latency-only int8, calibrated on noise)."""
         import torch
 
-        from ..weights import atomic_write
+        from ..files import atomic_write
 
         ov = _openvino()
         network, extra, outputs, example = prepare_export(self, model, path, info, precision, calibration, check_input)

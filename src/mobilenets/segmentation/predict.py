@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
-from ..weights import atomic_write
+from ..files import atomic_write
 from .evaluate import predict_logits
 
 __all__ = ["class_colours", "draw_segmentation", "segment_images"]

@@ -6,20 +6,18 @@ the recipes in its ``--help`` without loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..lazy import lazy_attributes
 from .config import TrainConfig
 from .recipes import RECIPES, Recipe, get_recipe
 
-_LAZY = {name: "loop" for name in ("TrainingDiverged", "evaluate", "finetune", "lr_factor", "train")}
+_LAZY = {name: "loop" for name in ("Trainer", "TrainingDiverged", "finetune", "lr_factor", "train")}
 
 __all__ = [
     "RECIPES",
     "Recipe",
     "TrainConfig",
+    "Trainer",
     "TrainingDiverged",
-    "evaluate",
     "finetune",
     "get_recipe",
     "lr_factor",
@@ -27,9 +25,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -76,6 +76,12 @@ def option(default: Any, help: str, group: str, **cli: Any) -> Any:
     return field(default=default, metadata={"help": help, "group": group, **cli})
 
 
+def option_flag(name: str) -> str:
+    """The ``mobilenets train`` option of the :class:`TrainConfig` field ``name``."""
+    meta = next(f.metadata for f in fields(TrainConfig) if f.name == name)
+    return meta.get("flag") or "--" + name.replace("_", "-")
+
+
 # The option groups of `mobilenets train --help`, in order ("" is the ungrouped top).
 GROUPS = ("", "data", "recipe overrides", "fine-tuning (start from pretrained weights)",
           "distillation (learn from a trained teacher, Hinton et al. 2015)", "quantization-aware training", "model",

@@ -26,37 +26,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import ConcatDataset, Subset
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ..cost import profile
 from ..cost.latency import measure_latency
-from ..data import (
-    DeviceResidentLoader,
-    ResumableSampler,
-    SeededDataset,
-    build_datasets,
-    make_loader,
-    mix_seed,
-    transforms_for,
-)
+from ..data import ResumableSampler, SeededDataset, make_loader, mix_seed
 from ..errors import ConfigError, MobileNetsError
 from ..extras import require
-from ..models import create_model
-from ..predict import renamed_classes
-from ..tasks import get_task, task_for_recipe
-from ..weights import atomic_write, load_pretrained, output_dir, read_weights_file
+from ..files import atomic_write, output_dir
+from ..tasks import get_task
 from .batchnorm import recompute_batchnorm, training_batchnorms
-from .config import RECIPE_OVERRIDES, TrainConfig
+from .config import RECIPE_OVERRIDES, TrainConfig, option_flag
 from .distributed import Distributed, setup
+from .precision import autocast
 from .recipes import SCHEDULES, Recipe
-from .transfer import Teacher, UnlabelledImages, distillation_loss, fit_new_head, head_parameter_names
+from .transfer import fit_new_head
 
-__all__ = ["TrainConfig", "TrainingDiverged", "evaluate", "finetune", "train"]
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "finetune", "train"]
 
 # Settings that may differ when a run is resumed: they change how the run is carried out,
 # not what it computes (NCHW and NHWC compute the same convolutions).  The epochs are not among
@@ -138,73 +126,6 @@ def lr_factor(recipe: Recipe, steps_per_epoch: int):
     return factor
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader,
-    num_classes: int,
-    device: str = "cpu",
-    *,
-    dist: Distributed | None = None,
-    channels_last: bool = False,
-    precision: str = "fp32",
-    flip: bool = False,
-) -> dict[str, Any]:
-    """Top-1, top-5, mean loss, per-class top-1 and images/s over ``loader``.
-
-    Under torchrun each process passes its shard; the counts are summed.
-    ``model`` may also be any callable from a batch to logits (an
-    :class:`~mobilenets.export.OnnxClassifier`).  ``flip``: test-time
-    augmentation - each image's logits averaged with its mirror image's, which
-    costs a second forward pass and usually gains a few tenths of a point on
-    data trained with random flips.
-    """
-    if isinstance(model, nn.Module):
-        model.eval()
-    device_type = torch.device(device).type
-    counts = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, samples, loss sum
-    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # hits, samples
-    start = time.perf_counter()
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type, dtype=PRECISIONS[precision], enabled=precision != "fp32"):
-            logits = model(images)
-            if flip:
-                logits = (logits.float() + model(images.flip(-1)).float()) / 2
-        logits = logits.float()
-        top = logits.topk(min(5, num_classes), dim=1).indices
-        hit1 = top[:, 0] == labels
-        counts += torch.stack(
-            [
-                hit1.sum().double(),
-                (top == labels[:, None]).any(dim=1).sum().double(),
-                torch.tensor(labels.numel(), device=device, dtype=torch.float64),
-                F.cross_entropy(logits, labels, reduction="sum").double(),
-            ]
-        )
-        per_class[0] += torch.bincount(labels[hit1], minlength=num_classes)
-        per_class[1] += torch.bincount(labels, minlength=num_classes)
-    if dist is not None:
-        dist.all_sum(counts)
-        dist.all_sum(per_class)
-    elapsed = time.perf_counter() - start
-    hits1, hits5, total, loss_sum = counts.tolist()
-    if total == 0:
-        raise ConfigError("the validation set is empty")
-    return {
-        "top1": hits1 / total,
-        "top5": hits5 / total,
-        "loss": loss_sum / total,
-        # None for a class without images: an accuracy of nothing, not 0 %
-        "per_class_top1": [h / n if n else None for h, n in zip(per_class[0].tolist(), per_class[1].tolist())],
-        "per_class_images": [int(n) for n in per_class[1].tolist()],
-        "images_per_s": total / elapsed,
-        "samples": int(total),
-    }
-
-
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -236,26 +157,28 @@ def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 class Trainer:
-    """One training run: data, model, optimizer and the run directory.
+    """One training run of a task's model: data, model, optimizer and the run directory.
 
-    This class trains classifiers; a task's trainer (``mobilenets.detection``'s)
-    subclasses it and replaces the hooks that differ - the datasets, the model,
-    a batch's loss and the evaluation - and inherits everything else: resume,
-    DDP, AMP, EMA, freezing, checkpoints, metrics files.
+    A task's trainer subclasses it (classification's is ``mobilenets.classification.train``;
+    detection's and segmentation's share ``train.backbone_tasks``) and supplies the hooks
+    under "what a task supplies" - the datasets, the model, a batch's loss, the evaluation,
+    the metrics' log text - and inherits everything else: resume, DDP, AMP, EMA, freezing, a
+    fitted new head, re-estimated batch norms, checkpoints, metrics files.
     """
 
-    task = "classification"
-    score_key = "top1"  # the validation metric best.pt is chosen by
+    task = ""  # the task registry's name of what this trains
+    score_key = ""  # the validation metric best.pt is chosen by
     collate = None  # the DataLoader's collate_fn (None: stack images and labels)
     # validation metrics written to TensorBoard (as val_KEY) and to summary.json
-    reported_metrics = ("loss", "top1", "top5")
+    reported_metrics: tuple[str, ...] = ()
     body_prefix = ""  # where the classifier body (its `features` layers) sits in the model trained
+    # TrainConfig fields this task does not take (a teacher, for a detector): refused when set
+    unsupported: tuple[str, ...] = ()
+    images_per_s_format = ".1f"  # how the epoch's log line writes the training rate
 
     def __init__(self, config: TrainConfig, dist: Distributed, *, progress: bool, log):
         # wall-clock from here to each epoch's end (data decoding and validation included)
         self.wall_mark = time.perf_counter()
-        if config.test_flip and self.task != Trainer.task:
-            raise ConfigError(f"--test-flip averages a classifier's logits; {config.model} is a {self.task} model")
         self.device = dist.device
         self.device_type = torch.device(self.device).type
         if config.channels_last is None:
@@ -263,6 +186,7 @@ class Trainer:
             # on the CPU"); on GPUs the gain depends on precision and kernels, so there it is asked for.
             config = replace(config, channels_last=self.device_type == "cpu")
         self.config, self.dist, self.log = config, dist, log if dist.is_main else (lambda *_: None)
+        self._refuse_unsupported()
         self.progress = progress and dist.is_main
         self.out = Path(config.out)
         if dist.is_main:
@@ -280,18 +204,7 @@ class Trainer:
         self.selected_classes: list[str] | None = None  # what --classes kept (a task's _datasets sets it)
         self.new_head = False  # whether --init-from left a freshly initialised classifier (_create_model sets it)
         train_set, val_set, self.classes = self._datasets()
-        if config.unlabelled:
-            train_set = self._with_unlabelled(train_set)
-        self.teacher = None
-        if config.teacher:
-            self.teacher = Teacher(
-                config.teacher, model_name=config.teacher_model, num_classes=len(self.classes),
-                student_style=recipe.transforms, student_classes=self.classes,
-            ).to(self.device)  # fmt: skip
-            self.log(f"teacher {config.teacher} loaded: the loss is {1 - config.distill_weight:g} x cross-entropy + "
-                     f"{config.distill_weight:g} x T^2 KL at T {config.temperature:g}")  # fmt: skip
         self.resolved = {
-            "teacher": self.teacher.identity if self.teacher is not None else None,
             "config": asdict(config),
             "recipe": asdict(recipe),
             "resolution": self.resolution,
@@ -299,138 +212,86 @@ class Trainer:
             "data_root": str(Path(config.data_dir).resolve()),
             **({"selected_classes": self.selected_classes} if self.selected_classes else {}),
             "world_size": dist.world_size,
+            **self._recorded(),
         }
         self.epoch, self.step, self.best_score, self.history = 0, 0, -1.0, []
         self._build_loaders(train_set, val_set)
         self._build_model(train_set)
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, samples, non-finite
 
-    # -- what a task replaces --------------------------------------------------------
+    def _refuse_unsupported(self) -> None:
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        refused = [option_flag(name) for name in self.unsupported
+                   if getattr(self.config, name) != defaults[name]]  # fmt: skip
+        if refused:
+            task = get_task(self.task)
+            raise ConfigError(f"{', '.join(refused)}: not available for {task.noun} ({self.config.model} is a "
+                              f"{task.name} model; these options are a classifier's)")  # fmt: skip
+
+    # -- what a task supplies --------------------------------------------------------
     def _default_resolution(self) -> int:
-        return 32 if self.recipe.transforms == "cifar" else 224
+        raise NotImplementedError
 
     def _datasets(self):
         """(train set, validation set, class names)."""
-        config = self.config
-        task = task_for_recipe(self.recipe.transforms)
-        if task is not get_task(self.task):
-            raise ConfigError(f"recipe {self.recipe.name} is for {task.name} models; {config.model} is a classifier "
-                              "(see mobilenets recipes)")  # fmt: skip
-        if config.classes:
-            raise ConfigError("--classes selects a detection or segmentation dataset's classes; a classifier learns "
-                              "the class folders of --data-dir (point it at a tree with only those)")  # fmt: skip
-        train_set, val_set, classes = build_datasets(
-            config.data_dir,
-            style=self.recipe.transforms,
-            resolution=self.resolution,
-            dataset=config.dataset,
-            download=config.download and self.dist.is_main,
-            train_subset=config.train_subset,
-            val_subset=config.val_subset,
-            seed=config.seed,
-        )
-        if len(classes) < 2:
-            self.log(
-                f"warning: {config.data_dir} has a single class ({classes[0]}): every prediction is right, "
-                "so top-1 will read 100% whatever the model learns"
-            )
-        return train_set, val_set, classes
+        raise NotImplementedError
 
     def _create_model(self) -> tuple[nn.Module, list[str]]:
         """The model, started from ``--init-from`` if given, and the names of its head's
         parameters (trained at the full rate while the body moves slowly or is frozen)."""
-        config, recipe = self.config, self.recipe
-        options: dict[str, Any] = {"resolution": self.resolution}
-        if recipe.cifar_strides:
-            options["cifar"] = True
-        if config.activation:
-            options["activation"] = config.activation
-        if not config.linear_bottleneck:
-            options["linear_bottleneck"] = False
-        if not config.residual:
-            options["residual"] = False
-        model = create_model(config.model, num_classes=len(self.classes), width_mult=config.width_mult, **options)
-        head = head_parameter_names(model, required=recipe.body_lr_mult != 1 or recipe.freeze_body_epochs > 0)
-        if config.init_from:
-            renamed = renamed_classes(read_weights_file(config.init_from)[2], self.classes, config.init_from)
-            model, loaded, fresh = load_pretrained(model, config.init_from, head=head, new_classes=bool(renamed))
-            self.new_head = bool(fresh)
-            self.log(
-                f"started from {config.init_from}: {len(loaded)} tensors loaded"
-                + (f"; new for {len(self.classes)} classes: {', '.join(fresh)}" if fresh else "")
-                + (f" ({renamed})" if renamed and fresh else "")
-            )
-        return model, head
+        raise NotImplementedError
 
     def _to_device(self, batch) -> tuple[Any, Any, int]:
         """(inputs, targets, images in the batch) on the training device."""
-        images, labels = batch
-        images = images.to(self.device, non_blocking=True)
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True), labels.numel()
+        raise NotImplementedError
 
-    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.net(images)
-        if self.teacher is None:  # the plain path, as before distillation existed
-            return F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
-        return distillation_loss(
-            logits, self.teacher(images), labels, weight=self.config.distill_weight,
-            temperature=self.config.temperature, label_smoothing=self.recipe.label_smoothing,
-        )  # fmt: skip
+    def _loss(self, inputs, targets) -> torch.Tensor:
+        raise NotImplementedError
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         """Validation metrics, ``score_key`` among them."""
-        return evaluate(
-            model,
-            self.val_loader,
-            len(self.classes),
-            self.device,
-            dist=self.dist,
-            channels_last=self.config.channels_last,
-            precision=self.config.precision,
-            flip=self.config.test_flip,
-        )
+        raise NotImplementedError
 
-    def _epoch_line(self, record: dict[str, Any]) -> str:
-        return (
-            f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
-            f"val top-1 {100 * record['top1']:.2f}%, top-5 {100 * record['top5']:.2f}%, "
-            f"{record['train_images_per_s']:.0f} img/s"
-        )
+    def _metrics_text(self, record: dict[str, Any]) -> str:
+        """The validation metrics as the epoch's log line writes them."""
+        raise NotImplementedError
+
+    def _recorded(self) -> dict[str, Any]:
+        """What the task adds to the run's resolved settings (config.json, checkpoints)."""
+        return {}
+
+    def _transform_model(self, model: nn.Module, train_set) -> nn.Module:
+        """The model as trained (a quantization-aware copy, for one), before it moves to the device."""
+        return model
+
+    def _deployed(self, model: nn.Module) -> nn.Module:
+        """The trained model as it is deployed, for the summary's cost and latency."""
+        return model
 
     def _build_loaders(self, train_set, val_set) -> None:
-        config, dist = self.config, self.dist
+        dist = self.dist
         # Each process validates every world_size-th image; the counts are summed.
         val_shard = Subset(val_set, range(dist.rank, len(val_set), dist.world_size)) if dist.enabled else val_set
-        if config.data_on_device:
-            if self.recipe.transforms != "cifar":
-                raise ConfigError("--data-on-device keeps CIFAR-sized data on the device; use a cifar recipe")
-            self.sampler = ResumableSampler(train_set, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
-            common = dict(device=self.device, resolution=self.resolution, seed=config.seed)
-            self.train_loader = DeviceResidentLoader(train_set, self.batch_size, self.sampler, augment=True, **common)
-            self.val_loader = DeviceResidentLoader(val_shard, self.batch_size, None, augment=False, **common)
-        else:
-            self.seeded = SeededDataset(train_set, config.seed)
-            self.sampler = ResumableSampler(self.seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
-            loader = dict(workers=config.workers, collate_fn=self.collate)
-            self.train_loader = make_loader(self.seeded, self.batch_size, sampler=self.sampler, **loader)
-            self.val_loader = make_loader(val_shard, self.batch_size, **loader)
+        self.seeded, self.sampler, self.train_loader, self.val_loader = self._loaders(train_set, val_shard)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
-    def _with_unlabelled(self, train_set):
-        """The --unlabelled images alone (learnt from the teacher), or beside the labelled ones."""
-        config = self.config
-        if not config.teacher:
-            raise ConfigError(
-                "images without labels are learnt from a teacher: give teacher=",
-                cli="--unlabelled images are learnt from a teacher: give --teacher",
-            )
-        if config.data_on_device:
-            raise ConfigError("--unlabelled images are read from files; drop --data-on-device")
-        extra = UnlabelledImages(config.unlabelled, transforms_for(self.recipe.transforms, self.resolution, train=True))
-        return ConcatDataset([train_set, extra]) if config.with_labelled else extra
+    def _loaders(self, train_set, val_set) -> tuple[SeededDataset | None, ResumableSampler, Any, Any]:
+        """(the seeded training set or None, its sampler, the training and validation loaders)."""
+        config, dist = self.config, self.dist
+        seeded = SeededDataset(train_set, config.seed)
+        sampler = ResumableSampler(seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
+        loader = dict(workers=config.workers, collate_fn=self.collate)
+        train_loader = make_loader(seeded, self.batch_size, sampler=sampler, **loader)
+        return seeded, sampler, train_loader, make_loader(val_set, self.batch_size, **loader)
 
+    def _epoch_line(self, record: dict[str, Any], validated: bool) -> str:
+        metrics = f"{self._metrics_text(record)}, " if validated else ""
+        rate = format(record["train_images_per_s"], self.images_per_s_format)
+        unvalidated = "" if validated else f" (validated every {self.config.eval_every} epochs)"
+        return (f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
+                f"{metrics}{rate} img/s{unvalidated}")  # fmt: skip
+
+    # -- the model -------------------------------------------------------------------
     def _build_model(self, train_set) -> None:
         config, recipe = self.config, self.recipe
         torch.manual_seed(config.seed)  # the same initial weights in every process
@@ -442,8 +303,7 @@ class Trainer:
         for name, p in model.named_parameters():
             if self._in_fixed_layer(name):
                 p.requires_grad_(False)  # before DDP wraps the model: its set of trained tensors is fixed
-        if config.qat:
-            model = self._prepare_qat(model, train_set)
+        model = self._transform_model(model, train_set)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         if recipe.fit_head and self.new_head and not (self.out / "last.pt").exists():
@@ -473,26 +333,6 @@ class Trainer:
                                        batch_statistics=training_batchnorms(self.model))  # fmt: skip
         self.log(f"fitted the new classifier to the body's features of {count} training images (their top-1 "
                  f"{100 * accuracy:.1f}%) in {time.perf_counter() - started:.0f} s")  # fmt: skip
-
-    def _prepare_qat(self, model: nn.Module, train_set) -> nn.Module:
-        """Quantization-aware copy of the --init-from model, ranges set on training images.
-
-        Every process computes the same thing (the images are a fixed, evenly spread
-        slice with seeded augmentation), so no broadcast is needed.
-        """
-        from ..export.qat import prepare_qat
-
-        if not self.config.init_from:
-            raise ConfigError("--qat fine-tunes a trained model: give it with --init-from CHECKPOINT")
-        if self.config.data_on_device:
-            raise ConfigError("--qat reads its calibration images from the dataset; drop --data-on-device")
-        if self.config.qat_calibration < 1:
-            raise ConfigError(f"--qat-calibration must be at least 1 image, got {self.config.qat_calibration}")
-        seeded = SeededDataset(train_set, self.config.seed)
-        count = min(self.config.qat_calibration, len(seeded))
-        images = torch.stack([seeded[int(i * len(seeded) / count)][0] for i in range(count)])
-        self.log(f"preparing quantization-aware training: int8 ranges from {count} training images")
-        return prepare_qat(model.eval(), images).train()
 
     # -- checkpoints -----------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -592,7 +432,7 @@ class Trainer:
         the images and augmentations that epoch trains on, for passes outside the training loop."""
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = 0
-        if hasattr(self, "seeded"):
+        if self.seeded is not None:
             self.seeded.epoch = self.epoch
         return map(self._to_device, self.train_loader)
 
@@ -625,11 +465,10 @@ class Trainer:
         config, dist = self.config, self.dist
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.step * self.batch_size
-        if hasattr(self, "seeded"):
+        if self.seeded is not None:
             self.seeded.epoch = self.epoch
         self.net.train()
         self._freeze()
-        dtype = PRECISIONS[config.precision]
         started, seen_at_start, last_save = time.perf_counter(), self.epoch_sums[1].item(), time.monotonic()
         bar = tqdm(
             self.train_loader,
@@ -643,7 +482,7 @@ class Trainer:
         for batch in bar:
             inputs, targets, count = self._to_device(batch)
             torch.manual_seed(mix_seed(config.seed, self.epoch, self.step, dist.rank))  # dropout
-            with torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None):
+            with autocast(self.device_type, config.precision):
                 loss = self._loss(inputs, targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -699,9 +538,7 @@ class Trainer:
             **{k: v for k, v in metrics.items() if not k.startswith("per_class")},
         }
         self.history.append(record)
-        self.log(self._epoch_line(record) if metrics else (
-            f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, "
-            f"{record['train_images_per_s']:.1f} img/s (validated every {self.config.eval_every} epochs)"))  # fmt: skip
+        self.log(self._epoch_line(record, validated=bool(metrics)))
         if writer is not None:
             for key in ("train_loss", "lr", "train_images_per_s"):
                 writer.add_scalar(key, record[key], self.epoch + 1)
@@ -721,13 +558,7 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         model = self.ema.module if self.ema is not None else self.model
-        model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-        if self.config.qat:
-            from ..export.qat import convert_qat
-
-            # Cost and latency of what is deployed (the float graph the int8 export is made from),
-            # not of the rounding simulation.
-            model, _ = convert_qat(model)
+        model = self._deployed(model.to("cpu", memory_format=torch.contiguous_format).eval())
         cost = profile(model, (model.in_channels, self.resolution, self.resolution))
         final = self.history[-1] if self.history else {}
         summary = {

@@ -28,7 +28,7 @@ from ..data import STYLES, image_files, load_rgb
 from ..errors import ConfigError, DataError
 
 __all__ = [
-    "UNLABELLED", "Teacher", "UnlabelledImages", "distillation_loss", "file_sha256", "fit_new_head",
+    "UNLABELLED", "Distillation", "Teacher", "UnlabelledImages", "distillation_loss", "file_sha256", "fit_new_head",
     "head_parameter_names",
 ]  # fmt: skip
 
@@ -253,6 +253,19 @@ def distillation_loss(
     soft = t * t * kl.sum(dim=1)
     per_image = torch.where(labelled, (1 - weight) * ce + weight * soft, soft)
     return per_image.mean()
+
+
+class Distillation:
+    """A classifier's loss with a teacher: :func:`distillation_loss` of the student's logits
+    against the teacher's on the same images (the wrapping loss a trainer composes in)."""
+
+    def __init__(self, teacher: Teacher, *, weight: float, temperature: float, label_smoothing: float = 0.0):
+        self.teacher, self.weight, self.temperature = teacher, weight, temperature
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        return distillation_loss(logits, self.teacher(images), labels, weight=self.weight,
+                                 temperature=self.temperature, label_smoothing=self.label_smoothing)  # fmt: skip
 
 
 class UnlabelledImages(Dataset):
