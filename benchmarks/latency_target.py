@@ -21,14 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import mobilenets.decouple.convert as convert  # noqa: E402
+import mobilenets.decouple.allocate as allocate  # noqa: E402
 from mobilenets.classification.evaluate import evaluate  # noqa: E402
 from mobilenets.data import calibration_images, eval_dataset, make_loader  # noqa: E402
+from mobilenets.decouple import decouple  # noqa: E402
 from mobilenets.errors import MobileNetsError  # noqa: E402
 from mobilenets.models import load_model_with_info  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 
-searched = convert._network_saving
+searched = allocate.network_saving  # the rule decouple_ranks calls (swapped below)
 
 
 def summed_layer_rule(model, layers, cost, total_ms, target, *args):
@@ -74,9 +75,9 @@ def main() -> None:
     print(json.dumps(rows[0]), flush=True)
     for target in args.targets:
         for rule, saving in (("summed layers", summed_layer_rule), ("whole network", searched)):
-            convert._network_saving = saving
+            allocate.network_saving = saving
             for name, calibration in calibrations.items():
-                net, report = convert.decouple(
+                net, report = decouple(
                     model, target_reduction=target, budget="latency", calibration=calibration
                 )
                 network = report.extra["network_latency"]
@@ -87,7 +88,7 @@ def main() -> None:
                 }  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    convert._network_saving = searched
+    allocate.network_saving = searched
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
     print("\n| target | rule | refit | mult-adds cut | ONNX Runtime speedup (whole network) | top-1 change |")

@@ -515,7 +515,7 @@ def test_loss_allocation_is_never_slower_at_the_same_accuracy(shared_data):
     images the network is at least as close to the original as the plain mult-adds
     allocation that runs as fast (the allocation it is meant to replace)."""
     from mobilenets.data import calibration_images
-    from mobilenets.decouple.convert import _output_loss
+    from mobilenets.decouple.allocate import _output_loss
 
     model = _vgg_with_statistics()
     with torch.no_grad():

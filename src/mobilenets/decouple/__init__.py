@@ -12,16 +12,12 @@ from typing import Any
 
 from ..validate import DECOMPOSITION_METHODS as METHODS
 from .baselines import cp_conv, spatial_conv, tucker_conv
-from .convert import (
-    DecoupleReport,
-    LayerReport,
-    apply_converted_structure,
-    apply_decoupled_structure,
-    decouple,
-    eligible_convs,
-)
+from .convert import decouple
 from .layers import ORDERS, DecoupledConv, decoupled_mult_adds, max_rank, singular_values
 from .pipeline import decompose
+from .plan import eligible_convs
+from .record import apply_converted_structure, apply_decoupled_structure
+from .report import DecoupleReport, LayerReport
 
 __all__ = [
     "METHODS",

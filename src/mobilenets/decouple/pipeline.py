@@ -29,21 +29,11 @@ from torch import nn
 from ..cost import profile
 from ..errors import ConfigError
 from ..validate import check_model
-from .convert import (
-    DecoupleReport,
-    LayerReport,
-    calibration_batches,
-    decompose_single,
-    decouple,
-    eligible_convs,
-    input_size_of,
-    layer_error,
-    param_count,
-    probe_shapes,
-    refit,
-    skipped_summary,
-)
+from .convert import decompose_single, decouple
 from .methods import method_names
+from .plan import calibration_batches, eligible_convs, input_size_of, layer_error, param_count, probe_shapes
+from .refit import refit
+from .report import DecoupleReport, LayerReport, skipped_summary
 
 __all__ = ["STEPS", "convert_in_steps", "decompose", "parse_steps"]
 
