@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .data import load_rgb, transforms_for
+from .datainfo import DataInfo
 from .tasks import task_of
 from .validate import POSITIVE_INT
 
@@ -17,36 +18,34 @@ __all__ = ["check_classes", "default_data_info", "predict_images", "recorded_cla
 
 
 def default_data_info(
-    model: nn.Module, info: dict[str, Any] | None = None, *, num_classes: int | None = None
-) -> dict[str, Any]:
-    """Fill in what a weights file did not record: ImageNet class names for
-    1000-way models (torchvision ships them, no download), the model's resolution
-    and ImageNet-style preprocessing (CIFAR-style for ``cifar`` models).
+    model: nn.Module, info: Mapping[str, Any] | None = None, *, num_classes: int | None = None
+) -> DataInfo:
+    """``info`` (what a file recorded) with its gaps filled from ``model``: its task, channels,
+    resolution and preprocessing (ImageNet-style; CIFAR-style for ``cifar`` models; the task's
+    own for detectors and segmenters), and the class names its published weights imply (ImageNet's
+    for 1000-way classifiers - torchvision ships them, no download) or numbered placeholders.
     ``num_classes`` is for models that record no architecture (torchvision's)."""
-    info = dict(info or {})
+    info = DataInfo.from_record(info)
     arch = getattr(model, "arch", {}) or {}
-    info.setdefault("in_channels", getattr(model, "in_channels", 3))
-    if "transforms" not in info:
-        info["transforms"] = "cifar" if arch.get("cifar") else "imagenet"
-    if "resolution" not in info:
-        info["resolution"] = arch.get("resolution") or getattr(model, "default_resolution", 224)
     num_classes = arch.get("num_classes", num_classes)
     if "name" in arch:
         from .models import get_model_entry
 
-        info["task"] = get_model_entry(arch["name"]).task
+        info = info.replace(task=get_model_entry(arch["name"]).task)
     task = task_of(info)
-    if task.data_style:
-        info["transforms"] = task.data_style
-    if "classes" not in info:
+    info = info.replace(
+        in_channels=info.in_channels or getattr(model, "in_channels", 3),
+        transforms=task.data_style or info.transforms or ("cifar" if arch.get("cifar") else "imagenet"),
+        resolution=info.resolution or arch.get("resolution") or getattr(model, "default_resolution", 224),
+    )
+    if info.classes is None:
         # Names to print, not the dataset's folder names: evaluation maps a dataset's
         # sorted folders onto such a model by position (see ``classes_source``).
         published = task.default_classes(num_classes)
         if published is not None:
-            info["classes"], info["classes_source"] = published
+            info = info.replace(classes=published[0], classes_source=published[1])
         elif num_classes:
-            info["classes"] = [f"class {i}" for i in range(num_classes)]
-            info["classes_source"] = "placeholder"
+            info = info.replace(classes=[f"class {i}" for i in range(num_classes)], classes_source="placeholder")
     return info
 
 
@@ -59,7 +58,7 @@ def imagenet_classes(num_classes: int) -> tuple[list[str], str] | None:
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]), "imagenet"
 
 
-def recorded_class_names(info: dict[str, Any]) -> list[str] | None:
+def recorded_class_names(info: Mapping[str, Any]) -> list[str] | None:
     """The class names a model was trained with (its dataset's folder names), or None
     where the file recorded none and ``info`` holds display names or placeholders."""
     classes = info.get("classes")
@@ -71,7 +70,7 @@ def recorded_class_names(info: dict[str, Any]) -> list[str] | None:
 
 
 def check_classes(
-    info: dict[str, Any], classes: Sequence[str], *, model: str, data: str, background: bool = False
+    info: Mapping[str, Any], classes: Sequence[str], *, model: str, data: str, background: bool = False
 ) -> None:
     """The one check made wherever a model meets labelled data (eval, export and decouple
     ``--eval-data``, bench, a teacher, ``--init-from``): as many classes, and where the model
@@ -92,7 +91,7 @@ def check_classes(
         )
 
 
-def renamed_classes(info: dict[str, Any], classes: Sequence[str], source: str) -> str:
+def renamed_classes(info: Mapping[str, Any], classes: Sequence[str], source: str) -> str:
     """Why weights whose data info is ``info`` cannot keep their classifier for ``classes``
     although it has as many rows: they record other class names ("" where they record none
     or the same); the trainers then start the classifier afresh (``--init-from``)."""

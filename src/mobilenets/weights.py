@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .datainfo import DataInfo
 from .errors import WeightsError
 from .files import atomic_write
 from .validate import check_model
@@ -51,14 +52,15 @@ def save_weights(model: nn.Module, path: str | Path, *, data_info: Mapping[str, 
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     arch = getattr(model, "arch", None) or {}
+    data_record = DataInfo.from_record(data_info).to_record()
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         # safetensors refuses tensors that share memory; state dicts of these models have none
-        metadata = {"format": _FORMAT, "arch": json.dumps(arch), "data": json.dumps(dict(data_info or {}))}
+        metadata = {"format": _FORMAT, "arch": json.dumps(arch), "data": json.dumps(data_record)}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
-        payload = {"arch": arch, "state_dict": state, "data": dict(data_info or {})}
+        payload = {"arch": arch, "state_dict": state, "data": data_record}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
@@ -73,10 +75,10 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str,
     return state, arch
 
 
-def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-    """Like :func:`load_state_dict_file`, plus what the file says about its data:
-    ``{"classes": [...], "transforms": "cifar"|"imagenet", "resolution": R}``
-    where known (training checkpoints and files saved with ``data_info``)."""
+def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], DataInfo]:
+    """Like :func:`load_state_dict_file`, plus what the file says about its data (a
+    :class:`~mobilenets.datainfo.DataInfo`: classes, preprocessing, resolution where known -
+    training checkpoints and files saved with ``data_info``)."""
     path = Path(path)
     if path.is_dir():
         raise WeightsError(f"{path} is a folder, not a weights file")
@@ -92,29 +94,20 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
         arch = json.loads(metadata["arch"]) if "arch" in metadata else {}
-        info = json.loads(metadata["data"]) if "data" in metadata else {}
+        info = DataInfo.from_record(json.loads(metadata["data"]) if "data" in metadata else {}, source=str(path))
         return state, arch, info
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"{path} {_unreadable(path, exc)}") from exc
     arch: dict[str, Any] = {}
-    info: dict[str, Any] = {}
+    info = DataInfo()
     if isinstance(obj, Mapping):
         arch = dict(obj.get("arch") or {}) if isinstance(obj.get("arch"), Mapping) else {}
         if isinstance(obj.get("data"), Mapping):
-            info = dict(obj["data"])
+            info = DataInfo.from_record(obj["data"], source=str(path))
         elif isinstance(obj.get("resolved"), Mapping):  # a training checkpoint
-            resolved = obj["resolved"]
-            info = {
-                "classes": resolved["classes"],
-                "transforms": resolved["recipe"]["transforms"],
-                "resolution": resolved["resolution"],
-            }
-            if "class_ids" in resolved:  # a segmenter's: the value of each class in the dataset's masks
-                info["class_ids"] = resolved["class_ids"]
-            if "selected_classes" in resolved:  # trained on these classes of its dataset (--classes)
-                info["selected_classes"] = resolved["selected_classes"]
+            info = DataInfo.from_checkpoint(obj["resolved"])
         # A training checkpoint with an EMA evaluates (and so deploys) the EMA weights.
         for key in ("state_dict", "ema", "model", "model_state", "ema_state"):
             if isinstance(obj.get(key), Mapping):

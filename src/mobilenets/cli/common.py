@@ -140,7 +140,7 @@ def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str,
         refuse_conflicts(args, "--checkpoint")
         model, info = load_model_with_info(args.checkpoint)
         if getattr(args, "resolution", None):
-            info["resolution"] = args.resolution
+            info = info.replace(resolution=args.resolution)
         return model.eval(), default_data_info(model, info)
     if not args.model:
         raise ConfigError(f"{command} needs --checkpoint, or --model (with --weights)")

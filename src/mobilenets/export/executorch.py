@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..datainfo import DataInfo
 from ..errors import ConfigError, InputShapeError
 from ..extras import require
 from ..files import atomic_write
@@ -308,7 +309,7 @@ class PteModel:
                 "--format executorch' writes them there"
             )
         try:
-            self.info = json.loads(sidecar.read_text())
+            info = DataInfo.from_record(json.loads(sidecar.read_text()), source=str(sidecar))
         except json.JSONDecodeError as exc:
             raise ExportError(f"{sidecar} is not valid JSON ({exc})") from exc
         try:
@@ -318,9 +319,8 @@ class PteModel:
             raise ExportError(
                 f"{self.path} is not a loadable ExecuTorch program ({type(exc).__name__}: {exc})"
             ) from exc
-        resolution = int(self.info["resolution"])
-        self.input_shape = (3, resolution, resolution)
-        self.info.setdefault("in_channels", 3)
+        self.info = info.replace(in_channels=info.in_channels or 3)
+        self.input_shape = (3, int(info["resolution"]), int(info["resolution"]))
 
     def eval(self) -> PteModel:
         """Already an inference graph (as a PyTorch model's ``eval()``, for code that calls it)."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..datainfo import DataInfo
 from ..errors import MobileNetsError
 from ..extras import require
 from ..validate import exported_batch
@@ -28,6 +29,7 @@ __all__ = [
     "ort_session",
     "read_metadata",
     "relative_error",
+    "session_with_outputs",
     "set_metadata",
 ]
 
@@ -59,6 +61,23 @@ def ort_session(path: str | Path | bytes, threads: int | None = None):
     except Exception as exc:  # onnxruntime raises its own exception types
         where = "the model" if isinstance(path, bytes) else path
         raise ExportError(f"ONNX Runtime cannot load {where}: {exc}") from exc
+
+
+def session_with_outputs(graph, names: list[str]):
+    """An ONNX Runtime session on a copy of ``graph`` (an ``onnx.ModelProto``) that also returns
+    the named intermediate tensors, and those of ``names`` it can return (a graph input is not an
+    output: its value is what the caller feeds).  Calibration and range matching read activations so."""
+    import onnx
+
+    exposed_graph = onnx.ModelProto()
+    exposed_graph.CopyFrom(graph)
+    inputs = {i.name for i in exposed_graph.graph.input}
+    outputs = {o.name for o in exposed_graph.graph.output}
+    exposed = [name for name in names if name not in inputs]
+    for name in exposed:
+        if name not in outputs:
+            exposed_graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return ort_session(exposed_graph.SerializeToString()), exposed
 
 
 def relative_error(actual, expected: Tensor) -> float:
@@ -102,19 +121,19 @@ class OnnxClassifier:
     """A mobilenets ONNX export run by ONNX Runtime: call it on a preprocessed batch (its
     output, or a tuple of them where the graph has several: a detector's boxes and scores).
 
-    ``info`` has the same keys as a checkpoint's data info (``classes``,
-    ``transforms``, ``resolution``), so :func:`mobilenets.predict.predict_images`
-    takes it like a PyTorch model.
+    ``info`` is the file's :class:`~mobilenets.datainfo.DataInfo` (classes, preprocessing,
+    resolution, and what the export records beyond them), so
+    :func:`mobilenets.predict.predict_images` takes it like a PyTorch model.
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.info = read_metadata(self.path)
+        info = DataInfo.from_record(read_metadata(self.path), source=str(self.path))
         self.session = ort_session(self.path, threads)
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.input_shape = tuple(shape[1:])
-        self.info.setdefault("in_channels", self.input_shape[0])  # predict converts images to this
+        self.info = info.replace(in_channels=info.in_channels or self.input_shape[0])  # predict converts images to this
 
     def eval(self) -> OnnxClassifier:
         """Already an inference graph (as a PyTorch model's ``eval()``, for code that calls it)."""

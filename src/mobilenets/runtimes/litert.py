@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..datainfo import DataInfo
 from ..errors import ConfigError
 from ..extras import require
 from ..validate import exported_batch
@@ -67,7 +68,7 @@ class LiteRtNetwork:
             raise ConfigError(f"{sidecar} is missing: a .tflite carries no class names or preprocessing, and "
                               "'mobilenets export --format litert' writes them there")  # fmt: skip
         try:
-            self.info = json.loads(sidecar.read_text())
+            info = DataInfo.from_record(json.loads(sidecar.read_text()), source=str(sidecar))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{sidecar} is not valid JSON ({exc})") from exc
         self.interpreter = _interpreter(self.path, threads)
@@ -78,8 +79,8 @@ class LiteRtNetwork:
             order = self.interpreter.get_signature_runner().get_output_details()
             index = {detail["index"]: name for name, detail in order.items()}
             self.outputs.sort(key=lambda d: int(index.get(d["index"], "output_0").rpartition("_")[2] or 0))
-        resolution = int(self.info["resolution"])
-        self.info.setdefault("in_channels", 3)
+        resolution = int(info["resolution"])
+        self.info = info.replace(in_channels=info.in_channels or 3)
         self.input_shape = (self.info["in_channels"], resolution, resolution)
 
     def eval(self) -> LiteRtNetwork:

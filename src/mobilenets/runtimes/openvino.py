@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..datainfo import DataInfo
 from ..errors import ConfigError
 from ..extras import require
 from ..validate import exported_batch
@@ -64,8 +65,8 @@ class OpenVinoNetwork:
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.info = read_ir_info(self.path)
-        self.info.setdefault("in_channels", 3)
+        info = DataInfo.from_record(read_ir_info(self.path), source=str(self.path))
+        self.info = info.replace(in_channels=info.in_channels or 3)
         resolution = int(self.info["resolution"])
         self.input_shape = (self.info["in_channels"], resolution, resolution)
         self.compiled = _compile(str(self.path), self.info.get("precision", "fp32"), threads)
