@@ -213,10 +213,11 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
     from ..data import make_loader
-    from ..export import OnnxClassifier, export_onnx, max_opset, quantize_onnx
+    from ..export import OnnxClassifier, max_opset
+    from ..export.deploy import deploy_onnx
     from ..export.onnx import MIN_OPSET
-    from ..export.qat import convert_qat, is_qat
-    from ..export.qat import export_int8 as export_qat_int8
+    from ..export.qat import is_qat
+    from ..export.quantize import QuantizeOptions
 
     if not MIN_OPSET <= args.opset <= max_opset():
         raise ConfigError(
@@ -225,43 +226,17 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_for_cli(args, "export")
     trained_for_int8 = is_qat(model)
     evaluation, calibration = classifier_inputs(args, info, calibrated=trained_for_int8)
-    fp32_path = out.with_name(out.stem + ".fp32.onnx") if args.int8 else out
-    exported = {"info": info, "dynamic_batch": args.dynamic_batch, "opset": args.opset}
-    # A quantization-aware checkpoint exports the float model it simulates (BN folded,
-    # weights already on their int8 grids); its int8 ranges were learned, not calibrated.
-    if args.int8 and trained_for_int8:
-        probe = calibration[:2] if calibration is not None else None
-        report = export_qat_int8(model, out, probe=probe, fp32_path=fp32_path, **exported)
-    else:
-        report = export_onnx(convert_qat(model)[0] if trained_for_int8 else model, fp32_path, **exported)
-    print(report.summary())
-    summary: dict[str, Any] = {"fp32": str(fp32_path), "max_relative_error": report.max_relative_error}
-    if args.int8 and trained_for_int8:
-        print(f"wrote {out} (int8 QDQ from quantization-aware training: learned ranges and weights)")
-        summary["int8"] = str(out)
-    elif args.int8:
-        quantize_onnx(
-            fp32_path,
-            out,
-            calibration,
-            method=args.calibration_method,
-            percentile=args.calibration_percentile,
-            model=model,
-            weight_rounding=args.weight_rounding,
-            bias_correction=args.bias_correction,
-            range_search=args.range_search,
-            range_search_images=args.range_search_images,
-            range_search_sweeps=args.range_search_sweeps,
-            progress=True,
-        )
-        steps = (
-            f"{args.calibration_method} ranges, {args.weight_rounding} weight rounding"
-            + (", bias correction" if args.bias_correction else "")
-            + (", ranges searched against the output" if args.range_search else "")
-        )
-        print(f"wrote {out} (int8 QDQ, per-channel weights; {steps}; {len(calibration)} calibration images)")
-        summary["int8"] = str(out)
-    if args.int8:
+    options = QuantizeOptions(
+        method=args.calibration_method, percentile=args.calibration_percentile, weight_rounding=args.weight_rounding,
+        bias_correction=args.bias_correction, range_search=args.range_search,
+        range_search_images=args.range_search_images, range_search_sweeps=args.range_search_sweeps,
+    )  # fmt: skip
+    files = deploy_onnx(model, out, info=info, int8=args.int8, calibration=calibration, options=options,
+                        dynamic_batch=args.dynamic_batch, opset=args.opset, log=print)  # fmt: skip
+    fp32_path = files.fp32
+    summary: dict[str, Any] = {"fp32": str(fp32_path), "max_relative_error": files.report.max_relative_error}
+    if files.int8 is not None:
+        summary["int8"] = str(files.int8)
         summary["latency_ms"] = latency_verdict(fp32_path, out, int(info["resolution"]))
     if evaluation is not None:
         dataset, classes = evaluation

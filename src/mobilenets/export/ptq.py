@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ort import ExportError, ort_session
+from .ort import ExportError, ort_session, session_with_outputs
 
 __all__ = [
     "WeightGrid",
@@ -291,15 +291,7 @@ def _bias_targets(graph) -> list[_BiasTarget]:
 
 def _channel_means(graph, names: list[str], images: Tensor, batch_size: int) -> list[np.ndarray]:
     """Mean over batch and space of each named tensor, per channel."""
-    import onnx
-
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(graph)
-    outputs = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in outputs:
-            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort_session(exposed.SerializeToString())
+    session, _ = session_with_outputs(graph, names)
     totals = [np.zeros(0)] * len(names)
     for batch in images.split(batch_size):
         results = session.run(names, {"image": batch.float().numpy()})
@@ -330,20 +322,13 @@ def activation_ranges(
     """
     import onnx
 
-    graph = onnx.load(str(graph_path))
-    outputs = {o.name for o in graph.graph.output}
-    inputs = {i.name for i in graph.graph.input}
-    exposed = [name for name in names if name not in inputs]
-    for name in exposed:
-        if name not in outputs:
-            graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort_session(graph.SerializeToString())
+    session, exposed = session_with_outputs(onnx.load(str(graph_path)), names)
 
     def activations():
         for batch in images.split(batch_size):
             x = batch.float().numpy()
             values = dict(zip(exposed, session.run(exposed, {"image": x})))
-            values.update({name: x for name in names if name in inputs})
+            values.update({name: x for name in names if name not in exposed})  # the graph's input
             yield values
 
     low = dict.fromkeys(names, np.inf)

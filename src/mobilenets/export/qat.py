@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from . import ptq
 from .onnx import ExportReport, export_onnx, fold_batchnorm
-from .ort import ExportError, ort_session
+from .ort import ExportError, session_with_outputs
 
 __all__ = [
     "ActivationQuantizer",
@@ -467,13 +467,7 @@ def _match_points(model: nn.Module, prepared: Path, groups: list[list[str]], pro
     import onnx
 
     graph = onnx.load(str(prepared))
-    inputs = {i.name for i in graph.graph.input}
-    outputs = {o.name for o in graph.graph.output}
-    wanted = [name for group in groups for name in group if name not in inputs]
-    for name in wanted:
-        if name not in outputs:
-            graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort_session(graph.SerializeToString())
+    session, wanted = session_with_outputs(graph, [name for group in groups for name in group])
     x = probe.float()
     onnx_values = {}
     for i in range(len(x)):  # the export may have a fixed batch of 1
@@ -515,7 +509,7 @@ def _match_points(model: nn.Module, prepared: Path, groups: list[list[str]], pro
     for group in groups:
         point = None
         for name in group:
-            value = torch.from_numpy(x.numpy() if name in inputs else onnx_values[name])
+            value = torch.from_numpy(x.numpy() if name not in onnx_values else onnx_values[name])
             scale = value.abs().max().clamp(min=1e-6)
             same = [p for p, t in candidates if t.shape == value.shape and ((t - value).abs().max() <= 1e-3 * scale)]
             if same:
