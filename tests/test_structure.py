@@ -1,6 +1,6 @@
 """The package's shape, read from its source with ``ast`` (imports inside functions included):
-no import cycles, no private name imported from another file, no function over 100 lines
-(docs/architecture.md)."""
+no import cycles, no private name imported from another file, no function over 100 lines, task
+names compared only in the task registry (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,25 @@ def test_no_function_over_100_lines():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100
     ]
     assert not long, long
+
+
+def test_task_names_are_compared_only_in_the_task_registry():
+    """Every command asks the task (``get_task``, ``task_of``): no ``entry.task == "detection"``,
+    ``info["task"] != "classification"`` or the like outside ``tasks.py``."""
+    names = {"classification", "detection", "segmentation"}
+    found = []
+    for path in FILES:
+        if path.name == "tasks.py":
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            named = any(isinstance(s, ast.Constant) and s.value in names for s in sides)
+            if named and any("task" in ast.get_source_segment(text, s) for s in sides):
+                found.append(f"{_module(path)}:{node.lineno}")
+    assert not found, found
 
 
 def test_the_import_graph_has_the_known_edges():

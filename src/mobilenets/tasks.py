@@ -49,6 +49,8 @@ class Task:
     # "module:Class" wrapping an exported file's network (any runtime) with the task's
     # post-processing; None: the network is called on batches as it is
     exported_hook: str | None = None
+    # its models are classifiers, whose body a backbone (features_only=True) is cut from
+    has_classifier_body: bool = False
 
     def trainer(self) -> type:
         return _load(self.trainer_hook)
@@ -89,6 +91,7 @@ register_task(
         commands_hook="mobilenets.cli.task_commands:CLASSIFICATION",
         deployable_hook="mobilenets.export.onnx:classifier_graph",
         default_classes_hook="mobilenets.predict:imagenet_classes",
+        has_classifier_body=True,
     )
 )
 register_task(

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
+from ..tasks import get_task
 from ..validate import FRACTION, POSITIVE_INT, Rule
 from ..weights import WeightsError, apply_rebuild_steps, load_weights, read_weights_file, rebuild_steps
 from .features import FeatureExtractor
@@ -220,7 +221,7 @@ def create_model(
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices chooses a backbone's feature maps: pass features_only=True with it")
     if features_only:
-        if entry.task != "classification":
+        if not get_task(entry.task).has_classifier_body:
             raise ConfigError(f"{entry.name} is a {entry.task} model; features_only takes a classifier's body")
         model = FeatureExtractor(model, out_indices)
         model.arch.update(features_only=True, out_indices=[f.tap for f in model.feature_info])
