@@ -75,11 +75,11 @@ def main() -> None:
         batches = list(make_loader(data.train, args.batch_size, workers=2, collate_fn=collate))
         running = score(model, batches, len(classes), batch_statistics=False)
         own = score(model, batches, len(classes), batch_statistics=True)
-        rows.append([path, f"{100 * running['miou']:.1f}", f"{100 * own['miou']:.1f}",
+        rows.append([path, len(classes), *(f"{100 * m[key]:.1f}" for key in ("miou", "pixel_acc") for m in (running, own)),
                      f"{100 * (own['miou'] - running['miou']):+.1f}", len(data.train)])  # fmt: skip
     print(f"# {cpu_description()}; training images at their checkpoint's resolution, batches of {args.batch_size}")
-    print(format_table(["checkpoint", "mIoU, running statistics (eval mode)", "mIoU, batch statistics",
-                        "gap (points)", "images"], rows))  # fmt: skip
+    print(format_table(["checkpoint", "classes", "mIoU: running statistics (eval mode)", "batch statistics",
+                        "pixel acc: running", "batch", "mIoU gap (points)", "images"], rows))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,3 +36,35 @@ def test_cifar_ablation_report_tabulates_finished_runs_and_lists_the_rest(tmp_pa
     assert "missing" in rows["no-shortcuts"] and "missing" in rows["nonlinear-bottleneck"]
     assert "missing (not finished under" in result.stdout and "no-shortcuts seed 1" in result.stdout
     assert (tmp_path / "figure6.png").is_file()
+
+
+def test_bn_lag_scores_running_and_batch_statistics_and_restores_the_model():
+    """benchmarks/bn_lag.py: eval mode uses the running statistics, the other pass each batch's
+    own; stale running statistics show as a gap, and the model's buffers are left as they were."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "bn_lag", Path(__file__).resolve().parents[1] / "benchmarks" / "bn_lag.py"
+    )
+    bn_lag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bn_lag)
+
+    class Segmenter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(1)
+
+        def forward(self, x):
+            return {"out": torch.cat([torch.zeros_like(x[:, :1]), self.norm(x[:, :1])], 1)}
+
+    torch.manual_seed(0)
+    images = torch.randn(4, 1, 8, 8) + 3.0  # mean 3: class 1 wherever the normalised value is positive
+    masks = (images[:, 0] > 3.0).long()
+    model = Segmenter()  # running mean 0, var 1: every pixel normalises to about +3, all class 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    running = bn_lag.score(model, [(images, masks)], 2, batch_statistics=False)
+    own = bn_lag.score(model, [(images, masks)], 2, batch_statistics=True)
+    assert own["pixel_acc"] > 0.99 and running["pixel_acc"] < 0.6
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
