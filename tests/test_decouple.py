@@ -3,6 +3,8 @@ rank allocation, refinement, the baselines, save/load, and bad input."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -155,6 +157,22 @@ def test_conversion_methods_are_entries_whose_saved_structure_fits_the_fitted_la
         assert method.cost(conv, rank, (9, 9), (5, 5)) == counted, name
     with pytest.raises(mobilenets.ConfigError, match="method must be one of cp, tucker, spatial, channel, decouple"):
         conversion_method("svd")
+
+
+def test_a_pw_dw_decoupling_records_its_order_and_rebuilds_into_it():
+    """The saved step names the order, so the untrained structure a file is loaded into is the one fitted."""
+    from mobilenets.decouple import apply_converted_structure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    new, report = decouple(net, rank=2, order="pw_dw", input_size=(3, 8, 8), replace_all=True)
+    assert report.method == "decouple-pw_dw"
+    (step,) = new.arch["converted"]
+    assert step["order"] == "pw_dw"
+    rebuilt = apply_converted_structure(copy.deepcopy(net), [step])
+    rebuilt.load_state_dict(new.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(rebuilt.eval()(x), new(x))
 
 
 def test_channel_decomposition_fits_the_calibration_responses_best():

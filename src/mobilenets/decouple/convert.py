@@ -151,7 +151,7 @@ def _convert(
         report_extra["network_latency"] = network_record(network, converted, chw, latency_backend, target_reduction)
     reports = layer_reports(names, convs, shapes, converted, chosen, notes, retained, original_cost, new_cost)
     report = DecoupleReport(
-        method.label or method.name, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined
+        method.label, reports, before.mult_adds, after.mult_adds, before.params, after.params, refined
     )
     report.extra.update(report_extra)
     report.skipped = skipped

@@ -43,12 +43,17 @@ class ConversionMethod:
     calibrated: bool = False  # fitted to the responses on calibration images (when given)
     any_padding: bool = False  # handles every padding mode (the decompositions: numeric zeros only)
     refits: bool = False  # its last 1x1 conv is refitted by least squares to calibration images
-    label: str = ""  # how reports name it ("decouple-dw_pw"); the name if empty
+    order: str | None = None  # decoupling's: "dw_pw" or "pw_dw" (its saved structure depends on it)
+
+    @property
+    def label(self) -> str:
+        """How reports name it: "decouple-dw_pw", "cp"."""
+        return f"{self.name}-{self.order}" if self.order else self.name
 
     def recorded(self, refitted: list[str], calibrated: bool) -> dict[str, Any]:
         """What a saved file records beyond the method and its ranks."""
-        if self.refits:
-            return {"order": self.label.removeprefix("decouple-"), **({"refined": refitted} if refitted else {})}
+        if self.order is not None:
+            return {"order": self.order, **({"refined": refitted} if refitted else {})}
         return {"calibrated": calibrated} if self.calibrated else {}
 
 
@@ -83,7 +88,7 @@ def decoupling(order: str = "dw_pw") -> ConversionMethod:
         max_rank=lambda conv: max_rank(conv, order),
         any_padding=True,
         refits=order == "dw_pw",
-        label=f"decouple-{order}",
+        order=order,
     )
 
 
