@@ -560,3 +560,33 @@ def test_loss_allocation_is_never_slower_at_the_same_accuracy(shared_data):
     assert "output loss" in report.extra["allocation"]
     with pytest.raises(mobilenets.ConfigError, match="calibration"):
         decouple(model, target_reduction=2, allocation="loss")
+
+
+def test_sweep_converts_with_every_method_scores_each_and_keeps_going_past_a_failure():
+    """The library sweep behind ``decouple --sweep``: every method at every target, each converted
+    network scored by the caller's function as it finishes, an unreachable target a row with its error."""
+    from mobilenets.decouple.sweep import sweep, sweep_methods
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        reference = model(x)
+
+    def score(network):
+        with torch.no_grad():
+            return {"error": ((network(x) - reference).norm() / reference.norm()).item()}
+
+    seen = []
+    rows = sweep(model, [2.0, 1e6], (3, 16, 16), score=score, on_result=seen.append)
+    names = [name for name, _ in sweep_methods(model, (3, 16, 16))]
+    assert [(r.method, r.target) for r in rows] == [(n, t) for n in names for t in (2.0, 1e6)]
+    assert seen == rows  # each row reported as it finished
+    done = [r for r in rows if r.target == 2.0]
+    assert all(r.error is None and r.reduction >= 1.9 for r in done), [(r.method, r.reduction, r.error) for r in done]
+    assert all(0 < r.scores["error"] < 1 for r in done)  # converted, not the original and not noise
+    failed = [r for r in rows if r.target == 1e6]
+    assert failed and all(r.error and r.reduction is None and not r.scores for r in failed)

@@ -6,7 +6,6 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -235,44 +234,14 @@ def _run(args: argparse.Namespace, model, info: dict[str, Any], out: Path) -> in
     return 0
 
 
-def _sweep_methods(model, size, calibration) -> list[tuple[str, Any]]:
-    """(label, reduction -> (model, report)) for every method, the slow CP last."""
-    from ..decouple import decompose, decouple
-
-    def method(name: str, **options):
-        if name == "decouple":
-            return lambda r: decouple(model, target_reduction=r, input_size=size, **options)
-        return lambda r: decompose(model, name, target_reduction=r, input_size=size, **options)
-
-    methods = [
-        ("decouple (greedy)", method("decouple")),
-        ("decouple (uniform)", method("decouple", allocation="uniform")),
-        ("spatial", method("spatial")),
-        ("tucker", method("tucker")),
-        ("channel", method("channel")),
-    ]
-    if calibration is not None:
-        methods += [
-            ("decouple + refine", method("decouple", calibration=calibration)),
-            ("channel (calibrated)", method("channel", calibration=calibration)),
-            ("channel+decouple (calibrated)", method("channel+decouple", calibration=calibration)),
-            ("channel+spatial+decouple (calibrated)", method("channel+spatial+decouple", calibration=calibration)),
-        ]
-    else:
-        methods += [
-            ("channel+decouple", method("channel+decouple")),
-            ("channel+spatial+decouple", method("channel+spatial+decouple")),
-        ]
-    return methods + [("cp", method("cp"))]
-
-
 def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) -> int:
     from .._table import format_table
+    from ..decouple.sweep import sweep
     from ..files import atomic_write
     from ..plots import plot_sweep
 
-    reductions = args.sweep
-    before = _accuracy(model, loader, num_classes) if loader is not None else None
+    score = (lambda network: _accuracy(network, loader, num_classes)) if loader is not None else None
+    before = score(model) if score is not None else None
     rows, results = [], []
 
     def write() -> str:
@@ -284,23 +253,19 @@ def _sweep(args, model, size, loader, num_classes: int, calibration, out: Path) 
         atomic_write(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
         return text
 
-    for name, convert in _sweep_methods(model, size, calibration):
-        for r in reductions:
-            print(f"converting: {name} at {r:g}x", file=sys.stderr, flush=True)  # CP alone takes minutes
-            start = time.perf_counter()
-            try:
-                new, report = convert(r)
-            except Exception as exc:  # one method failing (or unreachable) must not lose the others
-                rows.append([name, f"{r:g}x", "-", "-", "", f"{type(exc).__name__}: {exc}"[:70]])
-                continue
-            seconds = time.perf_counter() - start
-            acc = _accuracy(new, loader, num_classes) if loader is not None else {}
-            results.append(
-                {"method": name, "target": r, "reduction": report.reduction, "seconds": round(seconds, 2), **acc}
-            )
-            top1 = f"{100 * acc['top1']:.2f}%" if acc else "- (no --eval-data)"
-            rows.append([name, f"{r:g}x", f"{report.reduction:.2f}x", top1, f"{seconds:.1f}", ""])
-            write()  # a sweep can run for long: what is done so far is always on disk
+    def started(name: str, target: float) -> None:
+        print(f"converting: {name} at {target:g}x", file=sys.stderr, flush=True)  # CP alone takes minutes
+
+    def finished(row) -> None:
+        if row.error is not None:
+            rows.append([row.method, f"{row.target:g}x", "-", "-", "", row.error[:70]])
+        else:
+            results.append(row.to_record())
+            top1 = f"{100 * row.scores['top1']:.2f}%" if row.scores else "- (no --eval-data)"
+            rows.append([row.method, f"{row.target:g}x", f"{row.reduction:.2f}x", top1, f"{row.seconds:.1f}", ""])
+        write()  # a sweep can run for long: what is done so far is always on disk
+
+    sweep(model, args.sweep, size, calibration=calibration, score=score, on_start=started, on_result=finished)
     print(write())
     if before is None:
         print(f"wrote {out}/sweep.txt, sweep.json (no plot: top-1 needs --eval-data)")
