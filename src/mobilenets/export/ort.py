@@ -46,11 +46,18 @@ def onnx_modules():
     return require("onnx", "ONNX export", "onnx"), require("onnxruntime", "ONNX export", "onnx")
 
 
-def ort_session(path: str | Path | bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session with full graph optimisation (a file, or a serialized model)."""
+def ort_session(path: str | Path | bytes, threads: int | None = None, *, run_once: bool = False):
+    """An ONNX Runtime CPU session with full graph optimisation (a file, or a serialized model).
+
+    ``run_once``: the session is built, run on one batch and dropped, as the int8 range search does
+    hundreds of times; its worker threads then sleep instead of spinning between tasks. The kernels
+    and results are the same; what changes is that the spinning workers of one trial no longer take
+    the cores from the graph optimisation of the next."""
     _, ort = onnx_modules()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if run_once:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -561,7 +561,7 @@ class _Runner:
         self.graph = graph
         self.name = graph.graph.input[0].name
         try:
-            self.session = ort_session(free.SerializeToString())
+            self.session = ort_session(free.SerializeToString(), run_once=True)
         except ExportError:
             self.session = None
 
@@ -573,7 +573,7 @@ class _Runner:
             except Exception:  # noqa: BLE001 - onnxruntime's own types; e.g. a batch-1 reshape inside
                 pass
         # One image at a time on the graph as it is.
-        session = ort_session(self.graph.SerializeToString())
+        session = ort_session(self.graph.SerializeToString(), run_once=True)
         return np.concatenate([session.run(None, {self.name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
