@@ -20,7 +20,8 @@ training differs:
 * detection (``--model ssdlite320_mobilenet_v3_large``'s command): SGD momentum 0.9, weight decay
   4e-5 on every parameter, lr 0.15 for a batch of 8 x 24, scaled linearly to the batch here;
   a linear warm-up from 0.001x over the first epoch (at most 1,000 steps), then cosine per epoch;
-  RandomIoUCrop + flip (``--data-augmentation ssdlite``); the loss is the model's.
+  RandomIoUCrop + flip (``--data-augmentation ssdlite``); the loss is the model's; images without
+  objects are left out of training, as its ``_coco_remove_images_without_annotations`` does.
 * segmentation (``deeplabv3_mobilenet_v3_large``'s): SGD momentum 0.9, weight decay 1e-4, lr 0.02
   for a batch of 8 x 4 scaled linearly, poly decay (power 0.9) per step, no warm-up; random
   scale 0.5-2x, crop and flip; cross-entropy ignoring 255 (+ 0.5 x the auxiliary head's, where
@@ -89,6 +90,9 @@ def _detection(args, resolution):
         val_transforms=detection_transforms("ssdlite", resolution, train=False, fill=spec.image_mean),
         classes=args.classes,
     )
+    # torchvision's detection reference trains only on images with annotations
+    # (references/detection/coco_utils.py: _coco_remove_images_without_annotations)
+    data.train.drop_empty()
     return data.train, data.val, data.classes, detection_collate
 
 

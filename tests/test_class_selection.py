@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+import mobilenets
 from mobilenets.cli import main
 from mobilenets.detection.data import find_detection_data
 from mobilenets.errors import DataError
@@ -73,7 +74,7 @@ def test_segmentation_people_of_coco128(shared_data):
 
 
 def test_a_run_records_its_classes_and_eval_applies_them(tmp_path, capsys):
-    root = _coco(tmp_path / "coco")
+    root = _coco(tmp_path / "coco", annotated=4)  # squares on images 0 and 2, blobs on 1 and 3
     out = tmp_path / "run"
     argv = ["train", "--model", "ssdlite_mobilenet_v2", "--recipe", "coco-ssdlite", "--data-dir", str(root),
             "--resolution", "96", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--no-progress",
@@ -86,7 +87,45 @@ def test_a_run_records_its_classes_and_eval_applies_them(tmp_path, capsys):
     code = main(["eval", "--checkpoint", str(out / "best.pt"), "--data-dir", str(root), "--workers", "0", "--json"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["images"] == 4 and metrics["boxes"] == 1  # only the blob is scored
+    assert metrics["images"] == 4 and metrics["boxes"] == 2  # only the blobs are scored
     # resuming with other classes is another run
     assert main([*argv[:-4], "--classes", "square", "--out", str(out)]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+def test_a_detector_trains_only_on_images_with_objects_unless_told(tmp_path, capsys):
+    """An SSD learns nothing from an image without objects (its negatives are mined 3 per object in
+    the same image), so training skips such images by default, says so, and --keep-empty-images
+    keeps them; a training split without any object is a one-line error."""
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2, width_mult=0.35, resolution=96).train()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = model([torch.rand(3, 96, 96), torch.rand(3, 96, 96)], [empty, empty])
+    assert all(value.item() == 0 for value in losses.values()), losses  # the premise
+    root = _coco(tmp_path / "coco", annotated=4)
+    argv = ["train", "--model", "ssdlite_mobilenet_v2", "--recipe", "coco-ssdlite", "--data-dir", str(root),
+            "--resolution", "96", "--width-mult", "0.35", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+            "--no-progress", "--classes", "blob"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "skip")]) == 0
+    assert "training on the 2 of 4 images that hold an object" in capsys.readouterr().out
+    assert main([*argv, "--keep-empty-images", "--out", str(tmp_path / "keep")]) == 0
+    assert "images that hold an object" not in capsys.readouterr().out
+    bare = _coco(tmp_path / "bare", edits={"annotations": lambda boxes: boxes.clear()})
+    argv[argv.index("--data-dir") + 1] = str(bare)
+    assert main([*argv, "--out", str(tmp_path / "bare-run")]) == 2
+    assert "none of the 4 training images holds an object" in capsys.readouterr().err
+
+
+def test_a_detector_never_trains_on_a_lone_image(tmp_path, capsys):
+    """SSD's last map is 1x1, where batch norm cannot train on one image: an epoch's lone last image
+    waits for the next epoch's shuffle (3 images at batch 2: one step an epoch), and a batch size of 1
+    or a single training image is a one-line error, not batch norm's ValueError."""
+    root = _coco(tmp_path / "coco", count=3, annotated=3)
+    argv = ["train", "--model", "ssdlite_mobilenet_v2", "--recipe", "coco-ssdlite", "--data-dir", str(root),
+            "--resolution", "96", "--width-mult", "0.35", "--epochs", "1", "--workers", "0", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--batch-size", "2", "--out", str(tmp_path / "three")]) == 0, capsys.readouterr().err
+    lines = (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["epoch"] == 1
+    assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "one")]) == 2
+    assert "--batch-size 1: a detector trains on 2 or more images per process" in capsys.readouterr().err
+    assert main([*argv, "--batch-size", "2", "--classes", "blob", "--out", str(tmp_path / "lone")]) == 2
+    assert "1 training image(s); a detector trains on 2 or more per process" in capsys.readouterr().err

@@ -299,7 +299,14 @@ class ResumableSampler(DistributedSampler):
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, workers: int, sampler=None, shuffle: bool = False, collate_fn=None
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    workers: int,
+    sampler=None,
+    shuffle: bool = False,
+    collate_fn=None,
+    drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader with the settings that keep a model busy (pinned memory on GPU)."""
     return DataLoader(
@@ -309,7 +316,7 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
-        drop_last=False,
+        drop_last=drop_last,
         collate_fn=collate_fn,
     )
 

@@ -145,6 +145,14 @@ class BoxDataset(Dataset):
             kept.append((boxes[new > 0], new[new > 0], size))
         self.targets = kept
 
+    def drop_empty(self) -> int:
+        """Keep only the images that hold an object (in place); returns how many were dropped."""
+        kept = [i for i, (_, labels, _) in enumerate(self.targets) if len(labels)]
+        dropped = len(self.files) - len(kept)
+        self.files = [self.files[i] for i in kept]
+        self.targets = [self.targets[i] for i in kept]
+        return dropped
+
     def __getitem__(self, index: int):
         boxes, labels, size = self.targets[index]
         image = tv_tensors.Image(T.functional.pil_to_tensor(load_rgb(self.files[index])))

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import DataError
 from ..models.ssd import IMAGENET_MEAN, SSD_SPECS
 from ..train.backbone_tasks import BODY_PREFIX, BackboneTaskTrainer
 from .data import collate, detection_transforms, find_detection_data
@@ -32,12 +33,27 @@ class DetectionTrainer(BackboneTaskTrainer):
     def _find_data(self):
         spec = SSD_SPECS.get(self.config.model)
         fill = spec.image_mean if spec is not None else IMAGENET_MEAN
-        return find_detection_data(
+        data = find_detection_data(
             self.config.data_dir,
             train_transforms=detection_transforms(self.recipe.transforms, self.resolution, train=True, fill=fill),
             val_transforms=detection_transforms(self.recipe.transforms, self.resolution, train=False, fill=fill),
             classes=self.config.classes,
         )
+        if not self.config.keep_empty_images:
+            self._skip_empty_images(data.train)
+        return data
+
+    def _skip_empty_images(self, train) -> None:
+        # torchvision's SSD mines 3 background boxes per object *in the same image*, so an image
+        # without objects adds nothing to the loss: only its time (and its batch statistics)
+        total = len(train)
+        dropped = train.drop_empty()
+        if not len(train):
+            raise DataError(f"--data-dir {self.config.data_dir}: none of the {total} training images holds an object"
+                            + (f" of {self.config.classes}" if self.config.classes else ""))  # fmt: skip
+        if dropped:
+            self.log(f"training on the {len(train)} of {total} images that hold an object: SSD's loss learns nothing "
+                     "from the others (--keep-empty-images keeps them)")  # fmt: skip
 
     def _class_scores(self, model: nn.Module, head: list[str]) -> list[str]:
         return [name for name in head if name.startswith("head.classification_head.")]

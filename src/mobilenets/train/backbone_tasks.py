@@ -34,6 +34,7 @@ class BackboneTaskTrainer(Trainer):
     unsupported = ("teacher", "unlabelled", "qat", "test_flip", "activation", "dataset", "data_on_device",
                    "linear_bottleneck", "residual")  # fmt: skip
     recipes_hint = ""  # which recipes train this task, for the message refusing another
+    single_image_batches_fail = True  # batch norms on 1x1 maps (SSD's last extra layer, DeepLab's image pooling)
 
     def _default_resolution(self) -> int:
         return get_model_entry(self.config.model).default_resolution
@@ -50,6 +51,11 @@ class BackboneTaskTrainer(Trainer):
         task = task_for_recipe(self.recipe.transforms)
         if task is not get_task(self.task):
             raise ConfigError(f"recipe {self.recipe.name} is for {task.name} models; {self.recipes_hint}")
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"--batch-size {self.batch_size * self.dist.world_size}: {get_task(self.task).noun} "
+                "trains on 2 or more images per process (its batch norms on 1x1 maps need them)"
+            )
         data = self._find_data()
         self.selected_classes = data.selected
         train_set, val_set = data.train, data.val
@@ -57,6 +63,9 @@ class BackboneTaskTrainer(Trainer):
             train_set = Subset(train_set, range(min(self.config.train_subset, len(train_set))))
         if self.config.val_subset:
             val_set = Subset(val_set, range(min(self.config.val_subset, len(val_set))))
+        if len(train_set) < 2 * self.dist.world_size:
+            raise ConfigError(f"--data-dir {self.config.data_dir}: {len(train_set)} training image(s); "
+                              f"{get_task(self.task).noun} trains on 2 or more per process")  # fmt: skip
         return train_set, val_set, data.classes
 
     def _create_model(self) -> tuple[nn.Module, list[str]]:

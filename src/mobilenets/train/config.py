@@ -222,6 +222,13 @@ class TrainConfig:
         DATA,
         metavar="A,B",
     )
+    keep_empty_images: bool = option(
+        False,
+        "detectors: also train on the images without objects (of the kept classes). By default they are "
+        "skipped: SSD's loss mines 3 background boxes per object in the same image, so an image without "
+        "objects adds no loss, only time (half of coco128's images for --classes person)",
+        DATA,
+    )
     train_subset: int | None = option(None, "train on a fixed class-balanced slice of N images", DATA)
     val_subset: int | None = option(None, "validate on a fixed class-balanced slice of N images", DATA)
     workers: int = option(2, "data-loading processes per training process (default 2; 0: none)", DATA)

@@ -174,6 +174,7 @@ class Trainer:
     body_prefix = ""  # where the classifier body (its `features` layers) sits in the model trained
     # TrainConfig fields this task does not take (a teacher, for a detector): refused when set
     unsupported: tuple[str, ...] = ()
+    single_image_batches_fail = False  # see _drops_lone_image
     images_per_s_format = ".1f"  # how the epoch's log line writes the training rate
 
     def __init__(self, config: TrainConfig, dist: Distributed, *, progress: bool, log):
@@ -273,7 +274,16 @@ class Trainer:
         # Each process validates every world_size-th image; the counts are summed.
         val_shard = Subset(val_set, range(dist.rank, len(val_set), dist.world_size)) if dist.enabled else val_set
         self.seeded, self.sampler, self.train_loader, self.val_loader = self._loaders(train_set, val_shard)
-        self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
+        batches = self.sampler.num_samples / self.batch_size
+        self.steps_per_epoch = math.floor(batches) if self._drops_lone_image() else math.ceil(batches)
+
+    def _drops_lone_image(self) -> bool:
+        """Whether an epoch's last batch would be a single image that this task cannot train on: a
+        detector's and a segmenter's batch norms sit on 1x1 maps (SSD's last extra layer, DeepLab's
+        image pooling), where one image gives one value per channel. The image is in another batch
+        next epoch (each epoch is shuffled anew)."""
+        samples = self.sampler.num_samples
+        return self.single_image_batches_fail and samples > 1 and samples % self.batch_size == 1
 
     def _loaders(self, train_set, val_set) -> tuple[SeededDataset | None, ResumableSampler, Any, Any]:
         """(the seeded training set or None, its sampler, the training and validation loaders)."""
@@ -281,7 +291,9 @@ class Trainer:
         seeded = SeededDataset(train_set, config.seed)
         sampler = ResumableSampler(seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
         loader = dict(workers=config.workers, collate_fn=self.collate)
-        train_loader = make_loader(seeded, self.batch_size, sampler=sampler, **loader)
+        self.sampler = sampler
+        train_loader = make_loader(seeded, self.batch_size, sampler=sampler, drop_last=self._drops_lone_image(),
+                                   **loader)  # fmt: skip
         return seeded, sampler, train_loader, make_loader(val_set, self.batch_size, **loader)
 
     def _epoch_line(self, record: dict[str, Any], validated: bool) -> str:
