@@ -95,8 +95,8 @@ def test_a_run_records_its_classes_and_eval_applies_them(tmp_path, capsys):
 
 def test_a_detector_trains_only_on_images_with_objects_unless_told(tmp_path, capsys):
     """An SSD learns nothing from an image without objects (its negatives are mined 3 per object in
-    the same image), so training skips such images by default, says so, and --keep-empty-images
-    keeps them; a training split without any object is a one-line error."""
+    the same image), so --skip-empty-images leaves such images out and says so (by default they stay);
+    a training split without any object is then a one-line error."""
     model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2, width_mult=0.35, resolution=96).train()
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     losses = model([torch.rand(3, 96, 96), torch.rand(3, 96, 96)], [empty, empty])
@@ -105,13 +105,13 @@ def test_a_detector_trains_only_on_images_with_objects_unless_told(tmp_path, cap
     argv = ["train", "--model", "ssdlite_mobilenet_v2", "--recipe", "coco-ssdlite", "--data-dir", str(root),
             "--resolution", "96", "--width-mult", "0.35", "--epochs", "1", "--batch-size", "2", "--workers", "0",
             "--no-progress", "--classes", "blob"]  # fmt: skip
-    assert main([*argv, "--out", str(tmp_path / "skip")]) == 0
+    assert main([*argv, "--skip-empty-images", "--out", str(tmp_path / "skip")]) == 0
     assert "training on the 2 of 4 images that hold an object" in capsys.readouterr().out
-    assert main([*argv, "--keep-empty-images", "--out", str(tmp_path / "keep")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "keep")]) == 0
     assert "images that hold an object" not in capsys.readouterr().out
     bare = _coco(tmp_path / "bare", edits={"annotations": lambda boxes: boxes.clear()})
     argv[argv.index("--data-dir") + 1] = str(bare)
-    assert main([*argv, "--out", str(tmp_path / "bare-run")]) == 2
+    assert main([*argv, "--skip-empty-images", "--out", str(tmp_path / "bare-run")]) == 2
     assert "none of the 4 training images holds an object" in capsys.readouterr().err
 
 
@@ -127,5 +127,6 @@ def test_a_detector_never_trains_on_a_lone_image(tmp_path, capsys):
     assert json.loads(lines[-1])["epoch"] == 1
     assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "one")]) == 2
     assert "--batch-size 1: a detector trains on 2 or more images per process" in capsys.readouterr().err
-    assert main([*argv, "--batch-size", "2", "--classes", "blob", "--out", str(tmp_path / "lone")]) == 2
+    lone = ["--batch-size", "2", "--classes", "blob", "--skip-empty-images", "--out", str(tmp_path / "lone")]
+    assert main([*argv, *lone]) == 2
     assert "1 training image(s); a detector trains on 2 or more per process" in capsys.readouterr().err

@@ -39,7 +39,7 @@ class DetectionTrainer(BackboneTaskTrainer):
             val_transforms=detection_transforms(self.recipe.transforms, self.resolution, train=False, fill=fill),
             classes=self.config.classes,
         )
-        if not self.config.keep_empty_images:
+        if self.config.skip_empty_images:
             self._skip_empty_images(data.train)
         return data
 
@@ -52,8 +52,8 @@ class DetectionTrainer(BackboneTaskTrainer):
             raise DataError(f"--data-dir {self.config.data_dir}: none of the {total} training images holds an object"
                             + (f" of {self.config.classes}" if self.config.classes else ""))  # fmt: skip
         if dropped:
-            self.log(f"training on the {len(train)} of {total} images that hold an object: SSD's loss learns nothing "
-                     "from the others (--keep-empty-images keeps them)")  # fmt: skip
+            self.log(f"training on the {len(train)} of {total} images that hold an object (SSD's loss learns nothing "
+                     f"from the others): {len(train)} images an epoch")  # fmt: skip
 
     def _class_scores(self, model: nn.Module, head: list[str]) -> list[str]:
         return [name for name in head if name.startswith("head.classification_head.")]

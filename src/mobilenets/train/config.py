@@ -222,11 +222,11 @@ class TrainConfig:
         DATA,
         metavar="A,B",
     )
-    keep_empty_images: bool = option(
+    skip_empty_images: bool = option(
         False,
-        "detectors: also train on the images without objects (of the kept classes). By default they are "
-        "skipped: SSD's loss mines 3 background boxes per object in the same image, so an image without "
-        "objects adds no loss, only time (half of coco128's images for --classes person)",
+        "detectors: train only on the images holding an object (of the kept classes). SSD's loss mines 3 "
+        "background boxes per object in the same image, so an image without objects adds no loss, only time: "
+        "the same steps take half the time on coco128's people (raise --epochs to keep the steps)",
         DATA,
     )
     train_subset: int | None = option(None, "train on a fixed class-balanced slice of N images", DATA)
