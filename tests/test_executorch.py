@@ -151,3 +151,29 @@ def test_percentile_ranges_cut_each_activation_where_the_onnx_path_does():
     assert low == pytest.approx(0, abs=40) and high == pytest.approx(9900, abs=40)
     low, high = observed(ramp - 5000)
     assert low == pytest.approx(-4950, abs=40) and high == pytest.approx(4950, abs=40)
+
+
+def test_cli_passes_the_calibration_options_to_the_runtimes_export(tmp_path, capsys, monkeypatch):
+    """export --format executorch goes through the runtime registry like every other format: the
+    options ExecuTorch declares (Runtime.export_options) reach its export, and its own report line
+    is what the command prints."""
+    from mobilenets.runtimes.executorch import ExecuTorchRuntime
+
+    seen = {}
+
+    def export(self, model, path, **options):
+        seen.update(options)
+        return {"pte": str(path), "precision": options["precision"], "max_relative_error": 0.0,
+                "message": f"wrote {path} (the runtime's own line)"}  # fmt: skip
+
+    monkeypatch.setattr(ExecuTorchRuntime, "export", export)
+    model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, resolution=64, num_classes=10)
+    checkpoint = mobilenets.save_weights(model, tmp_path / "m.safetensors", data_info=default_data_info(model))
+    argv = ["export", "--format", "executorch", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.pte"),
+            "--int8", "--calibration", str(SHARED_DATA / "coco128" / "images"), "--calibration-images", "4",
+            "--calibration-method", "minmax", "--calibration-percentile", "99.9"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (seen["calibration_method"], seen["percentile"], seen["precision"]) == ("minmax", 99.9, "int8")
+    assert len(seen["calibration"]) == 4
+    printed = capsys.readouterr().out
+    assert "lowering takes about a minute" in printed and "(the runtime's own line)" in printed

@@ -154,11 +154,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check = parser.add_argument_group("accuracy")
     check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
     check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
-    # given with --format executorch these would be ignored: run_executorch refuses them
+    # given with another --format these would be ignored: run_runtime refuses them
     onnx_only = ["--dynamic-batch", "--opset", "--weight-rounding"]
     onnx_only += ["--bias-correction", "--range-search-images", "--range-search-sweeps"]
     auto_only = ["--tolerance", "--runtimes", "--threads"]
     parser.set_defaults(run=run, onnx_only=_defaults(parser, onnx_only), auto_only=_defaults(parser, auto_only))
+
+
+# A runtime's own export options (Runtime.export_options) and the arguments that give them.
+EXPORT_OPTION_ARGS = {"calibration_method": "calibration_method", "percentile": "calibration_percentile"}
 
 
 def _defaults(parser: argparse.ArgumentParser, options: list[str]) -> dict[str, tuple[str, Any]]:
@@ -206,9 +210,7 @@ def run(args: argparse.Namespace) -> int:
             f"--calibration-method {args.calibration_method} is not available for --format {args.format} "
             f"(one of {', '.join(methods)})"
         )
-    if args.format == "executorch":
-        return run_executorch(args, out)
-    if args.format != "onnx":  # a runtime whose exporter takes the plain settings
+    if args.format != "onnx":  # a runtime's own exporter (the ONNX file's options are below)
         return run_runtime(args, out, runtime, precision)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out should name an .onnx file, got {out}")
@@ -325,45 +327,10 @@ def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
     return {"fp32": fp32_ms, "int8": int8_ms, "cpu": cpu_description()}
 
 
-def run_executorch(args: argparse.Namespace, out: Path) -> int:
-    """``export --format executorch``: see ``export_executorch``."""
-    from ..data import make_loader
-    from ..export.executorch import PteModel, export_executorch
-    from ..export.qat import convert_qat, is_qat
-
-    if out.suffix != ".pte":
-        raise ConfigError(f"--out should name a .pte file for --format executorch, got {out}")
-    onnx_options = given(args, args.onnx_only)
-    if onnx_options:
-        raise ConfigError(f"{onnx_options[0]} is an ONNX export option; --format executorch does not take it")
-    model, info = load_for_cli(args, "export")
-    evaluation, calibration = classifier_inputs(args, info, calibrated=False)  # PT2E calibrates its own ranges
-    if is_qat(model):  # the float model it simulates
-        model = convert_qat(model)[0]
-    check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
-    print(f"exporting to ExecuTorch ({'int8' if args.int8 else 'fp32'}, XNNPACK); lowering takes about a minute")
-    report = export_executorch(
-        model, out, info=info, int8=args.int8, calibration=calibration, check_input=check,
-        calibration_method=args.calibration_method, percentile=args.calibration_percentile,
-    )  # fmt: skip
-    print(report.summary())
-    summary: dict[str, Any] = {
-        "pte": str(out),
-        "precision": report.precision,
-        "max_relative_error": report.max_relative_error,
-    }
-    if evaluation is not None:
-        dataset, classes = evaluation
-        batches = list(make_loader(dataset, 50, workers=2))
-        runners = {"pytorch": model, f"executorch_{report.precision}": PteModel(out)}
-        summary["accuracy"] = report_accuracy(runners, batches, len(classes), width=17)
-    write_summary(out, summary)
-    return 0
-
-
 def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) -> int:
-    """``export --format NAME`` for a runtime other than ONNX's and ExecuTorch's (OpenVINO): the
-    runtime exports and checks the file against PyTorch; int8 uses the default ONNX int8 recipe."""
+    """``export --format NAME`` for a runtime other than ONNX's (OpenVINO, LiteRT, ExecuTorch): the
+    runtime exports and checks the file against PyTorch with the options it takes
+    (``Runtime.export_options``)."""
     from ..data import make_loader
     from ..export.qat import convert_qat, is_qat
 
@@ -376,12 +343,17 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
     evaluation, calibration = classifier_inputs(args, info, calibrated=False)
     if is_qat(model):  # the float model it simulates
         model = convert_qat(model)[0]
-    print(f"exporting to {runtime.title} ({precision})")
+    print(f"exporting to {runtime.title} ({precision})" + (f"; {runtime.export_note}" if runtime.export_note else ""))
     check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
     # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
     batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation is not None else None
-    summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check)
-    print(f"wrote {out} ({precision}); {runtime.title} vs PyTorch relative error {summary['max_relative_error']:.2e}")
+    options = {name: getattr(args, EXPORT_OPTION_ARGS[name]) for name in runtime.export_options}
+    summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check,
+                             **options)  # fmt: skip
+    print(
+        summary.pop("message", None)
+        or f"wrote {out} ({precision}); {runtime.title} vs PyTorch relative error {summary['max_relative_error']:.2e}"
+    )
     if evaluation is not None:
         runners = {"pytorch": model, f"{runtime.name}_{precision}": runtime.load(out)}
         summary["accuracy"] = report_accuracy(runners, batches, len(evaluation[1]), width=17)

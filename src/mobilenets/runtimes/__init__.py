@@ -54,6 +54,9 @@ class Runtime:
     bench: Mapping[str, str] = {}  # bench path name -> precision
     # bench paths torchvision's model is also timed on (its own plain export where a file is needed)
     reference_paths: tuple[str, ...] = ()
+    # keywords its export takes beyond the shared ones (ExecuTorch: how PT2E sets the int8 ranges)
+    export_options: tuple[str, ...] = ()
+    export_note = ""  # said before an export that takes long
 
     def available(self) -> bool:
         return not self.package or importlib.util.find_spec(self.package) is not None
@@ -85,10 +88,12 @@ class Runtime:
 
     # -- files ------------------------------------------------------------------------------
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
-               calibration: Any = None, check_input: Any = None, verify: bool = True) -> dict[str, Any]:  # fmt: skip
+               calibration: Any = None, check_input: Any = None, verify: bool = True,
+               **options: Any) -> dict[str, Any]:  # fmt: skip
         """Write ``model`` as this runtime's file after checking it against PyTorch (``verify``
-        off: written whatever the error, for timing int8 calibrated on noise); returns what was
-        written (paths, precision, error) for the export summary."""
+        off: written whatever the error, for timing int8 calibrated on noise); ``options`` are
+        those of :attr:`export_options`. Returns what was written (paths, precision, error) for the
+        export summary, and may add ``"message"``: the line that reports the export."""
         raise ConfigError(f"{self.title} has no exporter")
 
     def files(self, path: Path) -> list[Path]:

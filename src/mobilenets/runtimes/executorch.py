@@ -19,14 +19,20 @@ class ExecuTorchRuntime(Runtime):
     # each export lowers for about a minute, so neither path is a bench default
     bench = {"executorch-xnnpack": "fp32", "executorch-xnnpack-int8": "int8"}
 
+    export_options = ("calibration_method", "percentile")
+    export_note = "lowering takes about a minute"
+
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
-               calibration: Any = None, check_input: Any = None, verify: bool = True) -> dict[str, Any]:  # fmt: skip
+               calibration: Any = None, check_input: Any = None, verify: bool = True,
+               calibration_method: str = "percentile", percentile: float = 99.99) -> dict[str, Any]:  # fmt: skip
         from ..export.executorch import export_executorch
 
         self.check(precision)
         report = export_executorch(model, path, info=info, int8=precision == "int8", calibration=calibration,
-                                   check_input=check_input)  # fmt: skip
-        return {"pte": str(path), "precision": report.precision, "max_relative_error": report.max_relative_error}
+                                   check_input=check_input, calibration_method=calibration_method,
+                                   percentile=percentile)  # fmt: skip
+        return {"pte": str(path), "precision": report.precision, "max_relative_error": report.max_relative_error,
+                "message": report.summary()}  # fmt: skip
 
     def files(self, path: Path) -> list[Path]:
         from ..export.executorch import metadata_path
