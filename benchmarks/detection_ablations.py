@@ -12,6 +12,8 @@ rest of the command line as given.
   ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of 0.1 (3 boxes), 0.2 ... 0.95; coco128's
   people are small (a third of the validation ones under 0.1 of the image side).
 * ``--sgd-lr``: the coco-ssdlite recipe with SGD (momentum 0.9) at this rate instead of AdamW.
+* ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
+  stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ def _anchor_scales(scales: list[float]) -> None:
     ssd.SSDAnchors = Anchors
 
 
+def _stride_8() -> None:
+    import mobilenets.models.ssd as ssd
+
+    build = ssd.build_ssd  # the registered builders call it with their spec
+
+    def build_ssd(spec, **options):
+        if spec is ssd.SSD_SPECS["ssdlite_mobilenet_v2"]:
+            spec = replace(spec, taps=("7.expansion", *spec.taps))
+        return build(spec, **options)
+
+    ssd.build_ssd = build_ssd
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -67,12 +82,15 @@ def main() -> int:
     parser.add_argument("--only-images-with-objects", action="store_true")
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
+    parser.add_argument("--stride-8", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
     if args.only_images_with_objects:
         _only_images_with_objects()
     if args.anchor_scales:
         _anchor_scales(args.anchor_scales)
+    if args.stride_8:
+        _stride_8()
     if args.sgd_lr:
         _sgd(args.sgd_lr)
     from mobilenets.cli import main as cli_main
