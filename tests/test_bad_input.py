@@ -153,6 +153,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--unlabelled without teacher"): ([*train, "--unlabelled", "{root}/empty"], ["give --teacher"]),
         ("train", "--with-labelled alone"): ([*train, "--with-labelled"], ["--with-labelled needs --unlabelled"]),
         ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "detection or segmentation"]),
+        ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "detector's"]),
         ("train", "--classes unknown"): (
             [
                 "train",
