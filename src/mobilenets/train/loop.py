@@ -275,14 +275,14 @@ class Trainer:
         val_shard = Subset(val_set, range(dist.rank, len(val_set), dist.world_size)) if dist.enabled else val_set
         self.seeded, self.sampler, self.train_loader, self.val_loader = self._loaders(train_set, val_shard)
         batches = self.sampler.num_samples / self.batch_size
-        self.steps_per_epoch = math.floor(batches) if self._drops_lone_image() else math.ceil(batches)
+        lone = self._drops_lone_image(self.sampler.num_samples)
+        self.steps_per_epoch = math.floor(batches) if lone else math.ceil(batches)
 
-    def _drops_lone_image(self) -> bool:
+    def _drops_lone_image(self, samples: int) -> bool:
         """Whether an epoch's last batch would be a single image that this task cannot train on: a
         detector's and a segmenter's batch norms sit on 1x1 maps (SSD's last extra layer, DeepLab's
         image pooling), where one image gives one value per channel. The image is in another batch
-        next epoch (each epoch is shuffled anew)."""
-        samples = self.sampler.num_samples
+        next epoch (each epoch is shuffled anew). ``samples``: this process's images an epoch."""
         return self.single_image_batches_fail and samples > 1 and samples % self.batch_size == 1
 
     def _loaders(self, train_set, val_set) -> tuple[SeededDataset | None, ResumableSampler, Any, Any]:
@@ -291,9 +291,8 @@ class Trainer:
         seeded = SeededDataset(train_set, config.seed)
         sampler = ResumableSampler(seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
         loader = dict(workers=config.workers, collate_fn=self.collate)
-        self.sampler = sampler
-        train_loader = make_loader(seeded, self.batch_size, sampler=sampler, drop_last=self._drops_lone_image(),
-                                   **loader)  # fmt: skip
+        lone = self._drops_lone_image(sampler.num_samples)
+        train_loader = make_loader(seeded, self.batch_size, sampler=sampler, drop_last=lone, **loader)
         return seeded, sampler, train_loader, make_loader(val_set, self.batch_size, **loader)
 
     def _epoch_line(self, record: dict[str, Any], validated: bool) -> str:
