@@ -53,7 +53,7 @@ class DetectionTrainer(BackboneTaskTrainer):
                             + (f" of {self.config.classes}" if self.config.classes else ""))  # fmt: skip
         if dropped:
             self.log(f"training on the {len(train)} of {total} images that hold an object (SSD's loss learns nothing "
-                     f"from the others): {len(train)} images an epoch")  # fmt: skip
+                     "from the others)")  # fmt: skip
 
     def _class_scores(self, model: nn.Module, head: list[str]) -> list[str]:
         return [name for name in head if name.startswith("head.classification_head.")]
