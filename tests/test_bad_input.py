@@ -10,6 +10,7 @@ mistakes raise the right :class:`mobilenets.MobileNetsError` subclass.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 
 import pytest
 import torch
@@ -478,6 +479,9 @@ def test_corrupt_image_in_a_worker_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "cannot read image" in err and "9.png" in err and "Traceback" not in err
+    # the workers are gone when the command returns, not at some later garbage collection
+    # (which waits 5 s per worker on queues it has already finalised)
+    assert not multiprocessing.active_children()
 
 
 # ---------------------------------------------------------------------------------- the API

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ..errors import MobileNetsError
@@ -62,6 +63,21 @@ def _one_line_warnings(command: str) -> None:
     warnings.showwarning = show
 
 
+def _release_frames(error: BaseException | None) -> None:
+    """Drop the locals of the frames a failed command's error holds, so what they held is freed now.
+
+    An error from a DataLoader worker holds torch's loader iterator in a reference cycle (the
+    error's traceback holds the frame that re-raised it).  Left to a later garbage collection, the
+    iterator shuts its worker processes down after their queues are finalised, and waits the 5 s
+    join timeout per worker (a test suite or notebook that goes on after the error measured 10-20 s).
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -77,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Errors about the user's input: the message says what to change; a
         # traceback would only hide it.
         print(f"mobilenets {args.command}: error: {exc.cli_message()}", file=sys.stderr)
+        _release_frames(exc)
         return 2
     except BrokenPipeError:  # e.g. `mobilenets profile ... | head`
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
+        _release_frames(exc)
         return 130
 
 
