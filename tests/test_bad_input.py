@@ -97,7 +97,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ),
         ("train", "--residual segmenter"): (
             [*train[:2], "lraspp_mobilenet_v3_large", *train[3:], "--no-shortcuts", "--teacher", "t.pt"],
-            ["--teacher, --no-shortcuts", "not available for a segmenter"],
+            ["--no-shortcuts, --teacher", "not available for a segmenter"],
         ),
         ("train", "--label-smoothing"): ([*train, "--label-smoothing", "2"], ["--label-smoothing", "[0, 1)"]),
         ("train", "--ema-decay"): ([*train, "--ema-decay", "1"], ["--ema-decay", "[0, 1)"]),
@@ -153,8 +153,8 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ),  # fmt: skip
         ("train", "--unlabelled without teacher"): ([*train, "--unlabelled", "{root}/empty"], ["give --teacher"]),
         ("train", "--with-labelled alone"): ([*train, "--with-labelled"], ["--with-labelled needs --unlabelled"]),
-        ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "detection or segmentation"]),
-        ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "detector's"]),
+        ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "for a detector or a segmenter"]),
+        ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "for a detector"]),
         ("train", "--classes unknown"): (
             [
                 "train",

@@ -46,11 +46,6 @@ class ClassificationTrainer(Trainer):
         if task is not get_task(self.task):
             raise ConfigError(f"recipe {self.recipe.name} is for {task.name} models; {config.model} is a classifier "
                               "(see mobilenets recipes)")  # fmt: skip
-        if config.skip_empty_images:
-            raise ConfigError("--skip-empty-images is a detector's option; a classifier trains on every image")
-        if config.classes:
-            raise ConfigError("--classes selects a detection or segmentation dataset's classes; a classifier learns "
-                              "the class folders of --data-dir (point it at a tree with only those)")  # fmt: skip
         train_set, val_set, classes = build_datasets(
             config.data_dir,
             style=self.recipe.transforms,

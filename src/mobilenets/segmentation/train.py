@@ -34,8 +34,6 @@ class SegmentationTrainer(BackboneTaskTrainer):
     recipes_hint = "segmenters train with --recipe seg-small or seg-voc"
 
     def _find_data(self):
-        if self.config.skip_empty_images:
-            raise ConfigError("--skip-empty-images is a detector's option (a segmenter learns from every pixel)")
         data = find_segmentation_data(
             self.config.data_dir,
             train_transforms=segmentation_transforms(self.resolution, train=True),

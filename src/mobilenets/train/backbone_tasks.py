@@ -30,9 +30,6 @@ BODY_PREFIX = "backbone.body."
 
 class BackboneTaskTrainer(Trainer):
     body_prefix = BODY_PREFIX
-    # a classifier's options: distillation, unlabelled images, int8 training, the V2 ablations, ...
-    unsupported = ("teacher", "unlabelled", "qat", "test_flip", "activation", "dataset", "data_on_device",
-                   "linear_bottleneck", "residual")  # fmt: skip
     recipes_hint = ""  # which recipes train this task, for the message refusing another
     single_image_batches_fail = True  # batch norms on 1x1 maps (SSD's last extra layer, DeepLab's image pooling)
 

@@ -72,7 +72,9 @@ DISTILL_WEIGHT, TEMPERATURE = 0.5, 4.0
 def option(default: Any, help: str, group: str, **cli: Any) -> Any:
     """A :class:`TrainConfig` field and its ``mobilenets train`` option: the help text, the
     option group, and what argparse needs beyond the field's type and rule (``flag`` for
-    another name, ``action``, ``choices``, ``metavar``).  Each default is written once, here."""
+    another name, ``action``, ``choices``, ``metavar``).  Each default is written once, here.
+    ``tasks`` names the tasks that take the option where not every task does: a trainer refuses
+    it, set, for any other (``Trainer`` reads it)."""
     return field(default=default, metadata={"help": help, "group": group, **cli})
 
 
@@ -80,6 +82,9 @@ def option_flag(name: str) -> str:
     """The ``mobilenets train`` option of the :class:`TrainConfig` field ``name``."""
     meta = next(f.metadata for f in fields(TrainConfig) if f.name == name)
     return meta.get("flag") or "--" + name.replace("_", "-")
+
+
+CLASSIFIER = ("classification",)  # an option only classifiers take (distillation, int8 training, ...)
 
 
 # The option groups of `mobilenets train --help`, in order ("" is the ungrouped top).
@@ -145,16 +150,23 @@ class TrainConfig:
     # model
     width_mult: float = option(1.0, "width multiplier alpha (default 1.0)", MODEL)
     resolution: int | None = option(None, "input side (default 32 for CIFAR recipes, else 224)", MODEL)
-    activation: str | None = option(None, "relu or relu6 inside the blocks (the V1/V2 ablation)", MODEL)
+    activation: str | None = option(
+        None, "relu or relu6 inside the blocks (the V1/V2 ablation)", MODEL, tasks=CLASSIFIER
+    )
     # the V2 paper's Figure 6 ablations (MobileNetV2 only): ReLU6 after the projection, no shortcuts
     linear_bottleneck: bool = option(
         True,
         "MobileNetV2 with ReLU6 after each projection (the V2 paper's Figure 6 ablation)",
         MODEL,
         flag="--nonlinear-bottleneck",
+        tasks=CLASSIFIER,
     )
     residual: bool = option(
-        True, "MobileNetV2 without shortcuts between bottlenecks (Figure 6)", MODEL, flag="--no-shortcuts"
+        True,
+        "MobileNetV2 without shortcuts between bottlenecks (Figure 6)",
+        MODEL,
+        flag="--no-shortcuts",
+        tasks=CLASSIFIER,
     )
     # start from trained weights (fine-tuning), optionally quantization-aware
     init_from: str | None = option(
@@ -169,6 +181,7 @@ class TrainConfig:
         "quantization-aware training: the model computes what its int8 ONNX export will (folded BN, int8 "
         "weights, uint8 activations with learned ranges); needs --init-from; use a -qat recipe",
         QAT,
+        tasks=CLASSIFIER,
     )
     qat_calibration: int = option(256, "training images that set the initial int8 ranges (256)", QAT)
     freeze_bn: bool | None = option(
@@ -189,7 +202,11 @@ class TrainConfig:
     )
     # distillation (Hinton et al. 2015): learn from a trained teacher's softened outputs
     teacher: str | None = option(
-        None, "a trained model's checkpoint or saved file (any architecture and width)", TEACH, metavar="WEIGHTS"
+        None,
+        "a trained model's checkpoint or saved file (any architecture and width)",
+        TEACH,
+        metavar="WEIGHTS",
+        tasks=CLASSIFIER,
     )
     teacher_model: str | None = option(
         None, "the teacher's architecture, for a file that records none", TEACH, metavar="NAME"
@@ -208,11 +225,16 @@ class TrainConfig:
         "train on these images without labels (any layout), from the teacher alone; --data-dir still validates",
         TEACH,
         metavar="DIR",
+        tasks=CLASSIFIER,
     )
     with_labelled: bool = option(False, "with --unlabelled: also train on --data-dir's labelled images", TEACH)
     # data
     dataset: str | None = option(
-        None, "use torchvision's CIFAR files in --data-dir", DATA, choices=("cifar10", "cifar100")
+        None,
+        "use torchvision's CIFAR files in --data-dir",
+        DATA,
+        choices=("cifar10", "cifar100"),
+        tasks=CLASSIFIER,
     )
     download: bool = option(False, "let torchvision download CIFAR into --data-dir", DATA)
     classes: str | None = option(
@@ -221,6 +243,7 @@ class TrainConfig:
         "e.g. person,car), renumbered; every other object is background. Recorded in the run, so eval applies it",
         DATA,
         metavar="A,B",
+        tasks=("detection", "segmentation"),
     )
     skip_empty_images: bool = option(
         False,
@@ -228,11 +251,14 @@ class TrainConfig:
         "background boxes per object in the same image, so an image without objects adds no loss, only time: "
         "the same steps take half the time on coco128's people (raise --epochs to keep the steps)",
         DATA,
+        tasks=("detection",),
     )
     train_subset: int | None = option(None, "train on a fixed class-balanced slice of N images", DATA)
     val_subset: int | None = option(None, "validate on a fixed class-balanced slice of N images", DATA)
     workers: int = option(2, "data-loading processes per training process (default 2; 0: none)", DATA)
-    data_on_device: bool = option(False, "keep a CIFAR-sized dataset on the device, augment it there", DATA)
+    data_on_device: bool = option(
+        False, "keep a CIFAR-sized dataset on the device, augment it there", DATA, tasks=CLASSIFIER
+    )
     seed: int = option(0, "seeds weights, data order, augmentation, dropout", DATA)
     # speed
     device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda where a GPU is visible, else cpu)", SPEED)
@@ -258,6 +284,7 @@ class TrainConfig:
         "validate on each image and its mirror image, logits averaged (test-time flip: twice the evaluation "
         "cost; +1.1 points for torchvision's MobileNetV2 on the 1,000 shared ImageNet images)",
         RECIPE,
+        tasks=CLASSIFIER,
     )
     # bookkeeping
     eval_every: int = option(

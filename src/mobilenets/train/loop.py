@@ -172,8 +172,6 @@ class Trainer:
     # validation metrics written to TensorBoard (as val_KEY) and to summary.json
     reported_metrics: tuple[str, ...] = ()
     body_prefix = ""  # where the classifier body (its `features` layers) sits in the model trained
-    # TrainConfig fields this task does not take (a teacher, for a detector): refused when set
-    unsupported: tuple[str, ...] = ()
     single_image_batches_fail = False  # see _drops_lone_image
     images_per_s_format = ".1f"  # how the epoch's log line writes the training rate
 
@@ -221,13 +219,20 @@ class Trainer:
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, samples, non-finite
 
     def _refuse_unsupported(self) -> None:
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-        refused = [option_flag(name) for name in self.unsupported
-                   if getattr(self.config, name) != defaults[name]]  # fmt: skip
-        if refused:
+        """Refuse, in one line, the options set that only other tasks take (a field's ``tasks``)."""
+        owners: dict[tuple[str, ...], list[str]] = {}
+        for setting in fields(TrainConfig):
+            tasks = setting.metadata.get("tasks")
+            if tasks and self.task not in tasks and getattr(self.config, setting.name) != setting.default:
+                owners.setdefault(tasks, []).append(option_flag(setting.name))
+        if owners:
             task = get_task(self.task)
-            raise ConfigError(f"{', '.join(refused)}: not available for {task.noun} ({self.config.model} is a "
-                              f"{task.name} model; these options are a classifier's)")  # fmt: skip
+            flags = [flag for group in owners.values() for flag in group]
+            whose = "; ".join(f"{', '.join(group)} {'is' if len(group) == 1 else 'are'} for "
+                              f"{' or '.join(get_task(name).noun for name in tasks)}"
+                              for tasks, group in owners.items())  # fmt: skip
+            raise ConfigError(f"{', '.join(flags)}: not available for {task.noun} ({self.config.model} is a "
+                              f"{task.name} model; {whose})")  # fmt: skip
 
     # -- what a task supplies --------------------------------------------------------
     def _default_resolution(self) -> int:
