@@ -129,3 +129,13 @@ def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, c
     assert runtime_for_file(chosen_file).name == chosen["runtime"]
     exported = mobilenets.runtimes.load_exported(chosen_file)
     assert exported.info["resolution"] == 64
+
+
+def test_rounds_that_mix_runtimes_wait_for_the_last_ones_threads():
+    """A LiteRT interpreter's threads still held a core 50 ms after its turn (ONNX Runtime timed
+    next ran 12 % slower; benchmarks/engine_settle.py): turns that change runtime wait longer."""
+    from mobilenets.cost.latency import SETTLE_BETWEEN_RUNTIMES_S, SETTLE_WITHIN_RUNTIME_S, settle_pause
+
+    assert SETTLE_BETWEEN_RUNTIMES_S >= 0.5 > SETTLE_WITHIN_RUNTIME_S
+    assert settle_pause(["onnxruntime", "onnxruntime"]) == SETTLE_WITHIN_RUNTIME_S
+    assert settle_pause(["onnxruntime", "litert", "onnxruntime"]) == SETTLE_BETWEEN_RUNTIMES_S

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import torch
@@ -51,6 +51,22 @@ def timings_ms(call: Callable[[], object], *, runs: int = 20, warmup: int = 3) -
         call()
         times.append(1000 * (time.perf_counter() - start))
     return times
+
+
+# Seconds to wait before each turn of alternating rounds that time different runtimes in one
+# process: on a 2-core host (AMD EPYC Zen 5) a LiteRT interpreter's worker threads still took a
+# core 50 ms after its turn, and ONNX Runtime timed after it ran 12 % slower (bench's one-process
+# table 35-45 %: ONNX Runtime int8 0.59x of fp32's torchvision export beside LiteRT and
+# ExecuTorch, 0.45x without); after 0.5 s the difference was gone (benchmarks/engine_settle.py).
+# Turns within one runtime need only its own threads to stop spinning.
+SETTLE_BETWEEN_RUNTIMES_S = 0.5
+SETTLE_WITHIN_RUNTIME_S = 0.05
+
+
+def settle_pause(runtimes: Iterable[str]) -> float:
+    """The pause for :func:`alternating_ms` when the calls run on these runtimes (names, repeated
+    or not): long when more than one runtime shares the process."""
+    return SETTLE_BETWEEN_RUNTIMES_S if len(set(runtimes)) > 1 else SETTLE_WITHIN_RUNTIME_S
 
 
 def alternating_ms(
