@@ -24,13 +24,13 @@ class ExecuTorchRuntime(Runtime):
 
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
                calibration: Any = None, check_input: Any = None, verify: bool = True,
-               calibration_method: str = "percentile", percentile: float = 99.99) -> dict[str, Any]:  # fmt: skip
+               **options: Any) -> dict[str, Any]:  # fmt: skip
+        """``options``: any of :attr:`export_options`, with ``export_executorch``'s defaults."""
         from ..export.executorch import export_executorch
 
         self.check(precision)
         report = export_executorch(model, path, info=info, int8=precision == "int8", calibration=calibration,
-                                   check_input=check_input, calibration_method=calibration_method,
-                                   percentile=percentile)  # fmt: skip
+                                   check_input=check_input, **options)  # fmt: skip
         return {"pte": str(path), "precision": report.precision, "max_relative_error": report.max_relative_error,
                 "message": report.summary()}  # fmt: skip
 

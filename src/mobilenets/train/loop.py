@@ -229,8 +229,8 @@ class Trainer:
             task = get_task(self.task)
             flags = [flag for group in owners.values() for flag in group]
             whose = "; ".join(f"{', '.join(group)} {'is' if len(group) == 1 else 'are'} for "
-                              f"{' or '.join(get_task(name).noun for name in tasks)}"
-                              for tasks, group in owners.items())  # fmt: skip
+                              f"{' or '.join(get_task(name).noun for name in takers)}"
+                              for takers, group in owners.items())  # fmt: skip
             raise ConfigError(f"{', '.join(flags)}: not available for {task.noun} ({self.config.model} is a "
                               f"{task.name} model; {whose})")  # fmt: skip
 
