@@ -24,16 +24,13 @@ import time
 from pathlib import Path
 
 import torch
+from imagenet_v2 import torchvision_v2_and_images  # benchmarks/, beside this script
 
-import mobilenets
-from mobilenets.data import calibration_images, eval_dataset, make_loader
 from mobilenets.export import ptq
 from mobilenets.export.onnx import fold_batchnorm
-from mobilenets.predict import default_data_info
 from mobilenets.runtimes import get_runtime, litert, load_exported
 from mobilenets.runtimes.bench import cpu_description
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pt2e_quantized = litert._quantized
 
 
@@ -131,12 +128,7 @@ WAYS = {
 
 def main() -> None:
     count, ways = int(sys.argv[1]), sys.argv[2].split(",")
-    model = mobilenets.create_model("mobilenet_v2", weights=DATA / "weights" / "mobilenet_v2-b0353104.pth").eval()
-    info = default_data_info(model)
-    calibration = calibration_images(DATA / "coco128" / "images", style="imagenet", resolution=224, count=count)
-    dataset, _ = eval_dataset(DATA / "imagenet-sample", style="imagenet", resolution=224)
-    batches = list(make_loader(dataset, 50, workers=2))
-    labels = torch.cat([y for _, y in batches])
+    model, info, calibration, batches, labels = torchvision_v2_and_images(count)
     print(cpu_description(), f"torch {torch.__version__}; {count} calibration images")
     for way in ways:
         if way.startswith("percentile-"):

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from imagenet_v2 import torchvision_v2_and_images  # benchmarks/, beside this script
 
-import mobilenets
 from mobilenets.cost.latency import alternating_ms
-from mobilenets.data import calibration_images, eval_dataset, make_loader
 from mobilenets.export import export_onnx, quantize_onnx
 from mobilenets.export.ort import OnnxClassifier
-from mobilenets.predict import default_data_info
 from mobilenets.runtimes.bench import cpu_description
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def main() -> None:
@@ -31,12 +27,7 @@ def main() -> None:
     import openvino as ov
 
     count = int(sys.argv[1])
-    model = mobilenets.create_model("mobilenet_v2", weights=DATA / "weights" / "mobilenet_v2-b0353104.pth").eval()
-    info = default_data_info(model)
-    calibration = calibration_images(DATA / "coco128" / "images", style="imagenet", resolution=224, count=count)
-    dataset, _ = eval_dataset(DATA / "imagenet-sample", style="imagenet", resolution=224)
-    batches = list(make_loader(dataset, 50, workers=2))
-    labels = torch.cat([y for _, y in batches])
+    model, info, calibration, batches, labels = torchvision_v2_and_images(count)
     print(cpu_description(), f"openvino {ov.__version__}, nncf {nncf.__version__}; {count} calibration images")
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 2}
