@@ -18,7 +18,7 @@ from pathlib import Path
 CHILD = """
 import sys, statistics, torch
 import mobilenets
-from mobilenets.cost.latency import alternating_ms
+from mobilenets.cost import latency
 from mobilenets.export.ort import OnnxClassifier
 from mobilenets.runtimes import load_exported
 folder, pause, with_litert = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
@@ -31,7 +31,8 @@ if with_litert:
 for call in calls.values():
     for _ in range(10):
         call()
-times = alternating_ms(calls, rounds=5, runs=30, pause=pause)
+latency.SETTLE_BETWEEN_RUNTIMES_S = pause  # what a turn after the other runtime's waits
+times = latency.alternating_ms(calls, rounds=5, runs=30, engines={"ort": "onnxruntime", "litert": "litert"})
 print(statistics.median(times["ort"]))
 """
 

@@ -47,10 +47,11 @@ def main() -> None:
         image = calibration[:1].float()
         runners = {"onnxruntime fp32": lambda: ort_fp32(image)}
         runners.update({name: (lambda c=c: c(image.numpy())) for name, c in compiled.items()})
+        engines = {name: name.split()[0] for name in runners}
         for run in runners.values():  # warm up
             for _ in range(10):
                 run()
-        times = {name: float(np.median(ms)) for name, ms in alternating_ms(runners, rounds=7, runs=50).items()}
+        times = {name: float(np.median(ms)) for name, ms in alternating_ms(runners, rounds=7, runs=50, engines=engines).items()}
         for name, run in compiled.items():
             logits = torch.cat([torch.from_numpy(np.asarray(run(x.numpy())[0])) for x, _ in batches])
             top1 = 100 * (logits.argmax(1) == labels).float().mean().item()

@@ -131,11 +131,21 @@ def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, c
     assert exported.info["resolution"] == 64
 
 
-def test_rounds_that_mix_runtimes_wait_for_the_last_ones_threads():
+def test_rounds_that_mix_runtimes_wait_for_the_last_ones_threads(monkeypatch):
     """A LiteRT interpreter's threads still held a core 50 ms after its turn (ONNX Runtime timed
-    next ran 12 % slower; benchmarks/engine_settle.py): turns that change runtime wait longer."""
-    from mobilenets.cost.latency import SETTLE_BETWEEN_RUNTIMES_S, SETTLE_WITHIN_RUNTIME_S, settle_pause
+    next ran 12 % slower; benchmarks/engine_settle.py): the turns go runtime by runtime, and a turn
+    that follows another runtime's waits longer than one that follows its own."""
+    from mobilenets.cost import latency
 
-    assert SETTLE_BETWEEN_RUNTIMES_S >= 0.5 > SETTLE_WITHIN_RUNTIME_S
-    assert settle_pause(["onnxruntime", "onnxruntime"]) == SETTLE_WITHIN_RUNTIME_S
-    assert settle_pause(["onnxruntime", "litert", "onnxruntime"]) == SETTLE_BETWEEN_RUNTIMES_S
+    assert latency.SETTLE_BETWEEN_RUNTIMES_S >= 0.5 > latency.SETTLE_WITHIN_RUNTIME_S
+    turns = []
+    monkeypatch.setattr(latency.time, "sleep", lambda seconds: turns.append([seconds]))
+    calls = {key: (lambda key=key: turns[-1].append(key)) for key in ("ort-fp32", "litert", "ort-int8")}
+    engines = {"ort-fp32": "onnxruntime", "litert": "litert", "ort-int8": "onnxruntime"}
+    times = latency.alternating_ms(calls, rounds=2, runs=1, engines=engines)
+    between, within = latency.SETTLE_BETWEEN_RUNTIMES_S, latency.SETTLE_WITHIN_RUNTIME_S
+    one_round = [[between, "ort-fp32"], [within, "ort-int8"], [between, "litert"]]
+    assert turns == one_round * 2 and {key: len(ms) for key, ms in times.items()} == dict.fromkeys(calls, 2)
+    turns.clear()
+    latency.alternating_ms(calls, rounds=1, runs=1)  # one runtime: only its own threads to wait for
+    assert [seconds for seconds, _ in turns] == [within] * 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import torch
@@ -53,35 +53,33 @@ def timings_ms(call: Callable[[], object], *, runs: int = 20, warmup: int = 3) -
     return times
 
 
-# Seconds to wait before each turn of alternating rounds that time different runtimes in one
-# process: on a 2-core host (AMD EPYC Zen 5) a LiteRT interpreter's worker threads still took a
-# core 50 ms after its turn, and ONNX Runtime timed after it ran 12 % slower (bench's one-process
-# table 35-45 %: ONNX Runtime int8 0.59x of fp32's torchvision export beside LiteRT and
-# ExecuTorch, 0.45x without); after 0.5 s the difference was gone (benchmarks/engine_settle.py).
-# Turns within one runtime need only its own threads to stop spinning.
+# Seconds to wait before a turn of alternating rounds: on a 2-core host (AMD EPYC Zen 5) a LiteRT
+# interpreter's worker threads still took a core 50 ms after its turn, and ONNX Runtime timed after
+# it ran 12 % slower (bench's one-process table 35-45 %: ONNX Runtime int8 0.59x of fp32's
+# torchvision export beside LiteRT and ExecuTorch, 0.45x without); after 0.5 s the difference was
+# gone (benchmarks/engine_settle.py).  A turn after its own runtime's waits only for its own threads.
 SETTLE_BETWEEN_RUNTIMES_S = 0.5
 SETTLE_WITHIN_RUNTIME_S = 0.05
 
 
-def settle_pause(runtimes: Iterable[str]) -> float:
-    """The pause for :func:`alternating_ms` when the calls run on these runtimes (names, repeated
-    or not): long when more than one runtime shares the process."""
-    return SETTLE_BETWEEN_RUNTIMES_S if len(set(runtimes)) > 1 else SETTLE_WITHIN_RUNTIME_S
-
-
 def alternating_ms(
-    calls: Mapping[K, Callable[[], object]], *, rounds: int, runs: int, pause: float = 0.0
+    calls: Mapping[K, Callable[[], object]], *, rounds: int, runs: int, engines: Mapping[K, str] | None = None
 ) -> dict[K, list[float]]:
     """Milliseconds of each call, ``runs`` back to back a round, the calls taking turns for
     ``rounds`` rounds (warm them up first): drift of a noisy machine (clock, neighbours) then
-    reaches them all alike, so their ratios hold.  ``pause`` seconds before each call's turn let
-    the previous engine's worker threads stop spinning."""
+    reaches them all alike, so their ratios hold.  ``engines`` names the runtime of each call: the
+    turns go runtime by runtime, and a turn waits :data:`SETTLE_BETWEEN_RUNTIMES_S` after another
+    runtime's turn, :data:`SETTLE_WITHIN_RUNTIME_S` after its own (all one runtime without it)."""
+    engines = engines or dict.fromkeys(calls, "")
+    order = list(dict.fromkeys(engines[key] for key in calls))
+    keys = sorted(calls, key=lambda key: order.index(engines[key]))  # stable: the given order within a runtime
     times: dict[K, list[float]] = {key: [] for key in calls}
+    previous = engines[keys[-1]] if keys else ""
     for _ in range(rounds):
-        for key, call in calls.items():
-            if pause:
-                time.sleep(pause)
-            times[key] += timings_ms(call, runs=runs, warmup=0)
+        for key in keys:
+            time.sleep(SETTLE_WITHIN_RUNTIME_S if engines[key] == previous else SETTLE_BETWEEN_RUNTIMES_S)
+            previous = engines[key]
+            times[key] += timings_ms(calls[key], runs=runs, warmup=0)
     return times
 
 

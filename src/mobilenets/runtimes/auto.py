@@ -53,7 +53,7 @@ def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, run
     """Export and time every candidate path on ``prepared`` (a ``bench.PreparedModel``)."""
     import torch
 
-    from ..cost.latency import alternating_ms, settle_pause
+    from ..cost.latency import alternating_ms
 
     size = int(prepared.info["resolution"])
     x = torch.rand(1, 3, size, size)
@@ -71,8 +71,8 @@ def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, run
             candidate.error = error_line(exc)
             progress(f"{name}: {candidate.error}")
     progress(f"timing {len(calls)} paths in 3 alternating rounds")
-    runtimes = [candidate.runtime for candidate in candidates if candidate.path in calls]
-    times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), pause=settle_pause(runtimes))
+    engines = {candidate.path: candidate.runtime for candidate in candidates}
+    times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), engines=engines)
     for candidate in candidates:
         if candidate.path in times:
             candidate.median_ms = statistics.median(times[candidate.path])

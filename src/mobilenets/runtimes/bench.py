@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from .._table import format_table, human
 from ..cost import profile
-from ..cost.latency import SETTLE_WITHIN_RUNTIME_S, alternating_ms, settle_pause
+from ..cost.latency import alternating_ms
 from ..errors import ConfigError
 from ..export.onnx import deployable, export_onnx, fold_batchnorm
 from ..export.ort import ort_session
@@ -322,8 +322,8 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
                 except Exception as exc:
                     result.error = error_line(exc)
     calls = {id(result): (lambda run=run, x=x: run(x)) for result, run, x in timed}
-    runtimes = [bench_path(result.backend)[0].name for result, _, _ in timed]
-    times = alternating_ms(calls, rounds=ROUNDS, runs=max(1, -(-runs // ROUNDS)), pause=settle_pause(runtimes))
+    engines = {id(result): bench_path(result.backend)[0].name for result, _, _ in timed}
+    times = alternating_ms(calls, rounds=ROUNDS, runs=max(1, -(-runs // ROUNDS)), engines=engines)
     for result, _, _ in timed:
         samples = times[id(result)]
         result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
@@ -558,7 +558,7 @@ def int8_pays(fp32: Path, int8: Path, size: int, runs: int = 30) -> tuple[float,
     calls = {path: (lambda session=ort_session(path): session.run(None, {"image": x.numpy()})) for path in (fp32, int8)}
     for call in calls.values():
         call()  # first-call allocations
-    times = alternating_ms(calls, rounds=ROUNDS, runs=-(-runs // ROUNDS), pause=SETTLE_WITHIN_RUNTIME_S)
+    times = alternating_ms(calls, rounds=ROUNDS, runs=-(-runs // ROUNDS))
     return statistics.median(times[fp32]), statistics.median(times[int8])
 
 

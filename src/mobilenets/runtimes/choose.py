@@ -110,7 +110,7 @@ def measure_variants(
     import torch
 
     from ..cost import profile
-    from ..cost.latency import SETTLE_WITHIN_RUNTIME_S, alternating_ms
+    from ..cost.latency import alternating_ms
     from ..models import create_model
     from ..predict import default_data_info
     from .bench import PreparedModel, error_line
@@ -140,7 +140,7 @@ def measure_variants(
             if progress:
                 progress(f"timing {len(calls)} variants in 3 alternating rounds")
             # every variant runs on one runtime: the pause lets the previous session's threads stop spinning
-            times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)), pause=SETTLE_WITHIN_RUNTIME_S)
+            times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)))
     finally:
         torch.set_num_threads(previous)
     for index, samples in times.items():
