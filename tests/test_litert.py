@@ -50,7 +50,7 @@ def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, tmp_path):
     """PT2E int8 (litert-torch's quantizer): on images it was not calibrated on, the int8 file's
     logits stay within the export check's bound and mostly agree with fp32's top-1."""
     model, info, images = imagenet_v2
-    LITERT.export(model, tmp_path / "q.tflite", info=info, precision="int8", calibration=images[:16])
+    LITERT.export(model, str(tmp_path / "q.tflite"), info=info, precision="int8", calibration=images[:16])  # str path
     network = load_exported(tmp_path / "q.tflite")
     assert network.info["precision"] == "int8"
     held_out = images[16:]

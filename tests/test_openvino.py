@@ -115,7 +115,7 @@ def test_detector_and_segmenter_exports_give_pytorchs_outputs(tmp_path):
     assert set(found) == {"boxes", "scores", "labels"} and (found["boxes"][:, 2] <= 150 + 1e-3).all()
     segmenter = mobilenets.create_model("lraspp_mobilenet_v3_large", num_classes=4, resolution=96).eval()
     info = default_data_info(segmenter, {"classes": ["bg", "a", "b", "c"]})
-    OPENVINO.export(segmenter, tmp_path / "s.xml", info=info)
+    OPENVINO.export(segmenter, str(tmp_path / "s.xml"), info=info)  # a str path, as a user may give
     x = torch.rand(2, 3, 96, 96)
     assert rel(load_exported(tmp_path / "s.xml")(x), segmenter(x)["out"].detach()) < 1e-4
 

@@ -152,6 +152,7 @@ class LiteRtRuntime(Runtime):
         from ..export.onnx import preprocessing_metadata
         from ..files import atomic_write
 
+        path = Path(path)
         network, extra, outputs, example = prepare_export(self, model, path, info, precision, calibration, check_input)
         litert_torch = _converter()
         with tempfile.TemporaryDirectory(prefix="mobilenets-litert-") as tmp, warnings.catch_warnings():

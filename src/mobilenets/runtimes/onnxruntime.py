@@ -24,6 +24,7 @@ class OnnxRuntime(Runtime):
         from ..export import export_onnx, quantize_onnx
 
         self.check(precision)
+        path = Path(path)
         fp32 = path.with_name(path.stem + ".fp32.onnx") if precision == "int8" else path
         report = export_onnx(model, fp32, info=info)
         written = {"fp32": str(fp32), "max_relative_error": report.max_relative_error, "precision": precision}

@@ -142,6 +142,7 @@ class OpenVinoRuntime(Runtime):
         from ..files import atomic_write
 
         ov = _openvino()
+        path = Path(path)
         network, extra, outputs, example = prepare_export(self, model, path, info, precision, calibration, check_input)
         shape = ov.PartialShape([-1, 3, int(info["resolution"]), int(info["resolution"])])  # any batch
         with tempfile.TemporaryDirectory(prefix="mobilenets-openvino-") as tmp, warnings.catch_warnings():
