@@ -275,14 +275,23 @@ def _small_int8(tmp_path, logit_scale: float = 1.0, **options):
     return model, calibration, onnx.load(str(tmp_path / "int8.onnx"))
 
 
-def test_int8_file_holds_exactly_the_weights_rounded_in_pytorch(tmp_path):
+@pytest.fixture(scope="module")
+def small_int8_reduced(tmp_path_factory):
+    """(model, calibration, folder holding fp32.onnx and int8.onnx): 7-bit dense layers, no bias correction."""
+    folder = tmp_path_factory.mktemp("small-int8")
+    model, calibration, _ = _small_int8(folder, reduce_range=True, bias_correction=False)
+    return model, calibration, folder
+
+
+def test_int8_file_holds_exactly_the_weights_rounded_in_pytorch(small_int8_reduced):
     """ONNX Runtime's quantizer is told our steps, so the file's int8 weights are exactly the
     integers GPTQ chose: 7-bit for dense layers where reduce_range is on, 8-bit for depthwise."""
     from onnx import numpy_helper
 
     from mobilenets.export import ptq
 
-    model, calibration, graph = _small_int8(tmp_path, reduce_range=True, bias_correction=False)
+    model, calibration, folder = small_int8_reduced
+    graph = onnx.load(str(folder / "int8.onnx"))
     stored = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
     rounded, grids = ptq.round_weights(fold_batchnorm(model)[0], calibration, method="gptq")
     checked = 0
@@ -296,23 +305,24 @@ def test_int8_file_holds_exactly_the_weights_rounded_in_pytorch(tmp_path):
     assert json.loads(dict((p.key, p.value) for p in graph.metadata_props)["mobilenets"])["weight_rounding"] == "gptq"
 
 
-def test_bias_correction_cancels_the_mean_shift_of_every_layer(tmp_path):
+def test_bias_correction_cancels_the_mean_shift_of_every_layer(small_int8_reduced):
     """After correction, each conv's mean output in the int8 graph matches the fp32 graph's on the
     calibration images far better than before (a shift that compounds through the network)."""
     from mobilenets.export import ptq
 
-    _, calibration, graph = _small_int8(tmp_path, reduce_range=True, bias_correction=False)
+    _, calibration, folder = small_int8_reduced
+    graph = onnx.load(str(folder / "int8.onnx"))  # corrected here in memory, not in the file
 
     def shift(g):
         targets = ptq._bias_targets(g)
         reference = ptq._channel_means(
-            onnx.load(str(tmp_path / "fp32.onnx")), [t.reference for t in targets], calibration, 1
+            onnx.load(str(folder / "fp32.onnx")), [t.reference for t in targets], calibration, 1
         )
         measured = ptq._channel_means(g, [t.measured for t in targets], calibration, 1)
         return sum(float(abs(r - m).mean()) for r, m in zip(reference, measured)) / len(targets)
 
     before = shift(graph)
-    assert ptq.correct_biases(graph, tmp_path / "fp32.onnx", calibration) == 53
+    assert ptq.correct_biases(graph, folder / "fp32.onnx", calibration) == 53
     after = shift(graph)
     assert after < 0.5 * before, (before, after)
 
