@@ -108,6 +108,17 @@ def test_choose_command_times_v3_and_names_the_choice(tmp_path, capsys):
                      capsys.readouterr().out)  # fmt: skip
 
 
+def test_a_paths_time_is_its_best_rounds_median():
+    """A round that another runtime disturbed (LiteRT at twice its time for a whole round beside
+    ONNX Runtime and OpenVINO, measured) does not decide the path's time; an undisturbed one does."""
+    from mobilenets.runtimes.auto import best_round_median
+
+    litert = [2.1, 2.0, 2.2, 5.3, 5.1, 5.6, 4.8, 4.6, 4.9]  # ms, three rounds of three runs
+    assert best_round_median(litert, 3) == 2.1
+    assert best_round_median([3.0, 1.0, 2.0, 9.0], 3) == 2.0  # a short last round counts as a round
+    assert best_round_median([3.0, 1.0, 2.0, 9.0], 4) == 2.5
+
+
 def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys):
     """Every installed runtime x precision for one model, timed here; the chosen file is the
     fastest whose agreement with fp32 stays within the tolerance, written with its runtime's suffix."""
