@@ -119,6 +119,23 @@ def test_a_paths_time_is_its_best_rounds_median():
     assert best_round_median([3.0, 1.0, 2.0, 9.0], 4) == 2.5
 
 
+def test_each_file_is_timed_in_a_process_of_its_own(tmp_path):
+    """Every file gets runs x rounds timings from its own process; a file that does not load gets
+    its error line and does not stop the others."""
+    pytest.importorskip("onnxruntime")
+    from mobilenets.export import export_onnx
+    from mobilenets.predict import default_data_info
+    from mobilenets.runtimes.timing import time_in_processes
+
+    model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, resolution=32).eval()
+    export_onnx(model, tmp_path / "good.onnx", info=default_data_info(model))
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    files = {name: ("onnxruntime", "fp32", tmp_path / f"{name}.onnx") for name in ("good", "bad")}
+    times = time_in_processes(files, shape=(1, 3, 32, 32), threads=1, rounds=2, runs=3)
+    assert len(times["good"]) == 6 and all(ms > 0 for ms in times["good"])
+    assert isinstance(times["bad"], str) and "INVALID_PROTOBUF" in times["bad"]  # ONNX Runtime's own words
+
+
 def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys):
     """Every installed runtime x precision for one model, timed here; the chosen file is the
     fastest whose agreement with fp32 stays within the tolerance, written with its runtime's suffix."""

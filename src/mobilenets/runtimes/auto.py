@@ -2,7 +2,8 @@
 for one model, and the fastest whose accuracy holds is the one to ship (``export --format auto``).
 
 Each candidate is exported as its runtime exports (and checked against PyTorch there), timed at
-batch 1 in alternating rounds (so a noisy host slows all alike; a path's time is its best round's
+batch 1 in alternating rounds, each file in a process of its own (:mod:`.timing`: a noisy host
+slows all alike, and no runtime's threads disturb another's; a path's time is its best round's
 median, :func:`best_round_median`), and scored: top-1 on labelled
 images when given, otherwise agreement with the float PyTorch model's top-1 on the calibration
 images (the float model scores 100 %).  The fastest candidate within ``tolerance`` points of the
@@ -51,33 +52,33 @@ def candidate_paths(task: Any, runtimes: Sequence[str] | None = None) -> list[st
 
 def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, runs: int,
                        progress: Callable[[str], None]) -> list[Candidate]:  # fmt: skip
-    """Export and time every candidate path on ``prepared`` (a ``bench.PreparedModel``)."""
-    import torch
-
-    from ..cost.latency import alternating_ms
+    """Export every candidate path of ``prepared`` (a ``bench.PreparedModel``), then time the
+    files, each in a process of its own (:mod:`mobilenets.runtimes.timing`)."""
+    from .timing import time_in_processes
 
     size = int(prepared.info["resolution"])
-    x = torch.rand(1, 3, size, size)
-    candidates, calls = [], {}
+    candidates, files = [], {}
     for name in names:
         runtime, precision = bench_path(name)
         candidate = Candidate(name, runtime.name, precision)
         candidates.append(candidate)
         progress(f"exporting and checking {name}")
         try:
-            run = prepared.runner(name, threads)
-            run(x)  # first-call allocations
-            calls[name] = lambda run=run: run(x)
+            runtime.check(precision)
+            files[name] = (runtime.name, precision, runtime.probe_file(prepared, precision))
         except Exception as exc:  # one path that fails must not hide the others
             candidate.error = error_line(exc)
             progress(f"{name}: {candidate.error}")
-    progress(f"timing {len(calls)} paths in 3 alternating rounds")
-    engines = {candidate.path: candidate.runtime for candidate in candidates}
+    progress(f"timing {len(files)} paths in {ROUNDS} alternating rounds, each in a process of its own")
     per_round = max(1, -(-runs // ROUNDS))
-    times = alternating_ms(calls, rounds=ROUNDS, runs=per_round, engines=engines)
+    times = time_in_processes(files, shape=(1, 3, size, size), threads=threads, rounds=ROUNDS, runs=per_round)
     for candidate in candidates:
-        if candidate.path in times:
-            candidate.median_ms = best_round_median(times[candidate.path], per_round)
+        measured = times.get(candidate.path)
+        if isinstance(measured, str):
+            candidate.error = measured
+            progress(f"{candidate.path}: {measured}")
+        elif measured:
+            candidate.median_ms = best_round_median(measured, per_round)
     return candidates
 
 
@@ -85,11 +86,10 @@ ROUNDS = 3
 
 
 def best_round_median(times: Sequence[float], per_round: int) -> float:
-    """The lowest of a path's per-round medians.  In one process beside other runtimes a LiteRT
-    interpreter's turn sometimes ran at twice its time for a whole round (AMD EPYC Zen 5, 2 cores:
-    2.0 ms in one round, 5.3 and 4.8 in the next two, with no other thread of the process busy and no
-    steal; 1.8 ms alone), which the median of all rounds then reported; a round that ran undisturbed
-    is the path's time on this host."""
+    """The lowest of a path's per-round medians: a round that something else on the host disturbed
+    does not decide the path's time, an undisturbed one does.  (In one process beside other runtimes
+    a LiteRT interpreter ran at twice its time for whole rounds - 2.0 ms, then 5.3 and 4.8 on AMD EPYC
+    Zen 5 - the reason each file is now timed in a process of its own.)"""
     rounds = [times[start : start + per_round] for start in range(0, len(times), per_round)]
     return min(statistics.median(samples) for samples in rounds)
 

@@ -1,0 +1,136 @@
+"""Exported files timed each in a process of its own, the processes taking turns.
+
+In one process beside ONNX Runtime and OpenVINO, a LiteRT interpreter's turns sometimes ran at
+twice their time for whole rounds (AMD EPYC Zen 5, 2 cores: 2.0 ms, then 5.3 and 4.8 ms, with the
+cores half idle and no other thread of the process busy; 1.8 ms alone), and LiteRT int8 timed in
+one process after LiteRT fp32 ran at 2.3 ms against 1.2 alone. So ``export --format auto`` times
+each candidate file in a process of its own (``python -m mobilenets.runtimes.timing SPEC``), which
+loads only that file's runtime, through the runtime's ``probe_runner`` as the memory probe does;
+the processes take turns in alternating rounds, 0.5 s apart, so that drift of a noisy host still
+reaches every file alike.
+
+The child's protocol: one JSON line when the file is loaded and has run once (``{"error": null}``,
+or the error line), then for each line read on stdin ``runs`` timed calls back to back, printed as
+a JSON list of milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["time_in_processes"]
+
+
+def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tuple[int, ...], threads: int,
+                      rounds: int, runs: int) -> dict[str, list[float] | str]:  # fmt: skip
+    """Milliseconds of each file (key -> (runtime name, precision, path)) on a batch of ``shape``,
+    ``runs`` a round for ``rounds`` rounds, one process per runtime; a file that did not load or
+    run gets its error line instead."""
+    from ..cost.latency import SETTLE_BETWEEN_RUNTIMES_S
+
+    results: dict[str, list[float] | str] = {}
+    children: list[_Child] = []
+    for key, (runtime, precision, path) in files.items():
+        spec = {"runtime": runtime, "precision": precision, "path": str(path), "shape": list(shape),
+                "threads": threads, "runs": runs}  # fmt: skip
+        child = _Child.start(key, spec, threads)
+        ready = child.reply()
+        if ready is None or ready["error"]:
+            results[key] = ready["error"] if ready else child.failure()
+            if ready:
+                child.close()
+        else:
+            results[key] = []
+            children.append(child)
+    try:
+        for _ in range(rounds):
+            for child in list(children):
+                time.sleep(SETTLE_BETWEEN_RUNTIMES_S)  # the previous process's threads stop spinning
+                reply = child.reply("go")
+                if reply is None:  # it died mid-way: none of its figures stand
+                    results[child.key] = child.failure()
+                    children.remove(child)
+                else:
+                    results[child.key] += reply
+    finally:
+        for child in children:
+            child.close()
+    return results
+
+
+@dataclass
+class _Child:
+    """One runtime's timing process."""
+
+    key: str
+    process: subprocess.Popen
+    log: Any  # its stderr: a temporary file, so that a chatty runtime never fills a pipe and blocks
+
+    @classmethod
+    def start(cls, key: str, spec: dict[str, Any], threads: int) -> _Child:
+        package_root = str(Path(__file__).resolve().parents[2])  # mobilenets importable in the child
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        argv = [sys.executable, "-m", "mobilenets.runtimes.timing", json.dumps(spec)]
+        log = tempfile.TemporaryFile(mode="w+")
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                   env=env)  # fmt: skip
+        return cls(key, process, log)
+
+    def reply(self, request: str | None = None) -> Any:
+        """The child's next JSON line (after sending ``request``), or None when it ended without one."""
+        try:
+            if request is not None:
+                self.process.stdin.write(request + "\n")
+                self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            return None
+        return json.loads(line) if line.strip() else None
+
+    def failure(self) -> str:
+        self.process.kill()
+        self.process.wait()
+        self.log.seek(0)
+        lines = self.log.read().strip().splitlines()
+        self.log.close()
+        return f"the timing process failed: {(lines or ['no message'])[-1][:120]}"
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def _child(spec: dict[str, Any]) -> None:
+    from . import get_runtime
+
+    try:
+        run = get_runtime(spec["runtime"]).probe_runner(
+            Path(spec["path"]), spec["precision"], spec["threads"], tuple(spec["shape"])
+        )
+        run()  # first-call allocations; a file that cannot run says so here
+    except Exception as exc:  # noqa: BLE001 - reported as the file's error line
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:120]}), flush=True)
+        return
+    print(json.dumps({"error": None}), flush=True)
+    for _ in sys.stdin:
+        samples = []
+        for _ in range(spec["runs"]):
+            start = time.perf_counter()
+            run()
+            samples.append(1000 * (time.perf_counter() - start))
+        print(json.dumps(samples), flush=True)
+
+
+if __name__ == "__main__":
+    _child(json.loads(sys.argv[1]))
