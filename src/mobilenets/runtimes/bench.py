@@ -55,6 +55,7 @@ from ..predict import check_classes, default_data_info
 from ..tasks import get_task
 from ..weights import WeightsError, load_weights, read_weights_file
 from . import Runtime, bench_path, bench_paths, list_runtimes
+from .probe import child_environment
 
 __all__ = [
     "BenchResult",
@@ -153,9 +154,7 @@ def isolated_memory(backend: str, path: Path, batch: int, size: int, threads: in
     runtime, precision = bench_path(backend)
     if not Path("/proc/self/clear_refs").exists():
         raise ConfigError("per-process memory is measured through /proc (Linux only)")
-    package_root = str(Path(__file__).resolve().parents[2])  # mobilenets importable in the child
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env = child_environment(threads)
     argv = [sys.executable, "-m", "mobilenets.runtimes.probe", runtime.name, precision, str(path)]
     argv += [str(batch), str(size), str(threads), str(runs)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)

@@ -11,10 +11,20 @@ measure the benchmark.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import get_runtime
+
+
+def child_environment(threads: int) -> dict[str, str]:
+    """The environment of a child Python process that imports this mobilenets (installed or not)
+    and runs ``threads`` threads: what the memory probe and the timing processes start with."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
 
 
 def _status_mb(key: str) -> float:

@@ -17,7 +17,6 @@ a JSON list of milliseconds.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -77,9 +76,9 @@ class _Child:
 
     @classmethod
     def start(cls, key: str, spec: dict[str, Any], threads: int) -> _Child:
-        package_root = str(Path(__file__).resolve().parents[2])  # mobilenets importable in the child
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        from .probe import child_environment
+
+        env = child_environment(threads)
         argv = [sys.executable, "-m", "mobilenets.runtimes.timing", json.dumps(spec)]
         log = tempfile.TemporaryFile(mode="w+")
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
