@@ -32,7 +32,7 @@ __all__ = ["time_in_processes"]
 def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tuple[int, ...], threads: int,
                       rounds: int, runs: int) -> dict[str, list[float] | str]:  # fmt: skip
     """Milliseconds of each file (key -> (runtime name, precision, path)) on a batch of ``shape``,
-    ``runs`` a round for ``rounds`` rounds, one process per runtime; a file that did not load or
+    ``runs`` a round for ``rounds`` rounds, one process per file; a file that did not load or
     run gets its error line instead."""
     from ..cost.latency import SETTLE_BETWEEN_RUNTIMES_S
 
@@ -68,7 +68,7 @@ def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tupl
 
 @dataclass
 class _Child:
-    """One runtime's timing process."""
+    """One file's timing process."""
 
     key: str
     process: subprocess.Popen
