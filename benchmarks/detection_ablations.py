@@ -10,6 +10,10 @@ script's patch before the library had it, is ``mobilenets train --skip-empty-ima
   ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of 0.1 (3 boxes), 0.2 ... 0.95; coco128's
   people are small (a third of the validation ones under 0.1 of the image side).
 * ``--sgd-lr``: the coco-ssdlite recipe with SGD (momentum 0.9) at this rate instead of AdamW.
+* ``--copy-paste P MASKS``: simple copy-paste (Ghiasi et al. 2021) with each training image's chance P: the
+  objects of another training image (its kept boxes, cut out by its class-index mask in the folder MASKS,
+  coco128's ``semantic_segmentation/masks/train2017``; ``--mask-ids`` gives each kept class's value in the
+  masks, 1 for coco128's people) pasted at the same place relative to the image, their boxes added.
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -52,6 +56,66 @@ def _stride_8() -> None:
     ssd.build_ssd = build_ssd
 
 
+def _copy_paste(probability: float, masks: str, mask_ids: list[int]) -> None:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2 as T
+
+    from mobilenets.data import load_rgb
+    from mobilenets.detection import data
+
+    original = data.BoxDataset.__getitem__
+    folder = Path(masks)
+
+    def sources(dataset):  # training images holding kept objects and a mask: cut from them
+        if not hasattr(dataset, "_paste_sources"):
+            dataset._paste_sources = [i for i, (boxes, _, _) in enumerate(dataset.targets)
+                                      if len(boxes) and (folder / f"{dataset.files[i].stem}.png").is_file()]  # fmt: skip
+        return dataset._paste_sources
+
+    def pasted(dataset, index):
+        """The image with another image's objects pasted on it, and the boxes and labels of both."""
+        image = np.array(load_rgb(dataset.files[index]))
+        boxes, labels, (height, width) = dataset.targets[index]
+        choices = [i for i in sources(dataset) if i != index]
+        source = choices[int(torch.randint(len(choices), ()))]
+        picture = np.array(load_rgb(dataset.files[source]))
+        mask = np.array(Image.open(folder / f"{dataset.files[source].stem}.png"))
+        source_boxes, source_labels, (source_height, source_width) = dataset.targets[source]
+        new_boxes, new_labels = [boxes], [labels]
+        for box, label in zip(source_boxes.tolist(), source_labels.tolist()):
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            cut = mask[y1:y2, x1:x2] == mask_ids[label - 1]
+            if cut.sum() < 64:  # too small or not in the mask: nothing to cut out
+                continue
+            tx1, ty1 = int(x1 / source_width * width), int(y1 / source_height * height)
+            tx2, ty2 = max(tx1 + 1, int(x2 / source_width * width)), max(ty1 + 1, int(y2 / source_height * height))
+            size = (tx2 - tx1, ty2 - ty1)
+            piece = np.array(Image.fromarray(picture[y1:y2, x1:x2]).resize(size))
+            keep = np.array(Image.fromarray(cut.astype(np.uint8) * 255).resize(size)) > 127
+            image[ty1:ty2, tx1:tx2][keep] = piece[keep]
+            new_boxes.append(torch.tensor([[tx1, ty1, tx2, ty2]], dtype=torch.float32))
+            new_labels.append(torch.tensor([label]))
+        return image, torch.cat(new_boxes), torch.cat(new_labels), (height, width)
+
+    def getitem(self, index):
+        training = self.transforms is not None and any(
+            isinstance(t, T.RandomIoUCrop) for t in self.transforms.transforms
+        )
+        if not training or len(sources(self)) < 2 or float(torch.rand(())) >= probability:
+            return original(self, index)
+        image, boxes, labels, size = pasted(self, index)
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size), "labels": labels,
+                  "image_id": index}  # fmt: skip
+        return self.transforms(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), target)
+
+    data.BoxDataset.__getitem__ = getitem
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -63,6 +127,8 @@ def main() -> int:
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
     parser.add_argument("--stride-8", action="store_true")
+    parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
+    parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
     if args.anchor_scales:
@@ -71,6 +137,8 @@ def main() -> int:
         _stride_8()
     if args.sgd_lr:
         _sgd(args.sgd_lr)
+    if args.copy_paste:
+        _copy_paste(float(args.copy_paste[0]), args.copy_paste[1], [int(i) for i in args.mask_ids.split(",")])
     from mobilenets.cli import main as cli_main
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
