@@ -207,9 +207,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if loaded is None:
         import torch
 
-        require_weights(args, "eval")
         from ..export.onnx import fold_batchnorm
 
+        require_weights(args, "eval")
         model, info = load_for_cli(args, "eval")
         # Batch norms folded into their convs (exact up to float rounding, as every export does) and NHWC:
         # MobileNetV2 on 250 images at 224 took 9.7 s as loaded, 5.2 s in NHWC, 2.8 s folded in NHWC

@@ -27,6 +27,7 @@ __all__ = [
     "Runtime",
     "bench_path",
     "bench_paths",
+    "error_line",
     "export_formats",
     "get_runtime",
     "list_runtimes",
@@ -179,6 +180,12 @@ def bench_path(name: str) -> tuple[Runtime, str]:
     if name not in paths:
         raise ConfigError(f"unknown backend {name!r}; choose from {', '.join(paths)}")
     return paths[name]
+
+
+def error_line(exc: BaseException) -> str:
+    """What a table's error column shows of a path that failed: its type and first line (here, not
+    in bench, so that a timing process can say it without importing torch)."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
 def runtime_for_file(path: str | Path) -> Runtime:

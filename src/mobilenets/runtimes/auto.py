@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import bench_path, bench_paths
-from .bench import error_line
+from . import bench_path, bench_paths, error_line
+from .bench import ROUNDS
 
 FLOAT = ("fp32", "bf16")
 
@@ -80,9 +80,6 @@ def measure_candidates(prepared: Any, names: Sequence[str], *, threads: int, run
         elif measured:
             candidate.median_ms = best_round_median(measured, per_round)
     return candidates
-
-
-ROUNDS = 3
 
 
 def best_round_median(times: Sequence[float], per_round: int) -> float:

@@ -54,7 +54,7 @@ from ..models import create_model, load_model_with_info
 from ..predict import check_classes, default_data_info
 from ..tasks import get_task
 from ..weights import WeightsError, load_weights, read_weights_file
-from . import Runtime, bench_path, bench_paths, list_runtimes
+from . import Runtime, bench_path, bench_paths, error_line, list_runtimes
 from .probe import child_environment
 
 __all__ = [
@@ -288,11 +288,6 @@ class PreparedModel:
         runtime, precision = bench_path(backend)
         runtime.check(precision)
         return runtime.bench_runner(self, precision, threads)
-
-
-def error_line(exc: BaseException) -> str:
-    """What a table's error column shows of a path that failed: its type and first line."""
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
 def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, runs, warmup, memory) -> list[BenchResult]:

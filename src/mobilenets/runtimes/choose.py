@@ -113,7 +113,8 @@ def measure_variants(
     from ..cost.latency import alternating_ms
     from ..models import create_model
     from ..predict import default_data_info
-    from .bench import PreparedModel, error_line
+    from . import error_line
+    from .bench import PreparedModel
 
     engine = get_runtime(runtime)
     engine.check(precision)
@@ -139,7 +140,7 @@ def measure_variants(
                     progress(f"prepared {variant.label} on {path} ({index + 1}/{len(variants)})")
             if progress:
                 progress(f"timing {len(calls)} variants in 3 alternating rounds")
-            # every variant runs on one runtime: the pause lets the previous session's threads stop spinning
+            # every variant runs on one runtime: turns wait only for its own threads (SETTLE_WITHIN_RUNTIME_S)
             times = alternating_ms(calls, rounds=3, runs=max(1, -(-runs // 3)))
     finally:
         torch.set_num_threads(previous)

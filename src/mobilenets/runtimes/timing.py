@@ -41,12 +41,13 @@ def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tupl
     for key, (runtime, precision, path) in files.items():
         spec = {"runtime": runtime, "precision": precision, "path": str(path), "shape": list(shape),
                 "threads": threads, "runs": runs}  # fmt: skip
-        child = _Child.start(key, spec, threads)
+        child = _Child.start(key, spec)
         ready = child.reply()
-        if ready is None or ready["error"]:
-            results[key] = ready["error"] if ready else child.failure()
-            if ready:
-                child.close()
+        if ready is None:  # it died before it could say why
+            results[key] = child.failure()
+        elif ready["error"]:
+            results[key] = ready["error"]
+            child.close()
         else:
             results[key] = []
             children.append(child)
@@ -75,10 +76,10 @@ class _Child:
     log: Any  # its stderr: a temporary file, so that a chatty runtime never fills a pipe and blocks
 
     @classmethod
-    def start(cls, key: str, spec: dict[str, Any], threads: int) -> _Child:
+    def start(cls, key: str, spec: dict[str, Any]) -> _Child:
         from .probe import child_environment
 
-        env = child_environment(threads)
+        env = child_environment(spec["threads"])
         argv = [sys.executable, "-m", "mobilenets.runtimes.timing", json.dumps(spec)]
         log = tempfile.TemporaryFile(mode="w+")
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -111,7 +112,9 @@ class _Child:
 
 
 def _child(spec: dict[str, Any]) -> None:
-    from . import get_runtime
+    # Only the registry and the file's runtime are imported here: timings_ms (cost.latency) would bring
+    # torch, over a second of start-up per process, for a loop of four lines.
+    from . import error_line, get_runtime
 
     try:
         run = get_runtime(spec["runtime"]).probe_runner(
@@ -119,7 +122,7 @@ def _child(spec: dict[str, Any]) -> None:
         )
         run()  # first-call allocations; a file that cannot run says so here
     except Exception as exc:  # noqa: BLE001 - reported as the file's error line
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:120]}), flush=True)
+        print(json.dumps({"error": error_line(exc)}), flush=True)
         return
     print(json.dumps({"error": None}), flush=True)
     for _ in sys.stdin:
