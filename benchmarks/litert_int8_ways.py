@@ -12,6 +12,11 @@
   (litert-torch's quantizer does not fuse conv and ReLU6, so the conv output had a range of its own);
 * ``float-module-NAME[+NAME...]`` - PT2E with those modules left float (``features.14.expand``: where
   ``litert_int8_layers.py`` sees the step);
+* ``dynamic`` - PT2E's dynamic-range config: int8 weights, activations float in the file (quantized by
+  the kernels at run time);
+* ``aeq-ALGORITHM`` - the fp32 file quantized by Google's AI Edge Quantizer (``ai-edge-quantizer``,
+  static int8, its activation ranges observed in LiteRT's own interpreter; ALGORITHM for the weights:
+  ``min_max_uniform_quantize``, ``MSE``, ``OCTAV``);
 * ``search`` - PT2E, then each activation's scale searched against the network's output as our
   ONNX path's range search does (``ptq.RANGE_FACTORS``, kept where the KL to fp32 on the first 16
   calibration images falls), simulated in PyTorch on the converted graph before the file is written.
@@ -27,6 +32,11 @@ outputs moved; no change: LiteRT's converter fuses the pair itself).  PT2E's con
 scores 80.8 % where LiteRT's file of it scores 82.7 %: the simulation is not what LiteRT computes, which is
 why fits made on it (search, biascorr) do not carry to the file.  float-module-features.14.expand (where
 litert_int8_layers.py sees the step) 81.5 %, blocks 14-18 float 81.7 %: a float island costs more than it saves.
+dynamic 83.7 % but 10.5 ms against fp32's 1.89 and pt2e's 0.91 (ai-edge-litert 2.3's XNNPACK does not take
+the dynamic-range convolutions, so LiteRT's reference hybrid kernels run them): accurate, not a fast path.
+aeq-min_max_uniform_quantize 59.1 % at 1.01 ms (MSE 60.1 %, OCTAV 58.6 %: they choose weight ranges only; the
+activations' plain min/max ranges are what lose it).  After the ways, every file written is timed in a
+process of its own, in turns (as ``export --format auto`` times candidates).
 """
 
 import collections
@@ -42,7 +52,9 @@ from mobilenets.export import ptq
 from mobilenets.export.onnx import fold_batchnorm
 from mobilenets.export.ort import ExportError
 from mobilenets.runtimes import get_runtime, litert, load_exported
+from mobilenets.runtimes.auto import best_round_median
 from mobilenets.runtimes.bench import cpu_description
+from mobilenets.runtimes.timing import time_in_processes
 
 pt2e_quantized = litert._quantized
 
@@ -53,7 +65,9 @@ def gptq_quantized(network, example, calibration):
     return pt2e_quantized(rounded, example, calibration)
 
 
-def quantized_with(network, example, calibration, *, float_classifier=False, percentile=None, float_modules=()):
+def quantized_with(
+    network, example, calibration, *, float_classifier=False, percentile=None, float_modules=(), dynamic=False
+):
     """PT2E as litert._quantized does it, with the classifier left float or percentile activation ranges."""
     import dataclasses
 
@@ -73,7 +87,7 @@ def quantized_with(network, example, calibration, *, float_classifier=False, per
             bottom = edges[int(torch.searchsorted(cdf, torch.tensor([cut], dtype=torch.float64)))] if low < 0 else low
             return torch.tensor(float(bottom)).reshape(self.min_val.shape), top.float().reshape(self.max_val.shape)
 
-    config = get_symmetric_quantization_config(is_per_channel=True)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     if percentile is not None:
         ranges = PercentileObserver.with_args(eps=2**-12)
         spec = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ranges)
@@ -243,30 +257,55 @@ WAYS = {
     "biascorr": bias_corrected,
     "relu6": activation_ranges_through_relu6,
     "float-classifier": functools.partial(quantized_with, float_classifier=True),
+    "dynamic": functools.partial(quantized_with, dynamic=True),
 }
+
+
+def aeq_quantized(model, info, calibration, path, algorithm):
+    """The fp32 file quantized by Google's AI Edge Quantizer (static int8 weights and activations,
+    its ranges observed in LiteRT's own interpreter on ``calibration``, ``algorithm`` for weights)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    get_runtime("litert").export(model, path, info=info, precision="fp32")
+    signature, names = next(iter(Interpreter(model_path=str(path)).get_signature_list().items()))
+    quantize = quantizer.Quantizer(str(path))
+    quantize.load_quantization_recipe(recipe.static_wi8_ai8(algorithm_key=algorithm))
+    samples = [{names["inputs"][0]: image[None].float().numpy()} for image in calibration]  # (1, C, H, W)
+    path.write_bytes(quantize.quantize(quantize.calibrate({signature: samples}, num_threads=2)).quantized_model)
 
 
 def main() -> None:
     count, ways = int(sys.argv[1]), sys.argv[2].split(",")
     model, info, calibration, batches, labels = torchvision_v2_and_images(count)
     print(cpu_description(), f"torch {torch.__version__}; {count} calibration images")
+    files = {"fp32": ("litert", "fp32", Path("v2-fp32.tflite"))}
+    get_runtime("litert").export(model, files["fp32"][2], info=info, precision="fp32")
     for way in ways:
-        if way.startswith("float-module-"):  # e.g. float-module-features.14.expand
-            litert._quantized = functools.partial(quantized_with, float_modules=way.split("-", 2)[2].split("+"))
-        elif way.startswith("percentile-"):
-            litert._quantized = functools.partial(quantized_with, percentile=float(way.split("-")[1]))
-        else:
-            litert._quantized = WAYS[way]
         path = Path(f"v2-{way}.tflite")
-        try:
-            get_runtime("litert").export(model, path, info=info, precision="int8", calibration=calibration)
-        except ExportError as exc:  # the export's own check refused the file
-            print(f"{way}: {exc}" + (f" ({NOTES.pop()})" if NOTES else ""), flush=True)
-            continue
+        if way.startswith("aeq-"):  # e.g. aeq-min_max_uniform_quantize
+            aeq_quantized(model, info, calibration, path, way.split("-", 1)[1])
+        else:
+            if way.startswith("float-module-"):  # e.g. float-module-features.14.expand
+                litert._quantized = functools.partial(quantized_with, float_modules=way.split("-", 2)[2].split("+"))
+            elif way.startswith("percentile-"):
+                litert._quantized = functools.partial(quantized_with, percentile=float(way.split("-")[1]))
+            else:
+                litert._quantized = WAYS[way]
+            try:
+                get_runtime("litert").export(model, path, info=info, precision="int8", calibration=calibration)
+            except ExportError as exc:  # the export's own check refused the file
+                print(f"{way}: {exc}" + (f" ({NOTES.pop()})" if NOTES else ""), flush=True)
+                continue
         network = load_exported(path)
         logits = torch.cat([torch.as_tensor(network(x)) for x, _ in batches])
         notes = f" ({NOTES.pop()})" if NOTES else ""
         print(f"{way}: top-1 {100 * (logits.argmax(1) == labels).float().mean().item():.1f}%{notes}", flush=True)
+        files[way] = ("litert", "int8", path)
+    # Each file timed in a process of its own, in turns (as export --format auto times them), 2 threads
+    times = time_in_processes(files, shape=(1, 3, 224, 224), threads=2, rounds=3, runs=50)
+    print("ms (best round's median):", ", ".join(
+        f"{way} {t if isinstance(t, str) else f'{best_round_median(t, 50):.2f}'}" for way, t in times.items()))
 
 
 if __name__ == "__main__":
