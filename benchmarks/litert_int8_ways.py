@@ -337,8 +337,8 @@ def main() -> None:
         files[way] = ("litert", "int8", path)
     # Each file timed in a process of its own, in turns (as export --format auto times them), 2 threads
     times = time_in_processes(files, shape=(1, 3, 224, 224), threads=2, rounds=3, runs=50)
-    print("ms (best round's median):", ", ".join(
-        f"{way} {t if isinstance(t, str) else f'{best_round_median(t, 50):.2f}'}" for way, t in times.items()))
+    shown = {way: t if isinstance(t, str) else f"{best_round_median(t, 50):.2f}" for way, t in times.items()}
+    print("ms (best round's median):", ", ".join(f"{way} {t}" for way, t in shown.items()))
 
 
 if __name__ == "__main__":
