@@ -20,6 +20,16 @@ def _deterministic():
     yield
 
 
+@pytest.fixture
+def quick_turns(monkeypatch):
+    """Timed rounds without the pauses between turns that let the last runtime's threads go idle
+    (up to 0.5 s a turn): for tests of what a timing command reports and chooses, not of its figures."""
+    from mobilenets.cost import latency
+
+    monkeypatch.setattr(latency, "SETTLE_BETWEEN_RUNTIMES_S", 0.0)
+    monkeypatch.setattr(latency, "SETTLE_WITHIN_RUNTIME_S", 0.0)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

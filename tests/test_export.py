@@ -459,7 +459,7 @@ def test_memory_efficient_inference_is_exact_and_holds_less(splits):
         memory_efficient(mobilenets.create_model("vgg16", num_classes=10, cifar=True, width_mult=0.25))
 
 
-def test_bench_output_format(tmp_path, capsys):
+def test_bench_output_format(tmp_path, capsys, quick_turns):
     code = main(
         [
             "bench", "--models", "mobilenet_v3_small", "--backends", "eager,channels_last,onnxruntime",
@@ -527,7 +527,7 @@ def test_decoupled_networks_export_to_onnx(tmp_path):
         assert rel(OnnxClassifier(tmp_path / "nd.onnx")(x), decoupled(x)) < 1e-4
 
 
-def test_bench_scores_every_backend_of_a_trained_model(tmp_path, capsys):
+def test_bench_scores_every_backend_of_a_trained_model(tmp_path, capsys, quick_turns):
     """With weights and labelled images each backend's top-1 is measured (the PyTorch ones
     share one function, ONNX Runtime fp32 matches it) and plotted against latency."""
     code = main(

@@ -158,7 +158,7 @@ def test_a_missing_runtime_is_named_with_its_extra(checkpoint, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_bench_times_every_openvino_precision_beside_onnx_runtime(capsys):
+def test_bench_times_every_openvino_precision_beside_onnx_runtime(capsys, quick_turns):
     pytest.importorskip("onnxruntime")
     from mobilenets.runtimes.bench import run_bench
 

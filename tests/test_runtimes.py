@@ -93,7 +93,7 @@ def test_the_choice_is_the_most_accurate_variant_within_the_budget():
     assert not slower_and_worse.on_front
 
 
-def test_choose_command_times_v3_and_names_the_choice(tmp_path, capsys):
+def test_choose_command_times_v3_and_names_the_choice(tmp_path, capsys, quick_turns):
     out = tmp_path / "c"
     argv = ["choose", "--families", "v3", "--runtime", "pytorch", "--precision", "channels_last", "--runs", "3"]
     assert main([*argv, "--latency-ms", "100000", "--out", str(out)]) == 0
@@ -136,13 +136,13 @@ def test_each_file_is_timed_in_a_process_of_its_own(tmp_path):
     assert isinstance(times["bad"], str) and "INVALID_PROTOBUF" in times["bad"]  # ONNX Runtime's own words
 
 
-def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys):
+def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys, quick_turns):
     """Every installed runtime x precision for one model, timed here; the chosen file is the
     fastest whose agreement with fp32 stays within the tolerance, written with its runtime's suffix."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     argv = ["export", "--format", "auto", "--model", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64",
-            "--random-weights", "--runtimes", "onnxruntime,openvino", "--calibration",
+            "--random-weights", "--runtimes", "onnxruntime,openvino", "--no-range-search", "--calibration",
             str(SHARED_DATA / "cifar10" / "test"), "--calibration-images", "8", "--out", str(tmp_path / "m")]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -383,7 +383,7 @@ def test_poly_schedule_decays_to_zero():
     assert factor(0) == 1.0 and factor(50) == pytest.approx(0.5**0.9) and factor(100) == 0.0
 
 
-def test_bench_times_segmenters_beside_torchvisions_twin():
+def test_bench_times_segmenters_beside_torchvisions_twin(quick_turns):
     pytest.importorskip("onnxruntime")
     from mobilenets.runtimes.bench import run_bench
 

@@ -396,7 +396,7 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
         raise ConfigError("no installed runtime writes a file for this model; pip install 'mobilenets[openvino]'")
     progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="mobilenets-auto-") as tmp:
-        prepared = PreparedModel(model, info, Path(tmp), calibration, "auto")
+        prepared = PreparedModel(model, info, Path(tmp), calibration, "auto", range_search=args.range_search)
         candidates = measure_candidates(prepared, names, threads=args.threads, runs=30, progress=progress)
         reference, scored_by = None, "-"
         if task.quantizable:

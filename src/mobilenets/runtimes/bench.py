@@ -176,8 +176,12 @@ class PreparedModel:
         tag: str,
         *,
         reference: bool = False,
+        range_search: bool | None = None,
     ):
         self.model, self.info, self.workdir, self.calibration, self.tag = model, info, workdir, calibration, tag
+        # int8's range search: None = only with real calibration images (it costs minutes and only
+        # matters for accuracy), else as the user asked
+        self.range_search = range_search
         # what the PyTorch paths run and torchvision's plain export holds: what an export of ours holds
         self.graph = deployable(model, info)[0].eval()
         self.reference = reference  # torchvision's model: exported the plain way, not through export_onnx
@@ -234,8 +238,8 @@ class PreparedModel:
             real = self.calibration is not None
             calibration = self.calibration_images()
             path = self.workdir / f"{self.tag}-int8.onnx"
-            # The range search costs minutes and only matters for accuracy, so only with real images.
-            quantize_onnx(self.onnx(), path, calibration, model=self.model, range_search=real, progress=real)
+            search = real if self.range_search is None else self.range_search
+            quantize_onnx(self.onnx(), path, calibration, model=self.model, range_search=search, progress=real)
             self._cache["int8"] = path
         return self._cache["int8"]
 
