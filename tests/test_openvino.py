@@ -3,6 +3,7 @@ PyTorch, then predict, eval and bench through the runtime registry."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -82,19 +83,31 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_in_one_line_where_not(che
     assert not (tmp_path / "c.xml").exists()
 
 
-def test_int8_from_our_calibrated_qdq_model_stays_close_to_fp32(checkpoint, tmp_path):
-    """int8: our calibrated QDQ ONNX model converted to IR; on real images its logits stay
-    within the export check's bound of PyTorch's fp32 ones, and the file records int8."""
+def test_int8_from_our_calibrated_qdq_model_stays_close_to_fp32(checkpoint, tmp_path, capsys):
+    """int8: our calibrated QDQ ONNX model converted to IR, made as the ONNX int8 options say (the
+    file records how); on real images its logits stay within the export check's bound of PyTorch's
+    fp32 ones.  From the command line the same options reach it; LiteRT's exporter refuses them."""
     pytest.importorskip("onnxruntime")
     from mobilenets.data import calibration_images
+    from mobilenets.export.quantize import QuantizeOptions
 
     path, model = checkpoint
     info = default_data_info(model, {"classes": CLASSES, "transforms": "cifar"})
     images = calibration_images(SHARED_DATA / "cifar10" / "test", style="cifar", resolution=64, count=24)
-    OPENVINO.export(model, tmp_path / "q.xml", info=info, precision="int8", calibration=images[:16])
+    options = QuantizeOptions(weight_rounding="nearest", range_search=False)
+    OPENVINO.export(model, tmp_path / "q.xml", info=info, precision="int8", calibration=images[:16], quantize=options)
     network = load_exported(tmp_path / "q.xml")
     assert network.info["precision"] == "int8"
+    assert (network.info["weight_rounding"], network.info["range_search"]) == ("nearest", False)
     assert rel(network(images[16:]), model.eval()(images[16:])) < 0.3
+    argv = ["export", "--checkpoint", str(path), "--int8", "--calibration", str(SHARED_DATA / "cifar10" / "test"),
+            "--calibration-images", "8", "--calibration-method", "minmax", "--no-range-search"]  # fmt: skip
+    assert main([*argv, "--format", "openvino", "--out", str(tmp_path / "c.xml")]) == 0
+    recorded = load_exported(tmp_path / "c.xml").info
+    assert (recorded["calibration"], recorded["range_search"]) == ("minmax", False)
+    if importlib.util.find_spec("litert_torch"):
+        assert main([*argv, "--format", "litert", "--out", str(tmp_path / "c.tflite")]) == 2
+        assert "--calibration-method does not apply to --format litert" in capsys.readouterr().err
 
 
 def test_detector_and_segmenter_exports_give_pytorchs_outputs(tmp_path):
@@ -126,7 +139,7 @@ def test_bad_files_and_options_are_one_line_and_exit_2(checkpoint, tmp_path, cap
     cases = {
         "wrong suffix": (["export", "--format", "openvino", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")], ".xml file"),
         "bf16 on onnx": (["export", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx"), "--precision", "bf16"], "ONNX Runtime runs fp32, int8, not bf16"),
-        "onnx option": (["export", "--format", "openvino", "--checkpoint", str(path), "--out", str(out), "--opset", "18"], "--opset is an ONNX export option"),
+        "onnx option": (["export", "--format", "openvino", "--checkpoint", str(path), "--out", str(out), "--opset", "18"], "--opset does not apply to --format openvino"),
         "missing": (["predict", "--exported", str(tmp_path / "none.xml"), str(tmp_path / "x.jpg")], "not found"),
         "unknown kind": (["predict", "--exported", str(tmp_path / "m.pb"), str(tmp_path / "x.jpg")], "not an exported model"),
     }  # fmt: skip

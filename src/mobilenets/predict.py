@@ -64,8 +64,10 @@ def recorded_class_names(info: Mapping[str, Any]) -> list[str] | None:
     classes = info.get("classes")
     if not classes or info.get("classes_source", "recorded") != "recorded":
         return None
-    if classes == [f"class {i}" for i in range(len(classes))]:  # files written before classes_source
-        return None
+    if "classes_source" not in info:  # files written before classes_source was recorded
+        published = task_of(info).default_classes(len(classes))
+        if classes == [f"class {i}" for i in range(len(classes))] or (published and published[0] == list(classes)):
+            return None
     return list(classes)
 
 

@@ -41,24 +41,37 @@ Examples:
   mobilenets export --format executorch --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --out mnv2-int8.pte --int8 --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample
   mobilenets predict --pte mnv2-int8.pte photo.jpg
+  # OpenVINO int8 (our calibrated model, converted), and LiteRT fp32; predict/eval read any of them
+  mobilenets export --format openvino --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \
+      --out mnv2-int8.xml --int8 --calibration ../shared/data/coco128/images
+  mobilenets export --format litert --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \
+      --out mnv2.tflite
+  mobilenets eval --exported mnv2-int8.xml --data-dir ../shared/data/imagenet-sample
+  # the fastest file for this machine within 0.5 points of fp32 (writes mnv2-fast.<its suffix>)
+  mobilenets export --format auto --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \
+      --out mnv2-fast --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample
 """
 
 
 DESCRIPTION = (
-    "Export to ONNX (opset >= 17) with batch norm folded into the convs. The export is run by\n"
-    "ONNX Runtime and compared with PyTorch before it is written: the max relative error is\n"
-    "reported and an export off by more than 1e-3 fails. Class names and preprocessing are stored\n"
-    "in the file's metadata, so 'mobilenets predict --onnx' needs nothing else. --int8 adds\n"
-    "post-training static quantization (ONNX Runtime QDQ: int8 per-channel weights, uint8\n"
-    "activations with ranges cut at the 99.99th percentile on --calibration images, dense\n"
-    "weights rounded with GPTQ on the same images); the fp32 model is kept beside it. A checkpoint\n"
-    "from 'mobilenets train --qat' needs no calibration: its int8 ranges and weights were trained.\n\n"
-    "--format executorch writes the .pte a phone app loads (ExecuTorch, every operator XNNPACK\n"
-    "supports delegated to it; batch 1), run in ExecuTorch's runtime and compared with PyTorch\n"
-    "before it is written; class names and preprocessing go in <out>.pte.json beside it. --int8 there\n"
-    "is PT2E quantization with ExecuTorch's XNNPACKQuantizer (per-channel int8 weights, int8\n"
-    "activations observed on --calibration images); the ONNX int8 options below do not apply.\n"
-    "Needs the [mobile] extra.\n\n"
+    "Export a model to the file a runtime loads, with batch norm folded into the convs. Every file\n"
+    "is run by its runtime and compared with PyTorch before it is written (an export off by more\n"
+    "than 1e-3 in fp32 fails), and carries its class names and preprocessing, so 'mobilenets\n"
+    "predict/eval --exported FILE' need nothing else. --format:\n"
+    "  onnx (default)  ONNX Runtime, opset >= 17;\n"
+    "  executorch      the .pte an Android/iOS app loads (XNNPACK; batch 1; [mobile] extra);\n"
+    "  openvino        OpenVINO's IR, .xml + .bin; fp32, bf16 where the CPU has AVX-512 BF16 or AMX,\n"
+    "                  int8 ([openvino] extra);\n"
+    "  litert          a .tflite for LiteRT (TensorFlow Lite) with XNNPACK ([litert] extra);\n"
+    "  auto            time every installed runtime x precision here and write the fastest whose\n"
+    "                  top-1 stays within --tolerance of fp32, printing the table it chose from.\n"
+    "executorch and litert write <out>.pte.json / <out>.tflite.json beside the file.\n\n"
+    "--int8: post-training static quantization on --calibration images. ONNX (and OpenVINO, which\n"
+    "converts the same QDQ model): int8 per-channel weights rounded with GPTQ, uint8 activations cut\n"
+    "at the 99.99th percentile, ranges then searched against fp32's output - the int8 options below.\n"
+    "ExecuTorch and LiteRT: PT2E quantization with their own quantizers (ExecuTorch takes\n"
+    "--calibration-method/--calibration-percentile); an option a format does not take is refused.\n"
+    "A checkpoint from 'mobilenets train --qat' needs no calibration: its int8 ranges were trained.\n\n"
     "Beside the file, <out>.export.json records what was exported: the paths, the error against\n"
     "PyTorch and, with --eval-data, the top-1 of each form."
 )
@@ -67,7 +80,8 @@ DESCRIPTION = (
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a model to ONNX or ExecuTorch (.pte), checked against PyTorch, optionally int8",
+        help="export a model to ONNX, ExecuTorch, OpenVINO or LiteRT (or the fastest here: --format auto), "
+        "checked against PyTorch, optionally int8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=DESCRIPTION,
         epilog=EXAMPLES,
@@ -84,7 +98,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "time every installed runtime x precision here and write the fastest whose top-1 stays within "
         "--tolerance of fp32 (--out is then a name without suffix; the chosen runtime's is added)",
     )
-    opts.add_argument("--out", required=True, help="the file to write: .onnx, .pte (executorch) or .xml (openvino)")
+    opts.add_argument("--out", required=True, help="the file to write: .onnx, .pte (executorch), .xml (openvino) or "
+                      ".tflite (litert); with --format auto a name without suffix")  # fmt: skip
     opts.add_argument(
         "--precision",
         choices=["fp32", "bf16", "int8"],
@@ -154,15 +169,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check = parser.add_argument_group("accuracy")
     check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
     check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
-    # given with another --format these would be ignored: run_runtime refuses them
-    onnx_only = ["--dynamic-batch", "--opset", "--weight-rounding"]
-    onnx_only += ["--bias-correction", "--range-search-images", "--range-search-sweeps"]
+    # --format onnx takes them all; another runtime takes those its export_options name and refuses
+    # the rest (run_runtime), rather than ignore them
     auto_only = ["--tolerance", "--runtimes", "--threads"]
-    parser.set_defaults(run=run, onnx_only=_defaults(parser, onnx_only), auto_only=_defaults(parser, auto_only))
+    parser.set_defaults(run=run, onnx_flags=_defaults(parser, ONNX_FLAGS), auto_only=_defaults(parser, auto_only))
 
 
-# A runtime's own export options (Runtime.export_options) and the arguments that give them.
-EXPORT_OPTION_ARGS = {"calibration_method": "calibration_method", "percentile": "calibration_percentile"}
+# How the ONNX int8 model is made (QuantizeOptions): the ONNX file's, OpenVINO's int8 (converted
+# from it) and auto's ONNX Runtime and OpenVINO candidates
+QUANTIZE_FLAGS = ["--calibration-method", "--calibration-percentile", "--weight-rounding", "--bias-correction",
+                  "--range-search", "--range-search-images", "--range-search-sweeps"]  # fmt: skip
+ONNX_FLAGS = ["--dynamic-batch", "--opset", *QUANTIZE_FLAGS]
+# A runtime's export keywords (Runtime.export_options): the flags each takes, and its value from them
+EXPORT_OPTION_FLAGS = {
+    "calibration_method": ["--calibration-method"],
+    "percentile": ["--calibration-percentile"],
+    "quantize": QUANTIZE_FLAGS,
+}
+
+
+def quantize_options(args: argparse.Namespace) -> Any:
+    """The ONNX int8 model's options as the command line gave them."""
+    from ..export.quantize import QuantizeOptions
+
+    return QuantizeOptions(
+        method=args.calibration_method, percentile=args.calibration_percentile, weight_rounding=args.weight_rounding,
+        bias_correction=args.bias_correction, range_search=args.range_search,
+        range_search_images=args.range_search_images, range_search_sweeps=args.range_search_sweeps,
+    )  # fmt: skip
+
+
+def export_option(args: argparse.Namespace, name: str) -> Any:
+    """The value of a runtime's export keyword ``name`` (see EXPORT_OPTION_FLAGS) from the command line."""
+    values = {"calibration_method": lambda: args.calibration_method, "percentile": lambda: args.calibration_percentile,
+              "quantize": lambda: quantize_options(args)}  # fmt: skip
+    return values[name]()
 
 
 def _defaults(parser: argparse.ArgumentParser, options: list[str]) -> dict[str, tuple[str, Any]]:
@@ -204,8 +245,13 @@ def run(args: argparse.Namespace) -> int:
     runtime.check(precision)
     if args.calibration and not args.int8:
         raise ConfigError("--calibration sets int8 ranges: add --int8, or drop --calibration")
-    methods = {"executorch": EXECUTORCH_CALIBRATION_METHODS}.get(args.format, CALIBRATION_METHODS)
-    if args.calibration_method not in methods:
+    # PT2E's methods where the runtime's exporter takes its own; ONNX's where it takes the ONNX int8
+    # options (a runtime that takes neither refuses a --calibration-method given to it, in run_runtime)
+    own = "calibration_method" in runtime.export_options
+    methods = EXECUTORCH_CALIBRATION_METHODS if own else CALIBRATION_METHODS
+    if (
+        own or "quantize" in runtime.export_options or args.format == "onnx"
+    ) and args.calibration_method not in methods:
         raise ConfigError(
             f"--calibration-method {args.calibration_method} is not available for --format {args.format} "
             f"(one of {', '.join(methods)})"
@@ -219,7 +265,6 @@ def run(args: argparse.Namespace) -> int:
     from ..export.deploy import deploy_onnx
     from ..export.onnx import MIN_OPSET
     from ..export.qat import is_qat
-    from ..export.quantize import QuantizeOptions
 
     if not MIN_OPSET <= args.opset <= max_opset():
         raise ConfigError(
@@ -228,12 +273,7 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_for_cli(args, "export")
     trained_for_int8 = is_qat(model)
     evaluation, calibration = classifier_inputs(args, info, calibrated=trained_for_int8)
-    options = QuantizeOptions(
-        method=args.calibration_method, percentile=args.calibration_percentile, weight_rounding=args.weight_rounding,
-        bias_correction=args.bias_correction, range_search=args.range_search,
-        range_search_images=args.range_search_images, range_search_sweeps=args.range_search_sweeps,
-    )  # fmt: skip
-    files = deploy_onnx(model, out, info=info, int8=args.int8, calibration=calibration, options=options,
+    files = deploy_onnx(model, out, info=info, int8=args.int8, calibration=calibration, options=quantize_options(args),
                         dynamic_batch=args.dynamic_batch, opset=args.opset, log=print)  # fmt: skip
     fp32_path = files.fp32
     summary: dict[str, Any] = {"fp32": str(fp32_path), "max_relative_error": files.report.max_relative_error}
@@ -336,9 +376,11 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
 
     if out.suffix != runtime.suffix:
         raise ConfigError(f"--out should name a {runtime.suffix} file for --format {args.format}, got {out}")
-    onnx_options = given(args, args.onnx_only)
-    if onnx_options:
-        raise ConfigError(f"{onnx_options[0]} is an ONNX export option; --format {args.format} does not take it")
+    taken = {flag for option in runtime.export_options for flag in EXPORT_OPTION_FLAGS[option]}
+    refused = [flag for flag in given(args, args.onnx_flags) if flag not in taken]
+    if refused:
+        takes = f"{args.format} takes {', '.join(sorted(taken))}" if taken else f"{args.format} takes none of them"
+        raise ConfigError(f"{refused[0]} does not apply to --format {args.format} (an ONNX export option; {takes})")
     model, info = load_for_cli(args, "export")
     evaluation, calibration = classifier_inputs(args, info, calibrated=False)
     if is_qat(model):  # the float model it simulates
@@ -347,7 +389,7 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
     check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
     # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
     batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation is not None else None
-    options = {name: getattr(args, EXPORT_OPTION_ARGS[name]) for name in runtime.export_options}
+    options = {name: export_option(args, name) for name in runtime.export_options}
     summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check,
                              **options)  # fmt: skip
     print(
@@ -396,7 +438,7 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
         raise ConfigError("no installed runtime writes a file for this model; pip install 'mobilenets[openvino]'")
     progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="mobilenets-auto-") as tmp:
-        prepared = PreparedModel(model, info, Path(tmp), calibration, "auto", range_search=args.range_search)
+        prepared = PreparedModel(model, info, Path(tmp), calibration, "auto", quantize=quantize_options(args))
         candidates = measure_candidates(prepared, names, threads=args.threads, runs=30, progress=progress)
         reference, scored_by = None, "-"
         if task.quantizable:

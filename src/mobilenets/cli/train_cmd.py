@@ -99,7 +99,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a checkpoint or any weights: top-1/top-5, per-class accuracy; COCO mAP for detectors; "
         "mIoU for segmenters",
         description=(
-            "Evaluate a checkpoint (last.pt/best.pt of a run, or saved weights), or --model with --weights "
+            "Evaluate a checkpoint (last.pt/best.pt of a run, or saved weights), a file written by 'mobilenets "
+            "export' (--exported: .onnx, .pte, .xml or .tflite, run by its runtime), or --model with --weights "
             "(e.g. torchvision's ImageNet file), on labelled images: a train/val (or test) tree's val split, a "
             "plain folder of class folders (e.g. ../shared/data/imagenet-sample), or torchvision's CIFAR files. "
             "Images are preprocessed as the weights expect. Where the weights record their class names, the "
@@ -140,9 +141,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="top-5 classes with names for image files (boxes for detectors, masks for segmenters)",
         description=(
-            "Classify images with a checkpoint or an ONNX export (their class names and preprocessing travel "
-            "with them) or with --model/--weights (e.g. torchvision's ImageNet weights; ImageNet class names "
-            "are built in)."
+            "Classify images (detectors: boxes, segmenters: masks) with a checkpoint, a file written by "
+            "'mobilenets export' (--exported: .onnx, .pte, .xml or .tflite, run by its runtime; class names and "
+            "preprocessing travel with them) or --model/--weights (e.g. torchvision's ImageNet weights; "
+            "ImageNet class names are built in)."
         ),
     )
     pr.add_argument("images", nargs="+", metavar="IMAGE")

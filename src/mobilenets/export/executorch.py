@@ -41,7 +41,7 @@ from ..files import atomic_write
 from ..tasks import task_of
 from ..validate import EXECUTORCH_CALIBRATION_METHODS, exported_batch
 from .detection import ExportedDetector
-from .onnx import deployable, preprocessing_metadata
+from .onnx import class_metadata, deployable, preprocessing_metadata
 from .ort import ExportError, relative_error
 
 __all__ = ["ExecuTorchReport", "PteDetector", "PteModel", "export_executorch", "load_pte", "metadata_path"]
@@ -278,7 +278,7 @@ def export_executorch(
     metadata = {
         "format": FORMAT,
         "arch": getattr(model, "arch", None) or {},
-        "classes": list(info.get("classes") or []),
+        **class_metadata(info),
         "precision": "int8" if int8 else "fp32",
         "outputs": outputs,
         "backend": "xnnpack",

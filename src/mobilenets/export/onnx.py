@@ -138,6 +138,14 @@ def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
     return None, name
 
 
+def class_metadata(info: dict[str, Any]) -> dict[str, Any]:
+    """The class names a file records, and where they come from when not from the training data
+    (published ImageNet/COCO/VOC names, placeholders): evaluation then maps a dataset's folders
+    onto them by position, as it does for the weights the file was exported from."""
+    source = info.get("classes_source")
+    return {"classes": list(info.get("classes") or []), **({"classes_source": source} if source else {})}
+
+
 def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
     """What a consumer needs to turn an image file into the model's input."""
     style = info.get("transforms", "imagenet")
@@ -261,7 +269,7 @@ def export_onnx(
         metadata = {
             "format": FORMAT,
             "arch": getattr(model, "arch", None) or {},
-            "classes": list(info.get("classes") or []),
+            **class_metadata(info),
             "dynamic_batch": dynamic_batch,
             "precision": "fp32",
             **preprocessing_metadata(info),

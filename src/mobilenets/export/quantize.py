@@ -110,6 +110,13 @@ class QuantizeOptions:
         }
 
 
+def recorded_options(path: str | Path) -> dict[str, Any]:
+    """How an int8 file of :func:`quantize_onnx` was made, as its metadata records it
+    (:meth:`QuantizeOptions.details`): for a file converted from it to carry over."""
+    keys = QuantizeOptions().details("", False)
+    return {key: value for key, value in read_metadata(path).items() if key in keys}
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     out_path: str | Path,

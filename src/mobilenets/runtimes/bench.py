@@ -49,7 +49,7 @@ from ..cost.latency import alternating_ms
 from ..errors import ConfigError
 from ..export.onnx import deployable, export_onnx, fold_batchnorm
 from ..export.ort import ort_session
-from ..export.quantize import quantize_onnx
+from ..export.quantize import QuantizeOptions, quantize_onnx
 from ..models import create_model, load_model_with_info
 from ..predict import check_classes, default_data_info
 from ..tasks import get_task
@@ -176,12 +176,12 @@ class PreparedModel:
         tag: str,
         *,
         reference: bool = False,
-        range_search: bool | None = None,
+        quantize: QuantizeOptions | None = None,
     ):
         self.model, self.info, self.workdir, self.calibration, self.tag = model, info, workdir, calibration, tag
-        # int8's range search: None = only with real calibration images (it costs minutes and only
-        # matters for accuracy), else as the user asked
-        self.range_search = range_search
+        # how the int8 model is made (QuantizeOptions, as the user asked); None: the defaults, with the
+        # range search only on real calibration images (it costs minutes and only matters for accuracy)
+        self.quantize = quantize
         # what the PyTorch paths run and torchvision's plain export holds: what an export of ours holds
         self.graph = deployable(model, info)[0].eval()
         self.reference = reference  # torchvision's model: exported the plain way, not through export_onnx
@@ -238,8 +238,8 @@ class PreparedModel:
             real = self.calibration is not None
             calibration = self.calibration_images()
             path = self.workdir / f"{self.tag}-int8.onnx"
-            search = real if self.range_search is None else self.range_search
-            quantize_onnx(self.onnx(), path, calibration, model=self.model, range_search=search, progress=real)
+            options = self.quantize or QuantizeOptions(range_search=real)
+            quantize_onnx(self.onnx(), path, calibration, model=self.model, options=options, progress=real)
             self._cache["int8"] = path
         return self._cache["int8"]
 

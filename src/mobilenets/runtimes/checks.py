@@ -75,10 +75,10 @@ def checked_error(runtime: Any, actual: Any, network: Any, example: Any, precisi
 def file_metadata(file_format: str, model: Any, info: dict[str, Any], precision: str, outputs: list[str],
                   extra: dict[str, Any], error: float) -> dict[str, Any]:  # fmt: skip
     """What an exported file records: enough for ``predict``/``eval`` to prepare its input and name its outputs."""
-    from ..export.onnx import preprocessing_metadata
+    from ..export.onnx import class_metadata, preprocessing_metadata
 
     return {
-        "format": file_format, "arch": getattr(model, "arch", None) or {}, "classes": list(info.get("classes") or []),
+        "format": file_format, "arch": getattr(model, "arch", None) or {}, **class_metadata(info),
         "precision": precision, "outputs": outputs, "max_relative_error": error,
         **preprocessing_metadata(info), **extra,
     }  # fmt: skip

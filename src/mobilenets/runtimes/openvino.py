@@ -7,8 +7,9 @@ Precisions (all from one fp32 IR but int8):
 * ``bf16`` - float32 weights, computed in bfloat16 where the CPU has it (AVX-512 BF16 or AMX:
   OpenVINO's own default there).  Where it lacks it, refused in one line;
 * ``int8`` - our calibrated QDQ ONNX model (``mobilenets.export.quantize_onnx``: per-channel
-  weights, ranges searched against fp32's output) converted to IR, whose quantize/dequantize
-  pairs OpenVINO runs as int8 kernels (VNNI/AMX where the CPU has them).
+  weights, ranges searched against fp32's output; ``quantize``, a ``QuantizeOptions``, says how,
+  as for the ONNX file) converted to IR, whose quantize/dequantize pairs OpenVINO runs as int8
+  kernels (VNNI/AMX where the CPU has them).
 
 The precision is recorded in the metadata, and the file is compiled with it when loaded.
 Before the IR is written it is compiled and run on ``check_input`` and compared with PyTorch
@@ -105,13 +106,13 @@ def read_ir_info(path: Path) -> dict[str, Any]:
     return json.loads(model.get_rt_info([RT_INFO_KEY]).astype(str))
 
 
-def _int8_graph(model: Any, info: dict[str, Any], calibration: Any, workdir: Path) -> Path:
+def _int8_graph(model: Any, info: dict[str, Any], calibration: Any, workdir: Path, quantize: Any = None) -> Path:
     """Our calibrated QDQ ONNX model, for OpenVINO to convert (see the module docstring)."""
     from ..export import export_onnx, quantize_onnx
 
     fp32, int8 = workdir / "fp32.onnx", workdir / "int8.onnx"
     export_onnx(model, fp32, info=info, dynamic_batch=True)
-    quantize_onnx(fp32, int8, calibration, model=model, progress=True)
+    quantize_onnx(fp32, int8, calibration, model=model, progress=True, options=quantize)
     return int8
 
 
@@ -120,6 +121,7 @@ class OpenVinoRuntime(Runtime):
     format = "openvino"
     precisions = ("fp32", "bf16", "int8")
     bench = {"openvino": "fp32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
+    export_options = ("quantize",)  # its int8 is the ONNX int8 model: the same options
 
     def precision_problem(self, precision: str) -> str | None:
         problem = super().precision_problem(precision)
@@ -133,12 +135,14 @@ class OpenVinoRuntime(Runtime):
 
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
                calibration: Any = None, check_input: Any = None, qdq_onnx: Path | None = None,
-               verify: bool = True) -> dict[str, Any]:  # fmt: skip
+               verify: bool = True, quantize: Any = None) -> dict[str, Any]:  # fmt: skip
         """See the module docstring; ``qdq_onnx``: an int8 ONNX model of ``model`` already made
         (bench's and ``export --format auto``'s, shared with ONNX Runtime's int8 path); ``verify``
-        off writes the file whatever its error (bench's latency-only int8, calibrated on noise)."""
+        off writes the file whatever its error (bench's latency-only int8, calibrated on noise);
+        ``quantize``: how the int8 ONNX model is made (``QuantizeOptions``; the defaults if None)."""
         import torch
 
+        from ..export.quantize import recorded_options
         from ..files import atomic_write
 
         ov = _openvino()
@@ -148,7 +152,9 @@ class OpenVinoRuntime(Runtime):
         with tempfile.TemporaryDirectory(prefix="mobilenets-openvino-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on the model's input checks concern no user
             if precision == "int8":
-                graph = ov.convert_model(str(qdq_onnx or _int8_graph(model, info, calibration, Path(tmp))))
+                qdq = qdq_onnx or _int8_graph(model, info, calibration, Path(tmp), quantize)
+                graph = ov.convert_model(str(qdq))
+                extra = {**extra, **recorded_options(qdq)}  # how it was quantized, as the ONNX file says
             else:
                 with torch.no_grad():
                     graph = ov.convert_model(network, example_input=example, input=[shape])
