@@ -88,6 +88,14 @@ def test_a_run_records_its_classes_and_eval_applies_them(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["images"] == 4 and metrics["boxes"] == 2  # only the blobs are scored
+    # its export records them too, and eval of the file keeps the same classes (it refused the dataset)
+    assert main(["export", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "run.onnx")]) == 0
+    capsys.readouterr()
+    code = main(["eval", "--exported", str(tmp_path / "run.onnx"), "--data-dir", str(root), "--workers", "0", "--json"])
+    assert code == 0, capsys.readouterr().err
+    from_file = json.loads(capsys.readouterr().out)
+    assert (from_file["images"], from_file["boxes"]) == (4, 2)  # the same blobs, no squares
+    assert from_file["map50"] == pytest.approx(metrics["map50"], abs=0.01)  # ONNX Runtime's float rounding
     # resuming with other classes is another run
     assert main([*argv[:-4], "--classes", "square", "--out", str(out)]) == 2
     assert "different settings" in capsys.readouterr().err

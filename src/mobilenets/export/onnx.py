@@ -139,11 +139,12 @@ def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module | None, str]:
 
 
 def class_metadata(info: dict[str, Any]) -> dict[str, Any]:
-    """The class names a file records, and where they come from when not from the training data
-    (published ImageNet/COCO/VOC names, placeholders): evaluation then maps a dataset's folders
-    onto them by position, as it does for the weights the file was exported from."""
-    source = info.get("classes_source")
-    return {"classes": list(info.get("classes") or []), **({"classes_source": source} if source else {})}
+    """The class names a file records; where they come from when not from the training data
+    (published ImageNet/COCO/VOC names, placeholders: evaluation then maps a dataset's folders
+    onto them by position, as it does for the weights the file was exported from); and the
+    classes ``--classes`` kept of the dataset (evaluation keeps the same), as the weights record them."""
+    said = {key: info.get(key) for key in ("classes_source", "selected_classes") if info.get(key)}
+    return {"classes": list(info.get("classes") or []), **said}
 
 
 def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
