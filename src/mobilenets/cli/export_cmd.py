@@ -42,13 +42,13 @@ Examples:
       --out mnv2-int8.pte --int8 --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample
   mobilenets predict --pte mnv2-int8.pte photo.jpg
   # OpenVINO int8 (our calibrated model, converted), and LiteRT fp32; predict/eval read any of them
-  mobilenets export --format openvino --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \
+  mobilenets export --format openvino --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --out mnv2-int8.xml --int8 --calibration ../shared/data/coco128/images
-  mobilenets export --format litert --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \
+  mobilenets export --format litert --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --out mnv2.tflite
   mobilenets eval --exported mnv2-int8.xml --data-dir ../shared/data/imagenet-sample
   # the fastest file for this machine within 0.5 points of fp32 (writes mnv2-fast.<its suffix>)
-  mobilenets export --format auto --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \
+  mobilenets export --format auto --model mobilenet_v2 --weights ../shared/data/weights/mobilenet_v2-b0353104.pth \\
       --out mnv2-fast --calibration ../shared/data/coco128/images --eval-data ../shared/data/imagenet-sample
 """
 
