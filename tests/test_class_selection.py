@@ -138,3 +138,21 @@ def test_a_detector_never_trains_on_a_lone_image(tmp_path, capsys):
     lone = ["--batch-size", "2", "--classes", "blob", "--skip-empty-images", "--out", str(tmp_path / "lone")]
     assert main([*argv, *lone]) == 2
     assert "1 training image(s); a detector trains on 2 or more per process" in capsys.readouterr().err
+
+
+def test_a_detector_and_a_segmenter_train_with_their_tasks_recipe_unless_told(tmp_path, shared_data, capsys):
+    """Without --recipe a run gets its task's recipe (a segmenter was refused the classifiers'
+    default: 'recipe cifar10 is for classification models'); a recipe of another task is still refused."""
+    root = _coco(tmp_path / "coco", annotated=4)
+    detector = ["train", "--model", "ssdlite_mobilenet_v2", "--width-mult", "0.35", "--data-dir", str(root),
+                "--resolution", "96", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--no-progress"]  # fmt: skip
+    segmenter = ["train", "--model", "lraspp_mobilenet_v3_small", "--data-dir", str(shared_data / "coco128"),
+                 "--classes", "person", "--resolution", "64", "--epochs", "1", "--batch-size", "2",
+                 "--train-subset", "4", "--val-subset", "2", "--workers", "0", "--no-progress"]  # fmt: skip
+    for argv, recipe in ((detector, "coco-ssdlite"), (segmenter, "seg-small")):
+        out = tmp_path / recipe
+        assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+        resolved = torch.load(out / "last.pt", weights_only=False)["resolved"]
+        assert resolved["config"]["recipe"] == resolved["recipe"]["name"] == recipe
+    assert main([*segmenter, "--recipe", "coco-ssdlite", "--out", str(tmp_path / "wrong")]) == 2
+    assert "recipe coco-ssdlite is for detection models" in capsys.readouterr().err

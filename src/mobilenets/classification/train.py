@@ -32,6 +32,7 @@ __all__ = ["ClassificationTrainer"]
 
 class ClassificationTrainer(Trainer):
     task = "classification"
+    default_recipe = "cifar10"
     score_key = "top1"
     reported_metrics = ("loss", "top1", "top5")
     images_per_s_format = ".0f"

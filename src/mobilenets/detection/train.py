@@ -25,6 +25,7 @@ __all__ = ["BODY_PREFIX", "DetectionTrainer"]
 
 class DetectionTrainer(BackboneTaskTrainer):
     task = "detection"
+    default_recipe = "coco-ssdlite"
     score_key = "map"
     collate = staticmethod(collate)
     reported_metrics = ("map", "map50")

@@ -28,6 +28,7 @@ AUX_WEIGHT = 0.5  # torchvision's references weigh the auxiliary FCN head's loss
 
 class SegmentationTrainer(BackboneTaskTrainer):
     task = "segmentation"
+    default_recipe = "seg-small"
     score_key = "miou"
     collate = staticmethod(collate)
     reported_metrics = ("miou", "pixel_acc")

@@ -99,7 +99,13 @@ class TrainConfig:
     model: str = option(None, "model name (see 'mobilenets models')", "")
     data_dir: str = option(None, "ImageFolder tree (train/ + val/ or test/) or CIFAR root", "")
     out: str = option(None, "run directory; an existing run there is resumed", "")
-    recipe: str = option("cifar10", "training recipe (default cifar10)", "", choices=sorted(RECIPES))
+    recipe: str | None = option(
+        None,
+        "training recipe (default: the model's task's - cifar10 for classifiers, coco-ssdlite for detectors, "
+        "seg-small for segmenters)",
+        "",
+        choices=sorted(RECIPES),
+    )
     # recipe overrides (None: the recipe's value)
     epochs: int | None = option(None, "how many passes over the training images (the schedule's length)", RECIPE)
     batch_size: int | None = option(None, "global batch (split over torchrun processes)", RECIPE)
@@ -307,7 +313,8 @@ class TrainConfig:
         for name in ("model", "data_dir", "out"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required", cli=f"train needs --{name.replace('_', '-')}")
-        one_of(self.recipe, "recipe", list(RECIPES))
+        if self.recipe is not None:  # None: the trainer's task's own (Trainer.default_recipe)
+            one_of(self.recipe, "recipe", list(RECIPES))
         one_of(self.precision, "precision", PRECISIONS)
         if self.schedule is not None:
             one_of(self.schedule, "schedule", SCHEDULES)
@@ -334,4 +341,6 @@ class TrainConfig:
         return self
 
     def resolved_recipe(self) -> Recipe:
+        """The recipe with the settings given here overriding its values (the trainer names the
+        task's own recipe first when none is given)."""
         return get_recipe(self.recipe).override(**{name: getattr(self, name) for name in RECIPE_OVERRIDES})

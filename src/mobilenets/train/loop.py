@@ -167,6 +167,7 @@ class Trainer:
     """
 
     task = ""  # the task registry's name of what this trains
+    default_recipe = ""  # the recipe a run gets when it names none
     score_key = ""  # the validation metric best.pt is chosen by
     collate = None  # the DataLoader's collate_fn (None: stack images and labels)
     # validation metrics written to TensorBoard (as val_KEY) and to summary.json
@@ -184,6 +185,8 @@ class Trainer:
             # NHWC convolutions train 1.1-1.4x faster than NCHW on CPUs (docs/benchmarks.md, "Training
             # on the CPU"); on GPUs the gain depends on precision and kernels, so there it is asked for.
             config = replace(config, channels_last=self.device_type == "cpu")
+        if config.recipe is None:  # the task's own recipe (a segmenter would refuse a classifier's)
+            config = replace(config, recipe=self.default_recipe)
         self.config, self.dist, self.log = config, dist, log if dist.is_main else (lambda *_: None)
         self._refuse_unsupported()
         self.progress = progress and dist.is_main
