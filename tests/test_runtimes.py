@@ -177,3 +177,15 @@ def test_rounds_that_mix_runtimes_wait_for_the_last_ones_threads(monkeypatch):
     turns.clear()
     latency.alternating_ms(calls, rounds=1, runs=1)  # one runtime: only its own threads to wait for
     assert [seconds for seconds, _ in turns] == [within] * 3
+
+
+def test_the_table_of_fp32_only_paths_has_no_accuracy_column():
+    """A detector's candidates are all fp32, each checked against PyTorch: no column of dashes."""
+    from mobilenets.runtimes.auto import Candidate, candidates_table
+
+    paths = [Candidate("onnxruntime", "onnxruntime", "fp32", 2.4), Candidate("litert", "litert", "fp32", 1.2, chosen=True)]
+    lines = candidates_table(paths, None, None).splitlines()
+    assert lines[0].split() == ["runtime", "path", "median", "ms", "x", "fastest"]
+    assert lines[2].split() == ["litert", "1.20", "1.00", "<-", "chosen"] and lines[3].split() == ["onnxruntime", "2.40", "2.00"]
+    scored = candidates_table([Candidate("onnxruntime", "onnxruntime", "fp32", 2.4, accuracy=83.8)], 83.8, "top-1 %")
+    assert scored.splitlines()[0].split()[-2:] == ["top-1", "%"] and "83.8" in scored.splitlines()[2]

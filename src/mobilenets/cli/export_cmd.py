@@ -440,7 +440,7 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="mobilenets-auto-") as tmp:
         prepared = PreparedModel(model, info, Path(tmp), calibration, "auto", quantize=quantize_options(args))
         candidates = measure_candidates(prepared, names, threads=args.threads, runs=30, progress=progress)
-        reference, scored_by = None, "-"
+        reference, scored_by = None, None  # fp32 files only, each checked against PyTorch
         if task.quantizable:
             classes = len(evaluation[1]) if evaluation else None
             reference = score_candidates(prepared, candidates, batches, classes, progress)

@@ -141,7 +141,9 @@ def copy_export(runtime: Any, source: Path, out: Path) -> list[Path]:
     return written
 
 
-def candidates_table(candidates: Sequence[Candidate], reference: float | None, scored_by: str) -> str:
+def candidates_table(candidates: Sequence[Candidate], reference: float | None, scored_by: str | None) -> str:
+    """The paths timed, fastest first; ``scored_by`` names the accuracy column (None: there is none -
+    a detector's or segmenter's files are all fp32, each checked against PyTorch when written)."""
     from .._table import format_table
 
     rows = []
@@ -150,8 +152,9 @@ def candidates_table(candidates: Sequence[Candidate], reference: float | None, s
         timing = "-" if c.median_ms is None else f"{c.median_ms:.2f}"
         ratio = "-" if c.median_ms is None or not fastest else f"{c.median_ms / fastest:.2f}"
         accuracy = "-" if c.accuracy is None else f"{c.accuracy:.1f}"
-        rows.append([c.path, timing, ratio, accuracy, "<- chosen" if c.chosen else c.error[:60]])
-    header = ["runtime path", "median ms", "x fastest", scored_by, ""]
+        scores = [accuracy] if scored_by else []
+        rows.append([c.path, timing, ratio, *scores, "<- chosen" if c.chosen else c.error[:60]])
+    header = ["runtime path", "median ms", "x fastest", *([scored_by] if scored_by else []), ""]
     text = format_table(header, rows)
     if reference is not None:
         text += f"\nfloat PyTorch model: {reference:.1f} % ({scored_by})"
