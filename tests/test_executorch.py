@@ -134,7 +134,7 @@ def test_models_executorch_cannot_take_are_refused_in_one_line(tmp_path, monkeyp
 def test_percentile_ranges_cut_each_activation_where_the_onnx_path_does():
     """The int8 ranges ExecuTorch exports use by default: a never-negative tensor keeps 0 and
     loses its top 1 - p; a signed one loses (1 - p) / 2 at each end (here p = 99 %)."""
-    from mobilenets.export.executorch import percentile_observer
+    from mobilenets.export.pt2e_ranges import percentile_observer
 
     def observed(values):
         observer = percentile_observer()(

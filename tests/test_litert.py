@@ -47,12 +47,13 @@ def test_fp32_file_reproduces_pytorch_and_predict_reads_it(imagenet_v2, tmp_path
 
 
 def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, tmp_path):
-    """PT2E int8 (litert-torch's quantizer): on images it was not calibrated on, the int8 file's
-    logits stay within the export check's bound and mostly agree with fp32's top-1."""
+    """PT2E int8 (litert-torch's quantizer, ranges cut at the 99.99th percentile): on images it was
+    not calibrated on, the int8 file's logits stay within the export check's bound and mostly agree
+    with fp32's top-1; the file records how its ranges were set."""
     model, info, images = imagenet_v2
     LITERT.export(model, str(tmp_path / "q.tflite"), info=info, precision="int8", calibration=images[:16])  # str path
     network = load_exported(tmp_path / "q.tflite")
-    assert network.info["precision"] == "int8"
+    assert (network.info["precision"], network.info["calibration"]) == ("int8", "percentile 99.99")
     held_out = images[16:]
     ours, theirs = network(held_out), model(held_out).detach()
     assert rel(ours, theirs) < 0.3
@@ -60,13 +61,16 @@ def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, tmp_path):
 
 
 def test_bad_input_is_one_line(imagenet_v2, tmp_path, capsys):
-    model, info, _ = imagenet_v2
+    model, info, images = imagenet_v2
     with pytest.raises(ConfigError, match="LiteRT writes .tflite files"):
         LITERT.export(model, tmp_path / "m.lite", info=info)
     with pytest.raises(ConfigError, match="needs calibration images"):
         LITERT.export(model, tmp_path / "m.tflite", info=info, precision="int8")
     with pytest.raises(ConfigError, match="runs fp32, int8, not bf16"):
         LITERT.export(model, tmp_path / "m.tflite", info=info, precision="bf16")
+    with pytest.raises(ConfigError, match="PT2E int8 ranges are one of percentile, histogram, minmax, got 'entropy'"):
+        LITERT.export(model, tmp_path / "m.tflite", info=info, precision="int8", calibration=images[:2],
+                      calibration_method="entropy")  # fmt: skip
     (tmp_path / "c.tflite").write_bytes(b"not a flatbuffer")
     assert main(["predict", "--exported", str(tmp_path / "c.tflite"), "x.jpg"]) == 2
     assert "c.tflite.json is missing" in capsys.readouterr().err

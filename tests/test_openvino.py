@@ -107,7 +107,7 @@ def test_int8_from_our_calibrated_qdq_model_stays_close_to_fp32(checkpoint, tmp_
     assert (recorded["calibration"], recorded["range_search"]) == ("minmax", False)
     if importlib.util.find_spec("litert_torch"):
         assert main([*argv, "--format", "litert", "--out", str(tmp_path / "c.tflite")]) == 2
-        assert "--calibration-method does not apply to --format litert" in capsys.readouterr().err
+        assert "--range-search does not apply to --format litert" in capsys.readouterr().err
 
 
 def test_detector_and_segmenter_exports_give_pytorchs_outputs(tmp_path):

@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 __all__ = [
     "CALIBRATION_METHODS",
-    "EXECUTORCH_CALIBRATION_METHODS",
+    "PT2E_CALIBRATION_METHODS",
     "DECOMPOSITION_METHODS",
     "DECOUPLE_ORDERS",
     "FRACTION",
@@ -44,7 +44,7 @@ __all__ = [
 
 # Named choices (the modules that implement them import these).
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # int8 activation ranges (ONNX Runtime)
-EXECUTORCH_CALIBRATION_METHODS = ("percentile", "histogram", "minmax")  # the same for ExecuTorch (PT2E)
+PT2E_CALIBRATION_METHODS = ("percentile", "histogram", "minmax")  # the same for PT2E (ExecuTorch, LiteRT)
 WEIGHT_ROUNDING = ("gptq", "nearest")  # int8 dense weights
 DECOMPOSITION_METHODS = ("cp", "tucker", "spatial", "channel")  # decoupling's baselines
 DECOUPLE_ORDERS = ("dw_pw", "pw_dw")

@@ -12,9 +12,9 @@ from ..errors import ConfigError
 from ..runtimes import export_formats
 from ..validate import (
     CALIBRATION_METHODS,
-    EXECUTORCH_CALIBRATION_METHODS,
     PERCENTILE,
     POSITIVE_INT,
+    PT2E_CALIBRATION_METHODS,
     WEIGHT_ROUNDING,
     csv_of,
 )
@@ -69,7 +69,7 @@ DESCRIPTION = (
     "--int8: post-training static quantization on --calibration images. ONNX (and OpenVINO, which\n"
     "converts the same QDQ model): int8 per-channel weights rounded with GPTQ, uint8 activations cut\n"
     "at the 99.99th percentile, ranges then searched against fp32's output - the int8 options below.\n"
-    "ExecuTorch and LiteRT: PT2E quantization with their own quantizers (ExecuTorch takes\n"
+    "ExecuTorch and LiteRT: PT2E quantization with their own quantizers (both take\n"
     "--calibration-method/--calibration-percentile); an option a format does not take is refused.\n"
     "A checkpoint from 'mobilenets train --qat' needs no calibration: its int8 ranges were trained.\n\n"
     "Beside the file, <out>.export.json records what was exported: the paths, the error against\n"
@@ -120,9 +120,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     quant.add_argument(
         "--calibration-method",
         default="percentile",
-        choices=list(dict.fromkeys([*CALIBRATION_METHODS, *EXECUTORCH_CALIBRATION_METHODS])),
-        help="how activation ranges are chosen (default percentile, both formats); entropy is ONNX's, histogram "
-        "(PT2E's own L2-minimising choice) ExecuTorch's",
+        choices=list(dict.fromkeys([*CALIBRATION_METHODS, *PT2E_CALIBRATION_METHODS])),
+        help="how activation ranges are chosen (default percentile, every format); entropy is ONNX's (and "
+        "OpenVINO's), histogram (PT2E's own L2-minimising choice) ExecuTorch's and LiteRT's",
     )
     quant.add_argument(
         "--calibration-percentile",
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     # PT2E's methods where the runtime's exporter takes its own; ONNX's where it takes the ONNX int8
     # options (a runtime that takes neither refuses a --calibration-method given to it, in run_runtime)
     own = "calibration_method" in runtime.export_options
-    methods = EXECUTORCH_CALIBRATION_METHODS if own else CALIBRATION_METHODS
+    methods = PT2E_CALIBRATION_METHODS if own else CALIBRATION_METHODS
     if (
         own or "quantize" in runtime.export_options or args.format == "onnx"
     ) and args.calibration_method not in methods:

@@ -39,7 +39,7 @@ from ..errors import ConfigError, InputShapeError
 from ..extras import require
 from ..files import atomic_write
 from ..tasks import task_of
-from ..validate import EXECUTORCH_CALIBRATION_METHODS, exported_batch
+from ..validate import exported_batch
 from .detection import ExportedDetector
 from .onnx import class_metadata, deployable, preprocessing_metadata
 from .ort import ExportError, relative_error
@@ -97,67 +97,15 @@ class ExecuTorchReport:
         )
 
 
-def percentile_observer():
-    """PT2E's histogram observer with the ONNX path's range rule: each activation's range
-    cut at a percentile of the values seen on the calibration images (defined here, not at
-    import: torchao comes with the optional [mobile] extra)."""
-    from torchao.quantization.pt2e.observer import HistogramObserver
-
-    class PercentileObserver(HistogramObserver):
-        # HistogramObserver's own choice (the range minimising the L2 rounding error of
-        # the histogram) keeps long tails that MobileNetV2's unbounded linear bottlenecks
-        # have, spending steps on values a handful of pixels take; cutting at a percentile
-        # (as mobilenets.export.ptq.activation_ranges does for ONNX) measured better.
-        def __init__(self, *args, percentile: float = 99.99, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.percentile = percentile
-
-        def calculate_qparams(self):
-            low, high = self.min_val.item(), self.max_val.item()
-            counts = self.histogram.double()
-            if high > low and counts.sum() > 0:
-                edges = torch.linspace(low, high, len(counts) + 1, dtype=torch.float64)
-                cdf = counts.cumsum(0) / counts.sum()
-                # a tensor never negative (after a ReLU) keeps 0 and is cut at the top only
-                cut = (100.0 - self.percentile) / (100.0 if low >= 0 else 200.0)
-                top = int(torch.searchsorted(cdf, torch.tensor([1.0 - cut], dtype=torch.float64)).item())
-                high = float(edges[min(top + 1, len(counts))])
-                if low < 0:
-                    low = float(edges[int(torch.searchsorted(cdf, torch.tensor([cut], dtype=torch.float64)).item())])
-            return self._calculate_qparams(torch.tensor(min(low, 0.0)), torch.tensor(max(high, 0.0)))
-
-    return PercentileObserver
-
-
 def _quantization_config(method: str, percentile: float):
-    """ExecuTorch's XNNPACK int8 scheme (symmetric per-channel weights, per-tensor
-    activations), with the activation ranges chosen by ``method``: ``percentile`` (the
-    default: cut at ``percentile``), ``histogram`` (PT2E's own L2-minimising choice) or
-    ``minmax`` (the extremes seen)."""
-    import dataclasses
-
+    """ExecuTorch's XNNPACK int8 scheme (symmetric per-channel weights, per-tensor activations),
+    with the activation ranges chosen by ``method`` (:mod:`mobilenets.export.pt2e_ranges`)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
-    from torchao.quantization.pt2e.observer import MinMaxObserver
 
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    if method == "histogram":
-        return config
-    if method == "percentile":
-        observer = percentile_observer().with_args(percentile=percentile, eps=2**-12)
-    elif method == "minmax":
-        observer = MinMaxObserver.with_args(eps=2**-12)
-    else:
-        methods = ", ".join(EXECUTORCH_CALIBRATION_METHODS)
-        raise ConfigError(
-            f"ExecuTorch int8 ranges are one of {methods}, got {method!r}",
-            cli=f"--calibration-method {method} is not available for --format executorch (one of {methods})",
-        )
+    from .pt2e_ranges import with_activation_ranges
 
-    def ranged(spec):
-        return dataclasses.replace(spec, observer_or_fake_quant_ctr=observer) if spec is not None else None
-
-    return dataclasses.replace(
-        config, input_activation=ranged(config.input_activation), output_activation=ranged(config.output_activation)
+    return with_activation_ranges(
+        get_symmetric_quantization_config(is_per_channel=True), method, percentile, "executorch"
     )
 
 

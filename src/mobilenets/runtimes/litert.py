@@ -4,8 +4,10 @@ its XNNPACK delegate, batch 1 per call.
 
 * ``fp32`` - the float graph;
 * ``int8`` - PT2E quantization with litert-torch's symmetric quantizer (per-channel int8 weights,
-  int8 activations observed on calibration images); the file takes and returns int8, which
-  :class:`LiteRtNetwork` quantizes and dequantizes with the scales the file records.
+  int8 activations observed on calibration images, their ranges cut at the 99.99th percentile by
+  default: ``calibration_method``/``percentile``, :mod:`mobilenets.export.pt2e_ranges`); the file
+  takes and returns int8, which :class:`LiteRtNetwork` quantizes and dequantizes with the scales
+  the file records.
 
 Before the file is written the interpreter runs it on ``check_input`` and the output is
 compared with PyTorch's (fp32: max relative error 1e-3; int8: the L2 norm of the difference over
@@ -123,14 +125,18 @@ def _converter():
         return require("litert_torch", "LiteRT export", "litert")
 
 
-def _quantized(network: Any, example: Any, calibration: Any):
+def _quantized(network: Any, example: Any, calibration: Any, method: str = "percentile", percentile: float = 99.99):
     """PT2E int8 with litert-torch's quantizer, ranges observed on ``calibration`` (an image at a
-    time, the batch the file takes): the converted module and the quantizer the converter needs."""
+    time, the batch the file takes) and chosen by ``method``: the converted module and the
+    quantizer the converter needs."""
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    from ..export.pt2e_ranges import with_activation_ranges
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = PT2EQuantizer().set_global(with_activation_ranges(config, method, percentile, "litert"))
     prepared = prepare_pt2e(torch.export.export(network, (example,)).module(), quantizer)
     with torch.no_grad():
         for image in calibration:
@@ -143,9 +149,11 @@ class LiteRtRuntime(Runtime):
     format = "litert"
     precisions = ("fp32", "int8")
     bench = {"litert": "fp32", "litert-int8": "int8"}
+    export_options = ("calibration_method", "percentile")  # how PT2E sets the int8 ranges
 
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
-               calibration: Any = None, check_input: Any = None, verify: bool = True) -> dict[str, Any]:  # fmt: skip
+               calibration: Any = None, check_input: Any = None, verify: bool = True,
+               calibration_method: str = "percentile", percentile: float = 99.99) -> dict[str, Any]:  # fmt: skip
         """See the module docstring; ``verify`` off writes the file whatever its error (bench's
         latency-only int8, calibrated on noise)."""
         from ..export.executorch import quiet_native_logs
@@ -160,7 +168,9 @@ class LiteRtRuntime(Runtime):
             staged = Path(tmp) / "model.tflite"
             with quiet_native_logs(), contextlib.redirect_stdout(io.StringIO()):
                 if precision == "int8":
-                    converted, quantizer = _quantized(network, example, calibration)
+                    converted, quantizer = _quantized(
+                        network, example, calibration, method=calibration_method, percentile=percentile
+                    )
                     config = litert_torch.quantize.quant_config.QuantConfig(pt2e_quantizer=quantizer)
                     edge = litert_torch.convert(converted, (example,), quant_config=config)
                 else:
@@ -168,6 +178,9 @@ class LiteRtRuntime(Runtime):
                 edge.export(str(staged))
             sidecar_path(staged).write_text(json.dumps({**preprocessing_metadata(info), **extra}))
             error = checked_error(self, LiteRtNetwork(staged)(example), network, example, precision, verify=verify)
+            if precision == "int8":  # how its ranges were set, as an ONNX int8 file records it
+                ranges = f"percentile {percentile}" if calibration_method == "percentile" else calibration_method
+                extra = {**extra, "calibration": ranges}
             metadata = file_metadata(FORMAT, model, info, precision, outputs, extra, error)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda out: Path(out).write_bytes(staged.read_bytes()))
