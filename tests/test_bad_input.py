@@ -412,6 +412,10 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             [*exp[:-2], "--out", "{out}/m", "--format", "auto", "--int8"],
             ["tries every precision"],
         ),
+        ("export", "--format auto with --opset"): (
+            [*exp[:-2], "--out", "{out}/m", "--format", "auto", "--opset", "18"],
+            ["--opset does not apply to --format auto"],
+        ),
         ("export", "--format auto without images"): (
             [*exp[:-2], "--out", "{out}/m", "--format", "auto"],
             ["--calibration DIR"],

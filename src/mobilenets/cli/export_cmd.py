@@ -422,6 +422,9 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
 
     if args.int8 or args.precision:
         raise ConfigError("--format auto tries every precision itself; drop --int8/--precision")
+    refused = [flag for flag in given(args, args.onnx_flags) if flag not in QUANTIZE_FLAGS]
+    if refused:  # its candidates are batch-1 files of every runtime; the int8 options make its ONNX int8 model
+        raise ConfigError(f"{refused[0]} does not apply to --format auto (it takes the int8 options)")
     if not args.tolerance >= 0:
         raise ConfigError(f"--tolerance is top-1 points and cannot be negative, got {args.tolerance:g}")
     for name in args.runtimes or []:
