@@ -103,6 +103,26 @@ def test_eval_of_an_export_of_torchvision_weights_on_imagenet_sample(capsys, sha
     assert code == 0 and json.loads(again)["top1"] == json.loads(printed)["top1"]
 
 
+def test_predict_takes_folders_of_images(capsys, cifar_run, shared_data, tmp_path):
+    """A folder stands for every image under it, sorted (it was 'cannot read image DIR: Is a directory');
+    the predictions are those of the files named one by one; a folder without images is one line."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    sample = shared_data / "imagenet-sample"
+    shutil.copy(sample / "n01440764" / "n01440764_tench.jpg", folder / "b.jpg")
+    shutil.copy(sample / "n01443537" / "n01443537_goldfish.jpg", folder / "more" / "a.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    code, out, _ = run(capsys, "predict", "--checkpoint", cifar_run / "best.pt", folder, "--json")
+    named = [folder / "b.jpg", folder / "more" / "a.jpg"]
+    assert code == 0 and [entry["image"] for entry in json.loads(out)] == [str(p) for p in named]
+    assert json.loads(out) == json.loads(run(capsys, "predict", "--checkpoint", cifar_run / "best.pt", *named, "--json")[1])
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "predict", "--checkpoint", cifar_run / "best.pt", tmp_path / "empty")
+    assert code == 2 and "empty holds no images" in err and len(err.strip().splitlines()) == 1
+
+
 def test_predict_resizes_photos_for_a_cifar_model(capsys, cifar_run, shared_data, tmp_path):
     """Photos of different sizes through a 32x32 model, in PyTorch and ONNX Runtime alike."""
     photos = [

@@ -421,6 +421,21 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def image_paths(paths: list[str]) -> list[str]:
+    """``paths`` with each folder replaced by the images under it (sorted, recursively): what
+    ``predict`` takes.  A folder without images is a :class:`DataError` naming it."""
+    expanded = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = image_files(path)
+            if not found:
+                raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            expanded += [str(p) for p in found]
+        else:
+            expanded.append(path)
+    return expanded
+
+
 def calibration_images(folder: str | Path, *, style: str, resolution: int, count: int = 256) -> torch.Tensor:
     """``count`` unlabelled images from ``folder`` (any layout), evenly spread over its
     sorted files and preprocessed for evaluation: calibration for decoupling

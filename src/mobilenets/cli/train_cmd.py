@@ -147,7 +147,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "ImageNet class names are built in)."
         ),
     )
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (every image under a "
+                    "folder, sorted)")  # fmt: skip
     pr.add_argument("--checkpoint", help="a run's last.pt/best.pt or a file written by save_weights")
     add_exported_options(pr)
     pr.add_argument("--top", type=POSITIVE_INT.argtype, default=5,
@@ -223,8 +224,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..data import image_paths
     from ..tasks import task_of
 
+    args.images = image_paths(args.images)
     loaded = load_exported_for_cli(args)
     if loaded is None:
         require_weights(args, "predict")
