@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import mobilenets
 from mobilenets.cli import main
@@ -189,3 +190,19 @@ def test_the_table_of_fp32_only_paths_has_no_accuracy_column():
     assert lines[2].split() == ["litert", "1.20", "1.00", "<-", "chosen"] and lines[3].split() == ["onnxruntime", "2.40", "2.00"]
     scored = candidates_table([Candidate("onnxruntime", "onnxruntime", "fp32", 2.4, accuracy=83.8)], 83.8, "top-1 %")
     assert scored.splitlines()[0].split()[-2:] == ["top-1", "%"] and "83.8" in scored.splitlines()[2]
+
+
+def test_the_shared_int8_model_is_made_as_the_user_asked(tmp_path):
+    """bench's and auto's ONNX Runtime/OpenVINO int8 candidates share one QDQ model, made with the
+    options given (auto passes the command line's: --no-range-search was ignored)."""
+    pytest.importorskip("onnxruntime")
+    from mobilenets.export.ort import read_metadata
+    from mobilenets.export.quantize import QuantizeOptions
+    from mobilenets.predict import default_data_info
+    from mobilenets.runtimes.bench import PreparedModel
+
+    model = mobilenets.create_model("mobilenet_v2", width_mult=0.35, resolution=32).eval()
+    info, images = default_data_info(model), torch.rand(4, 3, 32, 32)
+    asked = QuantizeOptions(weight_rounding="nearest", range_search=False)
+    made = read_metadata(PreparedModel(model, info, tmp_path, images, "asked", quantize=asked).int8())
+    assert (made["weight_rounding"], made["range_search"]) == ("nearest", False)
