@@ -182,11 +182,29 @@ QUANTIZE_FLAGS = ["--calibration-method", "--calibration-percentile", "--weight-
                   "--range-search", "--range-search-images", "--range-search-sweeps"]  # fmt: skip
 ONNX_FLAGS = ["--dynamic-batch", "--opset", *QUANTIZE_FLAGS]
 # A runtime's export keywords (Runtime.export_options): the flags each takes, and its value from them
-EXPORT_OPTION_FLAGS = {
-    "calibration_method": ["--calibration-method"],
-    "percentile": ["--calibration-percentile"],
-    "quantize": QUANTIZE_FLAGS,
+EXPORT_OPTIONS = {
+    "calibration_method": (["--calibration-method"], lambda args: args.calibration_method),
+    "percentile": (["--calibration-percentile"], lambda args: args.calibration_percentile),
+    "quantize": (QUANTIZE_FLAGS, lambda args: quantize_options(args)),
 }
+
+
+def taken_flags(file_format: str, runtime: Any) -> list[str]:
+    """The export flags ``--format file_format`` takes (of ONNX_FLAGS): every one for onnx, the int8
+    options for auto (they make its ONNX int8 model), else those of the runtime's export_options."""
+    if file_format == "onnx":
+        return ONNX_FLAGS
+    if file_format == "auto":
+        return QUANTIZE_FLAGS
+    return [flag for option in runtime.export_options for flag in EXPORT_OPTIONS[option][0]]
+
+
+def refuse_untaken_flags(args: argparse.Namespace, taken: list[str]) -> None:
+    """One line for the first export flag given that ``--format`` does not take (rather than ignore it)."""
+    refused = [flag for flag in given(args, args.onnx_flags) if flag not in taken]
+    if refused:
+        takes = f"{args.format} takes {', '.join(sorted(taken))}" if taken else f"{args.format} takes none of them"
+        raise ConfigError(f"{refused[0]} does not apply to --format {args.format} (an ONNX export option; {takes})")
 
 
 def quantize_options(args: argparse.Namespace) -> Any:
@@ -198,13 +216,6 @@ def quantize_options(args: argparse.Namespace) -> Any:
         bias_correction=args.bias_correction, range_search=args.range_search,
         range_search_images=args.range_search_images, range_search_sweeps=args.range_search_sweeps,
     )  # fmt: skip
-
-
-def export_option(args: argparse.Namespace, name: str) -> Any:
-    """The value of a runtime's export keyword ``name`` (see EXPORT_OPTION_FLAGS) from the command line."""
-    values = {"calibration_method": lambda: args.calibration_method, "percentile": lambda: args.calibration_percentile,
-              "quantize": lambda: quantize_options(args)}  # fmt: skip
-    return values[name]()
 
 
 def _defaults(parser: argparse.ArgumentParser, options: list[str]) -> dict[str, tuple[str, Any]]:
@@ -246,13 +257,10 @@ def run(args: argparse.Namespace) -> int:
     runtime.check(precision)
     if args.calibration and not args.int8:
         raise ConfigError("--calibration sets int8 ranges: add --int8, or drop --calibration")
-    # PT2E's methods where the runtime's exporter takes its own; ONNX's where it takes the ONNX int8
-    # options (a runtime that takes neither refuses a --calibration-method given to it, in run_runtime)
-    own = "calibration_method" in runtime.export_options
-    methods = PT2E_CALIBRATION_METHODS if own else CALIBRATION_METHODS
-    if (
-        own or "quantize" in runtime.export_options or args.format == "onnx"
-    ) and args.calibration_method not in methods:
+    # PT2E's methods where the runtime's exporter takes its own, ONNX's where the ONNX int8 options
+    # (a format that takes no --calibration-method refuses one given to it, in run_runtime)
+    methods = PT2E_CALIBRATION_METHODS if "calibration_method" in runtime.export_options else CALIBRATION_METHODS
+    if "--calibration-method" in taken_flags(args.format, runtime) and args.calibration_method not in methods:
         raise ConfigError(
             f"--calibration-method {args.calibration_method} is not available for --format {args.format} "
             f"(one of {', '.join(methods)})"
@@ -377,11 +385,7 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
 
     if out.suffix != runtime.suffix:
         raise ConfigError(f"--out should name a {runtime.suffix} file for --format {args.format}, got {out}")
-    taken = {flag for option in runtime.export_options for flag in EXPORT_OPTION_FLAGS[option]}
-    refused = [flag for flag in given(args, args.onnx_flags) if flag not in taken]
-    if refused:
-        takes = f"{args.format} takes {', '.join(sorted(taken))}" if taken else f"{args.format} takes none of them"
-        raise ConfigError(f"{refused[0]} does not apply to --format {args.format} (an ONNX export option; {takes})")
+    refuse_untaken_flags(args, taken_flags(args.format, runtime))
     model, info = load_for_cli(args, "export")
     evaluation, calibration = classifier_inputs(args, info, calibrated=False)
     if is_qat(model):  # the float model it simulates
@@ -390,7 +394,7 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
     check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
     # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
     batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation is not None else None
-    options = {name: export_option(args, name) for name in runtime.export_options}
+    options = {name: EXPORT_OPTIONS[name][1](args) for name in runtime.export_options}
     summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check,
                              **options)  # fmt: skip
     print(
@@ -423,9 +427,7 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
 
     if args.int8 or args.precision:
         raise ConfigError("--format auto tries every precision itself; drop --int8/--precision")
-    refused = [flag for flag in given(args, args.onnx_flags) if flag not in QUANTIZE_FLAGS]
-    if refused:  # its candidates are batch-1 files of every runtime; the int8 options make its ONNX int8 model
-        raise ConfigError(f"{refused[0]} does not apply to --format auto (it takes the int8 options)")
+    refuse_untaken_flags(args, taken_flags("auto", None))  # its candidates are every runtime's batch-1 file
     if not args.tolerance >= 0:
         raise ConfigError(f"--tolerance is top-1 points and cannot be negative, got {args.tolerance:g}")
     for name in args.runtimes or []:
