@@ -39,7 +39,14 @@ from . import ptq
 from .onnx import fold_batchnorm
 from .ort import onnx_modules, read_metadata, set_metadata
 
-__all__ = ["CALIBRATION_METHODS", "WEIGHT_ROUNDING", "QuantizeOptions", "quantize_onnx"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "WEIGHT_ROUNDING",
+    "QuantizeOptions",
+    "calibration_label",
+    "quantize_onnx",
+    "recorded_options",
+]
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ class QuantizeOptions:
     def details(self, rounding: str, reduce_range: bool) -> dict[str, Any]:
         """What the int8 file's metadata records of how it was made."""
         return {
-            "calibration": self.method if self.method != "percentile" else f"percentile {self.percentile}",
+            "calibration": calibration_label(self.method, self.percentile),
             "per_channel": self.per_channel,
             "reduce_range": reduce_range,
             "full_range_depthwise": self.full_range_depthwise,
@@ -108,6 +115,11 @@ class QuantizeOptions:
             "float_outputs": self.float_outputs,
             "range_search": self.range_search,
         }
+
+
+def calibration_label(method: str, percentile: float) -> str:
+    """How an int8 file's activation ranges were set, as its metadata records it ("percentile 99.99")."""
+    return f"percentile {percentile}" if method == "percentile" else method
 
 
 def recorded_options(path: str | Path) -> dict[str, Any]:

@@ -158,6 +158,7 @@ class LiteRtRuntime(Runtime):
         latency-only int8, calibrated on noise)."""
         from ..export.executorch import quiet_native_logs
         from ..export.onnx import preprocessing_metadata
+        from ..export.quantize import calibration_label
         from ..files import atomic_write
 
         path = Path(path)
@@ -179,8 +180,7 @@ class LiteRtRuntime(Runtime):
             sidecar_path(staged).write_text(json.dumps({**preprocessing_metadata(info), **extra}))
             error = checked_error(self, LiteRtNetwork(staged)(example), network, example, precision, verify=verify)
             if precision == "int8":  # how its ranges were set, as an ONNX int8 file records it
-                ranges = f"percentile {percentile}" if calibration_method == "percentile" else calibration_method
-                extra = {**extra, "calibration": ranges}
+                extra = {**extra, "calibration": calibration_label(calibration_method, percentile)}
             metadata = file_metadata(FORMAT, model, info, precision, outputs, extra, error)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda out: Path(out).write_bytes(staged.read_bytes()))
