@@ -331,11 +331,11 @@ def aeq_quantized(model, info, calibration, path, way):
         ranges = histogram_ranges(fp32, ranges, calibration)
     if way.startswith("aeq-histogram-search-"):
         images = calibration[: int(way.rsplit("-", 1)[1])]
-        reference = litert_log_probabilities(fp32, images)
+        reference = litert_log_probabilities(fp32, images, litert.sidecar_path(path))
 
         def kl(candidate):
             file = quantize.quantize(candidate, enable_progress_report=False).quantized_model
-            current = litert_log_probabilities(file, images)
+            current = litert_log_probabilities(file, images, litert.sidecar_path(path))
             return float((reference.exp() * (reference - current)).sum(1).mean())
 
         best = first = kl(ranges)
@@ -379,11 +379,11 @@ def histogram_ranges(fp32, ranges, calibration):
     return chosen
 
 
-def litert_log_probabilities(content, images):
+def litert_log_probabilities(content, images, sidecar):
     """Class log-probabilities of a .tflite (bytes) on ``images``, through its input/output scales."""
     path = Path("search-trial.tflite")
     path.write_bytes(content)
-    Path(f"{path}.json").write_text(Path("v2-fp32.tflite.json").read_text())
+    litert.sidecar_path(path).write_text(sidecar.read_text())
     return torch.as_tensor(load_exported(path)(images.float())).double().log_softmax(1)
 
 
