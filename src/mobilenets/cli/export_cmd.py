@@ -151,7 +151,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="rescale each activation range to bring the int8 network's output closest to fp32's on the "
         "first --range-search-images calibration images (default on: 9-16 %% less KL to fp32 on unseen images "
-        "across the CPUs measured, +0.7 points of MobileNetV2's top-1 on one, none on another; about 16 s on 2 "
+        "across the CPUs measured, +0.7 points of MobileNetV2's top-1 on one, none on another; about 12 s on 2 "
         "cores at the default size; docs/benchmarks.md)",
     )
     quant.add_argument(
