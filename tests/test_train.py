@@ -282,3 +282,22 @@ def test_fast_training_options_reach_the_run(shared_data, tmp_path, monkeypatch)
     # (the same batches in the same order: bit for bit; an untrained model's outputs vary little with the image)
     assert evaluate(model, loader, 10, flip=True, channels_last=True)["loss"] == history[1]["loss"]
     assert evaluate(model, loader, 10, channels_last=True)["loss"] != history[1]["loss"]
+
+
+def test_loader_workers_default_to_none_on_the_cpu(shared_data, tmp_path, monkeypatch):
+    """On the CPU, worker processes only take cores from the training (docs/benchmarks.md, "Loader
+    workers on the CPU"): none unless asked for; a number given is kept."""
+    import mobilenets.train.loop as loop
+
+    asked, real = [], loop.make_loader
+
+    def recording(*args, workers, **kwargs):
+        asked.append(workers)
+        return real(*args, workers=workers, **kwargs)
+
+    monkeypatch.setattr(loop, "make_loader", recording)
+    for workers, expected in ((None, 0), (1, 1)):
+        asked.clear()
+        train(config(shared_data, tmp_path / str(workers), epochs=1, workers=workers), progress=False,
+              log=lambda *_: None)  # fmt: skip
+        assert asked == [expected, expected]  # the training and the validation loader

@@ -261,7 +261,12 @@ class TrainConfig:
     )
     train_subset: int | None = option(None, "train on a fixed class-balanced slice of N images", DATA)
     val_subset: int | None = option(None, "validate on a fixed class-balanced slice of N images", DATA)
-    workers: int = option(2, "data-loading processes per training process (default 2; 0: none)", DATA)
+    workers: int | None = option(
+        None,
+        "data-loading processes per training process (default: none on the CPU, where they only take cores from "
+        "the training - 2.4x slower detector epochs measured on 2 cores; 2 on a GPU)",
+        DATA,
+    )
     data_on_device: bool = option(
         False, "keep a CIFAR-sized dataset on the device, augment it there", DATA, tasks=CLASSIFIER
     )

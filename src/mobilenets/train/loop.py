@@ -293,12 +293,24 @@ class Trainer:
         next epoch (each epoch is shuffled anew). ``samples``: this process's images an epoch."""
         return self.single_image_batches_fail and samples > 1 and samples % self.batch_size == 1
 
+    @property
+    def loader_workers(self) -> int:
+        """``config.workers``, or by default none on the CPU and 2 on a GPU. On the CPU, worker
+        processes compete with the training for the same cores, and the training loader forks
+        new ones each epoch from a process that has grown to gigabytes, whose pages then fault
+        copy-on-write as training writes them: on 2 cores (AMD EPYC Zen 5) a detector's epochs ran
+        at 2.6-3.0 images/s with 1 or 2 workers and 6.2-7.9 without (sys time 75 s against 19 s
+        over 3 epochs), a classifier's fine-tuning 10 % faster."""
+        if self.config.workers is not None:
+            return self.config.workers
+        return 0 if self.device_type == "cpu" else 2
+
     def _loaders(self, train_set, val_set) -> tuple[SeededDataset | None, ResumableSampler, Any, Any]:
         """(the seeded training set or None, its sampler, the training and validation loaders)."""
         config, dist = self.config, self.dist
         seeded = SeededDataset(train_set, config.seed)
         sampler = ResumableSampler(seeded, rank=dist.rank, world_size=dist.world_size, seed=config.seed)
-        loader = dict(workers=config.workers, collate_fn=self.collate)
+        loader = dict(workers=self.loader_workers, collate_fn=self.collate)
         lone = self._drops_lone_image(sampler.num_samples)
         train_loader = make_loader(seeded, self.batch_size, sampler=sampler, drop_last=lone, **loader)
         return seeded, sampler, train_loader, make_loader(val_set, self.batch_size, **loader)
