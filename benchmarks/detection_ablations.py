@@ -14,6 +14,10 @@ script's patch before the library had it, is ``mobilenets train --skip-empty-ima
   objects of another training image (its kept boxes, cut out by its class-index mask in the folder MASKS,
   coco128's ``semantic_segmentation/masks/train2017``; ``--mask-ids`` gives each kept class's value in the
   masks, 1 for coco128's people) pasted at the same place relative to the image, their boxes added.
+* ``--mosaic P``: with chance P a training image becomes a mosaic (YOLOv4/v5): it and three other training
+  images, each at its own scale, meet at a random point of a canvas twice the side of the largest, and the
+  window of one image's side around the canvas centre is kept (objects keep their size; boxes cut to less
+  than a fifth of their area are dropped), before the usual crop, flip and resize.
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -116,6 +120,55 @@ def _copy_paste(probability: float, masks: str, mask_ids: list[int]) -> None:
     data.BoxDataset.__getitem__ = getitem
 
 
+def _mosaic(probability: float) -> None:
+    import torch
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2 as T
+
+    from mobilenets.data import load_rgb
+    from mobilenets.detection import data
+
+    original = data.BoxDataset.__getitem__
+
+    def mosaic(dataset, index):
+        picks = [index, *torch.randint(len(dataset), (3,)).tolist()]
+        side = max(max(dataset.targets[i][2]) for i in picks)
+        canvas = torch.full((3, 2 * side, 2 * side), 127, dtype=torch.uint8)
+        cx, cy = (int(side * (0.5 + float(torch.rand(())))) for _ in range(2))
+        all_boxes, all_labels = [], []
+        for quarter, i in enumerate(picks):  # top-left, top-right, bottom-left, bottom-right of the centre
+            image = T.functional.pil_to_tensor(load_rgb(dataset.files[i]))
+            boxes, labels, (height, width) = dataset.targets[i]
+            x0 = cx - width if quarter in (0, 2) else cx
+            y0 = cy - height if quarter in (0, 1) else cy
+            # the part of the image inside the canvas
+            left, top = max(0, -x0), max(0, -y0)
+            right, bottom = min(width, 2 * side - x0), min(height, 2 * side - y0)
+            canvas[:, y0 + top:y0 + bottom, x0 + left:x0 + right] = image[:, top:bottom, left:right]
+            all_boxes.append(boxes + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype))
+            all_labels.append(labels)
+        window = side // 2
+        image = canvas[:, window:window + side, window:window + side]
+        boxes, labels = torch.cat(all_boxes) - window, torch.cat(all_labels)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        boxes = boxes.clamp(0, side)
+        kept = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= 0.2 * area
+        return image, boxes[kept], labels[kept], side
+
+    def getitem(self, index):
+        training = self.transforms is not None and any(
+            isinstance(t, T.RandomIoUCrop) for t in self.transforms.transforms
+        )
+        if not training or float(torch.rand(())) >= probability:
+            return original(self, index)
+        image, boxes, labels, side = mosaic(self, index)
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(side, side)),
+                  "labels": labels, "image_id": index}  # fmt: skip
+        return self.transforms(tv_tensors.Image(image), target)
+
+    data.BoxDataset.__getitem__ = getitem
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -127,6 +180,7 @@ def main() -> int:
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
     parser.add_argument("--stride-8", action="store_true")
+    parser.add_argument("--mosaic", type=float, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
@@ -137,6 +191,8 @@ def main() -> int:
         _stride_8()
     if args.sgd_lr:
         _sgd(args.sgd_lr)
+    if args.mosaic:
+        _mosaic(args.mosaic)
     if args.copy_paste:
         _copy_paste(float(args.copy_paste[0]), args.copy_paste[1], [int(i) for i in args.mask_ids.split(",")])
     from mobilenets.cli import main as cli_main

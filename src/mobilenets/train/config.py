@@ -264,7 +264,7 @@ class TrainConfig:
     workers: int | None = option(
         None,
         "data-loading processes per training process (default: none on the CPU, where they only take cores from "
-        "the training - 2.4x slower detector epochs measured on 2 cores; 2 on a GPU)",
+        "the training: a detector's epochs ran 2-3x faster without them on 2 cores; 2 on a GPU)",
         DATA,
     )
     data_on_device: bool = option(
