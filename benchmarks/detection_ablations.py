@@ -60,19 +60,40 @@ def _stride_8() -> None:
     ssd.build_ssd = build_ssd
 
 
+def _replace_training_samples(make, probability: float, usable=lambda dataset: True) -> None:
+    """With chance ``probability``, a training sample of a detection dataset (one whose transforms crop)
+    is ``make(dataset, index)`` - (uint8 image C x H x W, boxes, labels, (H, W)) - augmented as usual."""
+    import torch
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2 as T
+
+    from mobilenets.detection import data
+
+    original = data.BoxDataset.__getitem__
+
+    def getitem(self, index):
+        training = self.transforms is not None and any(
+            isinstance(t, T.RandomIoUCrop) for t in self.transforms.transforms
+        )
+        if not training or not usable(self) or float(torch.rand(())) >= probability:
+            return original(self, index)
+        image, boxes, labels, size = make(self, index)
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size), "labels": labels,
+                  "image_id": index}  # fmt: skip
+        return self.transforms(tv_tensors.Image(image), target)
+
+    data.BoxDataset.__getitem__ = getitem
+
+
 def _copy_paste(probability: float, masks: str, mask_ids: list[int]) -> None:
     from pathlib import Path
 
     import numpy as np
     import torch
     from PIL import Image
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2 as T
 
     from mobilenets.data import load_rgb
-    from mobilenets.detection import data
 
-    original = data.BoxDataset.__getitem__
     folder = Path(masks)
 
     def sources(dataset):  # training images holding kept objects and a mask: cut from them
@@ -104,31 +125,16 @@ def _copy_paste(probability: float, masks: str, mask_ids: list[int]) -> None:
             image[ty1:ty2, tx1:tx2][keep] = piece[keep]
             new_boxes.append(torch.tensor([[tx1, ty1, tx2, ty2]], dtype=torch.float32))
             new_labels.append(torch.tensor([label]))
-        return image, torch.cat(new_boxes), torch.cat(new_labels), (height, width)
+        return torch.from_numpy(image).permute(2, 0, 1), torch.cat(new_boxes), torch.cat(new_labels), (height, width)
 
-    def getitem(self, index):
-        training = self.transforms is not None and any(
-            isinstance(t, T.RandomIoUCrop) for t in self.transforms.transforms
-        )
-        if not training or len(sources(self)) < 2 or float(torch.rand(())) >= probability:
-            return original(self, index)
-        image, boxes, labels, size = pasted(self, index)
-        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size), "labels": labels,
-                  "image_id": index}  # fmt: skip
-        return self.transforms(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), target)
-
-    data.BoxDataset.__getitem__ = getitem
+    _replace_training_samples(pasted, probability, usable=lambda dataset: len(sources(dataset)) >= 2)
 
 
 def _mosaic(probability: float) -> None:
     import torch
-    from torchvision import tv_tensors
     from torchvision.transforms import v2 as T
 
     from mobilenets.data import load_rgb
-    from mobilenets.detection import data
-
-    original = data.BoxDataset.__getitem__
 
     def mosaic(dataset, index):
         picks = [index, *torch.randint(len(dataset), (3,)).tolist()]
@@ -153,20 +159,9 @@ def _mosaic(probability: float) -> None:
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         boxes = boxes.clamp(0, side)
         kept = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= 0.2 * area
-        return image, boxes[kept], labels[kept], side
+        return image, boxes[kept], labels[kept], (side, side)
 
-    def getitem(self, index):
-        training = self.transforms is not None and any(
-            isinstance(t, T.RandomIoUCrop) for t in self.transforms.transforms
-        )
-        if not training or float(torch.rand(())) >= probability:
-            return original(self, index)
-        image, boxes, labels, side = mosaic(self, index)
-        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(side, side)),
-                  "labels": labels, "image_id": index}  # fmt: skip
-        return self.transforms(tv_tensors.Image(image), target)
-
-    data.BoxDataset.__getitem__ = getitem
+    _replace_training_samples(mosaic, probability)
 
 
 def _sgd(lr: float) -> None:
