@@ -171,11 +171,13 @@ def _sgd(lr: float) -> None:
 
 
 def main() -> int:
+    from mobilenets.validate import PROBABILITY
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
     parser.add_argument("--stride-8", action="store_true")
-    parser.add_argument("--mosaic", type=float, metavar="P")
+    parser.add_argument("--mosaic", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")

@@ -19,7 +19,9 @@ import torch
 from mobilenets.data import make_loader
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
 from mobilenets.detection.evaluate import evaluate_detector
+from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
+from mobilenets.validate import POSITIVE_INT, csv_of
 
 SETTINGS = ((0.01, 0.45, 200), (0.001, 0.45, 300), (0.001, 0.55, 300), (0.001, 0.6, 300))
 
@@ -27,19 +29,22 @@ SETTINGS = ((0.01, 0.45, 200), (0.001, 0.45, 300), (0.001, 0.55, 300), (0.001, 0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("sizes", help="input sides to score at, comma-separated")
+    parser.add_argument("sizes", type=csv_of(POSITIVE_INT), help="input sides to score at, comma-separated")
     parser.add_argument("--data-dir", default="../shared/data/coco128")
     args = parser.parse_args()
-    model, info = load_model_with_info(args.checkpoint)
+    try:
+        model, info = load_model_with_info(args.checkpoint)
+        plain = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
+        data = find_detection_data(args.data_dir, train_transforms=plain, val_transforms=plain, splits=("val",),
+                                   classes=info.get("selected_classes"))  # fmt: skip
+    except MobileNetsError as exc:
+        parser.error(str(exc))
     model.eval()
-    plain = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
-    data = find_detection_data(args.data_dir, train_transforms=plain, val_transforms=plain, splits=("val",),
-                               classes=info.get("selected_classes"))  # fmt: skip
     areas = torch.cat([(t[0][:, 2] - t[0][:, 0]) * (t[0][:, 3] - t[0][:, 1]) for t in data.val.targets])
     small, large = int((areas < 32**2).sum()), int((areas >= 96**2).sum())
     print(f"{len(areas)} validation objects: {small} small, {len(areas) - small - large} medium, {large} large")
     loader = make_loader(data.val, 16, workers=0, collate_fn=collate)
-    for side in (int(s) for s in args.sizes.split(",")):
+    for side in args.sizes:
         model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
         for threshold, nms, kept in SETTINGS:
             model.score_thresh, model.nms_thresh, model.detections_per_img = threshold, nms, kept
