@@ -179,7 +179,7 @@ def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
     assert OnnxClassifier(tmp_path / "int8.onnx").info["precision"] == "int8"
     top1 = {name: (values.argmax(1) == labels).float().mean().item() for name, values in logits.items()}
     agree = (logits["int8"].argmax(1) == logits["fp32"].argmax(1)).float().mean().item()
-    assert top1["fp32"] > 0.75
+    assert round(100 * top1["fp32"], 1) == 83.8  # the README's figure for torchvision's weights, exported
     assert top1["int8"] >= top1["fp32"] - 0.015, top1
     assert agree > 0.94, agree
     with pytest.raises(mobilenets.ConfigError, match="already quantized"):
@@ -277,9 +277,10 @@ def _small_int8(tmp_path, logit_scale: float = 1.0, **options):
 
 @pytest.fixture(scope="module")
 def small_int8_reduced(tmp_path_factory):
-    """(model, calibration, folder holding fp32.onnx and int8.onnx): 7-bit dense layers, no bias correction."""
+    """(model, calibration, folder holding fp32.onnx and int8.onnx): 7-bit dense layers, no bias correction,
+    no range search (its tests use neither; the search moves activation steps and biases, never weights)."""
     folder = tmp_path_factory.mktemp("small-int8")
-    model, calibration, _ = _small_int8(folder, reduce_range=True, bias_correction=False)
+    model, calibration, _ = _small_int8(folder, reduce_range=True, bias_correction=False, range_search=False)
     return model, calibration, folder
 
 
@@ -551,7 +552,9 @@ def test_bench_scores_every_backend_of_a_trained_model(tmp_path, capsys, quick_t
 def test_cli_int8_export_records_its_steps(tmp_path, capsys):
     """Every int8 option reaches the file: the metadata says how it was quantized."""
     out = tmp_path / "small-int8.onnx"
-    args = ["export", "--model", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "64", "--out", str(out)]
+    # A small, shallow network: the range search tries every activation five times, and MobileNetV1 at
+    # 0.25 x 32 searches in a fifth of MobileNetV2 0.35 x 64's time (3.4 against 18 s on a 2-core Zen 3).
+    args = ["export", "--model", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--out", str(out)]
     args += ["--random-weights", "--int8", "--calibration", str(SHARED_DATA / "coco128" / "images")]
     args += ["--calibration-images", "8"]
     options = ["--weight-rounding", "nearest", "--bias-correction", "--calibration-percentile", "99.9"]

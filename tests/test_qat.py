@@ -154,7 +154,7 @@ def test_qat_structure_survives_copies_and_checkpoints(small_qat, tmp_path):
 
 
 def _config(shared_data, out, **changes):
-    settings = dict(recipe="cifar10-quick", train_subset=200, val_subset=100, batch_size=50, epochs=1)
+    settings = dict(recipe="cifar10-quick", train_subset=100, val_subset=100, batch_size=50, epochs=1)
     return config(shared_data, out, **{**settings, **changes})
 
 
