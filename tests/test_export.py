@@ -552,8 +552,8 @@ def test_bench_scores_every_backend_of_a_trained_model(tmp_path, capsys, quick_t
 def test_cli_int8_export_records_its_steps(tmp_path, capsys):
     """Every int8 option reaches the file: the metadata says how it was quantized."""
     out = tmp_path / "small-int8.onnx"
-    # A small, shallow network: the range search tries every activation five times, and MobileNetV1 at
-    # 0.25 x 32 searches in a fifth of MobileNetV2 0.35 x 64's time (3.4 against 18 s on a 2-core Zen 3).
+    # A small, shallow network: the range search tries every activation five times, and with MobileNetV1 at
+    # 0.25 x 32 this test takes 7 s against 34 s with MobileNetV2 0.35 x 64 (`pytest --durations`, 2-core Zen 3).
     args = ["export", "--model", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--out", str(out)]
     args += ["--random-weights", "--int8", "--calibration", str(SHARED_DATA / "coco128" / "images")]
     args += ["--calibration-images", "8"]
