@@ -159,7 +159,8 @@ def _config(shared_data, out, **changes):
 
 
 def test_qat_through_the_training_pipeline_then_int8_export(shared_data, tmp_path, capsys):
-    """Train, fine-tune quantization-aware from that run (interrupted and resumed exactly), export
+    """Train, fine-tune quantization-aware from that run (interrupted and resumed exactly, the
+    resumed run rebuilding its structure from the checkpoint instead of calibrating again), export
     int8 with the learned ranges and no calibration images; ONNX Runtime's int8 accuracy on the
     validation images is the QAT model's."""
     quiet = dict(progress=False, log=lambda *_: None)
@@ -169,7 +170,9 @@ def test_qat_through_the_training_pipeline_then_int8_export(shared_data, tmp_pat
         train(_config(shared_data, tmp_path / "nope", recipe="cifar10-qat", qat=True), **quiet)
     straight = train(_config(shared_data, tmp_path / "qat", epochs=2, **qat), **quiet)
     train(_config(shared_data, tmp_path / "qat2", epochs=2, **qat), stop_after_steps=3, **quiet)
-    resumed = train(_config(shared_data, tmp_path / "qat2", epochs=2, **qat), **quiet)
+    said: list[str] = []
+    resumed = train(_config(shared_data, tmp_path / "qat2", epochs=2, **qat), progress=False, log=said.append)
+    assert not any("int8 ranges from" in line for line in said)  # rebuilt from last.pt, not calibrated again
     a = torch.load(tmp_path / "qat" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "qat2" / "last.pt", weights_only=True)["model"]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -154,7 +154,7 @@ class ClassificationTrainer(Trainer):
         Every process computes the same thing (the images are a fixed, evenly spread
         slice with seeded augmentation), so no broadcast is needed.
         """
-        from ..export.qat import prepare_qat
+        from ..export.qat import apply_qat_structure, prepare_qat
 
         if not self.config.init_from:
             raise ConfigError("--qat fine-tunes a trained model: give it with --init-from CHECKPOINT")
@@ -162,6 +162,10 @@ class ClassificationTrainer(Trainer):
             raise ConfigError("--qat reads its calibration images from the dataset; drop --data-on-device")
         if self.config.qat_calibration < 1:
             raise ConfigError(f"--qat-calibration must be at least 1 image, got {self.config.qat_calibration}")
+        resumed = self.architecture_to_resume() or {}
+        if "qat" in resumed:  # its weights and trained ranges load from the checkpoint next: no calibration
+            self.log("resuming quantization-aware training: its structure from last.pt")
+            return apply_qat_structure(model.eval(), resumed["qat"]).train()
         seeded = SeededDataset(train_set, self.config.seed)
         count = min(self.config.qat_calibration, len(seeded))
         images = torch.stack([seeded[int(i * len(seeded) / count)][0] for i in range(count)])

@@ -396,6 +396,15 @@ class Trainer:
         state = self.state()
         atomic_write(self.out / name, lambda tmp: torch.save(state, tmp))
 
+    def architecture_to_resume(self) -> dict[str, Any] | None:
+        """The model structure recorded in ``out/last.pt`` when this run will continue from it
+        (same settings), so a task can rebuild that structure instead of deriving it again."""
+        path = self.out / "last.pt"
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return None if _settings_differ(state["resolved"], self.resolved) else state.get("arch")
+
     def resume(self) -> bool:
         path = self.out / "last.pt"
         if not path.exists():
