@@ -29,6 +29,7 @@ from mobilenets.export import (  # noqa: E402
     memory_efficient,
     quantize_onnx,
 )
+from mobilenets.export.quantize import QuantizeOptions  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 
 
@@ -162,15 +163,8 @@ def _v2_fp32_and_calibration(tmp_path):
     return model, calibration
 
 
-def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
-    """Static int8 as exported by default (QDQ, per-channel, percentile ranges, GPTQ rounding,
-    float logits, ranges searched against the output on 16 images in one sweep; calibrated on the
-    CLI's default 200 COCO photos, evaluated on the 1,000 ImageNet images, which it never saw): torchvision's
-    MobileNetV2 keeps its top-1 within 1.5 points and 94% of its predictions.  Measured here
-    (docs/benchmarks.md): 83.1% against 83.8%, 96.7% agreement.  (That the search brings the
-    output closer to fp32 than the ranges it starts from: the slow test below.)"""
-    model, calibration = _v2_fp32_and_calibration(tmp_path)
-    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, model=model)
+def _int8_against_fp32_on_imagenet_sample(tmp_path) -> tuple[dict[str, float], float]:
+    """Top-1 of fp32.onnx and int8.onnx in ``tmp_path`` on the 1,000 ImageNet images, and how often they agree."""
     batches, labels = _imagenet_sample_batches()
     logits = {
         name: torch.cat([OnnxClassifier(tmp_path / f"{name}.onnx")(images) for images, _ in batches])
@@ -180,10 +174,38 @@ def test_int8_stays_close_to_fp32_on_real_images(tmp_path):
     top1 = {name: (values.argmax(1) == labels).float().mean().item() for name, values in logits.items()}
     agree = (logits["int8"].argmax(1) == logits["fp32"].argmax(1)).float().mean().item()
     assert round(100 * top1["fp32"], 1) == 83.8  # the README's figure for torchvision's weights, exported
+    return top1, agree
+
+
+def test_int8_kernels_of_this_cpu_keep_real_images_close_to_fp32(tmp_path):
+    """The int8 path on this host's kernels (7-bit dense weights without VNNI, 8-bit with it) on real
+    images: torchvision's MobileNetV2 calibrated on 64 COCO photos (percentile ranges, GPTQ rounding,
+    float logits; no range search, whose minute the slow test below spends) keeps its top-1 on the
+    1,000 ImageNet images, which it never saw, within 1.5 points and 94 % of its predictions.
+    Measured (AMD EPYC Zen 3): 83.1 % against 83.8 %, 95.8 % agreement, quantized in 15 s."""
+    model, calibration = _v2_fp32_and_calibration(tmp_path)
+    options = QuantizeOptions(range_search=False)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration[:64], model=model, options=options)
+    top1, agree = _int8_against_fp32_on_imagenet_sample(tmp_path)
     assert top1["int8"] >= top1["fp32"] - 0.015, top1
     assert agree > 0.94, agree
     with pytest.raises(mobilenets.ConfigError, match="already quantized"):
         quantize_onnx(tmp_path / "int8.onnx", tmp_path / "again.onnx", calibration)
+
+
+@pytest.mark.slow
+def test_int8_as_exported_by_default_stays_close_to_fp32_on_real_images(tmp_path):
+    """Static int8 as exported by default (QDQ, per-channel, percentile ranges, GPTQ rounding,
+    float logits, ranges searched against the output on 16 images in one sweep; calibrated on the
+    CLI's default 200 COCO photos, evaluated on the 1,000 ImageNet images, which it never saw): torchvision's
+    MobileNetV2 keeps its top-1 within 1.5 points and 94% of its predictions.  Measured here
+    (docs/benchmarks.md): 83.1% against 83.8%, 96.7% agreement.  Slow: 85-106 s on 2 cores (AMD
+    EPYC Zen 3), most of it the range search's 321 ONNX Runtime sessions."""
+    model, calibration = _v2_fp32_and_calibration(tmp_path)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, model=model)
+    top1, agree = _int8_against_fp32_on_imagenet_sample(tmp_path)
+    assert top1["int8"] >= top1["fp32"] - 0.015, top1
+    assert agree > 0.94, agree
 
 
 @pytest.mark.slow
@@ -351,7 +373,7 @@ def test_range_search_keeps_what_it_measured_and_restores_every_bias(tmp_path):
     """The search leaves the graph in the state whose output KL it reports (never worse than where
     it started, with some ranges moved), and every int32 bias is re-stored in its layer's new
     step (input step x weight step) without moving its value, corrections included.  Its effect on accuracy is
-    measured on real images in test_int8_stays_close_to_fp32_on_real_images."""
+    measured on real images in test_int8_as_exported_by_default_stays_close_to_fp32_on_real_images (slow)."""
     from onnx import numpy_helper
 
     from mobilenets.export import ptq
