@@ -63,8 +63,37 @@ def test_eval_of_weights_without_class_names(capsys, cifar_run, shared_data, tmp
     assert code == 2 and "'c0'" in err and "'airplane'" in err
 
 
+def test_eval_of_torchvision_weights_scores_what_torchvision_scores(capsys, shared_data):
+    """Issue 14's command on the first 100 images of the plain folder of wnid folders (its own
+    preprocessing, batch norms folded, NHWC): top-1 and top-5 are torchvision's own network's on the
+    same images read by torchvision's ImageFolder and transforms, within one image (folding moves
+    logits by ~1e-5, which may reorder a near tie).  All 1,000 images: the slow test below."""
+    import torchvision.transforms.v2 as T
+
+    if not TORCHVISION_V2_WEIGHTS.is_file():
+        pytest.skip("torchvision MobileNetV2 weights not in shared data")
+    code, out, _ = run(
+        capsys, "eval", "--model", "mobilenet_v2", "--weights", TORCHVISION_V2_WEIGHTS,
+        "--data-dir", shared_data / "imagenet-sample", "--val-subset", "100", "--json",
+    )  # fmt: skip
+    metrics = json.loads(out)
+    assert code == 0 and metrics["images"] == 100 and set(metrics) >= {"top1", "top5", "loss", "images"}
+    preprocess = T.Compose([T.ToImage(), T.Resize(256), T.CenterCrop(224), T.ToDtype(torch.float32, scale=True),
+                            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    folder = torchvision.datasets.ImageFolder(shared_data / "imagenet-sample", transform=preprocess)
+    images, labels = zip(*(folder[i] for i in range(100)))
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(torch.load(TORCHVISION_V2_WEIGHTS, weights_only=True))
+    with torch.no_grad():
+        ranked = reference.eval()(torch.stack(images)).topk(5, dim=1).indices
+    hits = ranked == torch.tensor(labels)[:, None]
+    assert abs(100 * metrics["top1"] - hits[:, 0].sum().item()) <= 1, (metrics, hits[:, 0].sum())
+    assert abs(100 * metrics["top5"] - hits.any(1).sum().item()) <= 1, (metrics, hits.any(1).sum())
+
+
+@pytest.mark.slow
 def test_eval_of_torchvision_weights_on_imagenet_sample(capsys, shared_data):
-    """Issue 14's command: the published file, a plain folder of wnid folders, its own preprocessing."""
+    """Issue 14's command on all 1,000 images: the README's 83.8 % / 96.0 % (20-28 s on 2 cores)."""
     if not TORCHVISION_V2_WEIGHTS.is_file():
         pytest.skip("torchvision MobileNetV2 weights not in shared data")
     code, out, _ = run(
@@ -74,7 +103,6 @@ def test_eval_of_torchvision_weights_on_imagenet_sample(capsys, shared_data):
     metrics = json.loads(out)
     assert code == 0 and metrics["images"] == 1000
     assert round(100 * metrics["top1"], 1) == 83.8 and round(100 * metrics["top5"], 1) == 96.0
-    assert set(metrics) >= {"top1", "top5", "loss", "images"}
 
 
 def test_eval_of_an_export_of_torchvision_weights_on_imagenet_sample(capsys, shared_data, tmp_path):
