@@ -160,6 +160,32 @@ def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, c
     assert exported.info["resolution"] == 64
 
 
+def test_bench_times_exported_files_in_processes_of_their_own(monkeypatch, quick_turns):
+    """bench runs PyTorch's paths in its own process and every exported file in a timing process
+    of its own (one per file and batch size, warmed up as asked), all in one alternation; a file
+    whose process dies mid-way gets that error in its row and no figures."""
+    pytest.importorskip("onnxruntime")
+    from mobilenets.runtimes import bench, timing
+
+    started = []
+    real_start = timing._Child.start
+    monkeypatch.setattr(timing._Child, "start", classmethod(
+        lambda cls, key, spec: started.append(spec) or real_start(key, spec)))  # fmt: skip
+    results = bench.run_bench(["mobilenet_v3_small"], backends=("eager", "onnxruntime"), batch_sizes=(1, 2),
+                              resolution=32, runs=3, warmup=2, threads=(1,), memory=False)  # fmt: skip
+    assert sorted((spec["runtime"], spec["shape"][0], spec["warmup"]) for spec in started) == [
+        ("onnxruntime", 1, 2), ("onnxruntime", 1, 2), ("onnxruntime", 2, 2), ("onnxruntime", 2, 2)
+    ]  # ours and torchvision's export, at both batch sizes  # fmt: skip
+    assert len(results) == 8 and all(r.median_ms > 0 and not r.error for r in results)
+
+    monkeypatch.setattr(timing.TimingProcesses, "turn", lambda self, key: self.errors.setdefault(key, "died") and [])
+    results = bench.run_bench(["mobilenet_v3_small"], backends=("eager", "onnxruntime"), resolution=32, runs=1,
+                              warmup=1, threads=(1,), memory=False)  # fmt: skip
+    rows = {(r.source, r.backend): r for r in results}
+    assert rows["mobilenets", "onnxruntime"].error == "died" and rows["mobilenets", "onnxruntime"].median_ms is None
+    assert rows["mobilenets", "eager"].median_ms > 0 and not rows["mobilenets", "eager"].error
+
+
 def test_rounds_that_mix_runtimes_wait_for_the_last_ones_threads(monkeypatch):
     """A LiteRT interpreter's threads still held a core 50 ms after its turn (ONNX Runtime timed
     next ran 12 % slower; benchmarks/engine_settle.py): the turns go runtime by runtime, and a turn

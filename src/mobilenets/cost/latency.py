@@ -63,23 +63,32 @@ SETTLE_WITHIN_RUNTIME_S = 0.05
 
 
 def alternating_ms(
-    calls: Mapping[K, Callable[[], object]], *, rounds: int, runs: int, engines: Mapping[K, str] | None = None
+    calls: Mapping[K, Callable[[], object]],
+    *,
+    rounds: int,
+    runs: int,
+    engines: Mapping[K, str] | None = None,
+    turns: Mapping[K, Callable[[], list[float]]] | None = None,
 ) -> dict[K, list[float]]:
     """Milliseconds of each call, ``runs`` back to back a round, the calls taking turns for
     ``rounds`` rounds (warm them up first): drift of a noisy machine (clock, neighbours) then
-    reaches them all alike, so their ratios hold.  ``engines`` names the runtime of each call: the
+    reaches them all alike, so their ratios hold.  ``turns`` are keys timed elsewhere (a timing
+    process of their own, :class:`mobilenets.runtimes.timing.TimingProcesses`): each call of one
+    times a round and returns its milliseconds.  ``engines`` names the runtime of each key: the
     turns go runtime by runtime, and a turn waits :data:`SETTLE_BETWEEN_RUNTIMES_S` after another
     runtime's turn, :data:`SETTLE_WITHIN_RUNTIME_S` after its own (all one runtime without it)."""
-    engines = engines or dict.fromkeys(calls, "")
-    order = list(dict.fromkeys(engines[key] for key in calls))
-    keys = sorted(calls, key=lambda key: order.index(engines[key]))  # stable: the given order within a runtime
-    times: dict[K, list[float]] = {key: [] for key in calls}
+    turns = turns or {}
+    keyed = [*calls, *turns]
+    engines = engines or dict.fromkeys(keyed, "")
+    order = list(dict.fromkeys(engines[key] for key in keyed))
+    keys = sorted(keyed, key=lambda key: order.index(engines[key]))  # stable: the given order within a runtime
+    times: dict[K, list[float]] = {key: [] for key in keyed}
     previous = engines[keys[-1]] if keys else ""
     for _ in range(rounds):
         for key in keys:
             time.sleep(SETTLE_WITHIN_RUNTIME_S if engines[key] == previous else SETTLE_BETWEEN_RUNTIMES_S)
             previous = engines[key]
-            times[key] += timings_ms(calls[key], runs=runs, warmup=0)
+            times[key] += turns[key]() if key in turns else timings_ms(calls[key], runs=runs, warmup=0)
     return times
 
 

@@ -8,9 +8,12 @@ through ExecuTorch's Python runtime and XNNPACK's x86 kernels (batch 1 per call;
 lowers for about a minute, so neither is a default).
 
 torchvision's model of the same name (when it has one) runs ``eager`` and
-``onnxruntime`` (its plain ``torch.onnx.export``) in the same process, so every
+``onnxruntime`` (its plain ``torch.onnx.export``) in the same run, so every
 figure can be read as a ratio measured side by side: at each thread count every
-configuration is timed ``runs`` times in three rounds that take turns.  The median,
+configuration is timed ``runs`` times in three rounds that take turns.  PyTorch's paths
+run in the bench's process; each exported file runs in a timing process of its own
+(:mod:`mobilenets.runtimes.timing`), as ``export --format auto`` times them: beside ONNX
+Runtime and OpenVINO in one process, a LiteRT interpreter's turns sometimes took twice their time.  The median,
 90th percentile and throughput are reported, with the compute floor: mult-adds over
 this CPU's measured multiply-add rate at that thread count.
 
@@ -25,6 +28,7 @@ backend's top-1 is measured as well.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -56,6 +60,7 @@ from ..tasks import get_task
 from ..weights import WeightsError, load_weights, read_weights_file
 from . import Runtime, bench_path, bench_paths, error_line, list_runtimes
 from .probe import child_environment
+from .timing import TimingProcesses
 
 __all__ = [
     "BenchResult",
@@ -298,36 +303,46 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
     """Time every backend of ours and the reference's at one thread count, in ``ROUNDS``
     rounds that visit each in turn, so that drift of a noisy machine (clock, neighbours)
     reaches all alike; each round's runs are back to back, as a deployed model would run.
+    PyTorch's paths run here; an exported file runs in a timing process of its own
+    (:mod:`mobilenets.runtimes.timing`: runtimes sharing one process slowed each other).
     With ``memory``, each configuration's memory is then measured in a process of its own."""
-    timed: list[tuple[BenchResult, Callable[[Tensor], Any], Tensor]] = []
-    results = []
+    results, calls, files = [], {}, {}
     for source, prepared, chosen in entries:
         for backend in chosen:
+            runtime, precision = bench_path(backend)
+            run = path = None
             try:
-                run, error = prepared.runner(backend, threads), ""
+                if runtime.suffix:
+                    runtime.check(precision)
+                    path = runtime.probe_file(prepared, precision)  # exported here, timed elsewhere
+                else:
+                    run = prepared.runner(backend, threads)
+                error = ""
             except Exception as exc:  # one broken path must not hide the others
-                run, error = None, error_line(exc)
+                error = error_line(exc)
             for batch in batch_sizes:
                 result = BenchResult(name, source, backend, batch, threads, size, mult_adds, error=error)
                 results.append(result)
-                if run is None:
-                    continue
-                x = torch.randn(batch, 3, size, size)
-                try:
-                    for _ in range(warmup):
-                        run(x)
-                    timed.append((result, run, x))
-                except Exception as exc:
-                    result.error = error_line(exc)
-    calls = {id(result): (lambda run=run, x=x: run(x)) for result, run, x in timed}
-    engines = {id(result): bench_path(result.backend)[0].name for result, _, _ in timed}
-    times = alternating_ms(calls, rounds=ROUNDS, runs=max(1, -(-runs // ROUNDS)), engines=engines)
-    for result, _, _ in timed:
+                if path is not None:
+                    files[id(result)] = (runtime.name, precision, path, (batch, 3, size, size))
+                elif run is not None:
+                    calls.update(_warmed_call(result, run, batch, size, warmup))
+    by_id = {id(result): result for result in results}
+    engines = {key: bench_path(by_id[key].backend)[0].name for key in calls}
+    per_round = max(1, -(-runs // ROUNDS))
+    with TimingProcesses(files, threads=threads, runs=per_round, warmup=warmup) as timed:
+        turns = {key: functools.partial(timed.turn, key) for key in timed.ready}
+        engines.update({key: f"process {key}" for key in turns})  # another process: wait for its threads
+        times = alternating_ms(calls, rounds=ROUNDS, runs=per_round, engines=engines, turns=turns)
+    for key, message in timed.errors.items():
+        by_id[key].error = message
+    timed_results = [by_id[key] for key in times if key not in timed.errors]
+    for result in timed_results:
         samples = times[id(result)]
         result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
     if memory:
         preparations = {(source, backend): prepared for source, prepared, chosen in entries for backend in chosen}
-        for result, _, _ in timed:
+        for result in timed_results:
             prepared = preparations[result.source, result.backend]
             try:
                 measured = prepared.memory(result.backend, result.batch_size, size, threads, warmup + 1)
@@ -337,6 +352,18 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
             if measured:
                 result.peak_rss_mb, result.run_mb = measured
     return results
+
+
+def _warmed_call(result: BenchResult, run: Callable[[Tensor], Any], batch: int, size: int, warmup: int) -> dict:
+    """{id(result): a call of ``run`` on a batch}, after ``warmup`` runs; {} (the error noted) if it fails."""
+    x = torch.randn(batch, 3, size, size)
+    try:
+        for _ in range(warmup):
+            run(x)
+    except Exception as exc:  # noqa: BLE001 - reported in the result's row
+        result.error = error_line(exc)
+        return {}
+    return {id(result): lambda: run(x)}
 
 
 def run_bench(

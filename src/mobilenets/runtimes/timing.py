@@ -3,19 +3,20 @@
 In one process beside ONNX Runtime and OpenVINO, a LiteRT interpreter's turns sometimes ran at
 twice their time for whole rounds (AMD EPYC Zen 5, 2 cores: 2.0 ms, then 5.3 and 4.8 ms, with the
 cores half idle and no other thread of the process busy; 1.8 ms alone), and LiteRT int8 timed in
-one process after LiteRT fp32 ran at 2.3 ms against 1.2 alone. So ``export --format auto`` times
-each candidate file in a process of its own (``python -m mobilenets.runtimes.timing SPEC``), which
+one process after LiteRT fp32 ran at 2.3 ms against 1.2 alone. So ``export --format auto`` and
+``bench`` time each exported file in a process of its own (``python -m mobilenets.runtimes.timing SPEC``), which
 loads only that file's runtime, through the runtime's ``probe_runner`` as the memory probe does;
 the processes take turns in alternating rounds, 0.5 s apart, so that drift of a noisy host still
 reaches every file alike.
 
-The child's protocol: one JSON line when the file is loaded and has run once (``{"error": null}``,
+The child's protocol: one JSON line when the file is loaded and has run ``warmup`` times (``{"error": null}``,
 or the error line), then for each line read on stdin ``runs`` timed calls back to back, printed as
 a JSON list of milliseconds.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["time_in_processes"]
+__all__ = ["TimingProcesses", "time_in_processes"]
 
 
 def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tuple[int, ...], threads: int,
@@ -34,37 +35,70 @@ def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tupl
     """Milliseconds of each file (key -> (runtime name, precision, path)) on a batch of ``shape``,
     ``runs`` a round for ``rounds`` rounds, one process per file; a file that did not load or
     run gets its error line instead."""
-    from ..cost.latency import SETTLE_BETWEEN_RUNTIMES_S
+    from ..cost.latency import alternating_ms
 
-    results: dict[str, list[float] | str] = {}
-    children: list[_Child] = []
-    for key, (runtime, precision, path) in files.items():
-        spec = {"runtime": runtime, "precision": precision, "path": str(path), "shape": list(shape),
-                "threads": threads, "runs": runs}  # fmt: skip
-        child = _Child.start(key, spec)
-        ready = child.reply()
-        if ready is None:  # it died before it could say why
-            results[key] = child.failure()
-        elif ready["error"]:
-            results[key] = ready["error"]
+    with TimingProcesses({key: (*file, shape) for key, file in files.items()}, threads=threads, runs=runs) as timed:
+        turns = {key: functools.partial(timed.turn, key) for key in timed.ready}
+        # each file its own "engine": every turn waits for the previous process's threads to stop spinning
+        times = alternating_ms({}, rounds=rounds, runs=runs, engines={key: key for key in turns}, turns=turns)
+        return {key: timed.errors.get(key) or times[key] for key in files}
+
+
+class TimingProcesses:
+    """Files loaded each in a timing process of its own, waiting for their turns.
+
+    ``files`` maps a key to (runtime name, precision, path, input shape); each process loads its
+    file, runs it ``warmup`` times and waits; :meth:`turn` has it time ``runs`` calls back to back.
+    A file that does not load, or whose process dies, gets its error line in :attr:`errors`.
+    """
+
+    def __init__(self, files: Mapping[Any, tuple[str, str, Path, tuple[int, ...]]], *, threads: int, runs: int,
+                 warmup: int = 1) -> None:  # fmt: skip
+        self.errors: dict[Any, str] = {}
+        self._children: dict[Any, _Child] = {}
+        started = []
+        for key, (runtime, precision, path, shape) in files.items():
+            spec = {"runtime": runtime, "precision": precision, "path": str(path), "shape": list(shape),
+                    "threads": threads, "runs": runs, "warmup": max(1, warmup)}  # fmt: skip
+            started.append(_Child.start(key, spec))  # all load at once; none is timed yet
+        for child in started:
+            ready = child.reply()
+            if ready is None:  # it died before it could say why
+                self.errors[child.key] = child.failure()
+            elif ready["error"]:
+                self.errors[child.key] = ready["error"]
+                child.close()
+            else:
+                self._children[child.key] = child
+
+    @property
+    def ready(self) -> list[Any]:
+        """The keys whose processes are loaded and waiting."""
+        return list(self._children)
+
+    def turn(self, key: Any) -> list[float]:
+        """Milliseconds of one turn of ``key``'s file; [] once its process has died (none of its
+        figures then stand: its error line is in :attr:`errors`)."""
+        child = self._children.get(key)
+        if child is None:
+            return []
+        reply = child.reply("go")
+        if reply is None:
+            self.errors[key] = child.failure()
+            del self._children[key]
+            return []
+        return reply
+
+    def close(self) -> None:
+        for child in self._children.values():
             child.close()
-        else:
-            results[key] = []
-            children.append(child)
-    try:
-        for _ in range(rounds):
-            for child in list(children):
-                time.sleep(SETTLE_BETWEEN_RUNTIMES_S)  # the previous process's threads stop spinning
-                reply = child.reply("go")
-                if reply is None:  # it died mid-way: none of its figures stand
-                    results[child.key] = child.failure()
-                    children.remove(child)
-                else:
-                    results[child.key] += reply
-    finally:
-        for child in children:
-            child.close()
-    return results
+        self._children.clear()
+
+    def __enter__(self) -> TimingProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -120,7 +154,8 @@ def _child(spec: dict[str, Any]) -> None:
         run = get_runtime(spec["runtime"]).probe_runner(
             Path(spec["path"]), spec["precision"], spec["threads"], tuple(spec["shape"])
         )
-        run()  # first-call allocations; a file that cannot run says so here
+        for _ in range(spec.get("warmup", 1)):
+            run()  # first-call allocations; a file that cannot run says so here
     except Exception as exc:  # noqa: BLE001 - reported as the file's error line
         print(json.dumps({"error": error_line(exc)}), flush=True)
         return
