@@ -10,26 +10,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ablation(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cifar_ablation.py"), *args], capture_output=True, text=True
-    )
+def ablation(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/cifar_ablation.py as its command line runs it, in this process (a fresh one spent
+    7-10 s importing what the suite has imported already): its exit code, stdout and stderr."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cifar_ablation", ROOT / "benchmarks" / "cifar_ablation.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cifar_ablation", script)  # its dataclasses look their module up
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["cifar_ablation.py", *args])
+    try:
+        script.main()
+        code = 0
+    except SystemExit as stop:  # argparse's refusals
+        code = stop.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out, err)
 
 
-def test_cifar_ablation_refuses_a_cell_of_another_grid(tmp_path):
-    result = ablation("--grid", "figure6", "--only", "relu-150", "--out", str(tmp_path))
+def test_cifar_ablation_refuses_a_cell_of_another_grid(tmp_path, monkeypatch, capsys):
+    result = ablation(monkeypatch, capsys, "--grid", "figure6", "--only", "relu-150", "--out", str(tmp_path))
     assert result.returncode == 2
     assert "no cell relu-150 in the figure6 grid" in result.stderr and "no-shortcuts" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing trained
 
 
-def test_cifar_ablation_report_tabulates_finished_runs_and_lists_the_rest(tmp_path):
+def test_cifar_ablation_report_tabulates_finished_runs_and_lists_the_rest(tmp_path, monkeypatch, capsys):
     run = tmp_path / "relu6-150-seed1"
     run.mkdir()
     summary = {"top1": 0.9212, "best_top1": 0.9301, "mult_adds": 87_980_000, "params": 2_236_682, "train_seconds": 600}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "top1": 0.9212}) + "\n")
-    result = ablation("--grid", "figure6", "--seeds", "1", "--out", str(tmp_path), "--report")
+    result = ablation(monkeypatch, capsys, "--grid", "figure6", "--seeds", "1", "--out", str(tmp_path), "--report")
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     assert "| 150 | 93.01 | 92.12 | 93.04 / 92.67 | 88.0M | 2.24M | 600 |" in rows["relu6-150"]
