@@ -287,12 +287,6 @@ class PreparedModel:
             self._cache[key] = path
         return self._cache[key]
 
-    def memory(self, backend: str, batch: int, size: int, threads: int, runs: int) -> tuple[float, float] | None:
-        """``isolated_memory`` of this backend's model; None where it is not measured."""
-        runtime, precision = bench_path(backend)
-        path = runtime.probe_file(self, precision)
-        return None if path is None else isolated_memory(backend, path, batch, size, threads, runs)
-
     def runner(self, backend: str, threads: int) -> Callable[[Tensor], Any]:
         runtime, precision = bench_path(backend)
         runtime.check(precision)
@@ -342,16 +336,37 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
         result.median_ms, result.p90_ms = statistics.median(samples), float(np.percentile(samples, 90))
     if memory:
         preparations = {(source, backend): prepared for source, prepared, chosen in entries for backend in chosen}
-        for result in timed_results:
-            prepared = preparations[result.source, result.backend]
-            try:
-                measured = prepared.memory(result.backend, result.batch_size, size, threads, warmup + 1)
-            except Exception as exc:  # noqa: BLE001 - the timings stand without it
-                warnings.warn(f"{result.label} {result.backend}: no memory figure ({error_line(exc)})", stacklevel=2)
-                continue
-            if measured:
-                result.peak_rss_mb, result.run_mb = measured
+        _measure_memory(timed_results, preparations, size, threads, warmup + 1)
     return results
+
+
+def _measure_memory(results: list[BenchResult], preparations: dict, size: int, threads: int, runs: int) -> None:
+    """Each result's memory (``isolated_memory``), the probes side by side, one per core: each
+    process measures only its own resident memory, so they change each other's wait, not their
+    figures.  The files they load are made first, here, one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    probes = []
+    for result in results:
+        runtime, precision = bench_path(result.backend)
+        try:
+            path = runtime.probe_file(preparations[result.source, result.backend], precision)
+        except Exception as exc:  # noqa: BLE001 - the timings stand without it
+            _no_memory_figure(result, exc)
+            continue
+        if path is not None:  # (compile is not measured)
+            probes.append((result, (result.backend, path, result.batch_size, size, threads, runs)))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(probes), os.cpu_count() or 1))) as pool:
+        futures = [(result, pool.submit(isolated_memory, *args)) for result, args in probes]
+    for result, future in futures:
+        try:
+            result.peak_rss_mb, result.run_mb = future.result()
+        except Exception as exc:  # noqa: BLE001
+            _no_memory_figure(result, exc)
+
+
+def _no_memory_figure(result: BenchResult, exc: Exception) -> None:
+    warnings.warn(f"{result.label} {result.backend}: no memory figure ({error_line(exc)})", stacklevel=2)
 
 
 def _warmed_call(result: BenchResult, run: Callable[[Tensor], Any], batch: int, size: int, warmup: int) -> dict:
