@@ -395,7 +395,8 @@ def test_range_search_keeps_what_it_measured_and_restores_every_bias(tmp_path):
     old_steps = {q.scale: (q.high - q.low) / 255 for q in ptq._activation_quantizers(graph)}
     old_biases = {b[0]: b[3] for q in ptq._activation_quantizers(graph) for b in q.biases}
     start = kl(graph)
-    reported = ptq.tune_activation_ranges(graph, fp32_path, calibration)
+    # two of the default's five factors: the same bookkeeping in 2 of its 5 sessions per tensor
+    reported = ptq.tune_activation_ranges(graph, fp32_path, calibration, factors=(0.7, 1.5))
     assert reported == pytest.approx(kl(graph), rel=1e-4)
     assert reported < start
     quantizers = ptq._activation_quantizers(graph)
