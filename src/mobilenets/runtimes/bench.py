@@ -28,7 +28,6 @@ backend's top-1 is measured as well.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -325,7 +324,7 @@ def _time_side_by_side(entries, name, threads, batch_sizes, size, mult_adds, run
     engines = {key: bench_path(by_id[key].backend)[0].name for key in calls}
     per_round = max(1, -(-runs // ROUNDS))
     with TimingProcesses(files, threads=threads, runs=per_round, warmup=warmup) as timed:
-        turns = {key: functools.partial(timed.turn, key) for key in timed.ready}
+        turns = timed.turns
         engines.update({key: f"process {key}" for key in turns})  # another process: wait for its threads
         times = alternating_ms(calls, rounds=ROUNDS, runs=per_round, engines=engines, turns=turns)
     for key, message in timed.errors.items():

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ def time_in_processes(files: Mapping[str, tuple[str, str, Path]], *, shape: tupl
     from ..cost.latency import alternating_ms
 
     with TimingProcesses({key: (*file, shape) for key, file in files.items()}, threads=threads, runs=runs) as timed:
-        turns = {key: functools.partial(timed.turn, key) for key in timed.ready}
+        turns = timed.turns
         # each file its own "engine": every turn waits for the previous process's threads to stop spinning
         times = alternating_ms({}, rounds=rounds, runs=runs, engines={key: key for key in turns}, turns=turns)
         return {key: timed.errors.get(key) or times[key] for key in files}
@@ -72,9 +72,10 @@ class TimingProcesses:
                 self._children[child.key] = child
 
     @property
-    def ready(self) -> list[Any]:
-        """The keys whose processes are loaded and waiting."""
-        return list(self._children)
+    def turns(self) -> dict[Any, Callable[[], list[float]]]:
+        """For each file loaded and waiting, a call that times one of its turns (``alternating_ms``'s
+        ``turns``)."""
+        return {key: functools.partial(self.turn, key) for key in self._children}
 
     def turn(self, key: Any) -> list[float]:
         """Milliseconds of one turn of ``key``'s file; [] once its process has died (none of its

@@ -402,7 +402,8 @@ class Trainer:
         path = self.out / "last.pt"
         if not path.exists():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: only the two small records are read here; resume() loads the tensors
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return None if _settings_differ(state["resolved"], self.resolved) else state.get("arch")
 
     def resume(self) -> bool:
