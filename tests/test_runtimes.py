@@ -137,6 +137,32 @@ def test_each_file_is_timed_in_a_process_of_its_own(tmp_path):
     assert isinstance(times["bad"], str) and "INVALID_PROTOBUF" in times["bad"]  # ONNX Runtime's own words
 
 
+def test_timing_processes_started_before_a_failed_start_are_ended(monkeypatch):
+    """When the second timing process cannot start, the first (already loading its file) is ended
+    at once, not left waiting on its pipe for as long as the traceback is kept."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from mobilenets.runtimes import timing
+
+    waiting = []
+
+    def start(key, spec):
+        if waiting:
+            raise OSError("too many open files")
+        process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
+        waiting.append(process)
+        return timing._Child(key, process, tempfile.TemporaryFile(mode="w+"))
+
+    monkeypatch.setattr(timing._Child, "start", staticmethod(start))
+    files = {name: ("onnxruntime", "fp32", f"{name}.onnx", (1, 3, 8, 8)) for name in ("a", "b")}
+    with pytest.raises(OSError, match="too many open files") as raised:
+        timing.TimingProcesses(files, threads=1, runs=1)
+    assert raised.value and waiting[0].poll() is not None  # ended while the traceback still holds its pipes
+
+
 def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys, quick_turns):
     """Every installed runtime x precision for one model, timed here; the chosen file is the
     fastest whose agreement with fp32 stays within the tolerance, written with its runtime's suffix."""

@@ -16,6 +16,7 @@ a JSON list of milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
@@ -56,20 +57,31 @@ class TimingProcesses:
                  warmup: int = 1) -> None:  # fmt: skip
         self.errors: dict[Any, str] = {}
         self._children: dict[Any, _Child] = {}
-        started = []
-        for key, (runtime, precision, path, shape) in files.items():
-            spec = {"runtime": runtime, "precision": precision, "path": str(path), "shape": list(shape),
-                    "threads": threads, "runs": runs, "warmup": max(1, warmup)}  # fmt: skip
-            started.append(_Child.start(key, spec))  # all load at once; none is timed yet
-        for child in started:
-            ready = child.reply()
-            if ready is None:  # it died before it could say why
-                self.errors[child.key] = child.failure()
-            elif ready["error"]:
-                self.errors[child.key] = ready["error"]
-                child.close()
-            else:
-                self._children[child.key] = child
+        started: list[_Child] = []
+        try:
+            for key, (runtime, precision, path, shape) in files.items():
+                spec = {"runtime": runtime, "precision": precision, "path": str(path), "shape": list(shape),
+                        "threads": threads, "runs": runs, "warmup": max(1, warmup)}  # fmt: skip
+                started.append(_Child.start(key, spec))  # all load at once; none is timed yet
+            for child in started:
+                self._admit(child)
+        except BaseException:
+            # A process that would not start, or an interrupt while they load: the ones started
+            # must not outlive this (a traceback kept in a notebook would keep their pipes open).
+            for child in started:
+                child.kill()
+            raise
+
+    def _admit(self, child: _Child) -> None:
+        """Wait for ``child``'s file to load: keep it for turns, or keep its error line."""
+        ready = child.reply()
+        if ready is None:  # it died before it could say why
+            self.errors[child.key] = child.failure()
+        elif ready["error"]:
+            self.errors[child.key] = ready["error"]
+            child.close()
+        else:
+            self._children[child.key] = child
 
     @property
     def turns(self) -> dict[Any, Callable[[], list[float]]]:
@@ -132,9 +144,15 @@ class _Child:
             return None
         return json.loads(line) if line.strip() else None
 
-    def failure(self) -> str:
+    def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):  # a pipe whose reader is gone
+                stream.close()
+
+    def failure(self) -> str:
+        self.kill()
         self.log.seek(0)
         lines = self.log.read().strip().splitlines()
         self.log.close()
