@@ -33,14 +33,16 @@ from mobilenets._table import format_table  # noqa: E402
 from mobilenets.cost.latency import median_ms  # noqa: E402
 from mobilenets.data import calibration_images, eval_dataset, make_loader  # noqa: E402
 from mobilenets.export import OnnxClassifier, export_onnx, quantize_onnx  # noqa: E402
-from mobilenets.export.quantize import needs_reduced_range  # noqa: E402
+from mobilenets.export.quantize import QuantizeOptions, needs_reduced_range  # noqa: E402
 from mobilenets.predict import default_data_info  # noqa: E402
 from mobilenets.weights import load_weights  # noqa: E402
 
 # Cumulative: each step keeps the ones above it.
 EARLY = dict(float_outputs=False, range_search=False)
 GPTQ = dict(method="percentile", reduce_range=True, weight_rounding="gptq")
-DEFAULT = "+ range search against the output (the default: 64 images x 2 sweeps)"
+# The export's own search size, read from its options, so that this row's name says what it ran.
+SEARCH = (QuantizeOptions().range_search_images, QuantizeOptions().range_search_sweeps)
+DEFAULT = f"+ range search against the output (the default: {SEARCH[0]} images x {SEARCH[1]} sweeps)"
 STEPS = [
     ("ONNX Runtime defaults (MinMax, 8-bit weights)", dict(method="minmax", reduce_range=False)),
     ("+ percentile ranges (99.99, per tensor)", dict(method="percentile", reduce_range=False)),
@@ -58,7 +60,7 @@ def search_steps(sizes: str) -> list[tuple[str, dict]]:
     steps = [("float logits, no range search", dict(GPTQ, float_outputs=True))]
     for size in sizes.split(","):
         images, sweeps = (int(n) for n in size.lower().split("x"))
-        name = DEFAULT if (images, sweeps) == (64, 2) else f"+ range search, {images} images x {sweeps} sweeps"
+        name = DEFAULT if (images, sweeps) == SEARCH else f"+ range search, {images} images x {sweeps} sweeps"
         options = dict(GPTQ, float_outputs=True, range_search=True)
         steps.append((name, dict(options, range_search_images=images, range_search_sweeps=sweeps)))
     return steps
