@@ -164,14 +164,17 @@ def _v2_fp32_and_calibration(tmp_path, photos: int = 200):
     return model, calibration_images(folder, style="imagenet", resolution=224, count=photos)
 
 
+def _logits_on(path, batches) -> torch.Tensor:
+    """The ONNX file's logits on every image of ``batches``, from one session, ten images a call
+    (ONNX Runtime runs batches of 50 ~20 % slower per image on 2 cores)."""
+    network = OnnxClassifier(path)
+    return torch.cat([network(part) for images, _ in batches for part in images.split(10)])
+
+
 def _int8_against_fp32_on_imagenet_sample(tmp_path) -> tuple[dict[str, float], float]:
     """Top-1 of fp32.onnx and int8.onnx in ``tmp_path`` on the 1,000 ImageNet images, and how often they agree."""
     batches, labels = _imagenet_sample_batches()
-    # Ten images a call: ONNX Runtime runs batches of 50 ~20 % slower per image on 2 cores.
-    logits = {
-        name: torch.cat([OnnxClassifier(tmp_path / f"{name}.onnx")(part) for x, _ in batches for part in x.split(10)])
-        for name in ("fp32", "int8")
-    }
+    logits = {name: _logits_on(tmp_path / f"{name}.onnx", batches) for name in ("fp32", "int8")}
     assert OnnxClassifier(tmp_path / "int8.onnx").info["precision"] == "int8"
     top1 = {name: (values.argmax(1) == labels).float().mean().item() for name, values in logits.items()}
     agree = (logits["int8"].argmax(1) == logits["fp32"].argmax(1)).float().mean().item()
@@ -222,10 +225,7 @@ def test_range_search_brings_unseen_images_closer_to_fp32(tmp_path):
     quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, model=model)
     quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "unsearched.onnx", calibration, model=model, range_search=False)
     batches, _ = _imagenet_sample_batches()
-    logits = {
-        name: torch.cat([OnnxClassifier(tmp_path / f"{name}.onnx")(images) for images, _ in batches])
-        for name in ("fp32", "int8", "unsearched")
-    }
+    logits = {name: _logits_on(tmp_path / f"{name}.onnx", batches) for name in ("fp32", "int8", "unsearched")}
     reference = logits["fp32"].log_softmax(1)
     kl = {
         name: torch.nn.functional.kl_div(
