@@ -146,7 +146,7 @@ def test_timing_processes_started_before_a_failed_start_are_ended(monkeypatch):
 
     from mobilenets.runtimes import timing
 
-    waiting = []
+    waiting, logs = [], []
 
     def start(key, spec):
         if waiting:
@@ -154,13 +154,15 @@ def test_timing_processes_started_before_a_failed_start_are_ended(monkeypatch):
         process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
         waiting.append(process)
-        return timing._Child(key, process, tempfile.TemporaryFile(mode="w+"))
+        logs.append(tempfile.TemporaryFile(mode="w+"))
+        return timing._Child(key, process, logs[-1])
 
     monkeypatch.setattr(timing._Child, "start", staticmethod(start))
     files = {name: ("onnxruntime", "fp32", f"{name}.onnx", (1, 3, 8, 8)) for name in ("a", "b")}
     with pytest.raises(OSError, match="too many open files") as raised:
         timing.TimingProcesses(files, threads=1, runs=1)
     assert raised.value and waiting[0].poll() is not None  # ended while the traceback still holds its pipes
+    assert waiting[0].stdin.closed and logs[0].closed  # and its pipes and log file let go
 
 
 def test_export_auto_writes_the_fastest_path_that_keeps_the_accuracy(tmp_path, capsys, quick_turns):

@@ -70,6 +70,7 @@ class TimingProcesses:
             # must not outlive this (a traceback kept in a notebook would keep their pipes open).
             for child in started:
                 child.kill()
+                child.log.close()
             raise
 
     def _admit(self, child: _Child) -> None:
