@@ -179,7 +179,14 @@ def test_tf_api_anchors_three_boxes_in_the_lowest_layer():
         [torch.zeros(1, 1, s, s) for s in (20, 10, 5, 3, 2, 1)],
     )[0]
     assert len(anchors) == 3 * 400 + 6 * (100 + 25 + 9 + 4 + 1)
-    torch.testing.assert_close((anchors[0, 2:] - anchors[0, :2]), torch.tensor([32.0, 32.0]))
+    # TF's create_ssd_anchors, reduce_boxes_in_lowest_layer: (0.1, 1:1), (0.2, 2:1), (0.2, 1:2) - the
+    # layer's own scale (min_scale) at the two ratios, so they reach the next layer's 0.35
+    side = 0.2 * 320
+    expected = torch.tensor([[32.0, 32.0], [side * 2**0.5, side / 2**0.5], [side / 2**0.5, side * 2**0.5]])
+    torch.testing.assert_close(anchors[:3, 2:] - anchors[:3, :2], expected)
+    # the next map: its scale 0.35, one between it and 0.5, then ratios 2, 1/2, 3, 1/3
+    second = anchors[1200:1206, 2:] - anchors[1200:1206, :2]
+    torch.testing.assert_close(second[:2, 0], torch.tensor([0.35 * 320, (0.35 * 0.5) ** 0.5 * 320]))
 
 
 def test_detectors_profile_from_the_command_line(capsys):

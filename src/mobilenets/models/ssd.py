@@ -102,8 +102,9 @@ SSD_SPECS: dict[str, SSDSpec] = {
 
 class SSDAnchors(DefaultBoxGenerator):
     """torchvision's default boxes (scales 0.2 .. 0.95, ratios 1, 2, 1/2, 3, 1/3 and one
-    between scales) with, when ``lowest_layer_boxes`` is 3, the TF API's lowest layer:
-    3 boxes of scale 0.1 (ratios 1, 2, 1/2)."""
+    between scales) with, when ``lowest_layer_boxes`` is 3, the TF API's lowest layer
+    (``create_ssd_anchors`` with ``reduce_boxes_in_lowest_layer``): a square of scale 0.1
+    and the layer's own scale, 0.2, at ratios 2 and 1/2."""
 
     def __init__(self, levels: int, *, lowest_layer_boxes: int = 6) -> None:
         if lowest_layer_boxes not in (3, 6):
@@ -114,8 +115,9 @@ class SSDAnchors(DefaultBoxGenerator):
     def _generate_wh_pairs(self, num_outputs, dtype=torch.float32, device=torch.device("cpu")) -> list[Tensor]:
         pairs = super()._generate_wh_pairs(num_outputs, dtype, device)
         if self.lowest_layer_boxes == 3:
-            r = math.sqrt(2.0)
-            pairs[0] = torch.tensor([[0.1, 0.1], [0.1 * r, 0.1 / r], [0.1 / r, 0.1 * r]], dtype=dtype, device=device)
+            r, scale = math.sqrt(2.0), self.scales[0]
+            boxes = [[0.1, 0.1], [scale * r, scale / r], [scale / r, scale * r]]
+            pairs[0] = torch.tensor(boxes, dtype=dtype, device=device)
         return pairs
 
     def num_anchors_per_location(self) -> list[int]:
