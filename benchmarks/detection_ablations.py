@@ -7,8 +7,9 @@ script's patch before the library had it, is ``mobilenets train --skip-empty-ima
         -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
-  ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of 0.1 (3 boxes), 0.2 ... 0.95; coco128's
-  people are small (a third of the validation ones under 0.1 of the image side).
+  ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of the TF API's (3 boxes lowest: a 0.1 square, 0.2 at
+  ratios 2 and 1/2; then 0.35 ... 0.95); coco128's people are small (a third of the validation ones under 0.1 of
+  the image side).
 * ``--sgd-lr``: the coco-ssdlite recipe with SGD (momentum 0.9) at this rate instead of AdamW.
 * ``--copy-paste P MASKS``: simple copy-paste (Ghiasi et al. 2021) with each training image's chance P: the
   objects of another training image (its kept boxes, cut out by its class-index mask in the folder MASKS,
