@@ -439,6 +439,12 @@ def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
     path = tmp_path / ("det.onnx" if kind == "onnx" else "det.xml")
     assert main(["export", "--checkpoint", str(out / "a" / "best.pt"), "--out", str(path), "--format", kind]) == 0
     assert "relative error" in capsys.readouterr().out
+    if kind == "onnx":  # the detection task's preprocessing record: the graph normalises its input itself
+        from mobilenets.export.ort import read_metadata
+
+        metadata = read_metadata(path)
+        assert metadata["transforms"] == "detection" and "mean" not in metadata
+        assert metadata["steps"].endswith("boxes scale back")
     model = mobilenets.load_model(out / "a" / "best.pt").eval()
     exported = load_exported(path)
     images = [detection_transforms("ssdlite", 128, train=False, fill=(0,))(Image.open(p).convert("RGB"))

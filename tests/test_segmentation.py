@@ -355,6 +355,8 @@ def test_onnx_export_of_a_segmenter_matches_pytorch(trained, tmp_path, capsys):
     assert "max relative error" in capsys.readouterr().out
     exported = OnnxClassifier(path)
     assert exported.info["task"] == "segmentation" and exported.info["class_ids"] == [GROUND, SQUARE]
+    # the segmentation task's preprocessing record: ImageNet statistics, scores resized back
+    assert exported.info["mean"] == [0.485, 0.456, 0.406] and "argmax per pixel" in exported.info["steps"]
     model = mobilenets.load_model(out / "best.pt").eval()
     x = torch.randn(1, 3, 96, 96)
     torch.testing.assert_close(exported(x), model(x)["out"].detach(), atol=1e-4, rtol=1e-4)

@@ -49,6 +49,9 @@ class Task:
     # "module:Class" wrapping an exported file's network (any runtime) with the task's
     # post-processing; None: the network is called on batches as it is
     exported_hook: str | None = None
+    # "module:function" (resolution) -> the preprocessing an exported file records; None: the
+    # data style's (mobilenets.data.STYLES), as a classifier's
+    exported_preprocessing_hook: str | None = None
     # its models are classifiers, whose body a backbone (features_only=True) is cut from
     has_classifier_body: bool = False
 
@@ -64,6 +67,10 @@ class Task:
     def exported_runner(self, network: Any) -> Any:
         """``network`` (an exported file loaded by a runtime) as the task's commands call a model."""
         return network if self.exported_hook is None else _load(self.exported_hook)(network)
+
+    def exported_preprocessing(self, resolution: int) -> dict[str, Any] | None:
+        hook = self.exported_preprocessing_hook
+        return None if hook is None else _load(hook)(resolution)
 
     def default_classes(self, num_classes: int | None) -> tuple[list[str], str] | None:
         if self.default_classes_hook is None or not num_classes:
@@ -107,6 +114,7 @@ register_task(
         deployable_hook="mobilenets.export.detection:detector_graph",
         default_classes_hook="mobilenets.detection.data:coco_classes",
         exported_hook="mobilenets.export.detection:ExportedDetector",
+        exported_preprocessing_hook="mobilenets.export.detection:detector_preprocessing",
     )
 )
 register_task(
@@ -121,6 +129,7 @@ register_task(
         commands_hook="mobilenets.cli.task_commands:SEGMENTATION",
         deployable_hook="mobilenets.export.onnx:segmenter_graph",
         default_classes_hook="mobilenets.segmentation.data:voc_classes",
+        exported_preprocessing_hook="mobilenets.export.onnx:segmenter_preprocessing",
     )
 )
 

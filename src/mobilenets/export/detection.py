@@ -42,6 +42,12 @@ def detector_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, d
     return DecodedDetector(copy.deepcopy(model).eval(), int(info["resolution"])), extra, ["boxes", "scores"]
 
 
+def detector_preprocessing(resolution: int) -> dict[str, Any]:
+    """A detector file's preprocessing: the graph normalises its input itself, boxes come back in its pixels."""
+    steps = f"RGB, to float in [0, 1], resize to {resolution}x{resolution} (bilinear); boxes scale back"
+    return {"transforms": "detection", "resolution": resolution, "steps": steps}
+
+
 def postprocess_settings(model: nn.Module) -> dict[str, float]:
     """The thresholds the detector's own post-processing uses."""
     return {

@@ -148,19 +148,13 @@ def class_metadata(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def preprocessing_metadata(info: dict[str, Any]) -> dict[str, Any]:
-    """What a consumer needs to turn an image file into the model's input."""
-    style = info.get("transforms", "imagenet")
+    """What a consumer needs to turn an image file into the model's input: the task's own
+    record where it has one (a detector's, a segmenter's), else the classifier's style."""
     resolution = int(info["resolution"])
-    if style == "detection":  # normalised inside the exported graph
-        steps = f"RGB, to float in [0, 1], resize to {resolution}x{resolution} (bilinear); boxes scale back"
-        return {"transforms": style, "resolution": resolution, "steps": steps}
-    if style == "segmentation":
-        from ..data import IMAGENET_MEAN, IMAGENET_STD
-
-        steps = (f"RGB, to float in [0, 1], normalise, resize to {resolution}x{resolution} (bilinear); "
-                 "scores resize back to the image (bilinear), argmax per pixel")  # fmt: skip
-        return {"transforms": style, "resolution": resolution, "mean": list(IMAGENET_MEAN),
-                "std": list(IMAGENET_STD), "steps": steps}  # fmt: skip
+    described = task_of(info).exported_preprocessing(resolution)
+    if described is not None:
+        return described
+    style = info.get("transforms", "imagenet")
     pre = STYLES[style]
     steps = (
         f"RGB, to float in [0, 1], resize shorter side to {round(resolution * pre.eval_resize)}, "
@@ -211,6 +205,16 @@ def segmenter_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, 
     """A segmenter's class scores at the input's size (the upsampling in the graph), and the dataset's class ids."""
     extra = {"task": "segmentation", "class_ids": info.get("class_ids") or list(range(len(info["classes"])))}
     return model if isinstance(model, SegmentationScores) else SegmentationScores(model), extra, ["logits"]
+
+
+def segmenter_preprocessing(resolution: int) -> dict[str, Any]:
+    """A segmenter file's preprocessing: ImageNet statistics, a square input, scores resized back."""
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+
+    steps = (f"RGB, to float in [0, 1], normalise, resize to {resolution}x{resolution} (bilinear); "
+             "scores resize back to the image (bilinear), argmax per pixel")  # fmt: skip
+    return {"transforms": "segmentation", "resolution": resolution, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "steps": steps}  # fmt: skip
 
 
 @torch.no_grad()
