@@ -155,6 +155,8 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--with-labelled alone"): ([*train, "--with-labelled"], ["--with-labelled needs --unlabelled"]),
         ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "for a detector or a segmenter"]),
         ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "for a detector"]),
+        ("train", "--match-iou"): ([*train, "--match-iou", "0"], ["--match-iou", "(0, 1]"]),
+        ("train", "--match-iou classifier"): ([*train, "--match-iou", "0.4"], ["--match-iou", "for a detector"]),
         ("train", "--classes unknown"): (
             [
                 "train",

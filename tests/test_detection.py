@@ -189,6 +189,31 @@ def test_tf_api_anchors_three_boxes_in_the_lowest_layer():
     torch.testing.assert_close(second[:2, 0], torch.tensor([0.35 * 320, (0.35 * 0.5) ** 0.5 * 320]))
 
 
+def test_default_boxes_learn_objects_from_the_recipes_overlap(tmp_path, monkeypatch, shared_data):
+    """A box is a positive for an object it overlaps by the threshold or more, and each object keeps
+    its best box (SSD's matcher); coco-ssdlite trains at S3FD's 0.35 (docs/benchmarks.md, "One class"),
+    --match-iou sets it."""
+    from mobilenets.models.ssd import Detector
+    from mobilenets.train.recipes import get_recipe
+
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", width_mult=0.35, num_classes=2)
+    overlaps = torch.tensor([[0.4, 0.45, 0.2]])  # one object against three default boxes
+    model.match_boxes_at(0.5)
+    assert model.proposal_matcher(overlaps).tolist() == [-1, 0, -1]  # its best box only
+    model.match_boxes_at(0.35)
+    assert model.proposal_matcher(overlaps).tolist() == [0, 0, -1]
+    assert get_recipe("coco-ssdlite").match_iou == get_recipe("coco-ssd").match_iou == 0.35
+
+    used = []
+    monkeypatch.setattr(Detector, "match_boxes_at", lambda self, iou: used.append(iou))
+    root = _yolo_dataset(tmp_path / "squares", images=4)
+    for out, given in (("default", None), ("given", 0.6)):
+        config = TrainConfig(model="ssdlite_mobilenet_v2", data_dir=str(root), out=str(tmp_path / out), resolution=96,
+                             width_mult=0.35, batch_size=4, workers=0, match_iou=given)  # fmt: skip
+        train(config, progress=False, log=lambda *_: None, stop_after_steps=1)
+    assert used == [0.35, 0.6]
+
+
 def test_detectors_profile_from_the_command_line(capsys):
     assert main(["profile", "ssd_mobilenet_v1", "--by-type"]) == 0
     out = capsys.readouterr().out

@@ -56,6 +56,11 @@ class DetectionTrainer(BackboneTaskTrainer):
             self.log(f"training on the {len(train)} of {total} images that hold an object (SSD's loss learns nothing "
                      "from the others)")  # fmt: skip
 
+    def _create_model(self) -> tuple[nn.Module, list[str]]:
+        model, head = super()._create_model()
+        model.match_boxes_at(self.recipe.match_iou)
+        return model, head
+
     def _class_scores(self, model: nn.Module, head: list[str]) -> list[str]:
         return [name for name in head if name.startswith("head.classification_head.")]
 

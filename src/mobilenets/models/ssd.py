@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
@@ -204,6 +205,11 @@ def detector_backbone(spec: SSDSpec, width_mult: float) -> FeatureExtractor:
 class Detector(SSD):
     """torchvision's SSD, answering input it cannot take with an :class:`InputShapeError` that
     says what to pass (a 3-D tensor or a numpy image failed deep inside its transform)."""
+
+    def match_boxes_at(self, iou: float) -> None:
+        """Training: a default box learns an object it overlaps by ``iou`` or more (and each object
+        its best box, whatever the overlap); SSD and torchvision use 0.5, S3FD 0.35 for small faces."""
+        self.proposal_matcher = det_utils.SSDMatcher(iou)
 
     def forward(self, images, targets=None):
         if isinstance(images, Tensor) and images.dim() == 4:
