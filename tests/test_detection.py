@@ -479,7 +479,9 @@ def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
         # the same detections; two whose scores tie to float precision may come in either order
         order = _matching(ours, theirs)
         torch.testing.assert_close(theirs["boxes"][order], ours["boxes"].detach(), atol=1e-3, rtol=1e-4)
-        torch.testing.assert_close(theirs["scores"][order], ours["scores"].detach(), atol=1e-5, rtol=1e-4)
+        # fp32 through ~60 layers summed in other orders by ORT's/OpenVINO's kernels and PyTorch's: up to
+        # 7.7e-5 apart on a probability here (the network's outputs 3.5e-6 relative to their largest)
+        torch.testing.assert_close(theirs["scores"][order], ours["scores"].detach(), atol=2e-4, rtol=1e-4)
         assert torch.equal(theirs["labels"][order], ours["labels"])
     image = str(root / "images" / "val" / "1.jpg")
     assert main(["predict", "--exported", str(path), image, "--threshold", "0", "--json"]) == 0
