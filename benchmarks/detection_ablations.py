@@ -1,9 +1,10 @@
 """Detector training ablations that the library has no option for, measured on coco128's people
 (docs/benchmarks.md, "One class"): each flag changes one thing, then ``mobilenets train`` runs with the
-rest of the command line as given. (Training on the images that hold an object only, measured with this
-script's patch before the library had it, is ``mobilenets train --skip-empty-images``.)
+rest of the command line as given. (Training on the images that hold an object only, and S3FD's box
+matching, measured with this script's patches before the library had them, are ``mobilenets train
+--skip-empty-images`` and ``--match-iou T``.)
 
-    python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] [--match-iou T] \
+    python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] \
         -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
@@ -19,9 +20,6 @@ script's patch before the library had it, is ``mobilenets train --skip-empty-ima
   images, each at its own scale, meet at a random point of a canvas twice the side of the largest, and the
   window of one image's side around the canvas centre is kept (objects keep their size; boxes cut to less
   than a fifth of their area are dropped), before the usual crop, flip and resize.
-* ``--match-iou T``: a default box is a positive for an object it overlaps by IoU T or more, instead of
-  torchvision's (and SSD's) 0.5; each object also keeps its best box, as before. S3FD (Zhang et al. 2017) lowers it
-  to 0.35 so that small objects, which few boxes overlap well, get more positives.
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -168,21 +166,6 @@ def _mosaic(probability: float) -> None:
     _replace_training_samples(mosaic, probability)
 
 
-def _match_iou(threshold: float) -> None:
-    from torchvision.models.detection import _utils as det_utils
-
-    import mobilenets.models.ssd as ssd
-
-    build = ssd.build_ssd  # the registered builders call it with their spec
-
-    def build_ssd(spec, **options):
-        model = build(spec, **options)
-        model.proposal_matcher = det_utils.SSDMatcher(threshold)
-        return model
-
-    ssd.build_ssd = build_ssd
-
-
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -196,7 +179,6 @@ def main() -> int:
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
     parser.add_argument("--stride-8", action="store_true")
-    parser.add_argument("--match-iou", type=float, metavar="T")
     parser.add_argument("--mosaic", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
@@ -206,8 +188,6 @@ def main() -> int:
         _anchor_scales(args.anchor_scales)
     if args.stride_8:
         _stride_8()
-    if args.match_iou:
-        _match_iou(args.match_iou)
     if args.sgd_lr:
         _sgd(args.sgd_lr)
     if args.mosaic:
