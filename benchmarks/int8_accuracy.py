@@ -41,7 +41,8 @@ from mobilenets.weights import load_weights  # noqa: E402
 EARLY = dict(float_outputs=False, range_search=False)
 GPTQ = dict(method="percentile", reduce_range=True, weight_rounding="gptq")
 # The export's own search size, read from its options, so that this row's name says what it ran.
-SEARCH = (QuantizeOptions().range_search_images, QuantizeOptions().range_search_sweeps)
+_EXPORT = QuantizeOptions()
+SEARCH = (_EXPORT.range_search_images, _EXPORT.range_search_sweeps)
 DEFAULT = f"+ range search against the output (the default: {SEARCH[0]} images x {SEARCH[1]} sweeps)"
 STEPS = [
     ("ONNX Runtime defaults (MinMax, 8-bit weights)", dict(method="minmax", reduce_range=False)),

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..data import STYLES
+from ..data import IMAGENET_MEAN, IMAGENET_STD, STYLES
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..tasks import get_task, task_of
@@ -209,8 +209,6 @@ def segmenter_graph(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, 
 
 def segmenter_preprocessing(resolution: int) -> dict[str, Any]:
     """A segmenter file's preprocessing: ImageNet statistics, a square input, scores resized back."""
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
-
     steps = (f"RGB, to float in [0, 1], normalise, resize to {resolution}x{resolution} (bilinear); "
              "scores resize back to the image (bilinear), argmax per pixel")  # fmt: skip
     return {"transforms": "segmentation", "resolution": resolution, "mean": list(IMAGENET_MEAN),

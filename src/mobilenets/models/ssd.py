@@ -18,8 +18,9 @@ input), so big objects are found on coarse maps and small ones on fine maps.
   tail halved, C4's expansion as first map; torchvision's state dict loads into it.
 
 The three paper models use the TF API's anchors: 3 boxes in the lowest layer (a square
-of scale 0.1, and scale 0.2 at ratios 2 and 1/2), 6 elsewhere (scales 0.2 .. 0.95, ratios 1, 2, 1/2, 3, 1/3 and
-one between scales).  torchvision's SSDLite uses 6 everywhere.  ``num_classes``
+of scale 0.1, and scale 0.2 at ratios 2 and 1/2), 6 elsewhere (scales 0.35 .. 0.95,
+ratios 1, 2, 1/2, 3, 1/3 and one between scales).  torchvision's SSDLite uses 6
+everywhere (scales 0.2 .. 0.95).  ``num_classes``
 counts the background, as torchvision and the papers' 90-category COCO do (91).
 
 Training, box matching, losses, decoding and NMS are torchvision's
