@@ -157,6 +157,10 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "for a detector"]),
         ("train", "--match-iou"): ([*train, "--match-iou", "0"], ["--match-iou", "(0, 1]"]),
         ("train", "--match-iou classifier"): ([*train, "--match-iou", "0.4"], ["--match-iou", "for a detector"]),
+        ("train", "--match-min-boxes"): ([*train, "--match-min-boxes", "-1"], ["--match-min-boxes", ">= 0"]),
+        ("train", "--match-min-boxes classifier"): (
+            [*train, "--match-min-boxes", "6"], ["--match-min-boxes", "for a detector"]
+        ),
         ("train", "--classes unknown"): (
             [
                 "train",

@@ -205,13 +205,31 @@ def test_default_boxes_learn_objects_from_the_recipes_overlap(tmp_path, monkeypa
     assert get_recipe("coco-ssdlite").match_iou == get_recipe("coco-ssd").match_iou == 0.35
 
     used = []
-    monkeypatch.setattr(Detector, "match_boxes_at", lambda self, iou: used.append(iou))
+    monkeypatch.setattr(Detector, "match_boxes_at", lambda self, iou, min_boxes: used.append((iou, min_boxes)))
     root = _yolo_dataset(tmp_path / "squares", images=4)
-    for out, given in (("default", None), ("given", 0.6)):
+    for out, iou, min_boxes in (("default", None, None), ("given", 0.6, 3)):
         config = TrainConfig(model="ssdlite_mobilenet_v2", data_dir=str(root), out=str(tmp_path / out), resolution=96,
-                             width_mult=0.35, batch_size=4, workers=0, match_iou=given)  # fmt: skip
+                             width_mult=0.35, batch_size=4, workers=0, match_iou=iou, match_min_boxes=min_boxes)  # fmt: skip
         train(config, progress=False, log=lambda *_: None, stop_after_steps=1)
-    assert used == [0.35, 0.6]
+    assert used == [(0.35, get_recipe("coco-ssdlite").match_min_boxes), (0.6, 3)]
+
+
+def test_objects_between_box_sizes_take_their_best_boxes_down_to_a_tenth(tmp_path):
+    """S3FD's second step: an object left with fewer than N boxes takes its N best among those it
+    overlaps by 0.1 or more and overlaps most; boxes another object was given stay its."""
+    from mobilenets.models.ssd import ScaleCompensatingMatcher
+
+    overlaps = torch.tensor([
+        [0.80, 0.60, 0.50, 0.00, 0.00, 0.00, 0.00],  # a large object: three boxes at 0.35
+        [0.00, 0.00, 0.00, 0.20, 0.15, 0.12, 0.05],  # a small one: its best box only
+        [0.00, 0.00, 0.12, 0.00, 0.30, 0.00, 0.09],  # one overlapping the others' boxes
+    ])  # fmt: skip
+    assert ScaleCompensatingMatcher(0.35, 0)(overlaps).tolist() == [0, 0, 0, 1, 2, -1, -1]
+    matches = ScaleCompensatingMatcher(0.35, 3)(overlaps).tolist()
+    # the small object adds its next two above 0.1 (box 4 is the third object's best, box 6 under
+    # 0.1); the third object's other boxes are nearer other objects or under the floor
+    assert matches == [0, 0, 0, 1, 2, 1, -1]
+    assert ScaleCompensatingMatcher(0.35, 2)(overlaps[:2]).tolist() == [0, 0, 0, 1, 1, -1, -1]
 
 
 def test_detectors_profile_from_the_command_line(capsys):

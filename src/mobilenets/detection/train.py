@@ -58,7 +58,7 @@ class DetectionTrainer(BackboneTaskTrainer):
 
     def _create_model(self) -> tuple[nn.Module, list[str]]:
         model, head = super()._create_model()
-        model.match_boxes_at(self.recipe.match_iou)
+        model.match_boxes_at(self.recipe.match_iou, self.recipe.match_min_boxes)
         return model, head
 
     def _class_scores(self, model: nn.Module, head: list[str]) -> list[str]:

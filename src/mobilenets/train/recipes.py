@@ -56,6 +56,8 @@ class Recipe:
     recompute_bn: int = 0
     # detectors: a default box is a positive for an object it overlaps by at least this IoU
     match_iou: float = 0.5
+    # detectors: an object matching fewer boxes takes its best this many above IoU 0.1 (S3FD; 0: off)
+    match_min_boxes: int = 0
 
     def override(self, **changes: Any) -> Recipe:
         unknown = set(changes) - set(asdict(self))
