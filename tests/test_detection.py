@@ -444,6 +444,21 @@ def test_eval_and_predict_a_detector_from_the_command_line(trained, capsys, tmp_
     assert drawn.convert("RGB").tobytes() != Image.open(image).convert("RGB").tobytes()  # boxes were drawn
 
 
+def test_eval_resolution_sets_the_side_a_detector_resizes_to(trained, monkeypatch, capsys):
+    """A detector resizes its input itself, so --resolution beside a checkpoint rebuilds it at that
+    side (it once changed only the data's transform, which leaves a detector's images as they are)."""
+    import mobilenets.detection.evaluate as detection_evaluate
+
+    root, out, _ = trained
+    sides, score = [], detection_evaluate.evaluate_detector
+    monkeypatch.setattr(detection_evaluate, "evaluate_detector",
+                        lambda model, *a, **k: sides.append(model.transform.fixed_size) or score(model, *a, **k))  # fmt: skip
+    for given in ([], ["--resolution", "96"]):
+        assert main(["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), *given]) == 0
+    assert sides == [(128, 128), (96, 96)]
+    capsys.readouterr()
+
+
 def test_a_detector_starts_from_another_detector(trained, tmp_path):
     """--init-from a detector checkpoint loads everything; a classifier file, the backbone only."""
     root, out, _ = trained

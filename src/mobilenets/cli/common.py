@@ -138,9 +138,11 @@ def load_for_cli(args: argparse.Namespace, command: str) -> tuple[Any, dict[str,
 
     if getattr(args, "checkpoint", None):
         refuse_conflicts(args, "--checkpoint")
-        model, info = load_model_with_info(args.checkpoint)
-        if getattr(args, "resolution", None):
-            info = info.replace(resolution=args.resolution)
+        # --resolution rebuilds the network at that side too: a detector resizes its input itself
+        side = {"resolution": args.resolution} if getattr(args, "resolution", None) else {}
+        model, info = load_model_with_info(args.checkpoint, **side)
+        if side:
+            info = info.replace(**side)
         return model.eval(), default_data_info(model, info)
     if not args.model:
         raise ConfigError(f"{command} needs --checkpoint, or --model (with --weights)")
