@@ -5,6 +5,7 @@ matching, measured with this script's patches before the library had them, are `
 --skip-empty-images`` and ``--match-iou T``.)
 
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] \
+        [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] \
         -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
@@ -20,6 +21,11 @@ matching, measured with this script's patches before the library had them, are `
   images, each at its own scale, meet at a random point of a canvas twice the side of the largest, and the
   window of one image's side around the canvas centre is kept (objects keep their size; boxes cut to less
   than a fifth of their area are dropped), before the usual crop, flip and resize.
+* ``--box-loss TYPE[:WEIGHT]``: the box loss of torchvision's detection helpers (``giou``, ``diou``, ``ciou``,
+  ``l1``) times WEIGHT instead of SSD's smooth L1 on the encoded offsets: the IoU losses score the decoded box
+  itself, where most of the validation false positives overlap a person by 0.1-0.5 (docs/benchmarks.md).
+* ``--neg-ratio R``: SSD's hard negative mining keeps R background boxes per positive in each image (3 in SSD
+  and torchvision) - more of them for fewer confident false positives.
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -166,6 +172,40 @@ def _mosaic(probability: float) -> None:
     _replace_training_samples(mosaic, probability)
 
 
+def _box_loss(kind: str, weight: float) -> None:
+    import torch
+    from torchvision.models.detection import _utils as det_utils
+
+    from mobilenets.models.ssd import Detector
+
+    ssd_loss = Detector.compute_loss
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        losses = ssd_loss(self, targets, head_outputs, anchors, matched_idxs)  # its classification loss
+        total, positives = 0.0, 0
+        for target, regression, boxes, matched in zip(targets, head_outputs["bbox_regression"], anchors, matched_idxs):
+            found = torch.where(matched >= 0)[0]
+            total = total + det_utils._box_loss(kind, self.box_coder, boxes[found], target["boxes"][matched[found]],
+                                                regression[found])  # fmt: skip
+            positives += found.numel()
+        losses["bbox_regression"] = weight * total / max(1, positives)
+        return losses
+
+    Detector.compute_loss = compute_loss
+
+
+def _neg_ratio(ratio: int) -> None:
+    from mobilenets.models.ssd import Detector
+
+    init = Detector.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.neg_to_pos_ratio = ratio  # read by torchvision's SSD.compute_loss
+
+    Detector.__init__ = __init__
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -179,6 +219,8 @@ def main() -> int:
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
     parser.add_argument("--stride-8", action="store_true")
+    parser.add_argument("--box-loss", metavar="TYPE[:WEIGHT]")
+    parser.add_argument("--neg-ratio", type=int, metavar="R")
     parser.add_argument("--mosaic", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
@@ -188,6 +230,11 @@ def main() -> int:
         _anchor_scales(args.anchor_scales)
     if args.stride_8:
         _stride_8()
+    if args.box_loss:
+        kind, _, weight = args.box_loss.partition(":")
+        _box_loss(kind, float(weight or 1))
+    if args.neg_ratio:
+        _neg_ratio(args.neg_ratio)
     if args.sgd_lr:
         _sgd(args.sgd_lr)
     if args.mosaic:
