@@ -81,3 +81,35 @@ def test_bn_lag_scores_running_and_batch_statistics_and_restores_the_model():
     own = bn_lag.score(model, [(images, masks)], 2, batch_statistics=True)
     assert own["pixel_acc"] > 0.99 and running["pixel_acc"] < 0.6
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_detection_errors_sorts_detections_by_what_they_overlap():
+    """benchmarks/detection_errors.py: COCO's mAP50 rule for a found object, the first box on an
+    object found and the next a duplicate; a part inside an object, a box off it, background."""
+    import importlib.util
+
+    import torch
+    from torchvision.ops import box_iou
+
+    spec = importlib.util.spec_from_file_location(
+        "detection_errors", Path(__file__).resolve().parents[1] / "benchmarks" / "detection_errors.py"
+    )
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+
+    objects = torch.tensor([[0.0, 0.0, 100.0, 200.0]])
+    detections = torch.tensor([
+        [0.0, 10.0, 100.0, 200.0],  # IoU 0.95: found
+        [5.0, 0.0, 100.0, 190.0],  # found again: a duplicate
+        [10.0, 10.0, 60.0, 60.0],  # its head: inside, IoU 0.125
+        [50.0, 100.0, 200.0, 300.0],  # mostly off it: IoU 0.11
+        [300.0, 300.0, 400.0, 400.0],
+    ])  # fmt: skip
+    overlaps = box_iou(detections, objects)
+    taken: set[int] = set()
+    kinds = [errors.kind_of(d, objects, overlaps[i], taken) for i, d in enumerate(detections)]
+    assert kinds == ["true positive", "duplicate", "inside", "misplaced", "background"]
+    assert errors.kind_of(detections[0], torch.zeros(0, 4), torch.zeros(0), set()) == "background"
+    # sides 20 (small), 50 (medium), 150 (large); best overlaps 0.6, 0.4, 0.0
+    table = errors.recall_by_size([(20.0, 0.6), (50.0, 0.4), (150.0, 0.0), (150.0, 0.9)], 0.5)
+    assert table == {"small": (1, 1.0), "medium": (1, 0.0), "large": (2, 0.5)}
