@@ -2,7 +2,7 @@
 false positives are (docs/benchmarks.md, "One class").
 
     python benchmarks/detection_errors.py runs/person-512/best.pt --data-dir ../shared/data/coco128 \
-        --classes person [--resolution 512] [--score 0.3]
+        --classes person [--resolution R] [--score 0.3]
 
 Objects are small, medium or large by COCO's thresholds (the square root of the box area in pixels of the
 original image: under 32, 32-96, over 96). A detection at ``--score`` or above, taken in score order, is a
@@ -58,12 +58,14 @@ def main() -> int:
     parser.add_argument("checkpoint")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--classes")
-    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--resolution", type=int, help="score the detector rebuilt at this side (default: its own)")
     parser.add_argument("--score", type=float, default=0.3)
     args = parser.parse_args()
-    transforms = detection_transforms("ssdlite", args.resolution, train=False, fill=(0.5, 0.5, 0.5))
+    # a detector resizes its input itself: the side is the model's, and the evaluation transform keeps the images
+    side = {"resolution": args.resolution} if args.resolution else {}
+    model = load_model(args.checkpoint, **side).eval()
+    transforms = detection_transforms("ssdlite", model.transform.fixed_size[0], train=False, fill=(0.5, 0.5, 0.5))
     data = find_detection_data(args.data_dir, val_transforms=transforms, splits=("val",), classes=args.classes)
-    model = load_model(args.checkpoint).eval()
     found, kinds = [], {}
     with torch.inference_mode():
         for index in range(len(data.val)):
