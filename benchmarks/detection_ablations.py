@@ -36,6 +36,8 @@ import argparse
 import sys
 from dataclasses import replace
 
+BOX_LOSSES = ("giou", "diou", "ciou", "l1", "smooth_l1")  # torchvision's detection _box_loss
+
 
 def _anchor_scales(scales: list[float]) -> None:
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
@@ -212,15 +214,24 @@ def _sgd(lr: float) -> None:
     recipes.RECIPES["coco-ssdlite"] = replace(recipes.RECIPES["coco-ssdlite"], optimizer="sgd", lr=lr, momentum=0.9)
 
 
+def _box_loss_option(text: str) -> tuple[str, float]:
+    from mobilenets.validate import POSITIVE
+
+    kind, _, weight = text.partition(":")
+    if kind not in BOX_LOSSES:
+        raise argparse.ArgumentTypeError(f"TYPE must be one of {', '.join(BOX_LOSSES)}, got {kind!r}")
+    return kind, POSITIVE.argtype(weight or "1")
+
+
 def main() -> int:
-    from mobilenets.validate import PROBABILITY
+    from mobilenets.validate import POSITIVE_INT, PROBABILITY
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
     parser.add_argument("--sgd-lr", type=float)
     parser.add_argument("--stride-8", action="store_true")
-    parser.add_argument("--box-loss", metavar="TYPE[:WEIGHT]")
-    parser.add_argument("--neg-ratio", type=int, metavar="R")
+    parser.add_argument("--box-loss", type=_box_loss_option, metavar="TYPE[:WEIGHT]")
+    parser.add_argument("--neg-ratio", type=POSITIVE_INT.argtype, metavar="R")
     parser.add_argument("--mosaic", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
@@ -231,8 +242,7 @@ def main() -> int:
     if args.stride_8:
         _stride_8()
     if args.box_loss:
-        kind, _, weight = args.box_loss.partition(":")
-        _box_loss(kind, float(weight or 1))
+        _box_loss(*args.box_loss)
     if args.neg_ratio:
         _neg_ratio(args.neg_ratio)
     if args.sgd_lr:

@@ -53,13 +53,14 @@ def kind_of(detection: torch.Tensor, objects: torch.Tensor, overlaps: torch.Tens
 def main() -> int:
     from mobilenets.detection.data import detection_transforms, find_detection_data
     from mobilenets.models.registry import load_model
+    from mobilenets.validate import POSITIVE_INT, PROBABILITY
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--classes")
-    parser.add_argument("--resolution", type=int, help="score the detector rebuilt at this side (default: its own)")
-    parser.add_argument("--score", type=float, default=0.3)
+    parser.add_argument("--resolution", type=POSITIVE_INT.argtype, help="score the detector rebuilt at this side (default: its own)")
+    parser.add_argument("--score", type=PROBABILITY.argtype, default=0.3)
     args = parser.parse_args()
     # a detector resizes its input itself: the side is the model's, and the evaluation transform keeps the images
     side = {"resolution": args.resolution} if args.resolution else {}
@@ -94,4 +95,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mobilenets.errors import MobileNetsError
+
+    try:
+        sys.exit(main())
+    except MobileNetsError as exc:  # a missing checkpoint, a data folder without the split: one line
+        print(f"detection_errors.py: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        raise SystemExit(2) from None
