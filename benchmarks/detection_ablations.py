@@ -5,7 +5,7 @@ matching, measured with this script's patches before the library had them, are `
 --skip-empty-images`` and ``--match-iou T``.)
 
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] \
-        [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] \
+        [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] \
         -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
@@ -26,6 +26,11 @@ matching, measured with this script's patches before the library had them, are `
   itself, where most of the validation false positives overlap a person by 0.1-0.5 (docs/benchmarks.md).
 * ``--neg-ratio R``: SSD's hard negative mining keeps R background boxes per positive in each image (3 in SSD
   and torchvision) - more of them for fewer confident false positives.
+* ``--focal ALPHA:GAMMA``: the classification loss of RetinaNet (Lin et al. 2017) in its softmax form instead of
+  SSD's hard negative mining: every default box of every image counts, each weighted by (1 - p)^GAMMA for its
+  true class's probability p and by ALPHA (objects) or 1 - ALPHA (background), summed over the batch and divided
+  by its matched boxes; the background scores start at the paper's prior (an object probability of 0.01). The
+  scores stay a softmax, so evaluation and export are unchanged.
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -208,6 +213,57 @@ def _neg_ratio(ratio: int) -> None:
     Detector.__init__ = __init__
 
 
+def focal_classification_loss(logits, labels, alpha: float, gamma: float):
+    """RetinaNet's loss in its softmax form: (N, boxes, classes) scores against (N, boxes) labels
+    (0 background), -ALPHA_t (1 - p)^GAMMA log p of each box's true class, summed over every box
+    and divided by the boxes holding an object."""
+    import torch
+    import torch.nn.functional as F
+
+    log_p = F.log_softmax(logits, dim=-1).gather(-1, labels[..., None]).squeeze(-1)
+    weight = torch.where(labels > 0, alpha, 1 - alpha) * (1 - log_p.exp()).pow(gamma)
+    return -(weight * log_p).sum() / (labels > 0).sum().clamp(min=1)
+
+
+def background_bias(num_classes: int, prior: float = 0.01) -> float:
+    """The background score that, with the others at 0, gives each object class probability ``prior``."""
+    import math
+
+    return math.log(1 / prior - (num_classes - 1))
+
+
+def _focal(alpha: float, gamma: float) -> None:
+    import torch
+
+    from mobilenets.models import ssd
+
+    ssd_loss, build = ssd.Detector.compute_loss, ssd.build_ssd
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        losses = ssd_loss(self, targets, head_outputs, anchors, matched_idxs)  # its box loss
+        labels = torch.zeros_like(torch.stack(matched_idxs))  # background where no object matched
+        for row, target, matched in zip(labels, targets, matched_idxs):
+            row[matched >= 0] = target["labels"][matched[matched >= 0]]
+        losses["classification"] = focal_classification_loss(head_outputs["cls_logits"], labels, alpha, gamma)
+        return losses
+
+    def build_ssd(spec, *, num_classes, **options):
+        model = build(spec, num_classes=num_classes, **options)
+        for level in model.head.classification_head.module_list:  # channels: box 0's classes, box 1's, ...
+            level[-1].bias.data[::num_classes] = background_bias(num_classes)
+        return model
+
+    ssd.Detector.compute_loss = compute_loss
+    ssd.build_ssd = build_ssd
+
+
+def _focal_option(text: str) -> tuple[float, float]:
+    from mobilenets.validate import NON_NEGATIVE, PROBABILITY
+
+    alpha, _, gamma = text.partition(":")
+    return PROBABILITY.argtype(alpha), NON_NEGATIVE.argtype(gamma or "2")
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -232,6 +288,7 @@ def main() -> int:
     parser.add_argument("--stride-8", action="store_true")
     parser.add_argument("--box-loss", type=_box_loss_option, metavar="TYPE[:WEIGHT]")
     parser.add_argument("--neg-ratio", type=POSITIVE_INT.argtype, metavar="R")
+    parser.add_argument("--focal", type=_focal_option, metavar="ALPHA:GAMMA")
     parser.add_argument("--mosaic", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
@@ -245,6 +302,8 @@ def main() -> int:
         _box_loss(*args.box_loss)
     if args.neg_ratio:
         _neg_ratio(args.neg_ratio)
+    if args.focal:
+        _focal(*args.focal)
     if args.sgd_lr:
         _sgd(args.sgd_lr)
     if args.mosaic:

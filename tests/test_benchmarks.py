@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -113,3 +115,35 @@ def test_detection_errors_sorts_detections_by_what_they_overlap():
     # sides 20 (small), 50 (medium), 150 (large); best overlaps 0.6, 0.4, 0.0
     table = errors.recall_by_size([(20.0, 0.6), (50.0, 0.4), (150.0, 0.0), (150.0, 0.9)], 0.5)
     assert table == {"small": (1, 1.0), "medium": (1, 0.0), "large": (2, 0.5)}
+
+
+def test_focal_loss_of_the_detection_ablations():
+    """benchmarks/detection_ablations.py --focal: at GAMMA 0 it is the cross entropy of every box,
+    weighted ALPHA (objects) or 1 - ALPHA (background), over the boxes holding an object; GAMMA 2
+    silences the boxes already right far more than the wrong ones; the background score it starts
+    from gives each class 0.01."""
+    import importlib.util
+
+    import torch
+    import torch.nn.functional as F
+
+    spec = importlib.util.spec_from_file_location("detection_ablations", ROOT / "benchmarks" / "detection_ablations.py")
+    ablations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablations)
+    logits = torch.randn(2, 50, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(2, 50, dtype=torch.long)
+    labels[0, :4], labels[1, 10] = 1, 2
+    each = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    objects = labels.flatten() > 0
+    assert ablations.focal_classification_loss(logits, labels, 0.5, 0.0) == pytest.approx(0.5 * each.sum() / 5)
+    # ALPHA weighs the boxes holding an object, 1 - ALPHA the background
+    expected = (0.25 * each[objects].sum() + 0.75 * each[~objects].sum()) / 5
+    assert ablations.focal_classification_loss(logits, labels, 0.25, 0.0) == pytest.approx(expected.item())
+    sure = torch.tensor([[[8.0, -8.0], [-8.0, 8.0], [0.0, 0.0]]])  # right background, right object, a toss-up
+    per_box = [ablations.focal_classification_loss(sure[:, i : i + 1], torch.tensor([[0, 1, 1][i]])[None], 0.5, 2.0)
+               for i in range(3)]  # fmt: skip
+    assert per_box[0] < 1e-6 * per_box[2] and per_box[1] < 1e-6 * per_box[2]
+    for classes in (2, 5):
+        scores = torch.zeros(classes)
+        scores[0] = ablations.background_bias(classes)
+        assert scores.softmax(0)[1:] == pytest.approx(torch.full((classes - 1,), 0.01))
