@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,15 +13,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_script(name: str, monkeypatch=None):
+    """benchmarks/NAME.py as a module; with ``monkeypatch`` it is in sys.modules while the test runs
+    (a script whose dataclasses look their module up needs that before it runs)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    if monkeypatch is not None:
+        monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def ablation(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
     """benchmarks/cifar_ablation.py as its command line runs it, in this process (a fresh one spent
     7-10 s importing what the suite has imported already): its exit code, stdout and stderr."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cifar_ablation", ROOT / "benchmarks" / "cifar_ablation.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cifar_ablation", script)  # its dataclasses look their module up
-    spec.loader.exec_module(script)
+    script = load_script("cifar_ablation", monkeypatch)
     monkeypatch.setattr(sys, "argv", ["cifar_ablation.py", *args])
     try:
         script.main()
@@ -56,15 +63,9 @@ def test_cifar_ablation_report_tabulates_finished_runs_and_lists_the_rest(tmp_pa
 def test_bn_lag_scores_running_and_batch_statistics_and_restores_the_model():
     """benchmarks/bn_lag.py: eval mode uses the running statistics, the other pass each batch's
     own; stale running statistics show as a gap, and the model's buffers are left as they were."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location(
-        "bn_lag", Path(__file__).resolve().parents[1] / "benchmarks" / "bn_lag.py"
-    )
-    bn_lag = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bn_lag)
+    bn_lag = load_script("bn_lag")
 
     class Segmenter(torch.nn.Module):
         def __init__(self):
@@ -88,16 +89,10 @@ def test_bn_lag_scores_running_and_batch_statistics_and_restores_the_model():
 def test_detection_errors_sorts_detections_by_what_they_overlap():
     """benchmarks/detection_errors.py: COCO's mAP50 rule for a found object, the first box on an
     object found and the next a duplicate; a part inside an object, a box off it, background."""
-    import importlib.util
-
     import torch
     from torchvision.ops import box_iou
 
-    spec = importlib.util.spec_from_file_location(
-        "detection_errors", Path(__file__).resolve().parents[1] / "benchmarks" / "detection_errors.py"
-    )
-    errors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(errors)
+    errors = load_script("detection_errors")
 
     objects = torch.tensor([[0.0, 0.0, 100.0, 200.0]])
     detections = torch.tensor([
@@ -122,14 +117,10 @@ def test_focal_loss_of_the_detection_ablations():
     weighted ALPHA (objects) or 1 - ALPHA (background), over the boxes holding an object; GAMMA 2
     silences the boxes already right far more than the wrong ones; the background score it starts
     from gives each class 0.01."""
-    import importlib.util
-
     import torch
     import torch.nn.functional as F
 
-    spec = importlib.util.spec_from_file_location("detection_ablations", ROOT / "benchmarks" / "detection_ablations.py")
-    ablations = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablations)
+    ablations = load_script("detection_ablations")
     logits = torch.randn(2, 50, 3, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(2, 50, dtype=torch.long)
     labels[0, :4], labels[1, 10] = 1, 2
