@@ -257,11 +257,21 @@ def _focal(alpha: float, gamma: float) -> None:
     ssd.build_ssd = build_ssd
 
 
+def _named_part(name: str, rule, text: str):
+    """One part of a compound option value, checked by ``rule``; a refusal names the part."""
+    try:
+        return rule.argtype(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{name} {error}") from None
+
+
 def _focal_option(text: str) -> tuple[float, float]:
-    from mobilenets.validate import NON_NEGATIVE, PROBABILITY
+    from mobilenets.validate import NON_NEGATIVE, Rule
 
     alpha, _, gamma = text.partition(":")
-    return PROBABILITY.argtype(alpha), NON_NEGATIVE.argtype(gamma or "2")
+    # ALPHA 0 would never teach the objects, 1 never the background
+    alpha_rule = Rule(float, lambda v: 0 < v < 1, "in (0, 1)")
+    return _named_part("ALPHA", alpha_rule, alpha), _named_part("GAMMA", NON_NEGATIVE, gamma or "2")
 
 
 def _sgd(lr: float) -> None:
@@ -276,7 +286,7 @@ def _box_loss_option(text: str) -> tuple[str, float]:
     kind, _, weight = text.partition(":")
     if kind not in BOX_LOSSES:
         raise argparse.ArgumentTypeError(f"TYPE must be one of {', '.join(BOX_LOSSES)}, got {kind!r}")
-    return kind, POSITIVE.argtype(weight or "1")
+    return kind, _named_part("WEIGHT", POSITIVE, weight or "1")
 
 
 def main() -> int:
