@@ -5,7 +5,8 @@ matching, measured with this script's patches before the library had them, are `
 --skip-empty-images`` and ``--match-iou T``.)
 
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] \
-        [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] \
+        [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] [--crop-chance P] \
+        [--photometric P] \
         -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
@@ -31,6 +32,12 @@ matching, measured with this script's patches before the library had them, are `
   true class's probability p and by ALPHA (objects) or 1 - ALPHA (background), summed over the batch and divided
   by its matched boxes; the background scores start at the paper's prior (an object probability of 0.01). The
   scores stay a softmax, so evaluation and export are unchanged.
+* ``--crop-chance P``: the IoU crop on a training image with chance P only (always in SSD and torchvision's
+  references; its crops keep 0.3-1 of each side, so the people trained on are larger than the full images'
+  people scored at evaluation); the other images are seen whole.
+* ``--photometric P``: SSD's photometric distortion (torchvision's ``RandomPhotometricDistort``: brightness,
+  contrast, saturation, hue and channel order, each with chance P) before the crop, without SSD's zoom-out
+  (the ``coco-ssd`` recipe has both; the zoom-out shrinks the people further).
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -274,6 +281,20 @@ def _focal_option(text: str) -> tuple[float, float]:
     return _named_part("ALPHA", alpha_rule, alpha), _named_part("GAMMA", NON_NEGATIVE, gamma or "2")
 
 
+def _crop_chance(probability: float) -> None:
+    from torchvision.transforms import v2 as T
+
+    crop = T.RandomIoUCrop  # detection_transforms builds it by this name, with no arguments
+    T.RandomIoUCrop = lambda: T.RandomApply([crop()], p=probability)
+
+
+def _photometric(probability: float) -> None:
+    from torchvision.transforms import v2 as T
+
+    crop = T.RandomIoUCrop  # as in _crop_chance; the distortion comes first, as in SSD's pipeline
+    T.RandomIoUCrop = lambda: T.Compose([T.RandomPhotometricDistort(p=probability), crop()])
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -300,6 +321,8 @@ def main() -> int:
     parser.add_argument("--neg-ratio", type=POSITIVE_INT.argtype, metavar="R")
     parser.add_argument("--focal", type=_focal_option, metavar="ALPHA:GAMMA")
     parser.add_argument("--mosaic", type=PROBABILITY.argtype, metavar="P")
+    parser.add_argument("--crop-chance", type=PROBABILITY.argtype, metavar="P")
+    parser.add_argument("--photometric", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
@@ -318,6 +341,10 @@ def main() -> int:
         _sgd(args.sgd_lr)
     if args.mosaic:
         _mosaic(args.mosaic)
+    if args.crop_chance is not None:
+        _crop_chance(args.crop_chance)
+    if args.photometric is not None:
+        _photometric(args.photometric)  # after _crop_chance: every image is distorted, cropped or not
     if args.copy_paste:
         _copy_paste(float(args.copy_paste[0]), args.copy_paste[1], [int(i) for i in args.mask_ids.split(",")])
     from mobilenets.cli import main as cli_main

@@ -138,3 +138,40 @@ def test_focal_loss_of_the_detection_ablations():
         scores = torch.zeros(classes)
         scores[0] = ablations.background_bias(classes)
         assert scores.softmax(0)[1:] == pytest.approx(torch.full((classes - 1,), 0.01))
+
+
+def test_crop_chance_and_photometric_of_the_detection_ablations(monkeypatch):
+    """benchmarks/detection_ablations.py --crop-chance 0 shows every training image whole (its box only
+    resized, or mirrored by the flip), where the usual IoU crop moves it; --photometric 1 changes the
+    pixels and leaves the boxes alone."""
+    import torch
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2 as T
+
+    from mobilenets.detection.data import detection_transforms
+
+    ablations = load_script("detection_ablations")
+    crop = T.RandomIoUCrop
+    monkeypatch.setattr(T, "RandomIoUCrop", crop)  # the patches replace it; restored after the test
+    image = torch.randint(0, 256, (3, 100, 200), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    target = {"boxes": tv_tensors.BoundingBoxes([[20.0, 10.0, 60.0, 90.0]], format="XYXY", canvas_size=(100, 200)),
+              "labels": torch.tensor([1])}  # fmt: skip
+    whole = ([6.4, 6.4, 19.2, 57.6], [44.8, 6.4, 57.6, 57.6])  # at 64 x 64, as it is and mirrored
+
+    def seen(draws: int = 12):
+        torch.manual_seed(0)
+        transform = detection_transforms("ssdlite", 64, train=True, fill=(0.5, 0.5, 0.5))
+        return [transform(image, target) for _ in range(draws)]
+
+    def is_whole(box) -> bool:
+        return any(box.tolist() == pytest.approx(expected, abs=1e-3) for expected in whole)
+
+    assert not all(is_whole(out[1]["boxes"][0]) for out in seen())  # the usual crop
+    ablations._crop_chance(0.0)
+    plain = seen()
+    assert all(is_whole(out[1]["boxes"][0]) for out in plain)
+    ablations._photometric(1.0)
+    distorted = seen()
+    assert all(is_whole(out[1]["boxes"][0]) for out in distorted)
+    mirrored = [torch.flip(out[0], dims=[-1]) for out in plain[:1]]
+    assert all(not torch.allclose(out[0], ref) for out in distorted for ref in (plain[0][0], mirrored[0]))
