@@ -281,18 +281,25 @@ def _focal_option(text: str) -> tuple[float, float]:
     return _named_part("ALPHA", alpha_rule, alpha), _named_part("GAMMA", NON_NEGATIVE, gamma or "2")
 
 
+def _wrap_crop(wrap) -> None:
+    """The training crop becomes ``wrap(crop)``: detection_transforms builds it as ``T.RandomIoUCrop()``,
+    so each patch replaces that name, around whatever the patch before left there."""
+    from torchvision.transforms import v2 as T
+
+    make_crop = T.RandomIoUCrop
+    T.RandomIoUCrop = lambda: wrap(make_crop())
+
+
 def _crop_chance(probability: float) -> None:
     from torchvision.transforms import v2 as T
 
-    crop = T.RandomIoUCrop  # detection_transforms builds it by this name, with no arguments
-    T.RandomIoUCrop = lambda: T.RandomApply([crop()], p=probability)
+    _wrap_crop(lambda crop: T.RandomApply([crop], p=probability))
 
 
 def _photometric(probability: float) -> None:
     from torchvision.transforms import v2 as T
 
-    crop = T.RandomIoUCrop  # as in _crop_chance; the distortion comes first, as in SSD's pipeline
-    T.RandomIoUCrop = lambda: T.Compose([T.RandomPhotometricDistort(p=probability), crop()])
+    _wrap_crop(lambda crop: T.Compose([T.RandomPhotometricDistort(p=probability), crop]))  # first, as in SSD
 
 
 def _sgd(lr: float) -> None:
