@@ -6,7 +6,7 @@ matching, measured with this script's patches before the library had them, are `
 
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] \
         [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] [--crop-chance P] \
-        [--photometric P] \
+        [--photometric P] [--multi-scale S1,S2,...] [--other-objects] \
         -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
@@ -38,6 +38,14 @@ matching, measured with this script's patches before the library had them, are `
 * ``--photometric P``: SSD's photometric distortion (torchvision's ``RandomPhotometricDistort``: brightness,
   contrast, saturation, hue and channel order, each with chance P) before the crop, without SSD's zoom-out
   (the ``coco-ssd`` recipe has both; the zoom-out shrinks the people further).
+* ``--multi-scale S1,S2,...``: each training batch resized to one of these square sides, drawn from the run's
+  seeded generator (YOLO's multi-scale training; the default boxes follow the maps), evaluation at the model's
+  own side.
+* ``--other-objects``: with ``--classes``, the training images that hold a kept object keep every other object
+  too, as one more class ("other object"): more boxes to learn box offsets from, and the rest of the scene
+  labelled rather than mined as background. Training images without a kept object and the validation split
+  are as ``--classes`` leaves them, so the scores are the kept classes' (COCO's mean skips a class without
+  ground truth).
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -302,6 +310,53 @@ def _photometric(probability: float) -> None:
     _wrap_crop(lambda crop: T.Compose([T.RandomPhotometricDistort(p=probability), crop]))  # first, as in SSD
 
 
+def _multi_scale(sides: list[int]) -> None:
+    import torch
+
+    import mobilenets.models.ssd as ssd
+
+    forward = ssd.Detector.forward
+
+    def multi_scale_forward(self, images, targets=None):
+        if not self.training:  # evaluation (and the exported graph) at the model's own side
+            return forward(self, images, targets)
+        side = sides[int(torch.randint(len(sides), ()))]  # one side per batch, from the run's seeded generator
+        fixed, self.transform.fixed_size = self.transform.fixed_size, (side, side)
+        try:
+            return forward(self, images, targets)
+        finally:
+            self.transform.fixed_size = fixed
+
+    ssd.Detector.forward = multi_scale_forward
+
+
+def _other_objects() -> None:
+    import torch
+
+    import mobilenets.detection.data as data
+
+    keep_classes = data._keep_classes
+
+    def keep_and_label_the_rest(found, wanted, data_dir):
+        train = found.train
+        before = list(train.targets) if train is not None else []
+        kept = keep_classes(found, wanted, data_dir)
+        if train is None:
+            return kept
+        number = {name: label for label, name in enumerate(kept.classes) if label}
+        other = len(kept.classes)
+        relabel = [number.get(name, other) for name in found.classes]  # the original label -> the new one
+        # the training split only: every other object becomes one more class; validation scores the kept ones
+        train.targets = [
+            (boxes, torch.tensor([relabel[int(i)] for i in ids], dtype=torch.int64), size)
+            if bool((new_ids > 0).any()) else (boxes[:0], ids[:0], size)  # an image without a kept object stays empty
+            for (boxes, ids, size), (_, new_ids, _) in zip(before, train.targets)
+        ]
+        return data.DetectionData(train, kept.val, [*kept.classes, "other object"], kept.layout, kept.selected)
+
+    data._keep_classes = keep_and_label_the_rest
+
+
 def _sgd(lr: float) -> None:
     from mobilenets.train import recipes
 
@@ -332,6 +387,8 @@ def main() -> int:
     parser.add_argument("--photometric", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
+    parser.add_argument("--multi-scale", type=lambda text: [int(v) for v in text.split(",")], metavar="S1,S2,...")
+    parser.add_argument("--other-objects", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
     if args.anchor_scales:
@@ -352,6 +409,10 @@ def main() -> int:
         _crop_chance(args.crop_chance)
     if args.photometric is not None:
         _photometric(args.photometric)  # after _crop_chance: every image is distorted, cropped or not
+    if args.multi_scale:
+        _multi_scale(args.multi_scale)
+    if args.other_objects:
+        _other_objects()
     if args.copy_paste:
         _copy_paste(float(args.copy_paste[0]), args.copy_paste[1], [int(i) for i in args.mask_ids.split(",")])
     from mobilenets.cli import main as cli_main

@@ -174,3 +174,57 @@ def test_crop_chance_and_photometric_of_the_detection_ablations(monkeypatch):
     assert all(is_whole(out[1]["boxes"][0]) for out in distorted)
     undistorted = (plain[0][0], torch.flip(plain[0][0], dims=[-1]))  # the whole image either way round
     assert all(not torch.allclose(out[0], ref) for out in distorted for ref in undistorted)
+
+
+@pytest.mark.filterwarnings("ignore")  # coco128's unlabelled images and orphan label files
+def test_other_objects_of_the_detection_ablations(monkeypatch, shared_data):
+    """benchmarks/detection_ablations.py --other-objects: with --classes person the training images that
+    hold a person keep every object, the others as one more class; the rest of the training images and
+    the validation split are as --classes alone leaves them."""
+    import mobilenets.detection.data as data
+
+    ablations = load_script("detection_ablations")
+    monkeypatch.setattr(data, "_keep_classes", data._keep_classes)  # the patch replaces it; restored after
+    every = data.find_detection_data(shared_data / "coco128")
+    alone = data.find_detection_data(shared_data / "coco128", classes="person")
+    ablations._other_objects()
+    patched = data.find_detection_data(shared_data / "coco128", classes="person")
+    assert patched.classes == [*alone.classes, "other object"] and patched.selected == ["person"]
+    assert [t[1].tolist() for t in patched.val.targets] == [t[1].tolist() for t in alone.val.targets]
+    with_person = 0
+    for (boxes, labels, _), (person_boxes, _, _), (all_boxes, all_labels, _) in zip(
+        patched.train.targets, alone.train.targets, every.train.targets
+    ):
+        if len(person_boxes):
+            with_person += 1
+            assert boxes.tolist() == all_boxes.tolist()
+            assert labels.tolist() == [1 if label == every.classes.index("person") else 2 for label in all_labels]
+        else:
+            assert not len(labels)
+    assert with_person == 61
+
+
+def test_multi_scale_of_the_detection_ablations(monkeypatch):
+    """benchmarks/detection_ablations.py --multi-scale: each training batch at one of the sides given,
+    evaluation at the model's own."""
+    import torch
+
+    import mobilenets.models.ssd as ssd
+    from mobilenets.models.registry import create_model
+
+    ablations = load_script("detection_ablations")
+    monkeypatch.setattr(ssd.Detector, "forward", ssd.Detector.forward)  # the patch replaces it; restored after
+    ablations._multi_scale([96, 160])
+    torch.manual_seed(0)
+    model = create_model("ssdlite_mobilenet_v2", num_classes=2, resolution=128, width_mult=0.35)
+    sides = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: sides.append(inputs[0].shape[-2:]))
+    images = [torch.rand(3, 60, 90), torch.rand(3, 80, 70)]
+    targets = [{"boxes": torch.tensor([[5.0, 5.0, 50.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+    for _ in range(8):
+        model(images, targets)
+    assert {tuple(side) for side in sides} == {(96, 96), (160, 160)}
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    assert tuple(sides[-1]) == (128, 128) and model.transform.fixed_size == (128, 128)
