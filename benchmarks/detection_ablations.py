@@ -339,17 +339,17 @@ def _other_objects() -> None:
 
     def keep_and_label_the_rest(found, wanted, data_dir):
         train = found.train
-        before = list(train.targets) if train is not None else []
-        kept = keep_classes(found, wanted, data_dir)
         if train is None:
-            return kept
+            return keep_classes(found, wanted, data_dir)
+        before = list(train.targets)
+        kept = keep_classes(found, wanted, data_dir)
         number = {name: label for label, name in enumerate(kept.classes) if label}
         other = len(kept.classes)
         relabel = [number.get(name, other) for name in found.classes]  # the original label -> the new one
         # the training split only: every other object becomes one more class; validation scores the kept ones
         train.targets = [
             (boxes, torch.tensor([relabel[int(i)] for i in ids], dtype=torch.int64), size)
-            if bool((new_ids > 0).any()) else (boxes[:0], ids[:0], size)  # an image without a kept object stays empty
+            if len(new_ids) else (boxes[:0], ids[:0], size)  # an image without a kept object stays empty
             for (boxes, ids, size), (_, new_ids, _) in zip(before, train.targets)
         ]
         return data.DetectionData(train, kept.val, [*kept.classes, "other object"], kept.layout, kept.selected)
@@ -373,7 +373,7 @@ def _box_loss_option(text: str) -> tuple[str, float]:
 
 
 def main() -> int:
-    from mobilenets.validate import POSITIVE_INT, PROBABILITY
+    from mobilenets.validate import POSITIVE_INT, PROBABILITY, csv_of
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
@@ -387,7 +387,7 @@ def main() -> int:
     parser.add_argument("--photometric", type=PROBABILITY.argtype, metavar="P")
     parser.add_argument("--copy-paste", nargs=2, metavar=("P", "MASKS"))
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
-    parser.add_argument("--multi-scale", type=lambda text: [int(v) for v in text.split(",")], metavar="S1,S2,...")
+    parser.add_argument("--multi-scale", type=csv_of(POSITIVE_INT), metavar="S1,S2,...")
     parser.add_argument("--other-objects", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
@@ -412,6 +412,8 @@ def main() -> int:
     if args.multi_scale:
         _multi_scale(args.multi_scale)
     if args.other_objects:
+        if not any(arg.split("=")[0] == "--classes" for arg in args.command):  # the patch acts through --classes
+            parser.error("--other-objects labels the objects --classes leaves out; give the train command --classes")
         _other_objects()
     if args.copy_paste:
         _copy_paste(float(args.copy_paste[0]), args.copy_paste[1], [int(i) for i in args.mask_ids.split(",")])
