@@ -252,6 +252,24 @@ def test_flip_evaluation_averages_each_image_with_its_mirror():
     )
 
 
+def test_tied_logits_share_the_hit_and_untied_ones_score_as_topk():
+    """An int8 file's logits tie: a tie at the k-th place counts as the label's share of the tied places,
+    whatever order topk would put them in; without ties the counts are topk's, top-1 to top-5."""
+    from mobilenets.classification.evaluate import evaluate, top_k_hits
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
+    for k in (1, 3, 5):
+        expected = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).double()
+        assert torch.equal(top_k_hits(logits, labels, k), expected)
+    tied = torch.tensor([[1.0, 3, 3, 0], [5, 3, 3, 3], [1, 1, 1, 1], [float("nan"), 1, 2, 3]])
+    labels = torch.tensor([1, 2, 3, 1])
+    assert top_k_hits(tied, labels, 1).tolist() == [0.5, 0.0, 0.25, 0.0]
+    assert top_k_hits(tied, labels, 2).tolist() == pytest.approx([1.0, 1 / 3, 0.5, 0.0])
+    metrics = evaluate(lambda images: images, [(tied[:3], labels[:3])], 4)  # the "model" hands the logits on
+    assert metrics["top1"] == pytest.approx(0.75 / 3) and metrics["per_class_top1"][1:] == [0.5, 0.0, 0.25]
+
+
 def test_fast_training_options_reach_the_run(shared_data, tmp_path, monkeypatch):
     """--schedule onecycle, --compile-mode (CUDA graphs on a GPU), --test-flip and the wall-clock record."""
     import mobilenets
