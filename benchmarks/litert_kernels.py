@@ -1,0 +1,105 @@
+"""One LiteRT int8 file, three kernel sets: why the same ``.tflite`` scores differently from host to host.
+
+LiteRT runs a file with XNNPACK by default; it also has its builtin optimized kernels (ruy) and its
+reference kernels, which define what the int8 operators compute.  This scores the file on
+imagenet-sample under each, then walks the graph op by op (builtin optimized against reference, every
+tensor kept) to show where the two first part and how far the difference grows.
+
+    mobilenets export --format litert --int8 --model mobilenet_v2 --weights $W \\
+        --calibration ../shared/data/coco128/images --out v2i8.tflite
+    python benchmarks/litert_kernels.py v2i8.tflite 8       # file, images for the op-by-op walk
+
+Measured (AMD EPYC family 25 model 17, Zen 4: AVX-512, VNNI, BF16; session 18, docs/benchmarks.md), the CLI's
+default int8 file (200 coco128 photos), 3 min 26 s: XNNPACK 82.37 %, builtin optimized 82.25 %, reference 83.05 %
+top-1 (fp32 83.8).  The first difference is one step (1 LSB) in 0.75 % of block 1's projection outputs -
+requantization rounding - and the depthwise convolutions after it turn one step into up to 7-15; by block 3 over
+half of every tensor differs, and 87 % of the logits.  The same command's file scored 83.1 % under XNNPACK on an
+AVX2 host (Zen 3, session 10): the int8 network amplifies whichever rounding the host's kernels make, so its
+accuracy on 1,000 images moves by up to a point with them.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilenets.classification.evaluate import evaluate
+from mobilenets.data import eval_dataset, make_loader
+from mobilenets.runtimes.bench import cpu_description
+from mobilenets.runtimes.litert import LiteRtNetwork, sidecar_path
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
+
+
+def interpreter(path: Path, kernels: str, keep_tensors: bool = False):
+    from ai_edge_litert import interpreter as litert
+
+    resolver = getattr(litert.OpResolverType, KERNELS[kernels])
+    runner = litert.Interpreter(model_path=str(path), num_threads=2, experimental_op_resolver_type=resolver,
+                                experimental_preserve_all_tensors=keep_tensors)  # fmt: skip
+    runner.allocate_tensors()
+    return runner
+
+
+def quantized_input(runner, image: torch.Tensor) -> np.ndarray:
+    """As LiteRtNetwork feeds an int8 file: the image on the input's grid."""
+    feed = runner.get_input_details()[0]
+    scale, zero = feed["quantization"]
+    return np.clip(np.round(image[None].numpy() / scale) + zero, -128, 127).astype(feed["dtype"])
+
+
+def scores(path: Path, kernels: str, batches) -> str:
+    """Top-1 as ``mobilenets eval`` counts it (a tie for the best class shared among the tied classes:
+    int8 logits take 256 values), and how many images had such a tie."""
+    network = LiteRtNetwork(path)
+    network.interpreter = interpreter(path, kernels)  # the same file and tensors, the other kernels
+    ties = 0
+    for images, _ in batches[:4]:
+        logits = network(images)
+        ties += int(((logits == logits.max(1, keepdim=True).values).sum(1) > 1).sum())
+    top1 = 100 * evaluate(network, batches, network.outputs[0]["shape"][-1])["top1"]
+    return (
+        f"top-1 {top1:.2f} %  ({ties} of the first {sum(len(y) for _, y in batches[:4])} images tie for the best class)"
+    )
+
+
+def every_tensor(path: Path, kernels: str, images: torch.Tensor) -> tuple[dict[int, np.ndarray], list[dict]]:
+    """Each op output's raw (int8) values on every image, by tensor index; and the ops in run order."""
+    runner = interpreter(path, kernels, keep_tensors=True)
+    found: dict[int, list[np.ndarray]] = {}
+    for image in images:
+        runner.set_tensor(runner.get_input_details()[0]["index"], quantized_input(runner, image))
+        runner.invoke()
+        for detail in runner.get_tensor_details():
+            try:
+                found.setdefault(detail["index"], []).append(runner.get_tensor(detail["index"]).astype(np.float64))
+            except ValueError:  # a tensor the interpreter did not keep
+                continue
+    # _get_ops_details: the interpreter's only listing of its ops (LiteRT's, not ours)
+    return {index: np.stack(values) for index, values in found.items()}, runner._get_ops_details()
+
+
+def main() -> None:
+    path, walked = Path(sys.argv[1]), int(sys.argv[2])
+    resolution = json.loads(sidecar_path(path).read_text())["arch"]["resolution"]
+    dataset, _ = eval_dataset(DATA / "imagenet-sample", style="imagenet", resolution=resolution)
+    batches = list(make_loader(dataset, 50, workers=2))
+    print(cpu_description(), path.name)
+    for kernels in KERNELS:
+        print(f"{kernels:9s}  {scores(path, kernels, batches)}")
+    images = torch.cat([x for x, _ in batches])[:walked]
+    (builtin, ops), (reference, _) = every_tensor(path, "builtin", images), every_tensor(path, "reference", images)
+    print(f"builtin against reference, op by op on {walked} images: share of outputs that differ, largest difference")
+    for op in ops:
+        for index in op["outputs"]:
+            if index in builtin and index in reference and builtin[index].shape == reference[index].shape:
+                difference = np.abs(builtin[index] - reference[index])
+                print(f"{op['index']:3d} {op['op_name'][:18]:18s} {100 * np.mean(difference > 0):6.2f} %  "
+                      f"{difference.max():5.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
