@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from mobilenets.predict import default_data_info
 from mobilenets.runtimes import get_runtime, load_exported
 
 from .conftest import SHARED_DATA, TORCHVISION_V2_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("litert_torch")
@@ -46,18 +49,53 @@ def test_fp32_file_reproduces_pytorch_and_predict_reads_it(imagenet_v2, tmp_path
     assert json.loads(capsys.readouterr().out)[0]["top"][0][0] == "tench"
 
 
-def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, tmp_path):
+@pytest.fixture(scope="module")
+def int8_file(imagenet_v2, tmp_path_factory):
+    model, info, images = imagenet_v2
+    path = tmp_path_factory.mktemp("int8") / "q.tflite"
+    LITERT.export(model, str(path), info=info, precision="int8", calibration=images[:16])  # a str path
+    return path
+
+
+def test_int8_file_stays_close_to_fp32_on_real_images(imagenet_v2, int8_file):
     """PT2E int8 (litert-torch's quantizer, ranges cut at the 99.99th percentile): on images it was
     not calibrated on, the int8 file's logits stay within the export check's bound and mostly agree
     with fp32's top-1; the file records how its ranges were set."""
     model, info, images = imagenet_v2
-    LITERT.export(model, str(tmp_path / "q.tflite"), info=info, precision="int8", calibration=images[:16])  # str path
-    network = load_exported(tmp_path / "q.tflite")
+    network = load_exported(int8_file)
     assert (network.info["precision"], network.info["calibration"]) == ("int8", "percentile 99.99")
     held_out = images[16:]
     ours, theirs = network(held_out), model(held_out).detach()
     assert rel(ours, theirs) < 0.3
     assert (ours.argmax(1) == theirs.argmax(1)).float().mean() >= 0.75
+
+
+def test_kernel_sets_run_one_int8_file_alike(imagenet_v2, int8_file):
+    """benchmarks/litert_kernels.py: the file in LiteRT's reference and builtin kernels gives XNNPACK's
+    logits up to int8 rounding (which the depthwise layers amplify: 0.095 relative at 96 px on Zen 4, within
+    the int8-against-fp32 bound), and its op-by-op walk keeps every op's output, the last one the logits."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("litert_kernels", ROOT / "benchmarks" / "litert_kernels.py")
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    held_out = imagenet_v2[2][16:20]
+    xnnpack = load_exported(int8_file)
+    theirs = xnnpack(held_out)
+    found = {}
+    for name in ("reference", "builtin"):
+        network = load_exported(int8_file)
+        network.interpreter = kernels.interpreter(int8_file, name)
+        found[name] = network(held_out)
+        assert rel(found[name], theirs) < 0.3
+    tensors, ops = kernels.every_tensor(int8_file, "reference", held_out[:2])
+    assert len(ops) > 60 and all(index in tensors for op in ops for index in op["outputs"])
+    output = xnnpack.outputs[0]
+    scale, zero = output["quantization"]
+    logits = (tensors[output["index"]][:, 0] - zero) * scale  # (images, 1, classes) as the walk keeps them
+    np.testing.assert_allclose(logits, found["reference"][:2].numpy(), rtol=0, atol=1e-6)
 
 
 def test_bad_input_is_one_line(imagenet_v2, tmp_path, capsys):
