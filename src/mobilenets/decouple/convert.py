@@ -128,22 +128,7 @@ def _convert(
             names, convs, original_cost, new_cost, method.max_rank, rank=rank, target_reduction=target_reduction,
             total_mult_adds=before.mult_adds, replace_all=replace_all,
         )  # fmt: skip
-    converted = copy.deepcopy(model)
-    moments = response_moments(model, list(chosen), batches) if method.calibrated and batches else {}
-    # CP and Tucker fit each layer iteratively (seconds a layer on VGG-sized convs): say where it is
-    for n, t in tqdm(chosen.items(), desc=f"{method.name} layers", unit="layer", leave=False, disable=None):
-        replace_module(converted, n, method.fit(convs[n], t, moments.get(n), seed))
-    refined, refitted = False, []
-    if batches and not method.calibrated:
-        if method.refits:
-            refitted, unrefined, _ = refit(model, converted, [n for n in names if n in chosen], batches)
-            for n in unrefined:
-                notes[n] = "not refined: too few calibration samples at this resolution"
-            refined = True
-        else:
-            warnings.warn(
-                "least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=3
-            )
+    converted, refined, refitted = _fit_layers(model, method, names, convs, chosen, notes, batches, seed)
 
     after = profile(converted, chw)
     network = report_extra.get("network_latency", {})
@@ -163,6 +148,36 @@ def _convert(
     arch = with_converted_steps(dict(getattr(model, "arch", None) or {}))
     converted.arch = {**arch, "converted": [*arch.get("converted", []), step]}
     return converted, report
+
+
+def _fit_layers(
+    model: nn.Module,
+    method: ConversionMethod,
+    names: list[str],
+    convs: dict[str, nn.Module],
+    chosen: dict[str, int],
+    notes: dict[str, str],
+    batches: list[torch.Tensor],
+    seed: int,
+) -> tuple[nn.Module, bool, list[str]]:
+    """A copy of ``model`` with each chosen layer replaced by its fit at its rank, then refined on the
+    calibration batches where the method refits: (the copy, whether it was refined, the layers refitted).
+    Layers left unrefined for want of samples are noted in ``notes``."""
+    converted = copy.deepcopy(model)
+    moments = response_moments(model, list(chosen), batches) if method.calibrated and batches else {}
+    # CP and Tucker fit each layer iteratively (seconds a layer on VGG-sized convs): say where it is
+    for n, t in tqdm(chosen.items(), desc=f"{method.name} layers", unit="layer", leave=False, disable=None):
+        replace_module(converted, n, method.fit(convs[n], t, moments.get(n), seed))
+    if not batches or method.calibrated:
+        return converted, False, []
+    if not method.refits:
+        # stacklevel 4: the user's call of decouple()/convert(), through _convert and this helper
+        warnings.warn("least-squares refinement is implemented for the dw_pw decoupling only; skipped", stacklevel=4)
+        return converted, False, []
+    refitted, unrefined, _ = refit(model, converted, [n for n in names if n in chosen], batches)
+    for n in unrefined:
+        notes[n] = "not refined: too few calibration samples at this resolution"
+    return converted, True, refitted
 
 
 def decouple(
