@@ -70,28 +70,8 @@ def convert_in_steps(
     seed: int = 0,
 ) -> tuple[nn.Module, DecoupleReport]:
     """Apply ``steps`` one after the other (see the module's docstring); one report for all."""
-    if (rank is None) == (target_reduction is None):
-        raise ConfigError(
-            "a pipeline is steered by target_reduction= (or rank='full': every step exact)",
-            cli="a pipeline (--method a+b) is steered by --target-reduction (or --rank full: every step exact)",
-        )
-    if rank is not None and rank != "full":
-        raise ConfigError(
-            f"a pipeline's steps rank differently: give target_reduction= or rank='full', not rank={rank!r}",
-            cli=f"a pipeline's steps rank differently: give --target-reduction or --rank full, not --rank {rank}",
-        )
-    if target_reduction is not None and target_reduction <= 1:
-        raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
-
-    # a step other than decoupling needs zero padding: such layers are skipped by the whole pipeline
-    names, skipped = eligible_convs(model, zero_padding_only=any(step != "decouple" for step in steps))
-    if layers is not None:
-        unknown = set(layers) - set(names)
-        if unknown:
-            raise ConfigError(f"not eligible regular convs: {', '.join(sorted(unknown))}")
-        names = [n for n in names if n in set(layers)]
-    if not names:
-        raise ConfigError("the model has no regular k x k convolutions to convert")
+    _check_steering(rank, target_reduction)
+    names, skipped = _layers_to_convert(model, steps, layers)
     size, origin = input_size_of(model, input_size)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     batches = [b.to(device, dtype) for b in calibration_batches(calibration, model, size)]
@@ -135,6 +115,36 @@ def convert_in_steps(
     if not step_reports:
         raise ConfigError("no step converted anything")
     return current, _report(model, current, steps, names, shapes, step_reports, before, size, skipped, bool(batches))
+
+
+def _check_steering(rank: str | None, target_reduction: float | None) -> None:
+    """A pipeline is steered by a mult-adds target or run exact (rank 'full'), never by one rank for all steps."""
+    if (rank is None) == (target_reduction is None):
+        raise ConfigError(
+            "a pipeline is steered by target_reduction= (or rank='full': every step exact)",
+            cli="a pipeline (--method a+b) is steered by --target-reduction (or --rank full: every step exact)",
+        )
+    if rank is not None and rank != "full":
+        raise ConfigError(
+            f"a pipeline's steps rank differently: give target_reduction= or rank='full', not rank={rank!r}",
+            cli=f"a pipeline's steps rank differently: give --target-reduction or --rank full, not --rank {rank}",
+        )
+    if target_reduction is not None and target_reduction <= 1:
+        raise ConfigError(f"target_reduction is a factor of mult-adds to remove, > 1; got {target_reduction}")
+
+
+def _layers_to_convert(model: nn.Module, steps: list[str], layers: Iterable[str] | None) -> tuple[list[str], list]:
+    """The convs the pipeline converts (all eligible ones, or those of ``layers``) and those it skips."""
+    # a step other than decoupling needs zero padding: such layers are skipped by the whole pipeline
+    names, skipped = eligible_convs(model, zero_padding_only=any(step != "decouple" for step in steps))
+    if layers is not None:
+        unknown = set(layers) - set(names)
+        if unknown:
+            raise ConfigError(f"not eligible regular convs: {', '.join(sorted(unknown))}")
+        names = [n for n in names if n in set(layers)]
+    if not names:
+        raise ConfigError("the model has no regular k x k convolutions to convert")
+    return names, skipped
 
 
 @torch.no_grad()
