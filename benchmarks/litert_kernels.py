@@ -10,9 +10,12 @@ tensor kept) to show where the two first part and how far the difference grows.
     python benchmarks/litert_kernels.py v2i8.tflite 8       # file, images for the op-by-op walk
 
 Measured (AMD EPYC family 25 model 17, Zen 4: AVX-512, VNNI, BF16; session 18, docs/benchmarks.md), the CLI's
-default int8 file (200 coco128 photos), 3 min 26 s: XNNPACK 82.37 %, builtin optimized 82.25 %, reference 83.05 %
-top-1 (fp32 83.8).  The first difference is one step (1 LSB) in 0.75 % of block 1's projection outputs -
-requantization rounding - and the depthwise convolutions after it turn one step into up to 7-15; by block 3 over
+default int8 file (200 coco128 photos), 3 min 21 s: XNNPACK 82.37 %, builtin optimized 82.25 %, reference 83.05 %
+top-1 (fp32 83.8).  The first difference is one step (1 LSB) in 0.75 % of block 1's projection outputs, every one
+of them upward (12,107 above reference's, none below) - as if results half-way between two steps were rounded up
+by the optimized kernels and away from zero by the reference (read from the direction, not from the kernels'
+source).  The depthwise convolutions after it turn one step
+into up to 7-15, in both directions; by block 3 over
 half of every tensor differs, and 87 % of the logits.  The same command's file scored 83.1 % under XNNPACK on an
 AVX2 host (Zen 3, session 10): the int8 network amplifies whichever rounding the host's kernels make, so its
 accuracy on 1,000 images moves by up to a point with them.
@@ -92,13 +95,14 @@ def main() -> None:
         print(f"{kernels:9s}  {scores(path, kernels, batches)}")
     images = torch.cat([x for x, _ in batches])[:walked]
     (builtin, ops), (reference, _) = every_tensor(path, "builtin", images), every_tensor(path, "reference", images)
-    print(f"builtin against reference, op by op on {walked} images: share of outputs that differ, largest difference")
+    print(f"builtin against reference, op by op on {walked} images: share of outputs that differ, largest "
+          "difference, outputs above / below reference's")  # fmt: skip
     for op in ops:
         for index in op["outputs"]:
             if index in builtin and index in reference and builtin[index].shape == reference[index].shape:
-                difference = np.abs(builtin[index] - reference[index])
-                print(f"{op['index']:3d} {op['op_name'][:18]:18s} {100 * np.mean(difference > 0):6.2f} %  "
-                      f"{difference.max():5.1f}")  # fmt: skip
+                signed = builtin[index] - reference[index]
+                print(f"{op['index']:3d} {op['op_name'][:18]:18s} {100 * np.mean(signed != 0):6.2f} %  "
+                      f"{np.abs(signed).max():5.1f}  {int((signed > 0).sum())} / {int((signed < 0).sum())}")  # fmt: skip
 
 
 if __name__ == "__main__":
