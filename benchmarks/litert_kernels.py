@@ -10,7 +10,7 @@ tensor kept) to show where the two first part and how far the difference grows.
     python benchmarks/litert_kernels.py v2i8.tflite 8       # file, images for the op-by-op walk
 
 Measured (AMD EPYC family 25 model 17, Zen 4: AVX-512, VNNI, BF16; session 18, docs/benchmarks.md), the CLI's
-default int8 file (200 coco128 photos), 3 min 21 s: XNNPACK 82.37 %, builtin optimized 82.25 %, reference 83.05 %
+default int8 file (200 coco128 photos), 2 min 50 s: XNNPACK 82.37 %, builtin optimized 82.25 %, reference 83.05 %
 top-1 (fp32 83.8).  The first difference is one step (1 LSB) in 0.75 % of block 1's projection outputs, every one
 of them upward (12,107 above reference's, none below) - as if results half-way between two steps were rounded up
 by the optimized kernels and away from zero by the reference (read from the direction, not from the kernels'
@@ -37,52 +37,47 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
 
 
-def interpreter(path: Path, kernels: str, keep_tensors: bool = False):
+def network(path: Path, kernels: str, keep_tensors: bool = False) -> LiteRtNetwork:
+    """The file as ``mobilenets eval`` runs it (LiteRtNetwork: its input quantized, its int8 output read
+    through the recorded scale), its interpreter built with the other kernels."""
     from ai_edge_litert import interpreter as litert
 
+    found = LiteRtNetwork(path)
     resolver = getattr(litert.OpResolverType, KERNELS[kernels])
-    runner = litert.Interpreter(model_path=str(path), num_threads=2, experimental_op_resolver_type=resolver,
-                                experimental_preserve_all_tensors=keep_tensors)  # fmt: skip
-    runner.allocate_tensors()
-    return runner
-
-
-def quantized_input(runner, image: torch.Tensor) -> np.ndarray:
-    """As LiteRtNetwork feeds an int8 file: the image on the input's grid."""
-    feed = runner.get_input_details()[0]
-    scale, zero = feed["quantization"]
-    return np.clip(np.round(image[None].numpy() / scale) + zero, -128, 127).astype(feed["dtype"])
+    found.interpreter = litert.Interpreter(model_path=str(path), num_threads=2, experimental_op_resolver_type=resolver,
+                                           experimental_preserve_all_tensors=keep_tensors)  # fmt: skip
+    found.interpreter.allocate_tensors()  # the same file, so the same tensor indices LiteRtNetwork read
+    return found
 
 
 def scores(path: Path, kernels: str, batches) -> str:
     """Top-1 as ``mobilenets eval`` counts it (a tie for the best class shared among the tied classes:
-    int8 logits take 256 values), and how many images had such a tie."""
-    network = LiteRtNetwork(path)
-    network.interpreter = interpreter(path, kernels)  # the same file and tensors, the other kernels
-    ties = 0
-    for images, _ in batches[:4]:
-        logits = network(images)
-        ties += int(((logits == logits.max(1, keepdim=True).values).sum(1) > 1).sum())
-    top1 = 100 * evaluate(network, batches, network.outputs[0]["shape"][-1])["top1"]
-    return (
-        f"top-1 {top1:.2f} %  ({ties} of the first {sum(len(y) for _, y in batches[:4])} images tie for the best class)"
-    )
+    int8 logits take 256 values), and how many images had such a tie, in the same pass."""
+    runner, ties = network(path, kernels), []
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        logits = runner(images)
+        ties.append(int(((logits == logits.max(1, keepdim=True).values).sum(1) > 1).sum()))
+        return logits
+
+    top1 = 100 * evaluate(counting, batches, runner.outputs[0]["shape"][-1])["top1"]
+    return f"top-1 {top1:.2f} %  ({sum(ties)} of {sum(len(y) for _, y in batches)} images tie for the best class)"
 
 
 def every_tensor(path: Path, kernels: str, images: torch.Tensor) -> tuple[dict[int, np.ndarray], list[dict]]:
     """Each op output's raw (int8) values on every image, by tensor index; and the ops in run order."""
-    runner = interpreter(path, kernels, keep_tensors=True)
+    runner = network(path, kernels, keep_tensors=True)
     found: dict[int, list[np.ndarray]] = {}
     for image in images:
-        runner.set_tensor(runner.get_input_details()[0]["index"], quantized_input(runner, image))
-        runner.invoke()
-        for detail in runner.get_tensor_details():
+        runner.run_one(image[None].numpy())
+        for detail in runner.interpreter.get_tensor_details():
             try:
-                found.setdefault(detail["index"], []).append(runner.get_tensor(detail["index"]).astype(np.float64))
+                value = runner.interpreter.get_tensor(detail["index"])
             except ValueError:  # a tensor the interpreter did not keep
                 continue
+            found.setdefault(detail["index"], []).append(value.astype(np.float64))
     # _get_ops_details: the interpreter's only listing of its ops (LiteRT's, not ours)
-    return {index: np.stack(values) for index, values in found.items()}, runner._get_ops_details()
+    return {index: np.stack(values) for index, values in found.items()}, runner.interpreter._get_ops_details()
 
 
 def main() -> None:
