@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOBILENETS_SHARED_DATA", REPO.parent / "shared" / "data"))
 TORCHVISION_V2_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def load_script(name: str, monkeypatch=None):
+    """benchmarks/NAME.py as a module; with ``monkeypatch`` it is in sys.modules while the test runs
+    (a script whose dataclasses look their module up needs that before it runs)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    if monkeypatch is not None:
+        monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str, monkeypatch=None):
-    """benchmarks/NAME.py as a module; with ``monkeypatch`` it is in sys.modules while the test runs
-    (a script whose dataclasses look their module up needs that before it runs)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    if monkeypatch is not None:
-        monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 def ablation(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:

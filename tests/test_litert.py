@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,7 @@ from mobilenets.errors import ConfigError
 from mobilenets.predict import default_data_info
 from mobilenets.runtimes import get_runtime, load_exported
 
-from .conftest import SHARED_DATA, TORCHVISION_V2_WEIGHTS
-
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import SHARED_DATA, TORCHVISION_V2_WEIGHTS, load_script
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("litert_torch")
@@ -74,22 +71,14 @@ def test_kernel_sets_run_one_int8_file_alike(imagenet_v2, int8_file):
     """benchmarks/litert_kernels.py: the file in LiteRT's reference and builtin kernels gives XNNPACK's
     logits up to int8 rounding (which the depthwise layers amplify: 0.095 relative at 96 px on Zen 4, within
     the int8-against-fp32 bound), and its op-by-op walk keeps every op's output, the last one the logits."""
-    import importlib.util
-
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("litert_kernels", ROOT / "benchmarks" / "litert_kernels.py")
-    kernels = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kernels)
+    kernels = load_script("litert_kernels")
     held_out = imagenet_v2[2][16:20]
     xnnpack = load_exported(int8_file)
     theirs = xnnpack(held_out)
-    found = {}
-    for name in ("reference", "builtin"):
-        network = load_exported(int8_file)
-        network.interpreter = kernels.interpreter(int8_file, name)
-        found[name] = network(held_out)
-        assert rel(found[name], theirs) < 0.3
+    found = {name: kernels.network(int8_file, name)(held_out) for name in ("reference", "builtin")}
+    assert all(rel(logits, theirs) < 0.3 for logits in found.values())
     tensors, ops = kernels.every_tensor(int8_file, "reference", held_out[:2])
     assert len(ops) > 60 and all(index in tensors for op in ops for index in op["outputs"])
     output = xnnpack.outputs[0]
