@@ -21,8 +21,7 @@ AVX2 host (Zen 3, session 10): the int8 network amplifies whichever rounding the
 accuracy on 1,000 images moves by up to a point with them.
 """
 
-import json
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,10 @@ import torch
 
 from mobilenets.classification.evaluate import evaluate
 from mobilenets.data import eval_dataset, make_loader
+from mobilenets.errors import ConfigError
 from mobilenets.runtimes.bench import cpu_description
-from mobilenets.runtimes.litert import LiteRtNetwork, sidecar_path
+from mobilenets.runtimes.litert import LiteRtNetwork
+from mobilenets.validate import NON_NEGATIVE_INT
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
@@ -81,8 +82,15 @@ def every_tensor(path: Path, kernels: str, images: torch.Tensor) -> tuple[dict[i
 
 
 def main() -> None:
-    path, walked = Path(sys.argv[1]), int(sys.argv[2])
-    resolution = json.loads(sidecar_path(path).read_text())["arch"]["resolution"]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path, help="a .tflite written by mobilenets export --format litert")
+    parser.add_argument("walked", type=NON_NEGATIVE_INT.argtype, help="images for the op-by-op walk (0: none)")
+    args = parser.parse_args()
+    path, walked = args.file, args.walked
+    try:  # a missing file, a missing or foreign sidecar: one line, exit 2
+        resolution = int(network(path, "xnnpack").info["resolution"])
+    except ConfigError as error:
+        parser.error(str(error))
     dataset, _ = eval_dataset(DATA / "imagenet-sample", style="imagenet", resolution=resolution)
     batches = list(make_loader(dataset, 50, workers=2))
     print(cpu_description(), path.name)
