@@ -125,23 +125,32 @@ def _converter():
         return require("litert_torch", "LiteRT export", "litert")
 
 
-def _quantized(network: Any, example: Any, calibration: Any, method: str = "percentile", percentile: float = 99.99):
+def _quantized(network: Any, example: Any, calibration: Any, method: str = "percentile", percentile: float = 99.99,
+               distill_steps: int = 0):  # fmt: skip
     """PT2E int8 with litert-torch's quantizer, ranges observed on ``calibration`` (an image at a
-    time, the batch the file takes) and chosen by ``method``: the converted module and the
-    quantizer the converter needs."""
+    time, the batch the file takes) and chosen by ``method``, then, for ``distill_steps`` > 0, the
+    weights fitted to the float network (:mod:`mobilenets.export.pt2e_distill`): the converted
+    module, the quantizer the converter needs, and what the fit reports."""
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from ..export.pt2e_distill import distilled_int8, fake_quantized
     from ..export.pt2e_ranges import with_activation_ranges
 
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    quantizer = PT2EQuantizer().set_global(with_activation_ranges(config, method, percentile, "litert"))
+    config = with_activation_ranges(
+        get_symmetric_quantization_config(is_per_channel=True), method, percentile, "litert"
+    )
+    if distill_steps:
+        quantizer = PT2EQuantizer().set_global(fake_quantized(config))
+        converted, report = distilled_int8(network, calibration, quantizer, distill_steps)
+        return converted, quantizer, report
+    quantizer = PT2EQuantizer().set_global(config)
     prepared = prepare_pt2e(torch.export.export(network, (example,)).module(), quantizer)
     with torch.no_grad():
         for image in calibration:
             prepared(image[None].float())
-    return convert_pt2e(prepared, fold_quantize=False), quantizer
+    return convert_pt2e(prepared, fold_quantize=False), quantizer, {}
 
 
 class LiteRtRuntime(Runtime):
@@ -149,11 +158,12 @@ class LiteRtRuntime(Runtime):
     format = "litert"
     precisions = ("fp32", "int8")
     bench = {"litert": "fp32", "litert-int8": "int8"}
-    export_options = ("calibration_method", "percentile")  # how PT2E sets the int8 ranges
+    export_options = ("calibration_method", "percentile", "distill_steps")  # how PT2E makes the int8 network
 
     def export(self, model: Any, path: Path, *, info: dict[str, Any], precision: str = "fp32",
                calibration: Any = None, check_input: Any = None, verify: bool = True,
-               calibration_method: str = "percentile", percentile: float = 99.99) -> dict[str, Any]:  # fmt: skip
+               calibration_method: str = "percentile", percentile: float = 99.99,
+               distill_steps: int = 0) -> dict[str, Any]:  # fmt: skip
         """See the module docstring; ``verify`` off writes the file whatever its error (bench's
         latency-only int8, calibrated on noise)."""
         from ..export.executorch import quiet_native_logs
@@ -162,16 +172,19 @@ class LiteRtRuntime(Runtime):
         from ..files import atomic_write
 
         path = Path(path)
+        if distill_steps and precision != "int8":
+            raise ConfigError("distill_steps fits int8 weights to fp32: it needs precision int8",
+                              cli="--distill-steps needs --int8 (it fits the int8 weights to fp32's outputs)")  # fmt: skip
         network, extra, outputs, example = prepare_export(self, model, path, info, precision, calibration, check_input)
         litert_torch = _converter()
         with tempfile.TemporaryDirectory(prefix="mobilenets-litert-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export's and the converter's notes on their internals
             staged = Path(tmp) / "model.tflite"
+            if precision == "int8":  # outside the quiet block: the fit's progress bar is for the user
+                converted, quantizer, fit = _quantized(network, example, calibration, method=calibration_method,
+                                                       percentile=percentile, distill_steps=distill_steps)  # fmt: skip
             with quiet_native_logs(), contextlib.redirect_stdout(io.StringIO()):
                 if precision == "int8":
-                    converted, quantizer = _quantized(
-                        network, example, calibration, method=calibration_method, percentile=percentile
-                    )
                     config = litert_torch.quantize.quant_config.QuantConfig(pt2e_quantizer=quantizer)
                     edge = litert_torch.convert(converted, (example,), quant_config=config)
                 else:
@@ -181,6 +194,8 @@ class LiteRtRuntime(Runtime):
             error = checked_error(self, LiteRtNetwork(staged)(example), network, example, precision, verify=verify)
             if precision == "int8":  # how its ranges were set, as an ONNX int8 file records it
                 extra = {**extra, "calibration": calibration_label(calibration_method, percentile)}
+                if distill_steps:
+                    extra = {**extra, "distill_steps": distill_steps, **fit}
             metadata = file_metadata(FORMAT, model, info, precision, outputs, extra, error)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda out: Path(out).write_bytes(staged.read_bytes()))
