@@ -347,6 +347,15 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ),
         ("export", "--calibration-percentile"): ([*exp, "--calibration-percentile", "101"], ["percentile"]),
         ("export", "--weight-rounding"): ([*exp, "--weight-rounding", "up"], ["--weight-rounding"]),
+        ("export", "--distill-steps"): ([*exp, "--distill-steps", "-1"], ["--distill-steps", "an integer >= 0"]),
+        ("export", "--distill-steps for onnx"): (
+            [*exp, "--distill-steps", "5"],
+            ["--distill-steps does not apply to --format onnx"],
+        ),
+        ("export", "--distill-steps without --int8"): (
+            [*exp[:-2], "--out", "{out}/m.tflite", "--format", "litert", "--distill-steps", "5"],
+            ["--distill-steps needs --int8"],
+        ),
         ("export", "--range-search-images"): ([*exp, "--range-search-images", "0"], ["--range-search-images"]),
         ("export", "--range-search-sweeps"): ([*exp, "--range-search-sweeps", "0"], ["--range-search-sweeps"]),
         ("export", "--eval-data"): ([*exp, "--eval-data", IMAGENET], ["1000 classes", "10"]),
