@@ -24,6 +24,8 @@
   trial quantized and run in LiteRT itself against fp32 on N calibration images;
 * ``pool-range`` - PT2E with the global average pool's output quantized with a range of its own (the
   quantizer shares the pool's input range, 0.076 a step, with the pooled features);
+* ``distill-N`` - the export's ``--distill-steps N``: the calibrated int8 network's weights trained for
+  N batches of the calibration images to give fp32's outputs (:mod:`mobilenets.export.pt2e_distill`);
 * ``search`` - PT2E, then each activation's scale searched against the network's output as our
   ONNX path's range search does (``ptq.RANGE_FACTORS``, kept where the KL to fp32 on the first 16
   calibration images falls), simulated in PyTorch on the converted graph before the file is written.
@@ -74,8 +76,15 @@ from mobilenets.runtimes.auto import best_round_median
 from mobilenets.runtimes.bench import cpu_description
 from mobilenets.runtimes.timing import time_in_processes
 
-pt2e_quantized = functools.partial(litert._quantized, method="histogram")
-shipped_quantized = litert._quantized
+SHIPPED = litert._quantized  # (converted, quantizer, what a fit reports); the ways below return the first two
+
+
+def shipped_quantized(network, example, calibration, **options):
+    converted, quantizer, _ = SHIPPED(network, example, calibration, **options)
+    return converted, quantizer
+
+
+pt2e_quantized = functools.partial(shipped_quantized, method="histogram")
 
 
 def gptq_quantized(network, example, calibration):
@@ -387,34 +396,52 @@ def litert_log_probabilities(content, images, sidecar):
     return torch.as_tensor(load_exported(path)(images.float())).double().log_softmax(1)
 
 
+def _quantizer_for(way):
+    """The export options a way passes, after pointing the export's PT2E step at the way's own."""
+    if way.startswith("distill-"):  # e.g. distill-300: the export's own option
+        litert._quantized = SHIPPED
+        return {"distill_steps": int(way.split("-")[1])}
+    if way.startswith("float-module-"):  # e.g. float-module-features.14.expand
+        chosen = functools.partial(quantized_with, float_modules=way.split("-", 2)[2].split("+"))
+    elif way.startswith("percentile-"):
+        chosen = functools.partial(quantized_with, percentile=float(way.split("-")[1]))
+    else:
+        chosen = WAYS[way]
+    # the export passes its calibration method and percentile; a way sets its own ranges
+    litert._quantized = lambda network, example, images, *, chosen=chosen, **_: (*chosen(network, example, images), {})
+    return {}
+
+
 def main() -> None:
     count, ways = int(sys.argv[1]), sys.argv[2].split(",")
     model, info, calibration, batches, labels = torchvision_v2_and_images(count)
     print(cpu_description(), f"torch {torch.__version__}; {count} calibration images")
     files = {"fp32": ("litert", "fp32", Path("v2-fp32.tflite"))}
     get_runtime("litert").export(model, files["fp32"][2], info=info, precision="fp32")
+    with torch.no_grad():
+        reference = torch.cat([model(x) for x, _ in batches]).double()
     for way in ways:
         path = Path(f"v2-{way}.tflite")
+        started = time.perf_counter()
         if way.startswith("aeq-"):  # e.g. aeq-min_max_uniform_quantize
             aeq_quantized(model, info, calibration, path, way)
         else:
-            if way.startswith("float-module-"):  # e.g. float-module-features.14.expand
-                chosen = functools.partial(quantized_with, float_modules=way.split("-", 2)[2].split("+"))
-            elif way.startswith("percentile-"):
-                chosen = functools.partial(quantized_with, percentile=float(way.split("-")[1]))
-            else:
-                chosen = WAYS[way]
-            # the export passes its calibration method and percentile; a way sets its own ranges
-            litert._quantized = lambda network, example, images, *, chosen=chosen, **_: chosen(network, example, images)
+            options = _quantizer_for(way)
             try:
-                get_runtime("litert").export(model, path, info=info, precision="int8", calibration=calibration)
+                get_runtime("litert").export(model, path, info=info, precision="int8", calibration=calibration,
+                                             **options)  # fmt: skip
             except ExportError as exc:  # the export's own check refused the file
                 print(f"{way}: {exc}" + (f" ({NOTES.pop()})" if NOTES else ""), flush=True)
                 continue
+        seconds = time.perf_counter() - started
         network = load_exported(path)
-        logits = torch.cat([torch.as_tensor(network(x)) for x, _ in batches])
+        logits = torch.cat([torch.as_tensor(network(x)) for x, _ in batches]).double()
+        kl = torch.nn.functional.kl_div(logits.log_softmax(1), reference.log_softmax(1), log_target=True,
+                                        reduction="batchmean")  # fmt: skip
+        agrees = (logits.argmax(1) == reference.argmax(1)).float().mean()
         notes = f" ({NOTES.pop()})" if NOTES else ""
-        print(f"{way}: top-1 {100 * (logits.argmax(1) == labels).float().mean().item():.1f}%{notes}", flush=True)
+        print(f"{way}: top-1 {100 * (logits.argmax(1) == labels).float().mean().item():.1f}%, KL to fp32 "
+              f"{kl.item():.4f}, agrees {100 * agrees.item():.1f}%, made in {seconds:.0f} s{notes}", flush=True)  # fmt: skip
         files[way] = ("litert", "int8", path)
     # Each file timed in a process of its own, in turns (as export --format auto times them), 2 threads
     times = time_in_processes(files, shape=(1, 3, 224, 224), threads=2, rounds=3, runs=50)
