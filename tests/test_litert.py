@@ -83,6 +83,10 @@ def test_distilled_int8_moves_toward_fp32_and_is_recorded(imagenet_v2, tmp_path)
     assert recorded["kl_after"] < 0.6 * recorded["kl_before"]
     held_out = images[16:]
     assert rel(load_exported(path)(held_out), model(held_out).detach()) < 0.3
+    with pytest.raises(ConfigError, match="distill_steps must be an integer >= 0, got -1"):
+        LITERT.export(
+            model, tmp_path / "n.tflite", info=info, precision="int8", calibration=images[:2], distill_steps=-1
+        )
     with pytest.raises(ConfigError, match="needs precision int8"):
         LITERT.export(model, tmp_path / "f.tflite", info=info, distill_steps=2)
 

@@ -3,7 +3,7 @@
 
 Post-training int8 rounds every weight to its nearest step and leaves the later layers to amplify
 the rounding - on MobileNetV2 in LiteRT's XNNPACK kernels on AVX-512 CPUs most (docs/benchmarks.md,
-"int8 accuracy"). Here the network is prepared with fake quantization instead of observers, its
+"Why LiteRT int8 scores differently from host to host"). Here the network is prepared with fake quantization instead of observers, its
 activation ranges set on the calibration images as PT2E's post-training path sets them and then
 held, and its weights trained for ``steps`` batches to give the float network's outputs on those
 same images, randomly cropped and flipped (the KL divergence of the softmaxes: knowledge
@@ -84,7 +84,7 @@ def distilled_int8(
     teacher, _ = fold_batchnorm(network)  # PT2E's post-training path folds them too
     student = copy.deepcopy(teacher)  # torch.export shares parameters with the module it captures
     calibration = calibration.float()
-    batch = torch.export.Dim("batch", min=1, max=max(BATCH_SIZE, 32))
+    batch = torch.export.Dim("batch", min=1, max=max(BATCH_SIZE, 32))  # training batches and the 32-image probe
     captured = torch.export.export(student, (calibration[:2],), dynamic_shapes=({0: batch},))
     prepared = prepare_qat_pt2e(captured.module(), quantizer)
     with torch.no_grad():

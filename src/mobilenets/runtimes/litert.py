@@ -7,7 +7,8 @@ its XNNPACK delegate, batch 1 per call.
   int8 activations observed on calibration images, their ranges cut at the 99.99th percentile by
   default: ``calibration_method``/``percentile``, :mod:`mobilenets.export.pt2e_ranges`); the file
   takes and returns int8, which :class:`LiteRtNetwork` quantizes and dequantizes with the scales
-  the file records.
+  the file records; ``distill_steps`` N > 0 then fits the int8 weights to the float network's
+  outputs on the calibration images before conversion (:mod:`mobilenets.export.pt2e_distill`).
 
 Before the file is written the interpreter runs it on ``check_input`` and the output is
 compared with PyTorch's (fp32: max relative error 1e-3; int8: the L2 norm of the difference over
@@ -30,7 +31,7 @@ from typing import Any
 from ..datainfo import DataInfo
 from ..errors import ConfigError
 from ..extras import require
-from ..validate import exported_batch
+from ..validate import NON_NEGATIVE_INT, exported_batch
 from . import Runtime, register_runtime
 from .checks import checked_error, file_metadata, prepare_export
 
@@ -172,6 +173,7 @@ class LiteRtRuntime(Runtime):
         from ..files import atomic_write
 
         path = Path(path)
+        NON_NEGATIVE_INT.check(distill_steps, "distill_steps")
         if distill_steps and precision != "int8":
             raise ConfigError("distill_steps fits int8 weights to fp32: it needs precision int8",
                               cli="--distill-steps needs --int8 (it fits the int8 weights to fp32's outputs)")  # fmt: skip
