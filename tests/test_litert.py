@@ -78,11 +78,11 @@ def test_distilled_int8_moves_toward_fp32_and_is_recorded(imagenet_v2, tmp_path)
     path = tmp_path / "d.tflite"
     LITERT.export(model, path, info=info, precision="int8", calibration=images[:16], distill_steps=DISTILL_STEPS)
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
-    recorded = load_exported(path).info
-    assert recorded["distill_steps"] == DISTILL_STEPS
-    assert recorded["kl_after"] < 0.6 * recorded["kl_before"]
+    network = load_exported(path)
+    assert network.info["distill_steps"] == DISTILL_STEPS
+    assert network.info["kl_after"] < 0.6 * network.info["kl_before"]
     held_out = images[16:]
-    assert rel(load_exported(path)(held_out), model(held_out).detach()) < 0.3
+    assert rel(network(held_out), model(held_out).detach()) < 0.3
     with pytest.raises(ConfigError, match="distill_steps must be an integer >= 0, got -1"):
         LITERT.export(
             model, tmp_path / "n.tflite", info=info, precision="int8", calibration=images[:2], distill_steps=-1
