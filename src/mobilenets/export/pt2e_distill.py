@@ -30,9 +30,9 @@ from .onnx import fold_batchnorm
 
 __all__ = ["DISTILL_LR", "distilled_int8", "fake_quantized"]
 
-# Adam's rate, cosine-decayed to 0 over the steps. On MobileNetV2 (64 COCO photos, batch 16,
-# 200-300 steps) 1e-5 and 2e-5 brought the simulated KL to fp32 down; 5e-5 drove it up
-# (0.068 -> 0.195): its depthwise weights move too far for their int8 steps.
+# Adam's rate, cosine-decayed to 0 over the steps: the rate of the runs in docs/benchmarks.md. It is
+# kept small because a weight need move only a fraction of its int8 step; in scratch runs (not kept)
+# higher rates drove the simulated KL up instead of down.
 DISTILL_LR = 2e-5
 BATCH_SIZE = 16
 
