@@ -136,14 +136,17 @@ def main() -> None:
     training.add_argument("--device", default="cpu", help="where to train and fine-tune")
     parser.add_argument("--finetune-epochs", type=int, help="fine-tune every converted copy this long on --data-dir")
     parser.add_argument(
-        "--from-json", type=Path, help="print the table (and --plot) of a saved --json run, measuring nothing"
-    )
+        "--from-json", type=Path, action="append",
+        help="print the table (and --plot) of a saved --json run, measuring nothing; given again, the runs' rows "
+        "are joined under the first one's original (runs split by method over several processes)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        args.finetune_epochs = saved["args"].get("finetune_epochs")
-        return report(saved["rows"], saved.get("title", "model"), saved["device"], args)
+        saved = [json.loads(path.read_text()) for path in args.from_json]
+        args.finetune_epochs = saved[0]["args"].get("finetune_epochs")
+        rows = saved[0]["rows"][:1] + [row for run in saved for row in run["rows"] if row["target"] is not None]
+        return report(rows, saved[0].get("title", "model"), saved[0]["device"], args)
 
     if args.train_out and not args.checkpoint:
         args.checkpoint = str(_train_regular(args))
@@ -195,10 +198,10 @@ def main() -> None:
         for i, (label, target, net, reduction) in enumerate(converted):
             row = {"method": label, "target": target, "reduction": reduction}
             if batches is not None:
-                row["top1"] = evaluate(net, batches, len(info["classes"]))["top1"]
+                row["top1"] = _top1(net, batches, info, args.device)
             if args.finetune_epochs and target is not None:
                 tuned = _finetune(net, info, args, Path(tmp) / f"ft{i}")
-                row["top1_finetuned"] = evaluate(tuned, batches, len(info["classes"]))["top1"]
+                row["top1_finetuned"] = _top1(tuned, batches, info, args.device)
             prepared = PreparedModel(net, info, Path(tmp), None, f"m{i}")
             for backend in BACKENDS:
                 run = prepared.runner(backend, args.threads)
@@ -236,7 +239,8 @@ def report(rows: list[dict], title: str, device: str, args) -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for row in rows:
-        cells = [f"{row[b]:.2f} ({base[b] / row[b]:.2f}x)" for b in BACKENDS]
+        # a run cut off before its timing rounds kept its accuracy rows only
+        cells = [f"{row[b]:.2f} ({base[b] / row[b]:.2f}x)" if b in row and b in base else "-" for b in BACKENDS]
         top1 = " |"
         for key in ("top1", "top1_finetuned") if tuned else ("top1",) if evaluated else ():
             value = row.get(key, row["top1"])
@@ -294,6 +298,13 @@ def _gpu_speed(device: str) -> dict:
     """On a GPU, train as the ledger's GPU runs do (bf16, NHWC, CIFAR held on the device): an epoch in
     seconds rather than the half minute that decoding JPEGs on the host takes per epoch."""
     return dict(precision="bf16", channels_last=True, data_on_device=True) if device.startswith("cuda") else {}
+
+
+def _top1(net, batches, info, device: str) -> float:
+    """Top-1 on ``device`` (a GPU scores the 10,000 test images in a second), the model back on the CPU for timing."""
+    top1 = evaluate(net.to(device), batches, len(info["classes"]), device)["top1"]
+    net.cpu()
+    return top1
 
 
 def _finetune(net, info, args, out: Path):

@@ -23,12 +23,20 @@ set -uo pipefail  # no -e: a run cut off by its time limit must not stop the pac
 cd "$(dirname "$0")/.."
 step=${1:?"usage: $0 prepare|regular|fast|grid|unpack DIR"}
 DEVICE=${DEVICE:-cuda} DATA=${DATA:-.gpu/cifar10} LIMIT=${LIMIT:-540} PYTHON=${PYTHON:-python3}
+SWEEP_LIMIT=${SWEEP_LIMIT:-$LIMIT}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 gpu=(--device "$DEVICE" --precision bf16 --channels-last --data-on-device)
-epochs=40 small=() targets=2,3,4 finetune=1 methods=refine,channel+decouple,pipeline,loss-latency
+epochs=40 small=() targets=2,3,4 finetune=1 methods=refine,channel+decouple,pipeline,loss-latency sweep_val=10000
 if [[ -n "${SMOKE:-}" ]]; then
-    DEVICE=cpu gpu=(--device cpu) epochs=1 small=(--train-subset 1000 --val-subset 500) targets=2 finetune=0 methods=refine
+    DEVICE=cpu gpu=(--device cpu) epochs=1 small=(--train-subset 1000 --val-subset 500) targets=2 finetune=0
+    methods=refine,channel+decouple sweep_val=500
 fi
+
+installed() {  # the registries read entry points (e.g. how a converted model is rebuilt): the package must be installed
+    "$PYTHON" -c "import importlib.metadata as m; m.version('mobilenets')" 2>/dev/null ||
+        "$PYTHON" -m pip install --no-deps --no-build-isolation --no-index . > "$OUT/logs/install.log" 2>&1 ||
+        echo "pip install failed: see logs/install.log (converted models will not load)"
+}
 
 versions() {  # beside every number: the device, its driver and the software
     { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
@@ -56,7 +64,7 @@ prepare)
     ;;
 regular)
     : "${OUT:?OUT: the folder whose files come back}"
-    mkdir -p "$OUT/logs" runs && versions
+    mkdir -p "$OUT/logs" runs && versions && installed
     for model in vgg16 resnet18; do  # ~2 minutes each on an H100, side by side
         timeout "$LIMIT" "$PYTHON" -m mobilenets train --model "$model" --recipe cifar10 --data-dir "$DATA" \
             --out "runs/$model" "${gpu[@]}" "${small[@]}" --batch-size 256 --lr 0.1 --epochs "$epochs" \
@@ -68,14 +76,22 @@ regular)
         cp "runs/$model/metrics.jsonl" "$OUT/logs/train_$model.metrics.jsonl"
         fp16_parts "runs/$model" "runs/${model}_fp16.safetensors"
     done
-    # accuracy here, training-free and after 1 epoch of fine-tuning; the latency columns are this machine's
-    # CPU and are measured again at home from the returned weights
+    # accuracy here (the converted copies scored on the GPU, all 10,000 test images), training-free and after 1
+    # epoch of fine-tuning; one process per network, method and target, one thread each, so that the
+    # conversions (on the CPU, up to minutes each) run side by side on the 16 cores; the latency columns are this
+    # machine's CPU and are measured again at home from the returned weights; `decouple_speed.py --from-json A
+    # --from-json B ...` joins the processes' tables
     for model in vgg16 resnet18; do
-        timeout "$LIMIT" "$PYTHON" benchmarks/decouple_speed.py --checkpoint "runs/$model/best.pt" \
-            --data-dir "$DATA" --eval-data "$DATA" --val-subset 2000 --calibration "$DATA/train" \
-            --methods "$methods" --targets "$targets" \
-            --finetune-epochs "$finetune" --device "$DEVICE" --threads 8 --runs 6 \
-            --json "$OUT/logs/decouple_$model.json" > "$OUT/logs/decouple_$model.log" 2>&1 &
+        [[ -e "runs/$model/best.pt" ]] || continue
+        for method in ${methods//,/ }; do
+            for target in ${targets//,/ }; do
+                name="decouple_${model}_${method}_$target"
+                timeout "$SWEEP_LIMIT" "$PYTHON" benchmarks/decouple_speed.py --checkpoint "runs/$model/best.pt" \
+                    --data-dir "$DATA" --eval-data "$DATA" --val-subset "$sweep_val" --calibration "$DATA/train" \
+                    --methods "$method" --targets "$target" --finetune-epochs "$finetune" --device "$DEVICE" \
+                    --threads 1 --runs 3 --json "$OUT/logs/$name.json" > "$OUT/logs/$name.log" 2>&1 &
+            done
+        done
     done
     wait
     tar czf "$OUT/logs.tar.gz" -C "$OUT" logs versions.txt && rm -r "$OUT/logs" "$OUT/versions.txt"
