@@ -22,6 +22,7 @@ and with ``--finetune-epochs`` again after that many epochs of ``mobilenets trai
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -136,17 +137,22 @@ def main() -> None:
     training.add_argument("--device", default="cpu", help="where to train and fine-tune")
     parser.add_argument("--finetune-epochs", type=int, help="fine-tune every converted copy this long on --data-dir")
     parser.add_argument(
+        "--save-dir", type=Path,
+        help="write every converted copy here (fp16 safetensors, named by method and target), e.g. to fine-tune "
+        "them elsewhere with 'mobilenets train --init-from'",
+    )  # fmt: skip
+    parser.add_argument(
         "--from-json", type=Path, action="append",
         help="print the table (and --plot) of a saved --json run, measuring nothing; given again, the runs' rows "
         "are joined under the first one's original (runs split by method over several processes)",
     )  # fmt: skip
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     if args.from_json:
         saved = [json.loads(path.read_text()) for path in args.from_json]
         args.finetune_epochs = saved[0]["args"].get("finetune_epochs")
         rows = saved[0]["rows"][:1] + [row for run in saved for row in run["rows"] if row["target"] is not None]
         return report(rows, saved[0].get("title", "model"), saved[0]["device"], args)
+    torch.set_num_threads(args.threads)
 
     if args.train_out and not args.checkpoint:
         args.checkpoint = str(_train_regular(args))
@@ -158,7 +164,7 @@ def main() -> None:
         info = default_data_info(model)
     model.eval()
     if args.resolution:
-        info["resolution"] = args.resolution
+        info = info.replace(resolution=args.resolution)
     size = (3, info["resolution"], info["resolution"])
     calibration = None
     if args.calibration:
@@ -197,6 +203,8 @@ def main() -> None:
         runners = []
         for i, (label, target, net, reduction) in enumerate(converted):
             row = {"method": label, "target": target, "reduction": reduction}
+            if args.save_dir and target is not None:
+                _save_copy(net, info, args.save_dir, label, target)
             if batches is not None:
                 row["top1"] = _top1(net, batches, info, args.device)
             if args.finetune_epochs and target is not None:
@@ -298,6 +306,14 @@ def _gpu_speed(device: str) -> dict:
     """On a GPU, train as the ledger's GPU runs do (bf16, NHWC, CIFAR held on the device): an epoch in
     seconds rather than the half minute that decoding JPEGs on the host takes per epoch."""
     return dict(precision="bf16", channels_last=True, data_on_device=True) if device.startswith("cuda") else {}
+
+
+def _save_copy(net, info, folder: Path, label: str, target: float) -> Path:
+    """One converted copy as fp16 safetensors (half the bytes: what a GPU window can carry), e.g.
+    ``decouple+refine_2x.safetensors``; the copy in memory stays fp32."""
+    name = label.replace(" + ", "+").replace(", ", "_").replace(" ", "-") + f"_{target:g}x.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    return mobilenets.save_weights(copy.deepcopy(net).half(), folder / name, data_info=info)
 
 
 def _top1(net, batches, info, device: str) -> float:

@@ -18,8 +18,10 @@
 #   bash benchmarks/gpu_window.sh unpack DIR     # here: the returned files of DIR into runs/ and docs/results/
 #
 # Environment: OUT (where results go; the device tool sets it), DEVICE (cuda), DATA (.gpu/cifar10),
-# LIMIT (seconds a step may train, 540), PYTHON (python3). SMOKE=1 checks a step on the CPU in a few minutes
-# (1 epoch on 1,000 images, one decoupling method and target): what `pytest` cannot, that the commands still fit together.
+# LIMIT (seconds a step may train, 540), SWEEP_LIMIT (seconds each conversion process of `regular` may take, LIMIT),
+# SWEEP (0: `regular` trains the networks and skips the sweep), PYTHON (python3). SMOKE=1 checks a step on the CPU
+# in a few minutes (1 epoch on 1,000 images, two decoupling methods at one target): what `pytest` cannot, that the
+# commands still fit together.
 set -uo pipefail  # no -e: a run cut off by its time limit must not stop the packing of what it wrote
 cd "$(dirname "$0")/.."
 step=${1:?"usage: $0 prepare|regular|fast|grid|unpack DIR"}
@@ -89,7 +91,7 @@ regular)
     # machine's CPU and are measured again at home from the returned weights; `decouple_speed.py --from-json A
     # --from-json B ...` joins the processes' tables
     for model in vgg16 resnet18; do
-        [[ -e "runs/$model/best.pt" ]] || continue
+        [[ -e "runs/$model/best.pt" && "${SWEEP:-1}" != 0 ]] || continue  # SWEEP=0: the networks alone
         for method in ${methods//,/ }; do
             for target in ${targets//,/ }; do
                 name="decouple_${model}_${method}_$target"

@@ -215,3 +215,34 @@ def test_multi_scale_of_the_detection_ablations(monkeypatch):
     with torch.no_grad():
         model(images)
     assert tuple(sides[-1]) == (128, 128) and model.transform.fixed_size == (128, 128)
+
+
+def test_decouple_speed_joins_runs_split_over_processes(tmp_path, monkeypatch, capsys):
+    """A GPU window runs decouple_speed.py once per method and target; --from-json given several times
+    prints one table under the first run's original, and a run cut off before its timing rounds keeps
+    its accuracy with '-' for the speed it never measured."""
+    script = load_script("decouple_speed", monkeypatch)
+    timed = {"eager": 10.0, "channels_last": 8.0, "onnxruntime": 4.0}
+    original = {"method": "original", "target": None, "reduction": 1.0, "top1": 0.9, "top1_finetuned": 0.9}
+    runs = [
+        [{**original, **timed}, {"method": "decouple + refine", "target": 2.0, "reduction": 2.01, "top1": 0.88,
+                                 "top1_finetuned": 0.89, "eager": 5.0, "channels_last": 4.0, "onnxruntime": 2.0}],
+        [{**original, "top1": 0.95}, {"method": "channel+decouple", "target": 3.0, "reduction": 3.0, "top1": 0.86,
+                                      "top1_finetuned": 0.87}],
+    ]  # fmt: skip
+    args = []
+    for i, rows in enumerate(runs):
+        path = tmp_path / f"run{i}.json"
+        path.write_text(
+            json.dumps({"args": {"finetune_epochs": 1}, "title": "vgg16 at 32x32", "device": "X", "rows": rows})
+        )
+        args += ["--from-json", str(path)]
+    monkeypatch.setattr(sys, "argv", ["decouple_speed.py", *args])
+    script.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 4  # header, original once, the two conversions
+    assert (
+        "| decouple + refine | 2x | 2.01x | 5.00 (2.00x) | 4.00 (2.00x) | 2.00 (2.00x) | 88.00% (-2.00) | 89.00% (-1.00) |"
+        in lines
+    )
+    assert "| channel+decouple | 3x | 3.00x | - | - | - | 86.00% (-4.00) | 87.00% (-3.00) |" in lines
