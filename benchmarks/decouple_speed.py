@@ -147,8 +147,10 @@ def main() -> None:
         "are joined under the first one's original (runs split by method over several processes)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.save_dir and args.save_dir.exists() and not args.save_dir.is_dir():
+        parser.error(f"--save-dir {args.save_dir} is a file, not a folder")
     if args.from_json:
-        saved = [json.loads(path.read_text()) for path in args.from_json]
+        saved = [_saved_run(path, parser) for path in args.from_json]
         args.finetune_epochs = saved[0]["args"].get("finetune_epochs")
         rows = saved[0]["rows"][:1] + [row for run in saved for row in run["rows"] if row["target"] is not None]
         return report(rows, saved[0].get("title", "model"), saved[0]["device"], args)
@@ -258,22 +260,34 @@ def report(rows: list[dict], title: str, device: str, args) -> None:
     if args.plot and evaluated:
         from mobilenets.plots import plot_sweep
 
-        results = [{**row, "label": f"{row['target']:g}x"} for row in rows[1:]]
-        if tuned:
-            results += [
-                {
-                    **row,
-                    "top1": row["top1_finetuned"],
-                    "label": "",
-                    "variant": f"{args.finetune_epochs} epoch fine-tuned",
-                }
-                for row in rows[1:]
-            ]
+        timed = [row for row in rows[1:] if "onnxruntime" in row]  # the x axis: rows cut off before timing sit out
+        if "onnxruntime" not in base or not timed:
+            print(f"no plot: the runs' ONNX Runtime timings are missing ({args.plot} not written)")
+            return
+        results = [{**row, "label": f"{row['target']:g}x"} for row in timed]
+        results += [
+            {**row, "top1": row["top1_finetuned"], "label": "", "variant": f"{args.finetune_epochs} epoch fine-tuned"}
+            for row in timed
+            if "top1_finetuned" in row
+        ]
         plot_sweep(
             results, base, args.plot, x="onnxruntime", xlabel=f"ONNX Runtime batch-1 latency (ms); {device}",
             title=f"{title}: top-1 against measured latency", labels="label",
         )  # fmt: skip
         print(f"wrote {args.plot}")
+
+
+def _saved_run(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """One --json file as written by this script, or one line naming what is wrong with it."""
+    try:
+        saved = json.loads(path.read_text())
+    except OSError as exc:
+        parser.error(f"--from-json {path}: {exc.strerror}")
+    except ValueError:
+        saved = None
+    if not (isinstance(saved, dict) and saved.get("rows") and {"device", "args"} <= saved.keys()):
+        parser.error(f"--from-json {path}: not a decouple_speed.py --json file")
+    return saved
 
 
 def _cpu_name() -> str:

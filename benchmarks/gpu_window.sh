@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# The GPU runs of docs/results/gpu_ledger.md as ready commands, so that a 30-minute device window is spent on
-# training, not on typing. What shapes them (the device tool's limits): ../shared does not travel, so CIFAR-10
-# (52.7 MiB of JPEGs) goes as the ignored folder .gpu/ in the carry of the window's first call and stays on the
-# warm machine for the next calls (it goes back after 30 s idle; as one archive, unpacked by the first step);
-# at most 64 MiB travel per call, so a
-# checkpoint to resume travels in a later call than the data; at most 8 files of 16 MiB come back, so weights
-# come back as fp16 safetensors cut into 15 MiB parts (`unpack` joins them).
+# The GPU runs of docs/results/gpu_ledger.md as ready commands, so that a device window is spent on training,
+# not on typing. What shapes them (the device tool's limits): ../shared does not travel, so CIFAR-10 goes as one
+# 19 MiB archive in the ignored folder .gpu/ (the 60,000 JPEGs as files count as over the 64 MiB a call carries),
+# carried by the window's first call, unpacked by its step, and kept on the warm machine for the next calls (it
+# goes back after 30 s idle); a checkpoint to resume travels in a later call than the data; at most 8 files of
+# 16 MiB come back, so weights come back as fp16 safetensors cut into 15 MiB parts (`unpack` joins them).
 #
-#   bash benchmarks/gpu_window.sh prepare        # here: copy CIFAR-10 into .gpu/cifar10 (carry ".gpu")
+#   bash benchmarks/gpu_window.sh prepare        # here: CIFAR-10 as .gpu/cifar10.tar.gz (carry ".gpu")
 #   bash benchmarks/gpu_window.sh regular        # device: VGG-16 + ResNet-18 (issue 18), then their decoupling
 #                                                #   benchmark on the device; fp16 weights and JSON to $OUT
 #   bash benchmarks/gpu_window.sh fast           # device: issue 17 item 2 (>= 94 % in <= 10 min), alone on the GPU

@@ -237,8 +237,10 @@ def test_decouple_speed_joins_runs_split_over_processes(tmp_path, monkeypatch, c
             json.dumps({"args": {"finetune_epochs": 1}, "title": "vgg16 at 32x32", "device": "X", "rows": rows})
         )
         args += ["--from-json", str(path)]
-    monkeypatch.setattr(sys, "argv", ["decouple_speed.py", *args])
+    plot = tmp_path / "sweep.png"  # drawn from the timed rows alone
+    monkeypatch.setattr(sys, "argv", ["decouple_speed.py", *args, "--plot", str(plot)])
     script.main()
+    assert plot.is_file()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(lines) == 4  # header, original once, the two conversions
     assert (

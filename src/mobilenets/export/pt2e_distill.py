@@ -5,9 +5,9 @@ Post-training int8 rounds every weight to its nearest step and leaves the later 
 the rounding - on MobileNetV2 in LiteRT's XNNPACK kernels on AVX-512 CPUs most (docs/benchmarks.md,
 "Why LiteRT int8 scores differently from host to host"). Here the network is prepared with fake
 quantization instead of observers, its activation ranges set on the calibration images as PT2E's
-post-training path sets them and then held, and its weights trained for ``steps`` batches to give the float network's outputs on those
-same images, randomly cropped and flipped (the KL divergence of the softmaxes: knowledge
-distillation, Hinton et al. 2015). No labels are needed, and the graph - hence the file's speed -
+post-training path sets them and then held, and its weights trained for ``steps`` batches to
+give the float network's outputs on those same images, randomly cropped and flipped (the KL
+divergence of the softmaxes: knowledge distillation, Hinton et al. 2015). No labels are needed, and the graph - hence the file's speed -
 is the post-training one.
 
 Measured (docs/benchmarks.md, "LiteRT int8 fitted to fp32"): torchvision's MobileNetV2, LiteRT's
