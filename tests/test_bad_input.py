@@ -91,10 +91,6 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--schedule"): ([*train, "--schedule", "linear"], ["--schedule", "linear"]),
         ("train", "--decay-epochs"): ([*train, "--decay-epochs", "0"], ["--decay-epochs", "positive integer"]),
         ("train", "--compile-mode"): ([*train, "--compile-mode", "fast"], ["--compile-mode", "fast"]),
-        ("train", "--test-flip detector"): (
-            [*train[:2], "ssdlite_mobilenet_v2", *train[3:], "--test-flip"],
-            ["--test-flip", "detection"],
-        ),
         ("train", "--residual segmenter"): (
             [*train[:2], "lraspp_mobilenet_v3_large", *train[3:], "--no-shortcuts", "--teacher", "t.pt"],
             ["--no-shortcuts, --teacher", "not available for a segmenter"],

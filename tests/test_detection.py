@@ -388,6 +388,34 @@ def test_coco_map_of_perfect_and_of_poor_predictions():
     assert coco_metrics(targets, wrong_class, num_classes=4)["map"] == pytest.approx(0.0)
 
 
+
+@pytest.mark.parametrize(("box", "expected"), [
+    ((10.0, 5.0, 30.0, 25.0), [((10.0, 5.0, 30.0, 25.0), 0.8), ((70.0, 5.0, 90.0, 25.0), 0.2)]),
+    ((40.0, 5.0, 60.0, 25.0), [((40.0, 5.0, 60.0, 25.0), 0.8)]),  # its own mirror image: suppressed to one
+])  # fmt: skip
+def test_flip_pools_both_passes_boxes_before_one_suppression(box, expected):
+    """--test-flip on a detector: the mirror pass's boxes turned back into the image's pixels, pooled
+    with the plain pass's and suppressed once with the detector's own NMS and cap - both off during
+    the two passes (each pass keeps every candidate) and restored after."""
+    from mobilenets.detection.evaluate import detect_with_mirror
+
+    class Stub:  # one box at a fixed place in whatever image it gets, scored by the brightness of its left half
+        nms_thresh, detections_per_img, settings_seen = 0.45, 2, []
+
+        def __call__(self, images):
+            self.settings_seen.append((self.nms_thresh, self.detections_per_img))
+            return [{"boxes": torch.tensor([box]), "scores": image[:, :, :50].mean()[None],
+                     "labels": torch.tensor([1])} for image in images]  # fmt: skip
+
+    image = torch.full((3, 40, 100), 0.2)
+    image[:, :, :50] = 0.8  # the mirror image's left half is dark: its box scores 0.2
+    stub = Stub()
+    (found,) = detect_with_mirror(stub, [image])
+    assert [(tuple(b), round(float(s), 4)) for b, s in zip(found["boxes"].tolist(), found["scores"])] == expected
+    assert found["labels"].tolist() == [1] * len(expected)
+    assert stub.settings_seen == [(1.0, 1_000_000)] * 2 and (stub.nms_thresh, stub.detections_per_img) == (0.45, 2)
+
+
 # -- training, evaluation and prediction end to end -------------------------------------
 
 
@@ -444,6 +472,20 @@ def test_eval_and_predict_a_detector_from_the_command_line(trained, capsys, tmp_
     assert drawn.convert("RGB").tobytes() != Image.open(image).convert("RGB").tobytes()  # boxes were drawn
 
 
+def test_eval_test_flip_scores_a_detector_with_its_mirror_images(trained, monkeypatch, capsys):
+    import mobilenets.detection.evaluate as detection_evaluate
+
+    root, out, _ = trained
+    calls, pooled = [], detection_evaluate.detect_with_mirror
+    monkeypatch.setattr(detection_evaluate, "detect_with_mirror",
+                        lambda model, images: calls.append(len(images)) or pooled(model, images))  # fmt: skip
+    checkpoint = ["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), "--json"]
+    assert main(checkpoint) == 0 and not calls
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*checkpoint, "--test-flip"]) == 0 and sum(calls) == plain["images"] == 8
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+
+
 def test_eval_resolution_sets_the_side_a_detector_resizes_to(trained, monkeypatch, capsys):
     """A detector resizes its input itself, so --resolution beside a checkpoint rebuilds it at that
     side (it once changed only the data's transform, which leaves a detector's images as they are)."""
@@ -491,6 +533,7 @@ def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
     """The exported graph (network + box decoding) with the detector's own NMS after it
     finds the same boxes, scores and labels as the PyTorch detector, in ONNX Runtime and OpenVINO."""
     pytest.importorskip({"onnx": "onnxruntime", "openvino": "openvino"}[kind])
+    from mobilenets.detection.evaluate import detect_with_mirror
     from mobilenets.runtimes import load_exported
 
     root, out, _ = trained
@@ -520,6 +563,12 @@ def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
         # on a probability: up to 7.7e-5 apart here (the network's outputs 3.5e-6 relative to their largest)
         torch.testing.assert_close(theirs["scores"][order], ours["scores"].detach(), atol=2e-4, rtol=1e-4)
         assert torch.equal(theirs["labels"][order], ours["labels"])
+    # test-time flip pools the candidates of both runtimes alike (an exported file keeps its NMS in `settings`)
+    for ours, theirs in zip(detect_with_mirror(model, images), detect_with_mirror(exported, images)):
+        assert len(ours["boxes"]) == len(theirs["boxes"]) > 0
+        order = _matching(ours, theirs)
+        torch.testing.assert_close(theirs["boxes"][order], ours["boxes"].detach(), atol=1e-4 * side, rtol=1e-4)
+    assert exported.settings["nms_thresh"] == model.nms_thresh  # restored
     image = str(root / "images" / "val" / "1.jpg")
     assert main(["predict", "--exported", str(path), image, "--threshold", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["boxes"]

@@ -260,6 +260,24 @@ def test_miou_from_a_hand_computed_confusion_matrix():
     assert torch.equal(split, matrix)
 
 
+
+def test_flip_averages_a_segmenters_scores_with_its_mirror_images_turned_back():
+    """--test-flip on a segmenter: the mirror image's class scores are mirrored back before the average,
+    so a network that sees left and right alike scores as without it, and scores fixed to the input's
+    columns (whatever the image) average to the same score everywhere."""
+    from mobilenets.segmentation.evaluate import predict_logits
+
+    torch.manual_seed(0)
+    image = torch.randn(3, 24, 32)
+    pointwise = torch.nn.Conv2d(3, 2, 1).eval()  # the same per pixel, left or right
+    torch.testing.assert_close(predict_logits(pointwise, image, 16, flip=True), predict_logits(pointwise, image, 16))
+    ramp = torch.linspace(0, 1, 16).expand(1, 2, 16, 16)
+    columns = lambda batch: {"out": ramp.expand(len(batch), -1, -1, -1)}  # noqa: E731 - scores by column only
+    plain, flipped = predict_logits(columns, image, 16), predict_logits(columns, image, 16, flip=True)
+    assert plain[:, :, -1].min() > plain[:, :, 0].max()  # a ramp without the flip
+    torch.testing.assert_close(flipped, torch.full_like(flipped, 0.5))
+
+
 # -- training, evaluation, prediction, export -------------------------------------------
 
 

@@ -15,11 +15,6 @@ from .common import model_source
 __all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION"]
 
 
-def _refuse_test_flip(args: argparse.Namespace, info: dict[str, Any]) -> None:
-    if args.test_flip:
-        raise ConfigError(f"--test-flip averages a classifier's logits; these weights are a {info['task']} model")
-
-
 def _scored_split(data, args: argparse.Namespace):
     """The split --split names, its first --val-subset images (as training's --val-subset takes them)."""
     split = data.train if args.split == "train" else data.val
@@ -93,7 +88,6 @@ class ClassifierCommands:
 
 class DetectorCommands:
     def evaluate(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
-        _refuse_test_flip(args, info)
         from ..data import make_loader
         from ..detection.data import collate, detection_transforms, find_detection_data
         from ..detection.evaluate import evaluate_detector
@@ -108,7 +102,7 @@ class DetectorCommands:
         check_classes(info, data.classes, model=model_source(args), data=args.data_dir,
                       background=True)  # fmt: skip
         loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
-        metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty())
+        metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty(), flip=args.test_flip)
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
@@ -136,7 +130,6 @@ class DetectorCommands:
 
 class SegmenterCommands:
     def evaluate(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
-        _refuse_test_flip(args, info)
         from ..data import make_loader
         from ..predict import check_classes
         from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
@@ -151,7 +144,7 @@ class SegmenterCommands:
         check_classes(info, data.classes, model=model_source(args), data=args.data_dir)
         loader = make_loader(_scored_split(data, args), args.batch_size or 8, workers=args.workers, collate_fn=collate)
         metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
-                                     progress=sys.stderr.isatty())  # fmt: skip
+                                     progress=sys.stderr.isatty(), flip=args.test_flip)  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0

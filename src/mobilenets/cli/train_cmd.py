@@ -132,7 +132,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--test-flip",
         action="store_true",
-        help="classifiers: average each image's logits with its mirror image's (twice the cost)",
+        help="score each image and its mirror image (twice the cost): a classifier's logits and a segmenter's "
+        "class scores averaged, a detector's boxes from both passes suppressed together",
     )
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON (top1, top5, loss, images...)")
     ev.set_defaults(run=run_eval)

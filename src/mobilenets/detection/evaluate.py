@@ -5,6 +5,10 @@ Ground truth is what the validation loader yields (boxes in the images' own pixe
 ``iscrowd`` 0, area = box area), predictions are the detector's boxes mapped back to
 those pixels.  ``map`` is AP averaged over IoU 0.50:0.05:0.95 (COCO's headline
 number), ``map50`` at IoU 0.5, ``map75`` at 0.75, ``map_small/medium/large`` by box area.
+
+With ``flip`` (``--test-flip``), each image is also run mirrored and both passes' candidate boxes
+are suppressed together (:func:`detect_with_mirror`): twice the evaluation's cost, for a network
+whose boxes vary between an image and its mirror image (docs/benchmarks.md, "One class").
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import batched_nms
 
 from ..errors import ConfigError
 from ..extras import require
 
-__all__ = ["COCO_STATS", "coco_metrics", "evaluate_detector"]
+__all__ = ["COCO_STATS", "coco_metrics", "detect_with_mirror", "evaluate_detector"]
 
 # COCOeval.stats, in its order.
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
@@ -69,10 +74,52 @@ def coco_metrics(
     return {key: float(value) for key, value in zip(COCO_STATS, evaluation.stats)}
 
 
+@contextlib.contextmanager
+def _every_candidate(model):
+    """``model`` with its NMS and its cap on detections per image off; yields its own (NMS IoU, cap).
+    A PyTorch detector keeps them as attributes, an exported one (``export.detection``) in ``settings``."""
+    settings = getattr(model, "settings", None)
+    if settings is None:
+        own = (model.nms_thresh, model.detections_per_img)
+        model.nms_thresh, model.detections_per_img = 1.0, 1_000_000  # no IoU exceeds 1: nothing suppressed
+        try:
+            yield own
+        finally:
+            model.nms_thresh, model.detections_per_img = own
+    else:
+        model.settings = {**settings, "nms_thresh": 1.0, "detections_per_img": 1_000_000}
+        try:
+            yield settings["nms_thresh"], settings["detections_per_img"]
+        finally:
+            model.settings = settings
+
+
 @torch.no_grad()
-def evaluate_detector(model: nn.Module, loader, device: str = "cpu", *, dist=None, progress: bool = False):
+def detect_with_mirror(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Each image's detections found on it and on its mirror image together (test-time flip):
+    both passes' candidates (each above the score threshold, per class its top candidates) are
+    pooled, the mirrored boxes turned back, and the detector's own NMS and cap applied once."""
+    with _every_candidate(model) as (nms, kept):
+        found = model(images)
+        mirrored = model([image.flip(-1) for image in images])
+    results = []
+    for image, own, other in zip(images, found, mirrored):
+        turned = other["boxes"].clone()
+        turned[:, [0, 2]] = image.shape[-1] - other["boxes"][:, [2, 0]]
+        boxes = torch.cat([own["boxes"], turned])
+        scores, labels = torch.cat([own["scores"], other["scores"]]), torch.cat([own["labels"], other["labels"]])
+        keep = batched_nms(boxes, scores, labels, nms)[:kept]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return results
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: nn.Module, loader, device: str = "cpu", *, dist=None, progress: bool = False, flip: bool = False
+):
     """Run ``model`` over ``loader`` (images, targets) and score it with :func:`coco_metrics`;
-    under torchrun each process passes its shard and the predictions are gathered."""
+    under torchrun each process passes its shard and the predictions are gathered.  ``flip``:
+    each image's detections are :func:`detect_with_mirror`'s."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -80,7 +127,8 @@ def evaluate_detector(model: nn.Module, loader, device: str = "cpu", *, dist=Non
     predictions: list[dict[str, Tensor]] = []
     start = time.perf_counter()
     for images, batch_targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
-        outputs = model([image.to(device) for image in images])
+        images = [image.to(device) for image in images]
+        outputs = detect_with_mirror(model, images) if flip else model(images)
         for target, output in zip(batch_targets, outputs):
             targets.append({"boxes": target["boxes"].as_subclass(Tensor).cpu(), "labels": target["labels"].cpu()})
             predictions.append({k: output[k].cpu() for k in ("boxes", "scores", "labels")})

@@ -88,7 +88,8 @@ class DetectionTrainer(BackboneTaskTrainer):
         return forward
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
-        return evaluate_detector(model, self.val_loader, self.device, dist=self.dist, progress=self.progress)
+        return evaluate_detector(model, self.val_loader, self.device, dist=self.dist, progress=self.progress,
+                                 flip=self.config.test_flip)  # fmt: skip
 
     def _metrics_text(self, record: dict[str, Any]) -> str:
         return f"val mAP {100 * record['map']:.2f}%, mAP50 {100 * record['map50']:.2f}%"

@@ -56,18 +56,27 @@ def segmentation_metrics(matrix: Tensor, classes: list[str] | None = None) -> di
     return metrics
 
 
+def _scores(model: nn.Module, batch: Tensor) -> Tensor:
+    out = model(batch)
+    return out["out"] if isinstance(out, dict) else out
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, image: Tensor, resolution: int, size: tuple[int, int] | None = None) -> Tensor:
+def predict_logits(
+    model: nn.Module, image: Tensor, resolution: int, size: tuple[int, int] | None = None, *, flip: bool = False
+) -> Tensor:
     """Class scores (C x H x W) for one normalised image (3 x H x W) at ``size`` (default
     its own): the network runs on the image resized to ``resolution`` x ``resolution`` -
     the fixed square input an exported model takes, so PyTorch, ONNX and a phone score
     alike - and its output is resized back bilinearly.  ``model`` returns a tensor or
-    torchvision's ``{"out": ...}``."""
+    torchvision's ``{"out": ...}``.  ``flip``: averaged with the scores of the mirror image,
+    mirrored back (test-time flip, twice the cost)."""
     size = size or tuple(image.shape[-2:])
     batch = F.interpolate(image[None], size=(resolution, resolution), mode="bilinear", align_corners=False,
                           antialias=True)  # fmt: skip
-    out = model(batch)
-    out = out["out"] if isinstance(out, dict) else out
+    out = _scores(model, batch)
+    if flip:
+        out = (out + _scores(model, batch.flip(-1)).flip(-1)) / 2
     return F.interpolate(out, size=size, mode="bilinear", align_corners=False)[0]
 
 
@@ -82,10 +91,12 @@ def evaluate_segmenter(
     dist=None,
     classes: list[str] | None = None,
     progress: bool = False,
+    flip: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` over ``loader`` (images and masks, one at a time or stacked): each
-    image runs at ``resolution`` x ``resolution`` and is scored at its mask's own size.  Under
-    torchrun each process scores its shard and the confusion matrices are summed."""
+    image runs at ``resolution`` x ``resolution`` (with ``flip``, its mirror image too: see
+    :func:`predict_logits`) and is scored at its mask's own size.  Under torchrun each process
+    scores its shard and the confusion matrices are summed."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -94,7 +105,8 @@ def evaluate_segmenter(
     for images, masks in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
         for image, mask in zip(images, masks):
             mask = mask.as_subclass(Tensor).to(device)
-            logits = predict_logits(model, image.as_subclass(Tensor).to(device), resolution, tuple(mask.shape))
+            image = image.as_subclass(Tensor).to(device)
+            logits = predict_logits(model, image, resolution, tuple(mask.shape), flip=flip)
             matrix += confusion_matrix(mask, logits.argmax(0), num_classes)
             images_seen += 1
     elapsed = time.perf_counter() - start

@@ -75,7 +75,7 @@ class SegmentationTrainer(BackboneTaskTrainer):
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         return evaluate_segmenter(model, self.val_loader, len(self.classes), self.resolution, self.device,
-                                  dist=self.dist, progress=self.progress)  # fmt: skip
+                                  dist=self.dist, progress=self.progress, flip=self.config.test_flip)  # fmt: skip
 
     def _metrics_text(self, record: dict[str, Any]) -> str:
         return f"val mIoU {100 * record['miou']:.2f}%, pixel acc {100 * record['pixel_acc']:.2f}%"

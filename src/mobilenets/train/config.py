@@ -311,13 +311,13 @@ class TrainConfig:
         SPEED,
         choices=COMPILE_MODES,
     )
-    # validation: average each image's logits with its mirror image's (test-time flip, 2x the cost)
+    # validation on each image and its mirror image (test-time flip, 2x the cost)
     test_flip: bool = option(
         False,
-        "validate on each image and its mirror image, logits averaged (test-time flip: twice the evaluation "
-        "cost; +1.1 points for torchvision's MobileNetV2 on the 1,000 shared ImageNet images)",
+        "validate on each image and its mirror image (test-time flip: twice the evaluation cost): a classifier's "
+        "logits averaged (+1.1 points for torchvision's MobileNetV2 on the 1,000 shared ImageNet images), a "
+        "segmenter's class scores averaged, a detector's boxes of both passes suppressed together",
         RECIPE,
-        tasks=CLASSIFIER,
     )
     # bookkeeping
     eval_every: int = option(
