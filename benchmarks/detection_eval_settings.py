@@ -8,6 +8,18 @@ Measured (AMD EPYC Zen 5, session 9): the 512-pixel person run's best.pt 17.57 %
 (threshold 0.01, 200 detections, NMS 0.45), 17.57 / 16.28 / 16.21 % with 0.001, 300 and NMS 0.45 / 0.55 / 0.6;
 the 448-pixel run's 16.99 % as trained, 17.11 % at best (NMS 0.55), 15.24-16.27 % at 512 and 10.45-11.13 %
 at 576 pixels.  coco128's 350 validation people: 103 small, 111 medium, 136 large.
+
+``--merge`` adds rows at the trained size with two test-time levers: the image and its mirror image scored
+together (their boxes pooled before the suppression), and Gaussian soft-NMS (Bodla et al. 2017: a box
+overlapping a kept one has its score multiplied by exp(-IoU^2 / sigma) instead of being dropped - people in
+crowds overlap), each alone and both:
+
+    python benchmarks/detection_eval_settings.py runs/person-512/best.pt 512 --merge
+
+Measured (AMD EPYC Zen 4, session 21; docs/benchmarks.md "Session 21"): the default person run 24.07 % mAP50,
+25.06 with the mirror image, 24.85 with soft-NMS, 25.72 with both; over three seeds of the stride-8 layout
+(``detection_ablations.py --stride-8``) 25.69 % as trained, 27.48 with the mirror image, 25.09 with soft-NMS.
+The mirror image became ``--test-flip`` (``mobilenets.detection.evaluate.detect_with_mirror``); soft-NMS stayed here.
 """
 
 from __future__ import annotations
@@ -15,15 +27,60 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
+from torchvision.ops import batched_nms, box_iou
 
 from mobilenets.data import make_loader
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
-from mobilenets.detection.evaluate import evaluate_detector
+from mobilenets.detection.evaluate import detect_with_mirror, evaluate_detector
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
 from mobilenets.validate import POSITIVE_INT, csv_of
 
 SETTINGS = ((0.01, 0.45, 200), (0.001, 0.45, 300), (0.001, 0.55, 300), (0.001, 0.6, 300))
+SOFT_NMS_SIGMA = 0.5  # the paper's Gaussian sigma
+
+
+def soft_nms(boxes, scores, labels, *, sigma: float, threshold: float, kept: int):
+    """Indices kept by Gaussian soft-NMS within each class, best first, with their decayed scores."""
+    order, decayed = [], scores.clone()
+    for label in labels.unique():
+        alive = (labels == label).nonzero().flatten()
+        while len(alive) and len(order) < 10 * kept:
+            best = alive[decayed[alive].argmax()]
+            order.append(int(best))
+            alive = alive[alive != best]
+            overlap = box_iou(boxes[best][None], boxes[alive])[0]
+            decayed[alive] *= torch.exp(-(overlap**2) / sigma)
+            alive = alive[decayed[alive] > threshold]
+    order = torch.tensor(order, dtype=torch.long)
+    order = order[decayed[order].argsort(descending=True)][:kept]
+    return order, decayed[order]
+
+
+class MergedDetector(nn.Module):
+    """A trained SSD whose candidates (its own suppression turned off) from the image and, with ``flip``, its
+    mirror image (the library's ``--test-flip`` pooling) are suppressed by NMS or, with ``soft``, soft-NMS."""
+
+    def __init__(self, model: nn.Module, *, flip: bool, soft: bool, nms: float, kept: int):
+        super().__init__()
+        self.model, self.head, self.flip, self.soft, self.nms, self.kept = model, model.head, flip, soft, nms, kept
+        self.threshold = model.score_thresh
+
+    def forward(self, images):
+        self.model.nms_thresh, self.model.detections_per_img = 1.0, 1_000_000  # no IoU exceeds 1: keep all
+        outputs = detect_with_mirror(self.model, images) if self.flip else self.model(images)
+        merged = []
+        for output in outputs:
+            boxes, scores, labels = output["boxes"], output["scores"], output["labels"]
+            if self.soft:
+                keep, scores = soft_nms(boxes, scores, labels, sigma=SOFT_NMS_SIGMA, threshold=self.threshold,
+                                        kept=self.kept)  # fmt: skip
+            else:
+                keep = batched_nms(boxes, scores, labels, self.nms)[: self.kept]
+                scores = scores[keep]
+            merged.append({"boxes": boxes[keep], "scores": scores, "labels": labels[keep]})
+        return merged
 
 
 def main() -> None:
@@ -31,6 +88,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("sizes", type=csv_of(POSITIVE_INT), help="input sides to score at, comma-separated")
     parser.add_argument("--data-dir", default="../shared/data/coco128")
+    parser.add_argument("--merge", action="store_true", help="add the flip / soft-NMS rows at the trained size")
     args = parser.parse_args()
     try:
         model, info = load_model_with_info(args.checkpoint)
@@ -51,6 +109,18 @@ def main() -> None:
             metrics = evaluate_detector(model, loader)
             print(f"{side} px, score > {threshold}, NMS {nms}, {kept} kept: mAP50 {100 * metrics['map50']:.2f} %, "
                   f"mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
+    if args.merge:
+        score_merged(model, loader, info["resolution"])
+
+
+def score_merged(model: nn.Module, loader, side: int) -> None:
+    """The trained size's settings, then the image with its mirror image, soft-NMS, and both."""
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
+    model.score_thresh = 0.01
+    for flip, soft in ((False, False), (True, False), (False, True), (True, True)):
+        metrics = evaluate_detector(MergedDetector(model, flip=flip, soft=soft, nms=0.45, kept=200), loader)
+        print(f"{side} px, {'image + mirror' if flip else 'image'}, {'soft-NMS' if soft else 'NMS 0.45'}: "
+              f"mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

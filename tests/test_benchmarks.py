@@ -99,6 +99,26 @@ def test_detection_errors_sorts_detections_by_what_they_overlap():
     assert table == {"small": (1, 1.0), "medium": (1, 0.0), "large": (2, 0.5)}
 
 
+def test_soft_nms_of_the_detection_eval_settings():
+    """benchmarks/detection_eval_settings.py: Gaussian soft-NMS (Bodla et al. 2017) decays a box's score by
+    exp(-IoU^2 / sigma) for each better box of its class it overlaps, instead of dropping it; other classes
+    and boxes apart keep theirs; the decayed scores order the result and drop below the threshold."""
+    import math
+
+    import torch
+
+    settings = load_script("detection_eval_settings")
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 9.9]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.02])
+    labels = torch.tensor([1, 1, 2, 1, 1])
+    keep, decayed = settings.soft_nms(boxes, scores, labels, sigma=0.5, threshold=0.01, kept=10)
+    # box 1 overlaps box 0 by 0.5: 0.8 * exp(-0.25 / 0.5); box 2 is another class, box 3 apart; box 4
+    # overlaps box 0 by 0.99 and falls under the threshold
+    assert keep.tolist() == [0, 2, 3, 1]
+    assert decayed.tolist() == pytest.approx([0.9, 0.7, 0.6, 0.8 * math.exp(-0.5)])
+    assert settings.soft_nms(boxes, scores, labels, sigma=0.5, threshold=0.01, kept=2)[0].tolist() == [0, 2]
+
+
 def test_focal_loss_of_the_detection_ablations():
     """benchmarks/detection_ablations.py --focal: at GAMMA 0 it is the cross entropy of every box,
     weighted ALPHA (objects) or 1 - ALPHA (background), over the boxes holding an object; GAMMA 2
