@@ -19,7 +19,7 @@ from mobilenets.cli import main
 from mobilenets.cost import profile
 from mobilenets.errors import ConfigError, DataError
 from mobilenets.segmentation.data import IGNORE, find_segmentation_data, segmentation_transforms
-from mobilenets.segmentation.evaluate import confusion_matrix, segmentation_metrics
+from mobilenets.segmentation.evaluate import confusion_matrix, predict_logits, segmentation_metrics
 from mobilenets.train import TrainConfig, train
 
 from .conftest import TORCHVISION_V2_WEIGHTS
@@ -265,8 +265,6 @@ def test_flip_averages_a_segmenters_scores_with_its_mirror_images_turned_back():
     """--test-flip on a segmenter: the mirror image's class scores are mirrored back before the average,
     so a network that sees left and right alike scores as without it, and scores fixed to the input's
     columns (whatever the image) average to the same score everywhere."""
-    from mobilenets.segmentation.evaluate import predict_logits
-
     torch.manual_seed(0)
     image = torch.randn(3, 24, 32)
     pointwise = torch.nn.Conv2d(3, 2, 1).eval()  # the same per pixel, left or right
@@ -378,6 +376,9 @@ def test_onnx_export_of_a_segmenter_matches_pytorch(trained, tmp_path, capsys):
     model = mobilenets.load_model(out / "best.pt").eval()
     x = torch.randn(1, 3, 96, 96)
     torch.testing.assert_close(exported(x), model(x)["out"].detach(), atol=1e-4, rtol=1e-4)
+    # --test-flip scores an exported file as the PyTorch network (its scores a tensor, mirrored back alike)
+    torch.testing.assert_close(predict_logits(exported, x[0], 96, flip=True),
+                               predict_logits(model, x[0], 96, flip=True), atol=1e-4, rtol=1e-4)  # fmt: skip
     image = str(root / "images" / "val" / "1.jpg")
     for source in (["--onnx", str(path)], ["--checkpoint", str(out / "best.pt")]):
         assert main(["predict", *source, image, "--out", str(tmp_path / source[0]), "--json"]) == 0
