@@ -7,8 +7,8 @@ the rounding - on MobileNetV2 in LiteRT's XNNPACK kernels on AVX-512 CPUs most (
 quantization instead of observers, its activation ranges set on the calibration images as PT2E's
 post-training path sets them and then held, and its weights trained for ``steps`` batches to
 give the float network's outputs on those same images, randomly cropped and flipped (the KL
-divergence of the softmaxes: knowledge distillation, Hinton et al. 2015). No labels are needed, and the graph - hence the file's speed -
-is the post-training one.
+divergence of the softmaxes: knowledge distillation, Hinton et al. 2015). No labels are needed,
+and the graph - hence the file's speed - is the post-training one.
 
 Measured (docs/benchmarks.md, "LiteRT int8 fitted to fp32"): torchvision's MobileNetV2, LiteRT's
 XNNPACK on an AMD EPYC Zen 4 (AVX-512 VNNI), 200 COCO calibration photos, imagenet-sample's 1,000
