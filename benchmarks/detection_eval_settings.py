@@ -28,11 +28,11 @@ import argparse
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
 from mobilenets.data import make_loader
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
-from mobilenets.detection.evaluate import detect_with_mirror, evaluate_detector
+from mobilenets.detection.evaluate import detect_with_mirror, evaluate_detector, every_candidate
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
 from mobilenets.validate import POSITIVE_INT, csv_of
@@ -58,29 +58,23 @@ def soft_nms(boxes, scores, labels, *, sigma: float, threshold: float, kept: int
     return order, decayed[order]
 
 
-class MergedDetector(nn.Module):
-    """A trained SSD whose candidates (its own suppression turned off) from the image and, with ``flip``, its
-    mirror image (the library's ``--test-flip`` pooling) are suppressed by NMS or, with ``soft``, soft-NMS."""
+class SoftNMSDetector(nn.Module):
+    """A trained SSD whose candidates - from the image and, with ``flip``, its mirror image pooled as
+    ``--test-flip`` pools them - are suppressed by Gaussian soft-NMS instead of its NMS, under its own cap."""
 
-    def __init__(self, model: nn.Module, *, flip: bool, soft: bool, nms: float, kept: int):
+    def __init__(self, model: nn.Module, *, flip: bool):
         super().__init__()
-        self.model, self.head, self.flip, self.soft, self.nms, self.kept = model, model.head, flip, soft, nms, kept
-        self.threshold = model.score_thresh
+        self.model, self.head, self.flip = model, model.head, flip
 
     def forward(self, images):
-        self.model.nms_thresh, self.model.detections_per_img = 1.0, 1_000_000  # no IoU exceeds 1: keep all
-        outputs = detect_with_mirror(self.model, images) if self.flip else self.model(images)
-        merged = []
+        with every_candidate(self.model) as (_, kept):
+            outputs = detect_with_mirror(self.model, images) if self.flip else self.model(images)
+        results = []
         for output in outputs:
-            boxes, scores, labels = output["boxes"], output["scores"], output["labels"]
-            if self.soft:
-                keep, scores = soft_nms(boxes, scores, labels, sigma=SOFT_NMS_SIGMA, threshold=self.threshold,
-                                        kept=self.kept)  # fmt: skip
-            else:
-                keep = batched_nms(boxes, scores, labels, self.nms)[: self.kept]
-                scores = scores[keep]
-            merged.append({"boxes": boxes[keep], "scores": scores, "labels": labels[keep]})
-        return merged
+            keep, scores = soft_nms(output["boxes"], output["scores"], output["labels"], sigma=SOFT_NMS_SIGMA,
+                                    threshold=self.model.score_thresh, kept=kept)  # fmt: skip
+            results.append({"boxes": output["boxes"][keep], "scores": scores, "labels": output["labels"][keep]})
+        return results
 
 
 def main() -> None:
@@ -114,13 +108,17 @@ def main() -> None:
 
 
 def score_merged(model: nn.Module, loader, side: int) -> None:
-    """The trained size's settings, then the image with its mirror image, soft-NMS, and both."""
+    """At the trained size and settings: the image alone and with its mirror image (``--test-flip``), each
+    suppressed by the detector's NMS, then by soft-NMS."""
     model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
-    model.score_thresh = 0.01
-    for flip, soft in ((False, False), (True, False), (False, True), (True, True)):
-        metrics = evaluate_detector(MergedDetector(model, flip=flip, soft=soft, nms=0.45, kept=200), loader)
-        print(f"{side} px, {'image + mirror' if flip else 'image'}, {'soft-NMS' if soft else 'NMS 0.45'}: "
-              f"mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
+    model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
+    for soft in (False, True):
+        for flip in (False, True):
+            scored = SoftNMSDetector(model, flip=flip) if soft else model
+            metrics = evaluate_detector(scored, loader, flip=flip and not soft)
+            suppression = "soft-NMS" if soft else f"NMS {model.nms_thresh}"
+            print(f"{side} px, {'image + mirror' if flip else 'image'}, {suppression}: "
+                  f"mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

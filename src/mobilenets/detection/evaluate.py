@@ -25,7 +25,7 @@ from torchvision.ops import batched_nms
 from ..errors import ConfigError
 from ..extras import require
 
-__all__ = ["COCO_STATS", "coco_metrics", "detect_with_mirror", "evaluate_detector"]
+__all__ = ["COCO_STATS", "coco_metrics", "detect_with_mirror", "evaluate_detector", "every_candidate"]
 
 # COCOeval.stats, in its order.
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
@@ -75,9 +75,11 @@ def coco_metrics(
 
 
 @contextlib.contextmanager
-def _every_candidate(model):
-    """``model`` with its NMS and its cap on detections per image off; yields its own (NMS IoU, cap).
-    A PyTorch detector keeps them as attributes, an exported one (``export.detection``) in ``settings``."""
+def every_candidate(model):
+    """``model`` with its NMS and its cap on detections per image off (each image's candidates above
+    the score threshold, per class its top ones, for a suppression of one's own); yields its own (NMS
+    IoU, cap).  A PyTorch detector keeps them as attributes, an exported one (``export.detection``)
+    in ``settings``."""
     settings = getattr(model, "settings", None)
     if settings is None:
         own = (model.nms_thresh, model.detections_per_img)
@@ -99,7 +101,7 @@ def detect_with_mirror(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
     """Each image's detections found on it and on its mirror image together (test-time flip):
     both passes' candidates (each above the score threshold, per class its top candidates) are
     pooled, the mirrored boxes turned back, and the detector's own NMS and cap applied once."""
-    with _every_candidate(model) as (nms, kept):
+    with every_candidate(model) as (nms, kept):
         found = model(images)
         mirrored = model([image.flip(-1) for image in images])
     results = []
