@@ -19,7 +19,17 @@ crowds overlap), each alone and both:
 Measured (AMD EPYC Zen 4, session 21; docs/benchmarks.md "Session 21"): the default person run 24.07 % mAP50,
 25.06 with the mirror image, 24.85 with soft-NMS, 25.72 with both; over three seeds of the stride-8 layout
 (``detection_ablations.py --stride-8``) 25.69 % as trained, 27.48 with the mirror image, 25.09 with soft-NMS.
-The mirror image became ``--test-flip`` (``mobilenets.detection.evaluate.detect_with_mirror``); soft-NMS stayed here.
+The mirror image became ``--test-flip`` (``mobilenets.detection.evaluate.detect_with_views``); soft-NMS stayed here.
+
+``--tiles`` adds the rows with the image's four corner tiles (``--test-tiles``: each 0.6 of the sides, its boxes
+kept when under ``TILE_KEEPS_UNDER`` of the image's sides and clear of the sides it shares with other tiles), alone
+and with the mirror image; ``--tile-keeps-under 0.3,0.4,0.5`` repeats them at other limits:
+
+    python benchmarks/detection_eval_settings.py runs/person-512/best.pt 512 --tiles --tile-keeps-under 0.3,0.4,0.5
+
+Measured (AMD EPYC Zen 4, session 22; docs/benchmarks.md "Session 22"): the default person run's three seeds,
+mAP50 25.12 % on average as trained, 26.30 with the mirror image, 27.62 with the tiles (limit 0.4), 27.71 with
+both; on seed 0 the limit 0.3 / 0.4 / 0.5 gave 25.93 / 27.14 / 24.82 %, and no limit with no side rule 20.31 %.
 """
 
 from __future__ import annotations
@@ -31,11 +41,12 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from mobilenets.data import make_loader
+from mobilenets.detection import evaluate as detection_evaluate
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
-from mobilenets.detection.evaluate import detect_with_mirror, evaluate_detector, every_candidate
+from mobilenets.detection.evaluate import detect_with_views, evaluate_detector, every_candidate
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
-from mobilenets.validate import POSITIVE_INT, csv_of
+from mobilenets.validate import POSITIVE_INT, PROBABILITY, csv_of
 
 SETTINGS = ((0.01, 0.45, 200), (0.001, 0.45, 300), (0.001, 0.55, 300), (0.001, 0.6, 300))
 SOFT_NMS_SIGMA = 0.5  # the paper's Gaussian sigma
@@ -68,7 +79,7 @@ class SoftNMSDetector(nn.Module):
 
     def forward(self, images):
         with every_candidate(self.model) as (_, kept):
-            outputs = detect_with_mirror(self.model, images) if self.flip else self.model(images)
+            outputs = detect_with_views(self.model, images, flip=self.flip) if self.flip else self.model(images)
         results = []
         for output in outputs:
             keep, scores = soft_nms(output["boxes"], output["scores"], output["labels"], sigma=SOFT_NMS_SIGMA,
@@ -83,6 +94,11 @@ def main() -> None:
     parser.add_argument("sizes", type=csv_of(POSITIVE_INT), help="input sides to score at, comma-separated")
     parser.add_argument("--data-dir", default="../shared/data/coco128")
     parser.add_argument("--merge", action="store_true", help="add the flip / soft-NMS rows at the trained size")
+    parser.add_argument("--tiles", action="store_true",
+                        help="add the corner-tile rows (--test-tiles) at the trained size")  # fmt: skip
+    parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[detection_evaluate.TILE_KEEPS_UNDER],
+                        help="with --tiles: the largest box a tile keeps, as a fraction of the image's sides "
+                        f"(default {detection_evaluate.TILE_KEEPS_UNDER}; several, comma-separated)")  # fmt: skip
     args = parser.parse_args()
     try:
         model, info = load_model_with_info(args.checkpoint)
@@ -105,6 +121,8 @@ def main() -> None:
                   f"mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
     if args.merge:
         score_merged(model, loader, info["resolution"])
+    if args.tiles:
+        score_tiled(model, loader, info["resolution"], args.tile_keeps_under)
 
 
 def score_merged(model: nn.Module, loader, side: int) -> None:
@@ -119,6 +137,24 @@ def score_merged(model: nn.Module, loader, side: int) -> None:
             suppression = "soft-NMS" if soft else f"NMS {model.nms_thresh}"
             print(f"{side} px, {'image + mirror' if flip else 'image'}, {suppression}: "
                   f"mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
+
+
+def score_tiled(model: nn.Module, loader, side: int, limits: list[float]) -> None:
+    """At the trained size and settings: the image with its corner tiles (``--test-tiles``), without and with
+    its mirror image, for each limit on the size of the boxes a tile keeps."""
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
+    model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
+    default = detection_evaluate.TILE_KEEPS_UNDER
+    try:
+        for limit in limits:
+            detection_evaluate.TILE_KEEPS_UNDER = limit
+            for flip in (False, True):
+                metrics = evaluate_detector(model, loader, flip=flip, tiles=True)
+                views = f"{'image + mirror' if flip else 'image'} + tiles (boxes under {limit} kept)"
+                print(f"{side} px, {views}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
+                      flush=True)  # fmt: skip
+    finally:
+        detection_evaluate.TILE_KEEPS_UNDER = default
 
 
 if __name__ == "__main__":

@@ -203,6 +203,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
             ["not found"],
         ),  # fmt: skip
         ("eval", "--split"): ([*ev, "--split", "train"], ["--split is for detectors"]),
+        ("eval", "--test-tiles"): ([*ev, "--test-tiles"], ["--test-tiles is for detectors", "classifier"]),
         ("eval", "other classes"): (
             ["eval", "--checkpoint", "{root}/v1-named.safetensors", "--data-dir", "{root}/renamed"],
             ["not the classes", "'kind0' in the data", "'airplane' in the model"],
@@ -212,6 +213,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("predict", "--top"): ([*pr, "--top", "0"], ["--top", "positive integer"]),
         ("predict", "--top negative"): ([*pr, "--top", "-1"], ["--top"]),
         ("predict", "--threshold"): ([*pr, "--threshold", "1.5"], ["--threshold"]),
+        ("predict", "--test-tiles"): ([*pr, "--test-tiles"], ["--test-tiles is for detectors", "classifier"]),
         ("predict", "--out"): ([*pr, "--out", "{out}"], ["--out draws boxes", "detectors"]),
         ("predict", "--onnx"): (["predict", "--onnx", "{root}/notes.txt", TENCH], ["notes.txt"]),
         ("predict", "--exported"): (

@@ -397,7 +397,7 @@ def test_flip_pools_both_passes_boxes_before_one_suppression(box, expected):
     """--test-flip on a detector: the mirror pass's boxes turned back into the image's pixels, pooled
     with the plain pass's and suppressed once with the detector's own NMS and cap - both off during
     the two passes (each pass keeps every candidate) and restored after."""
-    from mobilenets.detection.evaluate import detect_with_mirror
+    from mobilenets.detection.evaluate import detect_with_views
 
     class Stub:  # one box at a fixed place in whatever image it gets, scored by the brightness of its left half
         nms_thresh, detections_per_img, settings_seen = 0.45, 2, []
@@ -410,10 +410,51 @@ def test_flip_pools_both_passes_boxes_before_one_suppression(box, expected):
     image = torch.full((3, 40, 100), 0.2)
     image[:, :, :50] = 0.8  # the mirror image's left half is dark: its box scores 0.2
     stub = Stub()
-    (found,) = detect_with_mirror(stub, [image])
+    (found,) = detect_with_views(stub, [image], flip=True)
     assert [(tuple(b), round(float(s), 4)) for b, s in zip(found["boxes"].tolist(), found["scores"])] == expected
     assert found["labels"].tolist() == [1] * len(expected)
     assert stub.settings_seen == [(1.0, 1_000_000)] * 2 and (stub.nms_thresh, stub.detections_per_img) == (0.45, 2)
+
+
+def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
+    """--test-tiles on a detector: each corner tile (0.6 of the sides) is run too; its boxes come back
+    shifted into the image's pixels, those over 0.4 of the image's sides or reaching a side the tile
+    shares with another tile are dropped, and all are suppressed once with the detector's own NMS."""
+    from mobilenets.detection.evaluate import detect_with_views
+
+    class Stub:  # in a 100 x 100 view (the image): one large box; in a 60 x 60 tile: a small box and a cut one
+        nms_thresh, detections_per_img, calls = 0.45, 100, []
+
+        def __call__(self, images):
+            self.calls.append([tuple(image.shape[-2:]) for image in images])
+            return [self.found(image) for image in images]
+
+        def found(self, image):
+            if image.shape[-1] == 100:
+                return {"boxes": torch.tensor([[10.0, 10, 90, 90]]), "scores": torch.tensor([0.9]),
+                        "labels": torch.tensor([1])}  # fmt: skip
+            small, cut, large = [20.0, 20, 30, 30], [50.0, 5, 60, 15], [5.0, 5, 50, 50]
+            return {"boxes": torch.tensor([small, cut, large]), "scores": torch.full((3,), 0.5),
+                    "labels": torch.tensor([1, 1, 1])}  # fmt: skip
+
+    image = torch.rand(3, 100, 100)
+    stub = Stub()
+    (found,) = detect_with_views(stub, [image], tiles=True)
+    assert stub.calls == [[(100, 100)], [(60, 60)], [(60, 60)], [(60, 60)], [(60, 60)]]
+    kept = sorted(tuple(box) for box in found["boxes"].tolist())
+    # the small box of each tile, shifted by the tile's corner (0 or 40); the cut one only where its right
+    # side is the image's (the right-hand tiles: 50-60 of a tile starting at 40 -> 90-100); the large
+    # one (45 px > 40) never
+    small = [(20.0 + x, 20.0 + y, 30.0 + x, 30.0 + y) for y in (0, 40) for x in (0, 40)]
+    cut = [(90.0, 5.0 + y, 100.0, 15.0 + y) for y in (0, 40)]
+    assert kept == sorted([(10.0, 10.0, 90.0, 90.0), *small, *cut])
+    assert (stub.nms_thresh, stub.detections_per_img) == (0.45, 100)
+    # with the mirror image as well: each view twice, the mirrored boxes turned back inside their tile
+    stub.calls.clear()
+    (both,) = detect_with_views(stub, [image], flip=True, tiles=True)
+    assert sorted(stub.calls) == [[(60, 60)]] * 8 + [[(100, 100)]] * 2
+    assert (10.0, 10.0, 90.0, 90.0) in [tuple(box) for box in both["boxes"].tolist()]
+    assert (30.0, 20.0, 40.0, 30.0) in [tuple(box) for box in both["boxes"].tolist()]  # 60 - 30, 60 - 20
 
 
 # -- training, evaluation and prediction end to end -------------------------------------
@@ -470,20 +511,42 @@ def test_eval_and_predict_a_detector_from_the_command_line(trained, capsys, tmp_
     drawn = Image.open(tmp_path / "drawn" / "0.png")
     assert drawn.size == (96, 96)
     assert drawn.convert("RGB").tobytes() != Image.open(image).convert("RGB").tobytes()  # boxes were drawn
+    # --test-tiles: the boxes of the image and its tiles together, as detect_with_views finds them
+    from torchvision.transforms.v2 import functional as TF
+
+    from mobilenets.detection.evaluate import detect_with_views
+
+    assert main(["predict", "--checkpoint", str(out / "a" / "best.pt"), image, "--threshold", "0.0", "--json",
+                 "--test-tiles"]) == 0  # fmt: skip
+    tiled = json.loads(capsys.readouterr().out)[0]["boxes"]
+    model = mobilenets.load_model(out / "a" / "best.pt").eval()
+    pixels = TF.to_dtype(TF.pil_to_tensor(Image.open(image).convert("RGB")), torch.float32, scale=True)
+    (expected,) = detect_with_views(model, [pixels], tiles=True)
+    assert [box["score"] for box in tiled] == [round(s, 4) for s in expected["scores"].tolist()]
+    # the tiles' own boxes beside the image's (the best of them here found in a tile)
+    assert {tuple(box["box"]) for box in tiled} - {tuple(box["box"]) for box in found[0]["boxes"]}
 
 
-def test_eval_test_flip_scores_a_detector_with_its_mirror_images(trained, monkeypatch, capsys):
+def test_eval_test_flip_and_tiles_score_a_detector_on_those_views(trained, monkeypatch, capsys):
     import mobilenets.detection.evaluate as detection_evaluate
 
     root, out, _ = trained
-    calls, pooled = [], detection_evaluate.detect_with_mirror
-    monkeypatch.setattr(detection_evaluate, "detect_with_mirror",
-                        lambda model, images: calls.append(len(images)) or pooled(model, images))  # fmt: skip
+    calls, pooled = [], detection_evaluate.detect_with_views
+    def counted(model, images, **views):
+        calls.append((len(images), views))
+        return pooled(model, images, **views)
+
+    monkeypatch.setattr(detection_evaluate, "detect_with_views", counted)
     checkpoint = ["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), "--json"]
     assert main(checkpoint) == 0 and not calls
     plain = json.loads(capsys.readouterr().out)
-    assert main([*checkpoint, "--test-flip"]) == 0 and sum(calls) == plain["images"] == 8
-    assert json.loads(capsys.readouterr().out)["images"] == 8
+    for given, views in ((["--test-flip"], {"flip": True, "tiles": False}),
+                         (["--test-tiles"], {"flip": False, "tiles": True}),
+                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True})):  # fmt: skip
+        calls.clear()
+        assert main([*checkpoint, *given]) == 0
+        assert sum(n for n, _ in calls) == plain["images"] == 8 and all(v == views for _, v in calls)
+        assert json.loads(capsys.readouterr().out)["images"] == 8
 
 
 def test_eval_resolution_sets_the_side_a_detector_resizes_to(trained, monkeypatch, capsys):
@@ -533,7 +596,7 @@ def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
     """The exported graph (network + box decoding) with the detector's own NMS after it
     finds the same boxes, scores and labels as the PyTorch detector, in ONNX Runtime and OpenVINO."""
     pytest.importorskip({"onnx": "onnxruntime", "openvino": "openvino"}[kind])
-    from mobilenets.detection.evaluate import detect_with_mirror
+    from mobilenets.detection.evaluate import detect_with_views
     from mobilenets.runtimes import load_exported
 
     root, out, _ = trained
@@ -563,8 +626,10 @@ def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
         # on a probability: up to 7.7e-5 apart here (the network's outputs 3.5e-6 relative to their largest)
         torch.testing.assert_close(theirs["scores"][order], ours["scores"].detach(), atol=2e-4, rtol=1e-4)
         assert torch.equal(theirs["labels"][order], ours["labels"])
-    # test-time flip pools the candidates of both runtimes alike (an exported file keeps its NMS in `settings`)
-    for ours, theirs in zip(detect_with_mirror(model, images), detect_with_mirror(exported, images)):
+    # test-time flip and tiles pool the candidates of both runtimes alike (an exported file keeps its NMS in
+    # `settings`, and resizes a tile to its input as the PyTorch detector does)
+    views = {"flip": True, "tiles": True}
+    for ours, theirs in zip(detect_with_views(model, images, **views), detect_with_views(exported, images, **views)):
         assert len(ours["boxes"]) == len(theirs["boxes"]) > 0
         order = _matching(ours, theirs)
         torch.testing.assert_close(theirs["boxes"][order], ours["boxes"].detach(), atol=1e-4 * side, rtol=1e-4)

@@ -347,6 +347,8 @@ def test_eval_and_predict_a_segmenter_from_the_command_line(trained, capsys, tmp
     assert metrics["classes"] == ["ground", "square"] and len(metrics["per_class_iou"]) == 2
     assert main(["eval", "--checkpoint", checkpoint, "--data-dir", str(root), "--split", "train"]) == 0
     assert "mIoU" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", checkpoint, "--data-dir", str(root), "--test-tiles"]) == 2
+    assert "--test-tiles is for detectors" in capsys.readouterr().err
     image = str(root / "images" / "val" / "0.jpg")
     assert main(["predict", "--checkpoint", checkpoint, image, "--out", str(tmp_path / "drawn"), "--json"]) == 0
     found = json.loads(capsys.readouterr().out)

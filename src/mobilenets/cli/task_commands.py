@@ -15,6 +15,12 @@ from .common import model_source
 __all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION"]
 
 
+def _refuse_tiles(args: argparse.Namespace, task: str) -> None:
+    if getattr(args, "test_tiles", False):
+        raise ConfigError(f"--test-tiles is for detectors (small objects found in the image's corners); "
+                          f"this is a {task}")  # fmt: skip
+
+
 def _scored_split(data, args: argparse.Namespace):
     """The split --split names, its first --val-subset images (as training's --val-subset takes them)."""
     split = data.train if args.split == "train" else data.val
@@ -31,6 +37,7 @@ class ClassifierCommands:
         from ..data import build_datasets, eval_dataset, make_loader
         from ..predict import check_classes, recorded_class_names
 
+        _refuse_tiles(args, "classifier")
         if args.split != "val":
             raise ConfigError("--split is for detectors and segmenters; a classifier is scored on --data-dir's val "
                               "(or test) split")  # fmt: skip
@@ -73,6 +80,7 @@ class ClassifierCommands:
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..predict import predict_images
 
+        _refuse_tiles(args, "classifier")
         if args.out:
             raise ConfigError("--out draws boxes or masks: it is for detectors and segmenters")
         results = predict_images(model, args.images, info, top=args.top)
@@ -102,7 +110,8 @@ class DetectorCommands:
         check_classes(info, data.classes, model=model_source(args), data=args.data_dir,
                       background=True)  # fmt: skip
         loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
-        metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty(), flip=args.test_flip)
+        metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty(), flip=args.test_flip,
+                                    tiles=args.test_tiles)  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
@@ -115,7 +124,8 @@ class DetectorCommands:
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..detection.predict import detect_images
 
-        found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out)
+        found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out,
+                              tiles=args.test_tiles)  # fmt: skip
         if args.json:
             print(json.dumps([{"image": p, "boxes": b} for p, b in zip(args.images, found)], indent=2))
             return 0
@@ -135,6 +145,7 @@ class SegmenterCommands:
         from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
         from ..segmentation.evaluate import evaluate_segmenter
 
+        _refuse_tiles(args, "segmenter")
         if args.dataset:
             raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
         val = segmentation_transforms(info["resolution"], train=False)
@@ -161,6 +172,7 @@ class SegmenterCommands:
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..segmentation.predict import segment_images
 
+        _refuse_tiles(args, "segmenter")
         found = segment_images(model, args.images, info, out=args.out, top=args.top)
         if args.json:
             print(json.dumps([{"image": p, "classes": c} for p, c in zip(args.images, found)], indent=2))

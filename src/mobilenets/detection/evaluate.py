@@ -6,9 +6,11 @@ Ground truth is what the validation loader yields (boxes in the images' own pixe
 those pixels.  ``map`` is AP averaged over IoU 0.50:0.05:0.95 (COCO's headline
 number), ``map50`` at IoU 0.5, ``map75`` at 0.75, ``map_small/medium/large`` by box area.
 
-With ``flip`` (``--test-flip``), each image is also run mirrored and both passes' candidate boxes
-are suppressed together (:func:`detect_with_mirror`): twice the evaluation's cost, for a network
-whose boxes vary between an image and its mirror image (docs/benchmarks.md, "One class").
+With ``flip`` (``--test-flip``), each image is also run mirrored, and with ``tiles``
+(``--test-tiles``) on its four corner tiles; all passes' candidate boxes are suppressed together
+(:func:`detect_with_views`).  The mirror image doubles the evaluation's cost, for a network whose
+boxes vary between an image and its mirror image; the tiles multiply it by five, for people too
+small in the whole image (docs/benchmarks.md, "One class").
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torchvision.ops import batched_nms
 from ..errors import ConfigError
 from ..extras import require
 
-__all__ = ["COCO_STATS", "coco_metrics", "detect_with_mirror", "evaluate_detector", "every_candidate"]
+__all__ = ["COCO_STATS", "coco_metrics", "detect_with_views", "evaluate_detector", "every_candidate"]
 
 # COCOeval.stats, in its order.
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
@@ -96,20 +98,69 @@ def every_candidate(model):
             model.settings = settings
 
 
+# --test-tiles: the image's four corner tiles, each 0.6 of its height and width (neighbours overlap by
+# 0.2 of the side, so a person up to that size lies whole in one of them), scored at the network's input
+# side - a small person fills more of it.  A tile's boxes over 0.4 of the image's width or height are
+# dropped, as are those reaching a side it shares with another tile: such a person is the whole image's
+# to find, and a tile sees a part of it (keeping them cost 2.3-3.1 mAP50 points, docs/benchmarks.md).
+TILE_SIDE = 0.6
+TILE_KEEPS_UNDER = 0.4
+TILE_EDGE_PX = 2.0
+
+
+def _corner_tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of the four corner tiles."""
+    tall, wide = round(height * TILE_SIDE), round(width * TILE_SIDE)
+    return [(top, left, tall, wide) for top in (0, height - tall) for left in (0, width - wide)]
+
+
+def _whole_in_tile(boxes: Tensor, tile: tuple[int, int, int, int], height: int, width: int) -> Tensor:
+    """Which of a tile's ``boxes`` (in the tile's pixels) to keep: smaller than TILE_KEEPS_UNDER of the
+    image, and clear of every tile side that lies inside the image."""
+    top, left, tall, wide = tile
+    keep = ((boxes[:, 2] - boxes[:, 0]) < TILE_KEEPS_UNDER * width) & (
+        (boxes[:, 3] - boxes[:, 1]) < TILE_KEEPS_UNDER * height
+    )
+    if left > 0:
+        keep &= boxes[:, 0] > TILE_EDGE_PX
+    if top > 0:
+        keep &= boxes[:, 1] > TILE_EDGE_PX
+    if left + wide < width:
+        keep &= boxes[:, 2] < wide - TILE_EDGE_PX
+    if top + tall < height:
+        keep &= boxes[:, 3] < tall - TILE_EDGE_PX
+    return keep
+
+
 @torch.no_grad()
-def detect_with_mirror(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
-    """Each image's detections found on it and on its mirror image together (test-time flip):
-    both passes' candidates (each above the score threshold, per class its top candidates) are
-    pooled, the mirrored boxes turned back, and the detector's own NMS and cap applied once."""
+def detect_with_views(model, images: list[Tensor], *, flip: bool = False, tiles: bool = False):
+    """Each image's detections found on several views of it together (test-time augmentation): the
+    image, with ``flip`` its mirror image, with ``tiles`` its four corner tiles (and theirs, with both).
+    Every view's candidates (each above the score threshold, per class its top candidates) are turned
+    back into the image's pixels and pooled, and the detector's own NMS and cap applied once."""
+    views = []  # (image index, view, tile or None, mirrored)
+    for index, image in enumerate(images):
+        height, width = image.shape[-2:]
+        crops = [(image, None)] + [(image[:, t:t + h, s:s + w], (t, s, h, w)) for t, s, h, w in
+                                   (_corner_tiles(height, width) if tiles else [])]  # fmt: skip
+        for crop, tile in crops:
+            views += [(index, crop, tile, False)] + ([(index, crop.flip(-1), tile, True)] if flip else [])
     with every_candidate(model) as (nms, kept):
-        found = model(images)
-        mirrored = model([image.flip(-1) for image in images])
+        found = [box for start in range(0, len(views), len(images))
+                 for box in model([view for _, view, _, _ in views[start:start + len(images)]])]  # fmt: skip
+    pooled: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in images]
+    for (index, view, tile, mirrored), own in zip(views, found):
+        boxes = own["boxes"].clone()
+        if mirrored:
+            boxes[:, [0, 2]] = view.shape[-1] - own["boxes"][:, [2, 0]]
+        keep = torch.ones(len(boxes), dtype=torch.bool)
+        if tile is not None:
+            keep = _whole_in_tile(boxes, tile, *images[index].shape[-2:])
+            boxes += torch.tensor([tile[1], tile[0], tile[1], tile[0]], dtype=boxes.dtype, device=boxes.device)
+        pooled[index].append((boxes[keep], own["scores"][keep], own["labels"][keep]))
     results = []
-    for image, own, other in zip(images, found, mirrored):
-        turned = other["boxes"].clone()
-        turned[:, [0, 2]] = image.shape[-1] - other["boxes"][:, [2, 0]]
-        boxes = torch.cat([own["boxes"], turned])
-        scores, labels = torch.cat([own["scores"], other["scores"]]), torch.cat([own["labels"], other["labels"]])
+    for parts in pooled:
+        boxes, scores, labels = (torch.cat(part) for part in zip(*parts))
         keep = batched_nms(boxes, scores, labels, nms)[:kept]
         results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return results
@@ -117,11 +168,18 @@ def detect_with_mirror(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
 
 @torch.no_grad()
 def evaluate_detector(
-    model: nn.Module, loader, device: str = "cpu", *, dist=None, progress: bool = False, flip: bool = False
+    model: nn.Module,
+    loader,
+    device: str = "cpu",
+    *,
+    dist=None,
+    progress: bool = False,
+    flip: bool = False,
+    tiles: bool = False,
 ):
     """Run ``model`` over ``loader`` (images, targets) and score it with :func:`coco_metrics`;
-    under torchrun each process passes its shard and the predictions are gathered.  ``flip``:
-    each image's detections are :func:`detect_with_mirror`'s."""
+    under torchrun each process passes its shard and the predictions are gathered.  ``flip``,
+    ``tiles``: each image's detections are :func:`detect_with_views`' with those views."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -130,7 +188,7 @@ def evaluate_detector(
     start = time.perf_counter()
     for images, batch_targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
         images = [image.to(device) for image in images]
-        outputs = detect_with_mirror(model, images) if flip else model(images)
+        outputs = detect_with_views(model, images, flip=flip, tiles=tiles) if flip or tiles else model(images)
         for target, output in zip(batch_targets, outputs):
             targets.append({"boxes": target["boxes"].as_subclass(Tensor).cpu(), "labels": target["labels"].cpu()})
             predictions.append({k: output[k].cpu() for k in ("boxes", "scores", "labels")})

@@ -12,6 +12,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from ..data import load_rgb
 from ..files import atomic_write
+from .evaluate import detect_with_views
 
 __all__ = ["detect_images", "draw_detections"]
 
@@ -40,17 +41,20 @@ def detect_images(
     *,
     threshold: float = 0.3,
     out: str | Path | None = None,
+    tiles: bool = False,
 ) -> list[list[dict[str, Any]]]:
     """Per image, the boxes scoring at least ``threshold``: ``{"label", "score", "box"}``
     (x1 y1 x2 y2 pixels), best first.  With ``out``, each image is also written there as
-    ``<name>.png`` with its boxes drawn."""
+    ``<name>.png`` with its boxes drawn.  ``tiles``: found on the image and its corner tiles together
+    (``detection.evaluate.detect_with_views``), for small objects."""
     model.eval()
     results = []
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     for path in paths:
         image = TF.pil_to_tensor(load_rgb(path))
-        (detection,) = model([TF.to_dtype(image, torch.float32, scale=True)])
+        scaled = [TF.to_dtype(image, torch.float32, scale=True)]
+        (detection,) = detect_with_views(model, scaled, tiles=True) if tiles else model(scaled)
         keep = detection["scores"] >= threshold
         detection = {k: v[keep] for k, v in detection.items()}
         results.append(
