@@ -102,7 +102,8 @@ def every_candidate(model):
 # 0.2 of the side, so a person up to that size lies whole in one of them), scored at the network's input
 # side - a small person fills more of it.  A tile's boxes over 0.4 of the image's width or height are
 # dropped, as are those reaching a side it shares with another tile: such a person is the whole image's
-# to find, and a tile sees a part of it (keeping them cost 2.3-3.1 mAP50 points, docs/benchmarks.md).
+# to find, and a tile sees a part of it (coco128's people: every tile box kept, 20.3 % mAP50 against 27.1;
+# boxes up to 0.5 of the sides, 2.3-2.8 points below 0.4 on three runs - docs/benchmarks.md, "Session 22").
 TILE_SIDE = 0.6
 TILE_KEEPS_UNDER = 0.4
 TILE_EDGE_PX = 2.0
