@@ -41,9 +41,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from mobilenets.data import make_loader
-from mobilenets.detection import evaluate as detection_evaluate
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
-from mobilenets.detection.evaluate import detect_with_views, evaluate_detector, every_candidate
+from mobilenets.detection.evaluate import TILE_KEEPS_UNDER, detect_with_views, evaluate_detector, every_candidate
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
 from mobilenets.validate import POSITIVE_INT, PROBABILITY, csv_of
@@ -96,9 +95,9 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="add the flip / soft-NMS rows at the trained size")
     parser.add_argument("--tiles", action="store_true",
                         help="add the corner-tile rows (--test-tiles) at the trained size")  # fmt: skip
-    parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[detection_evaluate.TILE_KEEPS_UNDER],
+    parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[TILE_KEEPS_UNDER],
                         help="with --tiles: the largest box a tile keeps, as a fraction of the image's sides "
-                        f"(default {detection_evaluate.TILE_KEEPS_UNDER}; several, comma-separated)")  # fmt: skip
+                        f"(default {TILE_KEEPS_UNDER}; several, comma-separated)")  # fmt: skip
     args = parser.parse_args()
     try:
         model, info = load_model_with_info(args.checkpoint)
@@ -144,17 +143,12 @@ def score_tiled(model: nn.Module, loader, side: int, limits: list[float]) -> Non
     its mirror image, for each limit on the size of the boxes a tile keeps."""
     model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
     model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
-    default = detection_evaluate.TILE_KEEPS_UNDER
-    try:
-        for limit in limits:
-            detection_evaluate.TILE_KEEPS_UNDER = limit
-            for flip in (False, True):
-                metrics = evaluate_detector(model, loader, flip=flip, tiles=True)
-                views = f"{'image + mirror' if flip else 'image'} + tiles (boxes under {limit} kept)"
-                print(f"{side} px, {views}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
-                      flush=True)  # fmt: skip
-    finally:
-        detection_evaluate.TILE_KEEPS_UNDER = default
+    for limit in limits:
+        for flip in (False, True):
+            metrics = evaluate_detector(model, loader, flip=flip, tiles=True, tile_keeps_under=limit)
+            views = f"{'image + mirror' if flip else 'image'} + tiles (boxes under {limit} kept)"
+            print(f"{side} px, {views}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -540,9 +540,10 @@ def test_eval_test_flip_and_tiles_score_a_detector_on_those_views(trained, monke
     checkpoint = ["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), "--json"]
     assert main(checkpoint) == 0 and not calls
     plain = json.loads(capsys.readouterr().out)
-    for given, views in ((["--test-flip"], {"flip": True, "tiles": False}),
-                         (["--test-tiles"], {"flip": False, "tiles": True}),
-                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True})):  # fmt: skip
+    limit = {"tile_keeps_under": detection_evaluate.TILE_KEEPS_UNDER}
+    for given, views in ((["--test-flip"], {"flip": True, "tiles": False, **limit}),
+                         (["--test-tiles"], {"flip": False, "tiles": True, **limit}),
+                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True, **limit})):  # fmt: skip
         calls.clear()
         assert main([*checkpoint, *given]) == 0
         assert sum(n for n, _ in calls) == plain["images"] == 8 and all(v == views for _, v in calls)

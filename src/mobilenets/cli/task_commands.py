@@ -16,7 +16,7 @@ __all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION"]
 
 
 def _refuse_tiles(args: argparse.Namespace, task: str) -> None:
-    if getattr(args, "test_tiles", False):
+    if args.test_tiles:
         raise ConfigError(f"--test-tiles is for detectors (small objects found in the image's corners); "
                           f"this is a {task}")  # fmt: skip
 

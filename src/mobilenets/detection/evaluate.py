@@ -115,13 +115,11 @@ def _corner_tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
     return [(top, left, tall, wide) for top in (0, height - tall) for left in (0, width - wide)]
 
 
-def _whole_in_tile(boxes: Tensor, tile: tuple[int, int, int, int], height: int, width: int) -> Tensor:
-    """Which of a tile's ``boxes`` (in the tile's pixels) to keep: smaller than TILE_KEEPS_UNDER of the
-    image, and clear of every tile side that lies inside the image."""
+def _whole_in_tile(boxes: Tensor, tile: tuple[int, int, int, int], height: int, width: int, keeps_under: float):
+    """Which of a tile's ``boxes`` (in the tile's pixels) to keep: smaller than ``keeps_under`` of the
+    image's sides, and clear of every tile side that lies inside the image."""
     top, left, tall, wide = tile
-    keep = ((boxes[:, 2] - boxes[:, 0]) < TILE_KEEPS_UNDER * width) & (
-        (boxes[:, 3] - boxes[:, 1]) < TILE_KEEPS_UNDER * height
-    )
+    keep = ((boxes[:, 2] - boxes[:, 0]) < keeps_under * width) & ((boxes[:, 3] - boxes[:, 1]) < keeps_under * height)
     if left > 0:
         keep &= boxes[:, 0] > TILE_EDGE_PX
     if top > 0:
@@ -134,11 +132,14 @@ def _whole_in_tile(boxes: Tensor, tile: tuple[int, int, int, int], height: int, 
 
 
 @torch.no_grad()
-def detect_with_views(model, images: list[Tensor], *, flip: bool = False, tiles: bool = False):
+def detect_with_views(
+    model, images: list[Tensor], *, flip: bool = False, tiles: bool = False, tile_keeps_under: float = TILE_KEEPS_UNDER
+):
     """Each image's detections found on several views of it together (test-time augmentation): the
-    image, with ``flip`` its mirror image, with ``tiles`` its four corner tiles (and theirs, with both).
-    Every view's candidates (each above the score threshold, per class its top candidates) are turned
-    back into the image's pixels and pooled, and the detector's own NMS and cap applied once."""
+    image, with ``flip`` its mirror image, with ``tiles`` its four corner tiles (and theirs, with both),
+    a tile keeping its boxes under ``tile_keeps_under`` of the image's sides.  Every view's candidates
+    (each above the score threshold, per class its top candidates) are turned back into the image's
+    pixels and pooled, and the detector's own NMS and cap applied once."""
     views = []  # (image index, view, tile or None, mirrored)
     for index, image in enumerate(images):
         height, width = image.shape[-2:]
@@ -154,9 +155,9 @@ def detect_with_views(model, images: list[Tensor], *, flip: bool = False, tiles:
         boxes = own["boxes"].clone()
         if mirrored:
             boxes[:, [0, 2]] = view.shape[-1] - own["boxes"][:, [2, 0]]
-        keep = torch.ones(len(boxes), dtype=torch.bool)
+        keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
         if tile is not None:
-            keep = _whole_in_tile(boxes, tile, *images[index].shape[-2:])
+            keep = _whole_in_tile(boxes, tile, *images[index].shape[-2:], tile_keeps_under)
             boxes += torch.tensor([tile[1], tile[0], tile[1], tile[0]], dtype=boxes.dtype, device=boxes.device)
         pooled[index].append((boxes[keep], own["scores"][keep], own["labels"][keep]))
     results = []
@@ -177,10 +178,12 @@ def evaluate_detector(
     progress: bool = False,
     flip: bool = False,
     tiles: bool = False,
+    tile_keeps_under: float = TILE_KEEPS_UNDER,
 ):
     """Run ``model`` over ``loader`` (images, targets) and score it with :func:`coco_metrics`;
     under torchrun each process passes its shard and the predictions are gathered.  ``flip``,
-    ``tiles``: each image's detections are :func:`detect_with_views`' with those views."""
+    ``tiles``, ``tile_keeps_under``: each image's detections are :func:`detect_with_views`' with
+    those views."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -189,7 +192,8 @@ def evaluate_detector(
     start = time.perf_counter()
     for images, batch_targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
         images = [image.to(device) for image in images]
-        outputs = detect_with_views(model, images, flip=flip, tiles=tiles) if flip or tiles else model(images)
+        views = {"flip": flip, "tiles": tiles, "tile_keeps_under": tile_keeps_under}
+        outputs = detect_with_views(model, images, **views) if flip or tiles else model(images)
         for target, output in zip(batch_targets, outputs):
             targets.append({"boxes": target["boxes"].as_subclass(Tensor).cpu(), "labels": target["labels"].cpu()})
             predictions.append({k: output[k].cpu() for k in ("boxes", "scores", "labels")})
