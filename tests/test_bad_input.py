@@ -204,6 +204,8 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ),  # fmt: skip
         ("eval", "--split"): ([*ev, "--split", "train"], ["--split is for detectors"]),
         ("eval", "--test-tiles"): ([*ev, "--test-tiles"], ["--test-tiles is for detectors", "classifier"]),
+        ("eval", "--test-merge"): ([*ev, "--test-merge", "nms"], ["--test-merge is for detectors", "classifier"]),
+        ("eval", "--test-merge choice"): ([*ev, "--test-merge", "mean"], ["--test-merge", "invalid choice"]),
         ("eval", "other classes"): (
             ["eval", "--checkpoint", "{root}/v1-named.safetensors", "--data-dir", "{root}/renamed"],
             ["not the classes", "'kind0' in the data", "'airplane' in the model"],
@@ -214,6 +216,7 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("predict", "--top negative"): ([*pr, "--top", "-1"], ["--top"]),
         ("predict", "--threshold"): ([*pr, "--threshold", "1.5"], ["--threshold"]),
         ("predict", "--test-tiles"): ([*pr, "--test-tiles"], ["--test-tiles is for detectors", "classifier"]),
+        ("predict", "--test-merge"): ([*pr, "--test-merge", "vote"], ["--test-merge is for detectors", "classifier"]),
         ("predict", "--out"): ([*pr, "--out", "{out}"], ["--out draws boxes", "detectors"]),
         ("predict", "--onnx"): (["predict", "--onnx", "{root}/notes.txt", TENCH], ["notes.txt"]),
         ("predict", "--exported"): (

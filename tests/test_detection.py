@@ -457,6 +457,44 @@ def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
     assert (30.0, 20.0, 40.0, 30.0) in [tuple(box) for box in both["boxes"].tolist()]  # 60 - 30, 60 - 20
 
 
+def test_box_voting_averages_each_kept_box_with_those_it_suppressed():
+    """Box voting: NMS keeps A, H, C (and D of the other class); A becomes the score-weighted mean of
+    itself, B and E - E overlaps both A and H above the threshold and votes for the better, A, which
+    suppressed it - while D, on A's very place, is another class's and votes for nothing of A's."""
+    from torchvision.ops import batched_nms
+
+    from mobilenets.detection.evaluate import voted_boxes
+
+    a, h, b, e, c, d = [0.0, 0, 10, 10], [6.0, 0, 16, 10], [1.0, 0, 11, 10], [3.0, 0, 13, 10], [50.0, 50, 60, 60], \
+        [0.0, 0, 10, 10]  # fmt: skip
+    boxes = torch.tensor([a, h, b, e, c, d])
+    scores = torch.tensor([0.9, 0.7, 0.6, 0.4, 0.5, 0.8])
+    labels = torch.tensor([1, 1, 1, 1, 1, 2])
+    kept = batched_nms(boxes, scores, labels, 0.45)
+    assert kept.tolist() == [0, 5, 1, 4]
+    voted = voted_boxes(boxes, scores, labels, kept, 0.45)
+    mean_a = (0.9 * torch.tensor(a) + 0.6 * torch.tensor(b) + 0.4 * torch.tensor(e)) / 1.9
+    torch.testing.assert_close(voted, torch.stack([mean_a, torch.tensor(d), torch.tensor(h), torch.tensor(c)]))
+    # through detect_with_views: an image's box and its mirror image's (IoU 0.67) become their mean
+    # weighted by their scores, 0.8 and 0.2; without voting the better one stays as it is
+    from mobilenets.detection.evaluate import detect_with_views
+
+    class Stub:
+        nms_thresh, detections_per_img = 0.45, 10
+
+        def __call__(self, images):
+            return [{"boxes": torch.tensor([[38.0, 5, 58, 25]]), "scores": image[:, :, :50].mean()[None],
+                     "labels": torch.tensor([1])} for image in images]  # fmt: skip
+
+    image = torch.full((3, 40, 100), 0.2)
+    image[:, :, :50] = 0.8
+    (voting,) = detect_with_views(Stub(), [image], flip=True)
+    (plain,) = detect_with_views(Stub(), [image], flip=True, vote=False)
+    torch.testing.assert_close(voting["boxes"], torch.tensor([[38.8, 5.0, 58.8, 25.0]]))
+    assert plain["boxes"].tolist() == [[38.0, 5.0, 58.0, 25.0]]
+    assert voting["scores"].tolist() == plain["scores"].tolist() == pytest.approx([0.8])
+
+
 # -- training, evaluation and prediction end to end -------------------------------------
 
 
@@ -540,14 +578,19 @@ def test_eval_test_flip_and_tiles_score_a_detector_on_those_views(trained, monke
     checkpoint = ["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), "--json"]
     assert main(checkpoint) == 0 and not calls
     plain = json.loads(capsys.readouterr().out)
-    limit = {"tile_keeps_under": detection_evaluate.TILE_KEEPS_UNDER}
+    limit = {"tile_keeps_under": detection_evaluate.TILE_KEEPS_UNDER, "vote": True}
     for given, views in ((["--test-flip"], {"flip": True, "tiles": False, **limit}),
                          (["--test-tiles"], {"flip": False, "tiles": True, **limit}),
-                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True, **limit})):  # fmt: skip
+                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True, **limit}),
+                         (["--test-tiles", "--test-merge", "nms"], {"flip": False, "tiles": True, **limit,
+                                                                    "vote": False})):  # fmt: skip
         calls.clear()
         assert main([*checkpoint, *given]) == 0
         assert sum(n for n, _ in calls) == plain["images"] == 8 and all(v == views for _, v in calls)
         assert json.loads(capsys.readouterr().out)["images"] == 8
+    # one view has nothing to merge
+    assert main([*checkpoint, "--test-merge", "nms"]) == 2
+    assert "--test-merge nms merges the boxes of several views" in capsys.readouterr().err
 
 
 def test_eval_resolution_sets_the_side_a_detector_resizes_to(trained, monkeypatch, capsys):

@@ -19,6 +19,17 @@ def _refuse_tiles(args: argparse.Namespace, task: str) -> None:
     if args.test_tiles:
         raise ConfigError(f"--test-tiles is for detectors (small objects found in the image's corners); "
                           f"this is a {task}")  # fmt: skip
+    if args.test_merge:
+        raise ConfigError(f"--test-merge is for detectors (how the boxes of several views become one); "
+                          f"this is a {task}")  # fmt: skip
+
+
+def _box_voting(args: argparse.Namespace) -> bool:
+    """--test-merge for a detector: vote (the default) or nms; given, it needs views to merge."""
+    if args.test_merge and not (getattr(args, "test_flip", False) or args.test_tiles):
+        raise ConfigError(f"--test-merge {args.test_merge} merges the boxes of several views of an image; "
+                          "add --test-tiles (or, for eval, --test-flip)")  # fmt: skip
+    return args.test_merge != "nms"
 
 
 def _scored_split(data, args: argparse.Namespace):
@@ -111,7 +122,7 @@ class DetectorCommands:
                       background=True)  # fmt: skip
         loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
         metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty(), flip=args.test_flip,
-                                    tiles=args.test_tiles)  # fmt: skip
+                                    tiles=args.test_tiles, vote=_box_voting(args))  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
@@ -125,7 +136,7 @@ class DetectorCommands:
         from ..detection.predict import detect_images
 
         found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out,
-                              tiles=args.test_tiles)  # fmt: skip
+                              tiles=args.test_tiles, vote=_box_voting(args))  # fmt: skip
         if args.json:
             print(json.dumps([{"image": p, "boxes": b} for p, b in zip(args.images, found)], indent=2))
             return 0
