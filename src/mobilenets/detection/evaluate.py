@@ -8,9 +8,10 @@ number), ``map50`` at IoU 0.5, ``map75`` at 0.75, ``map_small/medium/large`` by 
 
 With ``flip`` (``--test-flip``), each image is also run mirrored, and with ``tiles``
 (``--test-tiles``) on its four corner tiles; all passes' candidate boxes are suppressed together
-and each kept box averaged with those it suppressed (:func:`detect_with_views`, :func:`voted_boxes`).  The mirror image doubles the evaluation's cost, for a network whose
-boxes vary between an image and its mirror image; the tiles multiply it by five, for people too
-small in the whole image (docs/benchmarks.md, "One class").
+and each kept box averaged with those it suppressed (:func:`detect_with_views`, :func:`voted_boxes`).
+The mirror image doubles the evaluation's cost, for a network whose boxes vary between an image and
+its mirror image; the tiles multiply it by five, for people too small in the whole image
+(docs/benchmarks.md, "One class").
 """
 
 from __future__ import annotations
