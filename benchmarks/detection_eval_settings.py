@@ -84,7 +84,8 @@ class SoftNMSDetector(nn.Module):
 
     def forward(self, images):
         with every_candidate(self.model) as (_, kept):
-            outputs = detect_with_views(self.model, images, flip=self.flip) if self.flip else self.model(images)
+            # the views' raw candidates, for soft-NMS to suppress (no NMS, so nothing to vote on)
+            outputs = detect_with_views(self.model, images, flip=True, vote=False) if self.flip else self.model(images)
         results = []
         for output in outputs:
             keep, scores = soft_nms(output["boxes"], output["scores"], output["labels"], sigma=SOFT_NMS_SIGMA,
@@ -135,13 +136,14 @@ def score_merged(model: nn.Module, loader, side: int) -> None:
     suppressed by the detector's NMS, then by soft-NMS."""
     model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
     model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
-    for soft, vote in ((False, False), (False, True), (True, False)):
-        for flip in (False, True) if not vote else (True,):
-            scored = SoftNMSDetector(model, flip=flip) if soft else model
-            metrics = evaluate_detector(scored, loader, flip=flip and not soft, vote=vote)
-            suppression = "soft-NMS" if soft else f"NMS {model.nms_thresh}" + " with box voting" * vote
-            print(f"{side} px, {'image + mirror' if flip else 'image'}, {suppression}: "
-                  f"mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
+    # (soft-NMS, mirror image, box voting): voting merges views, so it has a row with the mirror image only
+    rows = ((False, False, False), (False, True, False), (False, True, True), (True, False, False), (True, True, False))
+    for soft, flip, vote in rows:
+        scored = SoftNMSDetector(model, flip=flip) if soft else model
+        metrics = evaluate_detector(scored, loader, flip=flip and not soft, vote=vote)
+        suppression = "soft-NMS" if soft else f"NMS {model.nms_thresh}" + " with box voting" * vote
+        print(f"{side} px, {'image + mirror' if flip else 'image'}, {suppression}: "
+              f"mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %", flush=True)  # fmt: skip
 
 
 def score_tiled(model: nn.Module, loader, side: int, limits: list[float]) -> None:

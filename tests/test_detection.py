@@ -475,6 +475,9 @@ def test_box_voting_averages_each_kept_box_with_those_it_suppressed():
     voted = voted_boxes(boxes, scores, labels, kept, 0.45)
     mean_a = (0.9 * torch.tensor(a) + 0.6 * torch.tensor(b) + 0.4 * torch.tensor(e)) / 1.9
     torch.testing.assert_close(voted, torch.stack([mean_a, torch.tensor(d), torch.tensor(h), torch.tensor(c)]))
+    # at IoU 1 nothing is suppressed, so nothing votes: every box stays itself (no kept box loses its own vote)
+    everything = batched_nms(boxes, scores, labels, 1.0)
+    assert torch.equal(voted_boxes(boxes, scores, labels, everything, 1.0), boxes[everything])
     # through detect_with_views: an image's box and its mirror image's (IoU 0.67) become their mean
     # weighted by their scores, 0.8 and 0.2; without voting the better one stays as it is
     from mobilenets.detection.evaluate import detect_with_views
@@ -578,11 +581,11 @@ def test_eval_test_flip_and_tiles_score_a_detector_on_those_views(trained, monke
     checkpoint = ["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), "--json"]
     assert main(checkpoint) == 0 and not calls
     plain = json.loads(capsys.readouterr().out)
-    limit = {"tile_keeps_under": detection_evaluate.TILE_KEEPS_UNDER, "vote": True}
-    for given, views in ((["--test-flip"], {"flip": True, "tiles": False, **limit}),
-                         (["--test-tiles"], {"flip": False, "tiles": True, **limit}),
-                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True, **limit}),
-                         (["--test-tiles", "--test-merge", "nms"], {"flip": False, "tiles": True, **limit,
+    defaults = {"tile_keeps_under": detection_evaluate.TILE_KEEPS_UNDER, "vote": True}
+    for given, views in ((["--test-flip"], {"flip": True, "tiles": False, **defaults}),
+                         (["--test-tiles"], {"flip": False, "tiles": True, **defaults}),
+                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True, **defaults}),
+                         (["--test-tiles", "--test-merge", "nms"], {"flip": False, "tiles": True, **defaults,
                                                                     "vote": False})):  # fmt: skip
         calls.clear()
         assert main([*checkpoint, *given]) == 0

@@ -15,7 +15,7 @@ from .common import model_source
 __all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION"]
 
 
-def _refuse_tiles(args: argparse.Namespace, task: str) -> None:
+def _refuse_detector_views(args: argparse.Namespace, task: str) -> None:
     if args.test_tiles:
         raise ConfigError(f"--test-tiles is for detectors (small objects found in the image's corners); "
                           f"this is a {task}")  # fmt: skip
@@ -48,7 +48,7 @@ class ClassifierCommands:
         from ..data import build_datasets, eval_dataset, make_loader
         from ..predict import check_classes, recorded_class_names
 
-        _refuse_tiles(args, "classifier")
+        _refuse_detector_views(args, "classifier")
         if args.split != "val":
             raise ConfigError("--split is for detectors and segmenters; a classifier is scored on --data-dir's val "
                               "(or test) split")  # fmt: skip
@@ -91,7 +91,7 @@ class ClassifierCommands:
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..predict import predict_images
 
-        _refuse_tiles(args, "classifier")
+        _refuse_detector_views(args, "classifier")
         if args.out:
             raise ConfigError("--out draws boxes or masks: it is for detectors and segmenters")
         results = predict_images(model, args.images, info, top=args.top)
@@ -156,7 +156,7 @@ class SegmenterCommands:
         from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
         from ..segmentation.evaluate import evaluate_segmenter
 
-        _refuse_tiles(args, "segmenter")
+        _refuse_detector_views(args, "segmenter")
         if args.dataset:
             raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
         val = segmentation_transforms(info["resolution"], train=False)
@@ -183,7 +183,7 @@ class SegmenterCommands:
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..segmentation.predict import segment_images
 
-        _refuse_tiles(args, "segmenter")
+        _refuse_detector_views(args, "segmenter")
         found = segment_images(model, args.images, info, out=args.out, top=args.top)
         if args.json:
             print(json.dumps([{"image": p, "classes": c} for p, c in zip(args.images, found)], indent=2))

@@ -144,15 +144,16 @@ def voted_boxes(boxes: Tensor, scores: Tensor, labels: Tensor, kept: Tensor, iou
         pool = (labels == label).nonzero().flatten()
         heads = (labels[kept] == label).nonzero().flatten()
         # a box belongs to the best kept box it overlaps, the one that suppressed it (kept boxes overlap
-        # each other by at most ``iou``, so each kept box belongs to itself; a box whose suppressor is
-        # not among ``kept`` overlaps none of them)
+        # each other by at most ``iou``; a box whose suppressor is not among ``kept`` overlaps none of
+        # them); a kept box always votes for itself, even at ``iou`` 1 where no overlap exceeds it
         member = box_iou(boxes[pool], boxes[kept[heads]]) > iou
+        member |= pool[:, None] == kept[heads][None, :]
         voter = member.any(1)
-        head = member.to(torch.uint8).argmax(1)[voter]
-        weight = scores[pool][voter]
+        pool, head = pool[voter], member[voter].to(torch.uint8).argmax(1)
+        weight = scores[pool]
         total = weight.new_zeros(len(heads)).index_add_(0, head, weight)
         # the mean as the kept box plus its voters' mean offset from it: a box alone stays exactly itself
-        offsets = (boxes[pool][voter] - voted[heads][head]) * weight[:, None]
+        offsets = (boxes[pool] - voted[heads][head]) * weight[:, None]
         voted[heads] += boxes.new_zeros(len(heads), 4).index_add_(0, head, offsets) / total[:, None]
     return voted
 
@@ -224,10 +225,10 @@ def evaluate_detector(
     model.eval()
     targets: list[dict[str, Tensor]] = []
     predictions: list[dict[str, Tensor]] = []
+    views = {"flip": flip, "tiles": tiles, "tile_keeps_under": tile_keeps_under, "vote": vote}
     start = time.perf_counter()
     for images, batch_targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
         images = [image.to(device) for image in images]
-        views = {"flip": flip, "tiles": tiles, "tile_keeps_under": tile_keeps_under, "vote": vote}
         outputs = detect_with_views(model, images, **views) if flip or tiles else model(images)
         for target, output in zip(batch_targets, outputs):
             targets.append({"boxes": target["boxes"].as_subclass(Tensor).cpu(), "labels": target["labels"].cpu()})
