@@ -35,6 +35,19 @@ Each view row is printed with the views' boxes merged by NMS and by box voting (
 since session 24; ``detection.evaluate.voted_boxes``).  Measured (Intel Xeon with AMX, session 24;
 docs/benchmarks.md "Session 24"): with the tiles and the mirror image, 26.40 -> 28.65 % mAP50 for the fp32 run's
 seed 0, 27.27 -> 29.23 % on average over three seeds of the bf16 command.
+
+``--voting`` adds the rows behind what was not adopted (``VotingDetector``): box voting on the image alone (the
+detector's own single view), voting among boxes overlapping by ``--vote-iou`` instead of the NMS's own 0.45, and a
+second level of tiles - a ``--grid``×``--grid`` grid of tiles ``--grid-tile`` of the sides beside the four corner
+tiles, each keeping boxes under 2/3 of its own sides and clear of the sides it shares (with the mirror image, 28
+passes per image instead of 10):
+
+    python benchmarks/detection_eval_settings.py runs/person-512-bf16-s0/best.pt 512 --voting
+
+Measured (Intel Xeon with AMX, session 25; docs/benchmarks.md "Session 25"): the bf16 command's seed 0, 25.97 %
+mAP50 as trained, 27.18 with voting on the image alone; 30.90 with the mirror image and tiles voted at 0.45, 31.35
+at 0.5; with the 3x3 grid 28.36 by NMS, 29.22 with the mirror image, 31.39 voted.  Over three seeds voting at 0.5
+gives 29.47 % against 0.45's 29.23 (``--no-grid --vote-iou 0.5,0.6``).
 """
 
 from __future__ import annotations
@@ -44,14 +57,20 @@ import itertools
 
 import torch
 from torch import nn
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
 from mobilenets.data import make_loader
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
-from mobilenets.detection.evaluate import TILE_KEEPS_UNDER, detect_with_views, evaluate_detector, every_candidate
+from mobilenets.detection.evaluate import (
+    TILE_KEEPS_UNDER,
+    detect_with_views,
+    evaluate_detector,
+    every_candidate,
+    voted_boxes,
+)
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
-from mobilenets.validate import POSITIVE_INT, PROBABILITY, csv_of
+from mobilenets.validate import POSITIVE_INT, PROBABILITY, UNIT_FRACTION, Rule, csv_of
 
 SETTINGS = ((0.01, 0.45, 200), (0.001, 0.45, 300), (0.001, 0.55, 300), (0.001, 0.6, 300))
 SOFT_NMS_SIGMA = 0.5  # the paper's Gaussian sigma
@@ -94,6 +113,70 @@ class SoftNMSDetector(nn.Module):
         return results
 
 
+GRID_KEEPS_UNDER = 2 / 3  # of a grid tile's own sides: a larger person is a larger view's to find
+GRID_SIDE = Rule(int, lambda v: v >= 2, "an integer >= 2")  # tiles per side: one would be the image
+EDGE_PX = 2.0  # a grid tile's box this close to a side it shares with a neighbour shows part of an object
+
+
+def grid_tiles(height: int, width: int, count: int, side: float) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of a ``count`` x ``count`` grid of tiles ``side`` of the image's sides,
+    spread evenly from one edge to the other (they overlap where ``count * side > 1``)."""
+    tall, wide = round(height * side), round(width * side)
+    tops = [round(i * (height - tall) / (count - 1)) for i in range(count)]
+    lefts = [round(i * (width - wide) / (count - 1)) for i in range(count)]
+    return [(top, left, tall, wide) for top in tops for left in lefts]
+
+
+def grid_candidates(model: nn.Module, image, tile, flip: bool):
+    """One grid tile's candidates (and its mirror image's, with ``flip``) in the image's pixels, those
+    whole in the tile and under ``GRID_KEEPS_UNDER`` of its sides; ``model`` yields every candidate."""
+    top, left, tall, wide = tile
+    crop = image[:, top : top + tall, left : left + wide]
+    views = [crop, crop.flip(-1)] if flip else [crop]
+    parts = []
+    for mirrored, found in zip((False, True), model(views)):
+        boxes = found["boxes"].clone()
+        if mirrored:
+            boxes[:, [0, 2]] = wide - found["boxes"][:, [2, 0]]
+        keep = ((boxes[:, 2] - boxes[:, 0]) < GRID_KEEPS_UNDER * wide) & (
+            (boxes[:, 3] - boxes[:, 1]) < GRID_KEEPS_UNDER * tall
+        )
+        height, width = image.shape[-2:]
+        keep &= (boxes[:, 0] > EDGE_PX) | (left == 0)
+        keep &= (boxes[:, 1] > EDGE_PX) | (top == 0)
+        keep &= (boxes[:, 2] < wide - EDGE_PX) | (left + wide >= width)
+        keep &= (boxes[:, 3] < tall - EDGE_PX) | (top + tall >= height)
+        boxes += torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        parts.append((boxes[keep], found["scores"][keep], found["labels"][keep]))
+    return parts
+
+
+class VotingDetector(nn.Module):
+    """A trained SSD scored on the views ``detect_with_views`` pools (``flip``, ``tiles``), plus with
+    ``grid`` (count, side) a grid of smaller tiles, their candidates suppressed by the detector's NMS and,
+    with ``vote_iou``, each kept box voted on by the boxes it overlaps by more than that (``voted_boxes``)."""
+
+    def __init__(self, model: nn.Module, *, flip: bool, tiles: bool, grid=None, vote_iou=None):
+        super().__init__()
+        self.model, self.head = model, model.head
+        self.flip, self.tiles, self.grid, self.vote_iou = flip, tiles, grid, vote_iou
+
+    def forward(self, images):
+        with every_candidate(self.model) as (nms, kept):
+            pooled = detect_with_views(self.model, images, flip=self.flip, tiles=self.tiles, vote=False)
+            parts = [[(found["boxes"], found["scores"], found["labels"])] for found in pooled]
+            for image, own in zip(images, parts):
+                for tile in grid_tiles(*image.shape[-2:], *self.grid) if self.grid else []:
+                    own += grid_candidates(self.model, image, tile, self.flip)
+        results = []
+        for own in parts:
+            boxes, scores, labels = (torch.cat(part) for part in zip(*own))
+            keep = batched_nms(boxes, scores, labels, nms)[:kept]
+            found = boxes[keep] if self.vote_iou is None else voted_boxes(boxes, scores, labels, keep, self.vote_iou)
+            results.append({"boxes": found, "scores": scores[keep], "labels": labels[keep]})
+        return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -105,6 +188,18 @@ def main() -> None:
     parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[TILE_KEEPS_UNDER],
                         help="with --tiles: the largest box a tile keeps, as a fraction of the image's sides "
                         f"(default {TILE_KEEPS_UNDER}; several, comma-separated)")  # fmt: skip
+    parser.add_argument("--voting", action="store_true",
+                        help="add the rows of voting alone, at --vote-iou, and with a --grid of tiles")  # fmt: skip
+    parser.add_argument(
+        "--vote-iou",
+        type=csv_of(PROBABILITY),
+        default=[0.5],
+        help="with --voting: voting IoUs beside the NMS's own (default 0.5; several, comma-separated)",
+    )
+    parser.add_argument("--no-grid", action="store_true", help="with --voting: leave out the grid's rows")
+    parser.add_argument("--grid", type=GRID_SIDE.argtype, default=3, help="with --voting: tiles per side (default 3)")
+    parser.add_argument("--grid-tile", type=UNIT_FRACTION.argtype, default=0.4,
+                        help="with --voting: a grid tile's share of the image's sides (default 0.4)")  # fmt: skip
     args = parser.parse_args()
     try:
         model, info = load_model_with_info(args.checkpoint)
@@ -129,6 +224,10 @@ def main() -> None:
         score_merged(model, loader, info["resolution"])
     if args.tiles:
         score_tiled(model, loader, info["resolution"], args.tile_keeps_under)
+    if args.voting:
+        score_voting(
+            model, loader, info["resolution"], args.vote_iou, None if args.no_grid else (args.grid, args.grid_tile)
+        )
 
 
 def score_merged(model: nn.Module, loader, side: int) -> None:
@@ -158,6 +257,27 @@ def score_tiled(model: nn.Module, loader, side: int, limits: list[float]) -> Non
                      f"{'box voting' if vote else 'NMS'}")  # fmt: skip
             print(f"{side} px, {views}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
                   flush=True)  # fmt: skip
+
+
+def score_voting(model: nn.Module, loader, side: int, vote_ious: list[float], grid) -> None:
+    """At the trained size and settings: box voting on the image alone; on the image, its mirror image and
+    its corner tiles at the NMS's IoU and at each of ``vote_ious``; and unless ``grid`` is None, with a second
+    level of tiles, a ``grid`` (tiles per side, their share of the sides), merged by NMS and by voting."""
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
+    model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
+    nms = model.nms_thresh
+    # (views' name, flip, corner tiles, grid, vote IoU)
+    rows = [("image", False, False, None, None), ("image", False, False, None, nms)]
+    rows += [("image + mirror + tiles", True, True, None, iou) for iou in (nms, *vote_ious)]
+    if grid is not None:
+        grid_name = f"tiles + {grid[0]}x{grid[0]} grid of {grid[1]}"
+        rows += [(f"image + {views}{grid_name}", flip, True, grid, iou)
+                 for views, flip in (("", False), ("mirror + ", True)) for iou in (None, nms)]  # fmt: skip
+    for views, flip, tiles, cells, iou in rows:
+        metrics = evaluate_detector(VotingDetector(model, flip=flip, tiles=tiles, grid=cells, vote_iou=iou), loader)
+        merge = f"NMS {nms}" if iou is None else f"NMS {nms}, box voting at IoU {iou}"
+        print(f"{side} px, {views}, {merge}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
