@@ -131,6 +131,7 @@ def grid_candidates(model: nn.Module, image, tile, flip: bool):
     """One grid tile's candidates (and its mirror image's, with ``flip``) in the image's pixels, those
     whole in the tile and under ``GRID_KEEPS_UNDER`` of its sides; ``model`` yields every candidate."""
     top, left, tall, wide = tile
+    height, width = image.shape[-2:]
     crop = image[:, top : top + tall, left : left + wide]
     views = [crop, crop.flip(-1)] if flip else [crop]
     parts = []
@@ -141,7 +142,6 @@ def grid_candidates(model: nn.Module, image, tile, flip: bool):
         keep = ((boxes[:, 2] - boxes[:, 0]) < GRID_KEEPS_UNDER * wide) & (
             (boxes[:, 3] - boxes[:, 1]) < GRID_KEEPS_UNDER * tall
         )
-        height, width = image.shape[-2:]
         keep &= (boxes[:, 0] > EDGE_PX) | (left == 0)
         keep &= (boxes[:, 1] > EDGE_PX) | (top == 0)
         keep &= (boxes[:, 2] < wide - EDGE_PX) | (left + wide >= width)
