@@ -22,7 +22,7 @@ Measured (AMD EPYC Zen 4, session 21; docs/benchmarks.md "Session 21"): the defa
 The mirror image became ``--test-flip`` (``mobilenets.detection.evaluate.detect_with_views``); soft-NMS stayed here.
 
 ``--tiles`` adds the rows with the image's four corner tiles (``--test-tiles``: each 0.6 of the sides, its boxes
-kept when under ``TILE_KEEPS_UNDER`` of the image's sides and clear of the sides it shares with other tiles), alone
+kept when under ``CORNER_TILES``' 0.4 of the image's sides and clear of the sides it shares with other tiles), alone
 and with the mirror image; ``--tile-keeps-under 0.3,0.4,0.5`` repeats them at other limits:
 
     python benchmarks/detection_eval_settings.py runs/person-512/best.pt 512 --tiles --tile-keeps-under 0.3,0.4,0.5
@@ -39,20 +39,22 @@ seed 0, 27.27 -> 29.23 % on average over three seeds of the bf16 command.
 ``--voting`` adds the rows behind what was not adopted (``VotingDetector``): box voting on the image alone (the
 detector's own single view), voting among boxes overlapping by ``--vote-iou`` instead of the NMS's own 0.45, and a
 second level of tiles - a ``--grid``×``--grid`` grid of tiles ``--grid-tile`` of the sides beside the four corner
-tiles, each keeping boxes under 2/3 of its own sides and clear of the sides it shares (with the mirror image, 28
-passes per image instead of 10):
+tiles (``grid_level``: a library ``TileLevel``), each keeping boxes under 2/3 of its own sides and clear of the
+sides it shares (with the mirror image, 28 passes per image instead of 10):
 
     python benchmarks/detection_eval_settings.py runs/person-512-bf16-s0/best.pt 512 --voting
 
 Measured (Intel Xeon with AMX, session 25; docs/benchmarks.md "Session 25"): the bf16 command's seed 0, 25.97 %
 mAP50 as trained, 27.18 with voting on the image alone; 30.90 with the mirror image and tiles voted at 0.45, 31.35
-at 0.5; with the 3x3 grid 28.36 by NMS, 29.22 with the mirror image, 31.39 voted.  Over three seeds voting at 0.5
+at 0.5; with the 3x3 grid 28.36 by NMS, 29.22 with the mirror image, 31.39 voted (session 26, the grid as a library
+``TileLevel``: the same figures, 28.42 voted without the mirror image; 44 min for the whole command).  Over three seeds voting at 0.5
 gives 29.47 % against 0.45's 29.23 (``--no-grid --vote-iou 0.5,0.6``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 
 import torch
@@ -62,7 +64,8 @@ from torchvision.ops import batched_nms, box_iou
 from mobilenets.data import make_loader
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
 from mobilenets.detection.evaluate import (
-    TILE_KEEPS_UNDER,
+    CORNER_TILES,
+    TileLevel,
     detect_with_views,
     evaluate_detector,
     every_candidate,
@@ -115,65 +118,34 @@ class SoftNMSDetector(nn.Module):
 
 GRID_KEEPS_UNDER = 2 / 3  # of a grid tile's own sides: a larger person is a larger view's to find
 GRID_SIDE = Rule(int, lambda v: v >= 2, "an integer >= 2")  # tiles per side: one would be the image
-EDGE_PX = 2.0  # a grid tile's box this close to a side it shares with a neighbour shows part of an object
 
 
-def grid_tiles(height: int, width: int, count: int, side: float) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of a ``count`` x ``count`` grid of tiles ``side`` of the image's sides,
-    spread evenly from one edge to the other (they overlap where ``count * side > 1``)."""
-    tall, wide = round(height * side), round(width * side)
-    tops = [round(i * (height - tall) / (count - 1)) for i in range(count)]
-    lefts = [round(i * (width - wide) / (count - 1)) for i in range(count)]
-    return [(top, left, tall, wide) for top in tops for left in lefts]
-
-
-def grid_candidates(model: nn.Module, image, tile, flip: bool):
-    """One grid tile's candidates (and its mirror image's, with ``flip``) in the image's pixels, those
-    whole in the tile and under ``GRID_KEEPS_UNDER`` of its sides; ``model`` yields every candidate."""
-    top, left, tall, wide = tile
-    height, width = image.shape[-2:]
-    crop = image[:, top : top + tall, left : left + wide]
-    views = [crop, crop.flip(-1)] if flip else [crop]
-    parts = []
-    for mirrored, found in zip((False, True), model(views)):
-        boxes = found["boxes"].clone()
-        if mirrored:
-            boxes[:, [0, 2]] = wide - found["boxes"][:, [2, 0]]
-        keep = ((boxes[:, 2] - boxes[:, 0]) < GRID_KEEPS_UNDER * wide) & (
-            (boxes[:, 3] - boxes[:, 1]) < GRID_KEEPS_UNDER * tall
-        )
-        keep &= (boxes[:, 0] > EDGE_PX) | (left == 0)
-        keep &= (boxes[:, 1] > EDGE_PX) | (top == 0)
-        keep &= (boxes[:, 2] < wide - EDGE_PX) | (left + wide >= width)
-        keep &= (boxes[:, 3] < tall - EDGE_PX) | (top + tall >= height)
-        boxes += torch.tensor([left, top, left, top], dtype=boxes.dtype)
-        parts.append((boxes[keep], found["scores"][keep], found["labels"][keep]))
-    return parts
+def grid_level(per_side: int, side: float) -> TileLevel:
+    """The second level of tiles of ``--voting``: ``per_side`` x ``per_side`` tiles ``side`` of the image's
+    sides, each keeping boxes under ``GRID_KEEPS_UNDER`` of its own sides."""
+    return TileLevel(per_side=per_side, side=side, keeps_under=GRID_KEEPS_UNDER * side)
 
 
 class VotingDetector(nn.Module):
-    """A trained SSD scored on the views ``detect_with_views`` pools (``flip``, ``tiles``), plus with
-    ``grid`` (count, side) a grid of smaller tiles, their candidates suppressed by the detector's NMS and,
-    with ``vote_iou``, each kept box voted on by the boxes it overlaps by more than that (``voted_boxes``)."""
+    """A trained SSD scored on the views ``detect_with_views`` pools (``flip``, the levels of ``tiles``), their
+    candidates suppressed by the detector's NMS and, with ``vote_iou``, each kept box voted on by the boxes it
+    overlaps by more than that (``voted_boxes``)."""
 
-    def __init__(self, model: nn.Module, *, flip: bool, tiles: bool, grid=None, vote_iou=None):
+    def __init__(self, model: nn.Module, *, flip: bool, tiles=(), vote_iou=None):
         super().__init__()
         self.model, self.head = model, model.head
-        self.flip, self.tiles, self.grid, self.vote_iou = flip, tiles, grid, vote_iou
+        self.flip, self.tiles, self.vote_iou = flip, tuple(tiles), vote_iou
 
     def forward(self, images):
         with every_candidate(self.model) as (nms, kept):
+            # every view's candidates, unsuppressed (NMS 1.0 inside), for this detector's NMS and voting
             pooled = detect_with_views(self.model, images, flip=self.flip, tiles=self.tiles, vote=False)
-            parts = [[(found["boxes"], found["scores"], found["labels"])] for found in pooled]
-            for image, own in zip(images, parts):
-                for tile in grid_tiles(*image.shape[-2:], *self.grid) if self.grid else []:
-                    own += grid_candidates(self.model, image, tile, self.flip)
         results = []
-        for own in parts:
-            boxes, scores, labels = (torch.cat(part) for part in zip(*own))
+        for found in pooled:
+            boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
             keep = batched_nms(boxes, scores, labels, nms)[:kept]
-            found = boxes[keep] if self.vote_iou is None else voted_boxes(boxes, scores, labels, keep, self.vote_iou)
-            results.append({"boxes": found, "scores": scores[keep], "labels": labels[keep]})
+            voted = boxes[keep] if self.vote_iou is None else voted_boxes(boxes, scores, labels, keep, self.vote_iou)
+            results.append({"boxes": voted, "scores": scores[keep], "labels": labels[keep]})
         return results
 
 
@@ -185,9 +157,9 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="add the flip / soft-NMS rows at the trained size")
     parser.add_argument("--tiles", action="store_true",
                         help="add the corner-tile rows (--test-tiles) at the trained size")  # fmt: skip
-    parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[TILE_KEEPS_UNDER],
+    parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[CORNER_TILES[0].keeps_under],
                         help="with --tiles: the largest box a tile keeps, as a fraction of the image's sides "
-                        f"(default {TILE_KEEPS_UNDER}; several, comma-separated)")  # fmt: skip
+                        f"(default {CORNER_TILES[0].keeps_under}; several, comma-separated)")  # fmt: skip
     parser.add_argument("--voting", action="store_true",
                         help="add the rows of voting alone, at --vote-iou, and with a --grid of tiles")  # fmt: skip
     parser.add_argument(
@@ -252,7 +224,8 @@ def score_tiled(model: nn.Module, loader, side: int, limits: list[float]) -> Non
     model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
     for limit in limits:
         for flip, vote in itertools.product((False, True), (False, True)):
-            metrics = evaluate_detector(model, loader, flip=flip, tiles=True, tile_keeps_under=limit, vote=vote)
+            tiles = (dataclasses.replace(CORNER_TILES[0], keeps_under=limit),)
+            metrics = evaluate_detector(model, loader, flip=flip, tiles=tiles, vote=vote)
             views = (f"{'image + mirror' if flip else 'image'} + tiles (boxes under {limit} kept), "
                      f"{'box voting' if vote else 'NMS'}")  # fmt: skip
             print(f"{side} px, {views}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
@@ -266,15 +239,15 @@ def score_voting(model: nn.Module, loader, side: int, vote_ious: list[float], gr
     model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
     model.score_thresh, model.nms_thresh, model.detections_per_img = SETTINGS[0]
     nms = model.nms_thresh
-    # (views' name, flip, corner tiles, grid, vote IoU)
-    rows = [("image", False, False, None, None), ("image", False, False, None, nms)]
-    rows += [("image + mirror + tiles", True, True, None, iou) for iou in (nms, *vote_ious)]
+    # (views' name, flip, levels of tiles, vote IoU)
+    rows = [("image", False, (), None), ("image", False, (), nms)]
+    rows += [("image + mirror + tiles", True, CORNER_TILES, iou) for iou in (nms, *vote_ious)]
     if grid is not None:
         grid_name = f"tiles + {grid[0]}x{grid[0]} grid of {grid[1]}"
-        rows += [(f"image + {views}{grid_name}", flip, True, grid, iou)
+        rows += [(f"image + {views}{grid_name}", flip, (*CORNER_TILES, grid_level(*grid)), iou)
                  for views, flip in (("", False), ("mirror + ", True)) for iou in (None, nms)]  # fmt: skip
-    for views, flip, tiles, cells, iou in rows:
-        metrics = evaluate_detector(VotingDetector(model, flip=flip, tiles=tiles, grid=cells, vote_iou=iou), loader)
+    for views, flip, tiles, iou in rows:
+        metrics = evaluate_detector(VotingDetector(model, flip=flip, tiles=tiles, vote_iou=iou), loader)
         merge = f"NMS {nms}" if iou is None else f"NMS {nms}, box voting at IoU {iou}"
         print(f"{side} px, {views}, {merge}: mAP50 {100 * metrics['map50']:.2f} %, mAP {100 * metrics['map']:.2f} %",
               flush=True)  # fmt: skip

@@ -119,32 +119,13 @@ def test_soft_nms_of_the_detection_eval_settings():
     assert settings.soft_nms(boxes, scores, labels, sigma=0.5, threshold=0.01, kept=2)[0].tolist() == [0, 2]
 
 
-def test_grid_tiles_of_the_detection_eval_settings():
-    """benchmarks/detection_eval_settings.py --voting: a 3x3 grid of tiles 0.4 of the sides runs edge to edge;
-    a grid tile keeps a box under 2/3 of its own sides and clear of the sides it shares with a neighbour, its
-    mirror image's boxes turned back first, and moves them into the image's pixels."""
-    import torch
-
+def test_grid_level_of_the_detection_eval_settings():
+    """benchmarks/detection_eval_settings.py --voting: the second level of tiles keeps a box under 2/3 of a
+    grid tile's own sides, expressed as the library's TileLevel (a share of the image's sides)."""
     settings = load_script("detection_eval_settings")
-    tiles = settings.grid_tiles(100, 200, 3, 0.4)
-    assert tiles == [(top, left, 40, 80) for top in (0, 30, 60) for left in (0, 60, 120)]
-    found = {"boxes": torch.tensor([[3.0, 3, 10, 10], [0, 5, 10, 15], [5, 5, 60, 30]]),
-             "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])}  # fmt: skip
-
-    def model(views):
-        assert all(view.shape == (3, 40, 80) for view in views)
-        return [{key: value.clone() for key, value in found.items()} for _ in views]
-
-    image = torch.zeros(3, 100, 200)
-    # the middle tile shares every side: the box at its left side goes, the one 55 px wide (over 2/3 of 80) too
-    (boxes, scores, _), mirrored = settings.grid_candidates(model, image, tiles[4], flip=True)
-    assert boxes.tolist() == [[63.0, 33, 70, 40]] and scores.tolist() == pytest.approx([0.9])
-    # in the mirror image the small box lies at x 70-77 of the tile, the one at its left side at 70-80: at the
-    # tile's right side, so dropped; the small one is kept (77 < 78)
-    assert mirrored[0].tolist() == [[130.0, 33, 137, 40]]
-    # the top-left tile's left and top sides are the image's: a box touching them is whole
-    ((boxes, _, _),) = settings.grid_candidates(model, image, tiles[0], flip=False)
-    assert boxes.tolist() == [[3.0, 3, 10, 10], [0, 5, 10, 15]]
+    level = settings.grid_level(3, 0.4)
+    assert (level.per_side, level.side, level.keeps_under) == (3, 0.4, pytest.approx(0.4 * 2 / 3))
+    assert level.tiles(100, 200) == [(top, left, 40, 80) for top in (0, 30, 60) for left in (0, 60, 120)]
 
 
 def test_focal_loss_of_the_detection_ablations():

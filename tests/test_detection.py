@@ -420,7 +420,7 @@ def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
     """--test-tiles on a detector: each corner tile (0.6 of the sides) is run too; its boxes come back
     shifted into the image's pixels, those over 0.4 of the image's sides or reaching a side the tile
     shares with another tile are dropped, and all are suppressed once with the detector's own NMS."""
-    from mobilenets.detection.evaluate import detect_with_views
+    from mobilenets.detection.evaluate import CORNER_TILES, detect_with_views
 
     class Stub:  # in a 100 x 100 view (the image): one large box; in a 60 x 60 tile: a small box and a cut one
         nms_thresh, detections_per_img, calls = 0.45, 100, []
@@ -439,7 +439,7 @@ def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
 
     image = torch.rand(3, 100, 100)
     stub = Stub()
-    (found,) = detect_with_views(stub, [image], tiles=True)
+    (found,) = detect_with_views(stub, [image], tiles=CORNER_TILES)
     assert stub.calls == [[(100, 100)], [(60, 60)], [(60, 60)], [(60, 60)], [(60, 60)]]
     kept = sorted(tuple(box) for box in found["boxes"].tolist())
     # the small box of each tile, shifted by the tile's corner (0 or 40); the cut one only where its right
@@ -451,10 +451,34 @@ def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
     assert (stub.nms_thresh, stub.detections_per_img) == (0.45, 100)
     # with the mirror image as well: each view twice, the mirrored boxes turned back inside their tile
     stub.calls.clear()
-    (both,) = detect_with_views(stub, [image], flip=True, tiles=True)
+    (both,) = detect_with_views(stub, [image], flip=True, tiles=CORNER_TILES)
     assert sorted(stub.calls) == [[(60, 60)]] * 8 + [[(100, 100)]] * 2
     assert (10.0, 10.0, 90.0, 90.0) in [tuple(box) for box in both["boxes"].tolist()]
     assert (30.0, 20.0, 40.0, 30.0) in [tuple(box) for box in both["boxes"].tolist()]  # 60 - 30, 60 - 20
+
+
+def test_a_level_of_tiles_runs_edge_to_edge_and_keeps_the_whole_small_boxes():
+    """TileLevel: a 3x3 grid of tiles 0.4 of the sides runs edge to edge; a tile keeps a box under its
+    ``keeps_under`` of the image's sides and clear of the sides it shares with a neighbour; one tile per
+    side, or a side over the image's, is refused in one line."""
+    from mobilenets.detection.evaluate import CORNER_TILES, TileLevel
+    from mobilenets.errors import ConfigError
+
+    assert CORNER_TILES[0].tiles(100, 200) == [(top, left, 60, 120) for top in (0, 40) for left in (0, 80)]
+    level = TileLevel(per_side=3, side=0.4, keeps_under=0.4 * 2 / 3)  # boxes under 53.3 x 26.7 px kept
+    tiles = level.tiles(100, 200)
+    assert tiles == [(top, left, 40, 80) for top in (0, 30, 60) for left in (0, 60, 120)]
+    small, at_left, wide, at_bottom_right = [3.0, 3, 10, 10], [0, 5, 10, 15], [5, 5, 60, 30], [70, 30, 79, 38]
+    boxes = torch.tensor([small, at_left, wide, at_bottom_right])
+    # the middle tile shares all four sides; the top-left one has the image's left and top sides, the
+    # bottom-right one its right and bottom sides; the 55-px box is too wide everywhere
+    assert level.keep(boxes, tiles[4], 100, 200).tolist() == [True, False, False, False]
+    assert level.keep(boxes, tiles[0], 100, 200).tolist() == [True, True, False, False]
+    assert level.keep(boxes, tiles[8], 100, 200).tolist() == [True, False, False, True]
+    with pytest.raises(ConfigError, match=r"^TileLevel: per_side must be an integer >= 2, got 1$"):
+        TileLevel(per_side=1, side=0.6, keeps_under=0.4)
+    with pytest.raises(ConfigError, match=r"^TileLevel: side must be in \(0, 1\], got 1.5$"):
+        TileLevel(per_side=2, side=1.5, keeps_under=0.4)
 
 
 def test_box_voting_averages_each_kept_box_with_those_it_suppressed():
@@ -555,14 +579,14 @@ def test_eval_and_predict_a_detector_from_the_command_line(trained, capsys, tmp_
     # --test-tiles: the boxes of the image and its tiles together, as detect_with_views finds them
     from torchvision.transforms.v2 import functional as TF
 
-    from mobilenets.detection.evaluate import detect_with_views
+    from mobilenets.detection.evaluate import CORNER_TILES, detect_with_views
 
     assert main(["predict", "--checkpoint", str(out / "a" / "best.pt"), image, "--threshold", "0.0", "--json",
                  "--test-tiles"]) == 0  # fmt: skip
     tiled = json.loads(capsys.readouterr().out)[0]["boxes"]
     model = mobilenets.load_model(out / "a" / "best.pt").eval()
     pixels = TF.to_dtype(TF.pil_to_tensor(Image.open(image).convert("RGB")), torch.float32, scale=True)
-    (expected,) = detect_with_views(model, [pixels], tiles=True)
+    (expected,) = detect_with_views(model, [pixels], tiles=CORNER_TILES)
     assert [box["score"] for box in tiled] == [round(s, 4) for s in expected["scores"].tolist()]
     # the tiles' own boxes beside the image's (the best of them here found in a tile)
     assert {tuple(box["box"]) for box in tiled} - {tuple(box["box"]) for box in found[0]["boxes"]}
@@ -581,11 +605,11 @@ def test_eval_test_flip_and_tiles_score_a_detector_on_those_views(trained, monke
     checkpoint = ["eval", "--checkpoint", str(out / "a" / "best.pt"), "--data-dir", str(root), "--json"]
     assert main(checkpoint) == 0 and not calls
     plain = json.loads(capsys.readouterr().out)
-    defaults = {"tile_keeps_under": detection_evaluate.TILE_KEEPS_UNDER, "vote": True}
-    for given, views in ((["--test-flip"], {"flip": True, "tiles": False, **defaults}),
-                         (["--test-tiles"], {"flip": False, "tiles": True, **defaults}),
-                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": True, **defaults}),
-                         (["--test-tiles", "--test-merge", "nms"], {"flip": False, "tiles": True, **defaults,
+    corners = detection_evaluate.CORNER_TILES
+    for given, views in ((["--test-flip"], {"flip": True, "tiles": (), "vote": True}),
+                         (["--test-tiles"], {"flip": False, "tiles": corners, "vote": True}),
+                         (["--test-flip", "--test-tiles"], {"flip": True, "tiles": corners, "vote": True}),
+                         (["--test-tiles", "--test-merge", "nms"], {"flip": False, "tiles": corners,
                                                                     "vote": False})):  # fmt: skip
         calls.clear()
         assert main([*checkpoint, *given]) == 0

@@ -32,6 +32,13 @@ def _box_voting(args: argparse.Namespace) -> bool:
     return args.test_merge != "nms"
 
 
+def _test_tiles(args: argparse.Namespace) -> tuple:
+    """--test-tiles: the levels of tiles a detector is also run on (the four corner tiles), or none."""
+    from ..detection.evaluate import CORNER_TILES
+
+    return CORNER_TILES if args.test_tiles else ()
+
+
 def _scored_split(data, args: argparse.Namespace):
     """The split --split names, its first --val-subset images (as training's --val-subset takes them)."""
     split = data.train if args.split == "train" else data.val
@@ -122,7 +129,7 @@ class DetectorCommands:
                       background=True)  # fmt: skip
         loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
         metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty(), flip=args.test_flip,
-                                    tiles=args.test_tiles, vote=_box_voting(args))  # fmt: skip
+                                    tiles=_test_tiles(args), vote=_box_voting(args))  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
@@ -136,7 +143,7 @@ class DetectorCommands:
         from ..detection.predict import detect_images
 
         found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out,
-                              tiles=args.test_tiles, vote=_box_voting(args))  # fmt: skip
+                              tiles=_test_tiles(args), vote=_box_voting(args))  # fmt: skip
         if args.json:
             print(json.dumps([{"image": p, "boxes": b} for p, b in zip(args.images, found)], indent=2))
             return 0

@@ -6,9 +6,10 @@ Ground truth is what the validation loader yields (boxes in the images' own pixe
 those pixels.  ``map`` is AP averaged over IoU 0.50:0.05:0.95 (COCO's headline
 number), ``map50`` at IoU 0.5, ``map75`` at 0.75, ``map_small/medium/large`` by box area.
 
-With ``flip`` (``--test-flip``), each image is also run mirrored, and with ``tiles``
-(``--test-tiles``) on its four corner tiles; all passes' candidate boxes are suppressed together
-and each kept box averaged with those it suppressed (:func:`detect_with_views`, :func:`voted_boxes`).
+With ``flip`` (``--test-flip``), each image is also run mirrored, and with ``tiles`` on the tiles of
+each level (``--test-tiles``: ``CORNER_TILES``, its four corner tiles); all passes' candidate boxes are
+suppressed together and each kept box averaged with those it suppressed (:func:`detect_with_views`,
+:func:`voted_boxes`).
 The mirror image doubles the evaluation's cost, for a network whose boxes vary between an image and
 its mirror image; the tiles multiply it by five, for people too small in the whole image
 (docs/benchmarks.md, "One class").
@@ -19,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +31,16 @@ from torchvision.ops import batched_nms, box_iou
 from ..errors import ConfigError
 from ..extras import require
 
-__all__ = ["COCO_STATS", "coco_metrics", "detect_with_views", "evaluate_detector", "every_candidate", "voted_boxes"]
+__all__ = [
+    "COCO_STATS",
+    "CORNER_TILES",
+    "TileLevel",
+    "coco_metrics",
+    "detect_with_views",
+    "evaluate_detector",
+    "every_candidate",
+    "voted_boxes",
+]
 
 # COCOeval.stats, in its order.
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
@@ -99,37 +111,59 @@ def every_candidate(model):
             model.settings = settings
 
 
+TILE_EDGE_PX = 2.0  # a box this close to a tile side inside the image is taken as cut by it
+
+
+@dataclass(frozen=True)
+class TileLevel:
+    """One level of tiles for test-time views: a ``per_side`` x ``per_side`` grid of tiles, each ``side``
+    of the image's height and width, spread evenly from one edge to the other (they overlap where
+    ``per_side * side > 1``) and scored at the network's input side, so a small object fills more of it.
+    A tile keeps its boxes under ``keeps_under`` of the image's sides that are clear of every tile side
+    lying inside the image (within ``TILE_EDGE_PX``): a larger object, or one cut by that side, is a
+    larger view's to find."""
+
+    per_side: int
+    side: float
+    keeps_under: float
+
+    def __post_init__(self):
+        # one tile per side would be the image itself (and no spacing to spread tiles by)
+        if not (isinstance(self.per_side, int) and self.per_side >= 2):
+            raise ConfigError(f"TileLevel: per_side must be an integer >= 2, got {self.per_side!r}")
+        for name in ("side", "keeps_under"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"TileLevel: {name} must be in (0, 1], got {getattr(self, name)!r}")
+
+    def tiles(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """(top, left, height, width) of each tile of an image ``height`` x ``width``."""
+        tall, wide = round(height * self.side), round(width * self.side)
+        tops = [round(i * (height - tall) / (self.per_side - 1)) for i in range(self.per_side)]
+        lefts = [round(i * (width - wide) / (self.per_side - 1)) for i in range(self.per_side)]
+        return [(top, left, tall, wide) for top in tops for left in lefts]
+
+    def keep(self, boxes: Tensor, tile: tuple[int, int, int, int], height: int, width: int) -> Tensor:
+        """Which of a tile's ``boxes`` (in the tile's pixels) it keeps."""
+        top, left, tall, wide = tile
+        limit = self.keeps_under
+        keep = ((boxes[:, 2] - boxes[:, 0]) < limit * width) & ((boxes[:, 3] - boxes[:, 1]) < limit * height)
+        if left > 0:
+            keep &= boxes[:, 0] > TILE_EDGE_PX
+        if top > 0:
+            keep &= boxes[:, 1] > TILE_EDGE_PX
+        if left + wide < width:
+            keep &= boxes[:, 2] < wide - TILE_EDGE_PX
+        if top + tall < height:
+            keep &= boxes[:, 3] < tall - TILE_EDGE_PX
+        return keep
+
+
 # --test-tiles: the image's four corner tiles, each 0.6 of its height and width (neighbours overlap by
-# 0.2 of the side, so a person up to that size lies whole in one of them), scored at the network's input
-# side - a small person fills more of it.  A tile's boxes over 0.4 of the image's width or height are
-# dropped, as are those reaching a side it shares with another tile: such a person is the whole image's
-# to find, and a tile sees a part of it (coco128's people: every tile box kept, 20.3 % mAP50 against 27.1;
-# boxes up to 0.5 of the sides, 2.3-2.8 points below 0.4 on three runs - docs/benchmarks.md, "Session 22").
-TILE_SIDE = 0.6
-TILE_KEEPS_UNDER = 0.4
-TILE_EDGE_PX = 2.0
-
-
-def _corner_tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of the four corner tiles."""
-    tall, wide = round(height * TILE_SIDE), round(width * TILE_SIDE)
-    return [(top, left, tall, wide) for top in (0, height - tall) for left in (0, width - wide)]
-
-
-def _whole_in_tile(boxes: Tensor, tile: tuple[int, int, int, int], height: int, width: int, keeps_under: float):
-    """Which of a tile's ``boxes`` (in the tile's pixels) to keep: smaller than ``keeps_under`` of the
-    image's sides, and clear of every tile side that lies inside the image."""
-    top, left, tall, wide = tile
-    keep = ((boxes[:, 2] - boxes[:, 0]) < keeps_under * width) & ((boxes[:, 3] - boxes[:, 1]) < keeps_under * height)
-    if left > 0:
-        keep &= boxes[:, 0] > TILE_EDGE_PX
-    if top > 0:
-        keep &= boxes[:, 1] > TILE_EDGE_PX
-    if left + wide < width:
-        keep &= boxes[:, 2] < wide - TILE_EDGE_PX
-    if top + tall < height:
-        keep &= boxes[:, 3] < tall - TILE_EDGE_PX
-    return keep
+# 0.2 of the side, so a person up to that size lies whole in one of them), keeping boxes under 0.4 of the
+# image's sides (coco128's people: every tile box kept, 20.3 % mAP50 against 27.1; boxes up to 0.5 of the
+# sides, 2.3-2.8 points below 0.4 on three runs - docs/benchmarks.md, "Session 22").  A second level (a
+# 3x3 grid of 0.4) added 0.4 points on average for 2.8 times the cost, so it is not the default.
+CORNER_TILES = (TileLevel(per_side=2, side=0.6, keeps_under=0.4),)
 
 
 def voted_boxes(boxes: Tensor, scores: Tensor, labels: Tensor, kept: Tensor, iou: float) -> Tensor:
@@ -164,21 +198,20 @@ def detect_with_views(
     images: list[Tensor],
     *,
     flip: bool = False,
-    tiles: bool = False,
-    tile_keeps_under: float = TILE_KEEPS_UNDER,
+    tiles: Sequence[TileLevel] = (),
     vote: bool = True,
 ):
     """Each image's detections found on several views of it together (test-time augmentation): the
-    image, with ``flip`` its mirror image, with ``tiles`` its four corner tiles (and theirs, with both),
-    a tile keeping its boxes under ``tile_keeps_under`` of the image's sides.  Every view's candidates
-    (each above the score threshold, per class its top candidates) are turned back into the image's
-    pixels and pooled, and the detector's own NMS and cap applied once; with ``vote`` each kept box
-    becomes the score-weighted mean of those it suppressed (:func:`voted_boxes`)."""
-    views = []  # (image index, view, tile or None, mirrored)
+    image, with ``flip`` its mirror image, and the tiles of each level in ``tiles`` (``CORNER_TILES``:
+    the four corner tiles), mirrored too with ``flip``; each tile keeps the boxes its level keeps.
+    Every view's candidates (each above the score threshold, per class its top candidates) are turned
+    back into the image's pixels and pooled, and the detector's own NMS and cap applied once; with
+    ``vote`` each kept box becomes the score-weighted mean of those it suppressed (:func:`voted_boxes`)."""
+    views = []  # (image index, view, (level, tile) or None, mirrored)
     for index, image in enumerate(images):
         height, width = image.shape[-2:]
-        crops = [(image, None)] + [(image[:, t:t + h, s:s + w], (t, s, h, w)) for t, s, h, w in
-                                   (_corner_tiles(height, width) if tiles else [])]  # fmt: skip
+        crops = [(image, None)] + [(image[:, t:t + h, s:s + w], (level, (t, s, h, w))) for level in tiles
+                                   for t, s, h, w in level.tiles(height, width)]  # fmt: skip
         for crop, tile in crops:
             views += [(index, crop, tile, False)] + ([(index, crop.flip(-1), tile, True)] if flip else [])
     with every_candidate(model) as (nms, kept):
@@ -191,8 +224,9 @@ def detect_with_views(
             boxes[:, [0, 2]] = view.shape[-1] - own["boxes"][:, [2, 0]]
         keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
         if tile is not None:
-            keep = _whole_in_tile(boxes, tile, *images[index].shape[-2:], tile_keeps_under)
-            boxes += torch.tensor([tile[1], tile[0], tile[1], tile[0]], dtype=boxes.dtype, device=boxes.device)
+            level, (top, left, _, _) = tile
+            keep = level.keep(boxes, tile[1], *images[index].shape[-2:])
+            boxes += torch.tensor([left, top, left, top], dtype=boxes.dtype, device=boxes.device)
         pooled[index].append((boxes[keep], own["scores"][keep], own["labels"][keep]))
     results = []
     for parts in pooled:
@@ -212,20 +246,19 @@ def evaluate_detector(
     dist=None,
     progress: bool = False,
     flip: bool = False,
-    tiles: bool = False,
-    tile_keeps_under: float = TILE_KEEPS_UNDER,
+    tiles: Sequence[TileLevel] = (),
     vote: bool = True,
 ):
     """Run ``model`` over ``loader`` (images, targets) and score it with :func:`coco_metrics`;
     under torchrun each process passes its shard and the predictions are gathered.  ``flip``,
-    ``tiles``, ``tile_keeps_under``, ``vote``: each image's detections are :func:`detect_with_views`'
+    ``tiles``, ``vote``: each image's detections are :func:`detect_with_views`'
     with those views."""
     from tqdm.auto import tqdm
 
     model.eval()
     targets: list[dict[str, Tensor]] = []
     predictions: list[dict[str, Tensor]] = []
-    views = {"flip": flip, "tiles": tiles, "tile_keeps_under": tile_keeps_under, "vote": vote}
+    views = {"flip": flip, "tiles": tiles, "vote": vote}
     start = time.perf_counter()
     for images, batch_targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False, unit="batch"):
         images = [image.to(device) for image in images]

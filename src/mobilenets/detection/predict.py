@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from ..data import load_rgb
 from ..files import atomic_write
-from .evaluate import detect_with_views
+from .evaluate import TileLevel, detect_with_views
 
 __all__ = ["detect_images", "draw_detections"]
 
@@ -41,14 +42,14 @@ def detect_images(
     *,
     threshold: float = 0.3,
     out: str | Path | None = None,
-    tiles: bool = False,
+    tiles: Sequence[TileLevel] = (),
     vote: bool = True,
 ) -> list[list[dict[str, Any]]]:
     """Per image, the boxes scoring at least ``threshold``: ``{"label", "score", "box"}``
     (x1 y1 x2 y2 pixels), best first.  With ``out``, each image is also written there as
-    ``<name>.png`` with its boxes drawn.  ``tiles``: found on the image and its corner tiles together
-    (``detection.evaluate.detect_with_views``), for small objects; ``vote``: their near-copies of a box
-    averaged by score rather than the best one kept."""
+    ``<name>.png`` with its boxes drawn.  ``tiles``: found on the image and those levels of tiles
+    together (``detection.evaluate.detect_with_views``; ``CORNER_TILES`` for small objects); ``vote``: their
+    near-copies of a box averaged by score rather than the best one kept."""
     model.eval()
     results = []
     if out is not None:
@@ -56,7 +57,7 @@ def detect_images(
     for path in paths:
         image = TF.pil_to_tensor(load_rgb(path))
         scaled = [TF.to_dtype(image, torch.float32, scale=True)]
-        (detection,) = detect_with_views(model, scaled, tiles=True, vote=vote) if tiles else model(scaled)
+        (detection,) = detect_with_views(model, scaled, tiles=tiles, vote=vote) if tiles else model(scaled)
         keep = detection["scores"] >= threshold
         detection = {k: v[keep] for k, v in detection.items()}
         results.append(
