@@ -128,6 +128,22 @@ def test_grid_level_of_the_detection_eval_settings():
     assert level.tiles(100, 200) == [(top, left, 40, 80) for top in (0, 30, 60) for left in (0, 60, 120)]
 
 
+def test_default_box_counts_by_coco_size():
+    """benchmarks/default_box_counts.py: an object counts the default boxes it overlaps by the matching IoU or
+    more, its boxes taken as fractions of its image's sides, filed by COCO's size classes in the image's pixels;
+    images without objects add nothing."""
+    import torch
+
+    counts = load_script("default_box_counts")
+    anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.25, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    # a 400 x 200 image (height x width): a box 100 px wide, 200 tall is its top-left quarter (IoU 1 and 0.5
+    # with the first two anchors); a 20 x 20 px box overlaps nothing by 0.35
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 200.0], [150.0, 250.0, 170.0, 270.0]])
+    targets = [(boxes, torch.tensor([1, 1]), (400, 200)), (torch.zeros(0, 4), torch.zeros(0), (10, 10))]
+    assert counts.count_boxes(targets, anchors, 0.35) == [("small", [0]), ("medium", []), ("large", [2])]
+    assert counts.count_boxes(targets, anchors, 0.6) == [("small", [0]), ("medium", []), ("large", [1])]
+
+
 def test_focal_loss_of_the_detection_ablations():
     """benchmarks/detection_ablations.py --focal: at GAMMA 0 it is the cross entropy of every box,
     weighted ALPHA (objects) or 1 - ALPHA (background), over the boxes holding an object; GAMMA 2

@@ -1,0 +1,88 @@
+"""How many default boxes each object of a detection set overlaps by the matching IoU or more - the boxes it
+teaches in training - by COCO's size classes (area in the image's own pixels: small under 32², large over 96²),
+with the default boxes of ``ssdlite_mobilenet_v2`` at the training side (docs/benchmarks.md, "Session 26"):
+
+    python benchmarks/default_box_counts.py --classes person [--resolution 512] [--match-iou 0.35] [--tall-small-box]
+
+Measured (session 26) on coco128's 254 training people at 512 and 0.35: see docs/benchmarks.md.  An object no
+default box reaches still learns its single best box (the matcher forces it); the count is of the others.
+``--tall-small-box`` counts with the lowest map's extra tall box of ``detection_ablations.py --tall-small-box``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # detection_ablations.py, beside this script
+
+from detection_ablations import tall_small_box  # noqa: E402
+
+import mobilenets  # noqa: E402
+from mobilenets.detection.data import find_detection_data  # noqa: E402
+from mobilenets.errors import MobileNetsError  # noqa: E402
+from mobilenets.validate import POSITIVE_INT, UNIT_FRACTION  # noqa: E402
+
+SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))  # COCO's, in pixels²
+
+
+@torch.no_grad()
+def default_boxes(resolution: int) -> torch.Tensor:
+    """ssdlite_mobilenet_v2's default boxes (x1 y1 x2 y2, fractions of the sides) at ``resolution``, as its
+    own anchor generator places them on its own feature maps."""
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2).eval()
+    pixels = torch.zeros(1, 3, resolution, resolution)
+    features = list(model.backbone(pixels).values())
+    (anchors,) = model.anchor_generator(ImageList(pixels, [(resolution, resolution)]), features)
+    return anchors / resolution
+
+
+def count_boxes(targets, anchors: torch.Tensor, match_iou: float) -> list[tuple[str, list[int]]]:
+    """Per size class, each object's number of default boxes overlapping it by ``match_iou`` or more;
+    ``targets`` are (boxes in pixels, labels, (height, width)) as a detection dataset holds them."""
+    counts: dict[str, list[int]] = {name: [] for name, _, _ in SIZES}
+    for boxes, _, (height, width) in targets:
+        if not len(boxes):
+            continue
+        # the network sees each image resized to a square, so its boxes as fractions of the sides
+        scaled = boxes / torch.tensor([width, height, width, height], dtype=boxes.dtype)
+        reached = (box_iou(scaled, anchors) >= match_iou).sum(1)
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for name, low, high in SIZES:
+            counts[name] += reached[(areas >= low) & (areas < high)].tolist()
+    return list(counts.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data/coco128")
+    parser.add_argument("--classes", help="keep these classes (names or ids, comma-separated)")
+    parser.add_argument("--split", choices=("train", "val"), default="train")
+    parser.add_argument("--resolution", type=POSITIVE_INT.argtype, default=512)
+    parser.add_argument("--match-iou", type=UNIT_FRACTION.argtype, default=0.35)
+    parser.add_argument("--tall-small-box", action="store_true", help="with detection_ablations.py's extra box")
+    args = parser.parse_args()
+    try:
+        data = find_detection_data(args.data_dir, splits=(args.split,), classes=args.classes)
+    except MobileNetsError as exc:
+        parser.error(str(exc))
+    if args.tall_small_box:
+        tall_small_box()
+    anchors = default_boxes(args.resolution)
+    split = data.train if args.split == "train" else data.val
+    print(f"{len(anchors)} default boxes at {args.resolution} px; objects of {args.split} by COCO size, "
+          f"default boxes at IoU >= {args.match_iou}:")  # fmt: skip
+    for name, reached in count_boxes(split.targets, anchors, args.match_iou):
+        if reached:
+            ordered = sorted(reached)
+            print(f"  {name:6s} {len(reached):4d} objects: median {ordered[len(ordered) // 2]}, "
+                  f"none {sum(n == 0 for n in reached)}, mean {sum(reached) / len(reached):.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
