@@ -479,6 +479,11 @@ def test_a_level_of_tiles_runs_edge_to_edge_and_keeps_the_whole_small_boxes():
         TileLevel(per_side=1, side=0.6, keeps_under=0.4)
     with pytest.raises(ConfigError, match=r"^TileLevel: side must be in \(0, 1\], got 1.5$"):
         TileLevel(per_side=2, side=1.5, keeps_under=0.4)
+    # the bool the option once took is refused in one line, not deep inside the loop over levels
+    from mobilenets.detection.evaluate import detect_with_views
+
+    with pytest.raises(ConfigError, match=r"^tiles takes levels of tiles \(TileLevel; .*got True$"):
+        detect_with_views(lambda images: [], [torch.rand(3, 8, 8)], tiles=True)
 
 
 def test_box_voting_averages_each_kept_box_with_those_it_suppressed():

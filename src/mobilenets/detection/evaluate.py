@@ -207,6 +207,9 @@ def detect_with_views(
     Every view's candidates (each above the score threshold, per class its top candidates) are turned
     back into the image's pixels and pooled, and the detector's own NMS and cap applied once; with
     ``vote`` each kept box becomes the score-weighted mean of those it suppressed (:func:`voted_boxes`)."""
+    if isinstance(tiles, bool) or not all(isinstance(level, TileLevel) for level in tiles):
+        raise ConfigError(f"tiles takes levels of tiles (TileLevel; CORNER_TILES for --test-tiles' four corner "
+                          f"tiles), got {tiles!r}")  # fmt: skip
     views = []  # (image index, view, (level, tile) or None, mirrored)
     for index, image in enumerate(images):
         height, width = image.shape[-2:]
