@@ -455,6 +455,12 @@ def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
     assert sorted(stub.calls) == [[(60, 60)]] * 8 + [[(100, 100)]] * 2
     assert (10.0, 10.0, 90.0, 90.0) in [tuple(box) for box in both["boxes"].tolist()]
     assert (30.0, 20.0, 40.0, 30.0) in [tuple(box) for box in both["boxes"].tolist()]  # 60 - 30, 60 - 20
+    # on a CPU each view is its own pass, however many images come together (a batch of large views maps
+    # fresh memory on every pass); each image still gets its own views' boxes
+    stub.calls.clear()
+    first, second = detect_with_views(stub, [image, image], tiles=CORNER_TILES)
+    assert stub.calls == [[(100, 100)], *[[(60, 60)]] * 4] * 2
+    assert first["boxes"].tolist() == second["boxes"].tolist() == found["boxes"].tolist()
 
 
 def test_a_level_of_tiles_runs_edge_to_edge_and_keeps_the_whole_small_boxes():
