@@ -47,8 +47,8 @@ sides it shares (with the mirror image, 28 passes per image instead of 10):
 Measured (Intel Xeon with AMX, session 25; docs/benchmarks.md "Session 25"): the bf16 command's seed 0, 25.97 %
 mAP50 as trained, 27.18 with voting on the image alone; 30.90 with the mirror image and tiles voted at 0.45, 31.35
 at 0.5; with the 3x3 grid 28.36 by NMS, 29.22 with the mirror image, 31.39 voted (session 26, the grid as a library
-``TileLevel``: the same figures, 28.42 voted without the mirror image; 44 min for the whole command).  Over three seeds voting at 0.5
-gives 29.47 % against 0.45's 29.23 (``--no-grid --vote-iou 0.5,0.6``).
+``TileLevel``: the same figures, 28.42 voted without the mirror image; 44 min for the whole command).  Over three
+seeds voting at 0.5 gives 29.47 % against 0.45's 29.23 (``--no-grid --vote-iou 0.5,0.6``).
 """
 
 from __future__ import annotations
