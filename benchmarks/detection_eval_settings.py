@@ -59,7 +59,7 @@ import itertools
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
 from mobilenets.data import make_loader
 from mobilenets.detection.data import collate, detection_transforms, find_detection_data
@@ -69,7 +69,6 @@ from mobilenets.detection.evaluate import (
     detect_with_views,
     evaluate_detector,
     every_candidate,
-    voted_boxes,
 )
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
@@ -129,7 +128,7 @@ def grid_level(per_side: int, side: float) -> TileLevel:
 class VotingDetector(nn.Module):
     """A trained SSD scored on the views ``detect_with_views`` pools (``flip``, the levels of ``tiles``), their
     candidates suppressed by the detector's NMS and, with ``vote_iou``, each kept box voted on by the boxes it
-    overlaps by more than that (``voted_boxes``)."""
+    overlaps by more than that (``voted_boxes``) - on the image alone too, where the detector would not vote."""
 
     def __init__(self, model: nn.Module, *, flip: bool, tiles=(), vote_iou=None):
         super().__init__()
@@ -137,16 +136,8 @@ class VotingDetector(nn.Module):
         self.flip, self.tiles, self.vote_iou = flip, tuple(tiles), vote_iou
 
     def forward(self, images):
-        with every_candidate(self.model) as (nms, kept):
-            # every view's candidates, unsuppressed (NMS 1.0 inside), for this detector's NMS and voting
-            pooled = detect_with_views(self.model, images, flip=self.flip, tiles=self.tiles, vote=False)
-        results = []
-        for found in pooled:
-            boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
-            keep = batched_nms(boxes, scores, labels, nms)[:kept]
-            voted = boxes[keep] if self.vote_iou is None else voted_boxes(boxes, scores, labels, keep, self.vote_iou)
-            results.append({"boxes": voted, "scores": scores[keep], "labels": labels[keep]})
-        return results
+        return detect_with_views(self.model, images, flip=self.flip, tiles=self.tiles,
+                                 vote=self.vote_iou is not None, vote_iou=self.vote_iou)  # fmt: skip
 
 
 def main() -> None:

@@ -416,6 +416,28 @@ def test_flip_pools_both_passes_boxes_before_one_suppression(box, expected):
     assert stub.settings_seen == [(1.0, 1_000_000)] * 2 and (stub.nms_thresh, stub.detections_per_img) == (0.45, 2)
 
 
+def test_views_vote_at_their_own_iou_when_given_one():
+    """detect_with_views' vote_iou: the kept box is averaged with the boxes overlapping it by more than
+    vote_iou instead of the NMS's own IoU - its mirror image's copy (IoU 0.83) votes at the NMS's 0.45, and
+    not at 0.9."""
+    from mobilenets.detection.evaluate import detect_with_views
+
+    class Stub:  # the same box in every view, scored by the brightness of the view's left half
+        nms_thresh, detections_per_img = 0.45, 10
+
+        def __call__(self, images):
+            return [{"boxes": torch.tensor([[40.0, 5, 62, 25]]), "scores": image[:, :, :50].mean()[None],
+                     "labels": torch.tensor([1])} for image in images]  # fmt: skip
+
+    image = torch.full((3, 40, 100), 0.2)
+    image[:, :, :50] = 0.8  # the mirror view's copy, turned back to 38-60, scores 0.2
+    (at_nms,) = detect_with_views(Stub(), [image], flip=True)
+    assert at_nms["boxes"].tolist() == [pytest.approx([0.8 * 40 + 0.2 * 38, 5, 0.8 * 62 + 0.2 * 60, 25])]
+    (strict,) = detect_with_views(Stub(), [image], flip=True, vote_iou=0.9)
+    assert strict["boxes"].tolist() == [[40.0, 5, 62, 25]]
+    assert strict["scores"].tolist() == at_nms["scores"].tolist() == [pytest.approx(0.8)]
+
+
 def test_tiles_add_the_small_boxes_found_in_the_corner_tiles():
     """--test-tiles on a detector: each corner tile (0.6 of the sides) is run too; its boxes come back
     shifted into the image's pixels, those over 0.4 of the image's sides or reaching a side the tile

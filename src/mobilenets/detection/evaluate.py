@@ -200,13 +200,15 @@ def detect_with_views(
     flip: bool = False,
     tiles: Sequence[TileLevel] = (),
     vote: bool = True,
+    vote_iou: float | None = None,
 ):
     """Each image's detections found on several views of it together (test-time augmentation): the
     image, with ``flip`` its mirror image, and the tiles of each level in ``tiles`` (``CORNER_TILES``:
     the four corner tiles), mirrored too with ``flip``; each tile keeps the boxes its level keeps.
     Every view's candidates (each above the score threshold, per class its top candidates) are turned
     back into the image's pixels and pooled, and the detector's own NMS and cap applied once; with
-    ``vote`` each kept box becomes the score-weighted mean of those it suppressed (:func:`voted_boxes`)."""
+    ``vote`` each kept box becomes the score-weighted mean of those it suppressed (:func:`voted_boxes`),
+    or with ``vote_iou`` of those overlapping it by more than that instead of the NMS's own IoU."""
     if isinstance(tiles, bool) or not all(isinstance(level, TileLevel) for level in tiles):
         raise ConfigError(f"tiles takes levels of tiles (TileLevel; CORNER_TILES for --test-tiles' four corner "
                           f"tiles), got {tiles!r}")  # fmt: skip
@@ -231,15 +233,16 @@ def detect_with_views(
             boxes[:, [0, 2]] = view.shape[-1] - own["boxes"][:, [2, 0]]
         keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
         if tile is not None:
-            level, (top, left, _, _) = tile
-            keep = level.keep(boxes, tile[1], *images[index].shape[-2:])
+            level, place = tile
+            keep = level.keep(boxes, place, *images[index].shape[-2:])
+            top, left = place[:2]
             boxes += torch.tensor([left, top, left, top], dtype=boxes.dtype, device=boxes.device)
         pooled[index].append((boxes[keep], own["scores"][keep], own["labels"][keep]))
     results = []
     for parts in pooled:
         boxes, scores, labels = (torch.cat(part) for part in zip(*parts))
         keep = batched_nms(boxes, scores, labels, nms)[:kept]
-        found = voted_boxes(boxes, scores, labels, keep, nms) if vote else boxes[keep]
+        found = voted_boxes(boxes, scores, labels, keep, nms if vote_iou is None else vote_iou) if vote else boxes[keep]
         results.append({"boxes": found, "scores": scores[keep], "labels": labels[keep]})
     return results
 
