@@ -21,7 +21,7 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # detection_ablations.py, beside this script
 
-from detection_ablations import tall_small_box  # noqa: E402
+from detection_ablations import atss_matches, tall_small_box  # noqa: E402
 
 import mobilenets  # noqa: E402
 from mobilenets.detection.data import find_detection_data  # noqa: E402
@@ -32,26 +32,34 @@ SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("
 
 
 @torch.no_grad()
-def default_boxes(resolution: int) -> torch.Tensor:
+def default_boxes(resolution: int) -> tuple[torch.Tensor, list[int], list[int]]:
     """ssdlite_mobilenet_v2's default boxes (x1 y1 x2 y2, fractions of the sides) at ``resolution``, as its
-    own anchor generator places them on its own feature maps."""
+    own anchor generator places them on its own feature maps; with each map's number of default boxes and of
+    boxes per position."""
     model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2).eval()
     pixels = torch.zeros(1, 3, resolution, resolution)
     features = list(model.backbone(pixels).values())
     (anchors,) = model.anchor_generator(ImageList(pixels, [(resolution, resolution)]), features)
-    return anchors / resolution
+    per_location = model.anchor_generator.num_anchors_per_location()
+    sizes = [int(f.shape[-2] * f.shape[-1]) * n for f, n in zip(features, per_location)]
+    return anchors / resolution, sizes, per_location
 
 
-def count_boxes(targets, anchors: torch.Tensor, match_iou: float) -> list[tuple[str, list[int]]]:
+def count_boxes(targets, anchors: torch.Tensor, match_iou: float, atss=None) -> list[tuple[str, list[int]]]:
     """Per size class, each object's number of default boxes overlapping it by ``match_iou`` or more;
-    ``targets`` are (boxes in pixels, labels, (height, width)) as a detection dataset holds them."""
+    ``targets`` are (boxes in pixels, labels, (height, width)) as a detection dataset holds them. With
+    ``atss`` = (map sizes, boxes per position, k), the boxes ATSS's assignment gives it instead."""
     counts: dict[str, list[int]] = {name: [] for name, _, _ in SIZES}
     for boxes, _, (height, width) in targets:
         if not len(boxes):
             continue
         # the network sees each image resized to a square, so its boxes as fractions of the sides
         scaled = boxes / torch.tensor([width, height, width, height], dtype=boxes.dtype)
-        reached = (box_iou(scaled, anchors) >= match_iou).sum(1)
+        if atss:
+            matched = atss_matches(scaled, anchors, *atss)
+            reached = torch.bincount(matched[matched >= 0], minlength=len(boxes))
+        else:
+            reached = (box_iou(scaled, anchors) >= match_iou).sum(1)
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         for name, low, high in SIZES:
             counts[name] += reached[(areas >= low) & (areas < high)].tolist()
@@ -66,6 +74,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=POSITIVE_INT.argtype, default=512)
     parser.add_argument("--match-iou", type=UNIT_FRACTION.argtype, default=0.35)
     parser.add_argument("--tall-small-box", action="store_true", help="with detection_ablations.py's extra box")
+    parser.add_argument("--atss", type=POSITIVE_INT.argtype, metavar="K",
+                        help="count the boxes ATSS's assignment gives (K positions per map) instead")  # fmt: skip
     args = parser.parse_args()
     try:
         data = find_detection_data(args.data_dir, splits=(args.split,), classes=args.classes)
@@ -73,11 +83,12 @@ def main() -> None:
         parser.error(str(exc))
     if args.tall_small_box:
         tall_small_box()
-    anchors = default_boxes(args.resolution)
+    anchors, sizes, per_location = default_boxes(args.resolution)
+    atss = (sizes, per_location, args.atss) if args.atss else None
     split = data.train if args.split == "train" else data.val
-    print(f"{len(anchors)} default boxes at {args.resolution} px; objects of {args.split} by COCO size, "
-          f"default boxes at IoU >= {args.match_iou}:")  # fmt: skip
-    for name, reached in count_boxes(split.targets, anchors, args.match_iou):
+    rule = f"ATSS's boxes (k = {args.atss})" if atss else f"default boxes at IoU >= {args.match_iou}"
+    print(f"{len(anchors)} default boxes at {args.resolution} px; objects of {args.split} by COCO size, {rule}:")
+    for name, reached in count_boxes(split.targets, anchors, args.match_iou, atss):
         if reached:
             ordered = sorted(reached)
             print(f"  {name:6s} {len(reached):4d} objects: median {ordered[len(ordered) // 2]}, "

@@ -6,8 +6,8 @@ matching, measured with this script's patches before the library had them, are `
 
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] [--tall-small-box] \
         [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] [--crop-chance P] \
-        [--photometric P] [--multi-scale S1,S2,...] [--other-objects] \
-        -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
+        [--photometric P] [--multi-scale S1,S2,...] [--other-objects] [--atss K] [--balance-objects POWER] \
+        [--ignore-from IOU] [--box-segmentation WEIGHT] -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
   ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of the TF API's (3 boxes lowest: a 0.1 square, 0.2 at
@@ -50,6 +50,22 @@ matching, measured with this script's patches before the library had them, are `
   ratio 1/2: 0.071 x 0.141 of the sides), for the medium people between the 0.1 square and the 0.2 boxes: at
   512x512 coco128's medium training people have a median of 6 default boxes at IoU 0.35 or more (15 of 82 none;
   the large ones 83), 11 with it (3 none) - ``default_box_counts.py``.
+* ``--atss K``: ATSS's assignment (Zhang et al. 2020) in place of the 0.35 matching: an object's candidates are
+  the default boxes at the K positions of each map nearest its centre; those overlapping it by the candidates'
+  mean IoU plus their standard deviation, and centred inside it, learn it. At 512x512 and K = 9 coco128's training
+  people get a median of 2 / 18 / 33 boxes (small / medium / large) against 0 / 6 / 83 at 0.35
+  (``default_box_counts.py --atss 9``).
+* ``--balance-objects POWER``: each positive default box of an object with n of them weighs n ** -POWER (scaled
+  so the weights add up to the positives): at 1 every object counts the same, where SSD lets a large person's
+  ~80 boxes outweigh a medium one's ~6.
+* ``--ignore-from IOU``: default boxes overlapping an object by IOU or more but under the matching threshold are
+  left out of the hard negative mining (RetinaNet's ignored band): a box half on a person is not taught as
+  background.
+* ``--box-segmentation WEIGHT``: DES's weak segmentation branch (Zhang et al., CVPR 2018, "Single-shot object
+  detection with enriched semantics"): a 1x1 convolution on the finest map predicts each position's class, the
+  target being the class of the smallest box holding it (no masks needed), its cross entropy times WEIGHT added
+  to the loss. Training only: evaluation and export see the detector's usual outputs (give the same flag to
+  ``eval``, which loads the branch's weights with the rest).
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -98,6 +114,199 @@ def tall_small_box() -> None:
             return pairs
 
     ssd.SSDAnchors = Anchors
+
+
+def atss_matches(boxes, anchors, level_sizes: list[int], per_location: list[int], k: int = 9):
+    """ATSS's assignment (Zhang et al., CVPR 2020, "Bridging the gap between anchor-based and anchor-free
+    detection"): for each object, the default boxes at the ``k`` positions of each map nearest its centre are
+    candidates; those overlapping it by at least the mean plus the standard deviation of the candidates' IoUs,
+    and centred inside it, learn it (a box claimed twice learns the object it overlaps most). Each object also
+    keeps its best default box, as SSD's matcher gives it. ``level_sizes``: the default boxes of each map, in
+    the generator's order; ``per_location``: the boxes at one position of each map. Returns each default box's
+    object index, -1 for background (as torchvision's matchers)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    iou = box_iou(boxes, anchors)
+    object_centres, anchor_centres = (boxes[:, :2] + boxes[:, 2:]) / 2, (anchors[:, :2] + anchors[:, 2:]) / 2
+    distance = torch.cdist(object_centres, anchor_centres)
+    candidates, start = [], 0
+    for size, boxes_here in zip(level_sizes, per_location):  # a position's boxes share its centre: k positions
+        nearest = distance[:, start : start + size].topk(min(k * boxes_here, size), dim=1, largest=False).indices
+        candidates.append(nearest + start)
+        start += size
+    candidates = torch.cat(candidates, 1)
+    candidate_iou = iou.gather(1, candidates)
+    threshold = candidate_iou.mean(1, keepdim=True) + candidate_iou.std(1, keepdim=True)
+    centre = anchor_centres[candidates]  # (objects, candidates, 2)
+    inside = ((centre > boxes[:, None, :2]) & (centre < boxes[:, None, 2:])).all(-1)
+    kept = torch.full_like(iou, -1.0).scatter_(1, candidates, torch.where(
+        (candidate_iou >= threshold) & inside, candidate_iou, torch.full_like(candidate_iou, -1.0)))
+    best, matched = kept.max(0)
+    matched[best < 0] = -1
+    matched[iou.argmax(1)] = torch.arange(len(boxes), device=matched.device)
+    return matched
+
+
+def _atss(k: int) -> None:
+    import torch
+
+    import mobilenets.models.ssd as ssd
+
+    class Anchors(ssd.SSDAnchors):
+        def forward(self, image_list, feature_maps):  # remember each map's number of default boxes
+            self.level_sizes = [int(f.shape[-2] * f.shape[-1]) * len(pairs)
+                                for f, pairs in zip(feature_maps, self._wh_pairs)]  # fmt: skip
+            return super().forward(image_list, feature_maps)
+
+    ssd_loss = ssd.Detector.compute_loss
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        generator = self.anchor_generator
+        per_location = generator.num_anchors_per_location()
+        matched_idxs = [
+            atss_matches(target["boxes"], boxes, generator.level_sizes, per_location, k)
+            if target["boxes"].numel() else torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
+            for target, boxes in zip(targets, anchors)
+        ]
+        return ssd_loss(self, targets, head_outputs, anchors, matched_idxs)
+
+    ssd.SSDAnchors = Anchors
+    ssd.Detector.compute_loss = compute_loss
+
+
+def object_weights(matched_idxs, power: float):
+    """Each positive default box's weight when every object's boxes share ``n ** (1 - power)`` of the loss
+    for its ``n`` boxes (power 0: SSD's, each box 1; power 1: each object the same): scaled so that the
+    weights add up to the number of positives, as SSD divides by them. ``matched_idxs``: a list of each
+    default box's object index (-1 background), one tensor per image; returns one tensor of weights per
+    image, 0 on background boxes."""
+    import torch
+
+    weights = []
+    for matched in matched_idxs:
+        positive = matched >= 0
+        boxes_per_object = torch.bincount(matched[positive]).clamp(min=1).to(torch.float32)
+        weight = torch.zeros(matched.shape, dtype=torch.float32, device=matched.device)
+        weight[positive] = boxes_per_object[matched[positive]] ** -power
+        weights.append(weight)
+    total = sum(float(w.sum()) for w in weights)
+    positives = sum(int((m >= 0).sum()) for m in matched_idxs)
+    return [w * (positives / total) for w in weights] if total else weights
+
+
+def ssd_loss(model, targets, head_outputs, anchors, matched_idxs, weights, unmined=None):
+    """torchvision's SSD loss with each positive box weighted by ``weights`` (one tensor per image; SSD's own
+    are 1) and the boxes marked in ``unmined`` (one boolean tensor per image) left out of the hard negative
+    mining, which keeps ``neg_to_pos_ratio`` background boxes per positive in each image."""
+    import torch
+    import torch.nn.functional as F
+
+    labels, box_losses = [], []
+    for target, regression, boxes, matched, weight in zip(
+        targets, head_outputs["bbox_regression"], anchors, matched_idxs, weights
+    ):
+        found = torch.where(matched >= 0)[0]
+        encoded = model.box_coder.encode_single(target["boxes"][matched[found]], boxes[found])
+        per_box = F.smooth_l1_loss(regression[found], encoded, reduction="none").sum(1)
+        box_losses.append((per_box * weight[found]).sum())
+        label = torch.zeros(len(matched), dtype=torch.int64, device=matched.device)
+        label[found] = target["labels"][matched[found]]
+        labels.append(label)
+    labels, logits, weights = torch.stack(labels), head_outputs["cls_logits"], torch.stack(weights)
+    cls_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    positive = labels > 0
+    negatives = model.neg_to_pos_ratio * positive.sum(1, keepdim=True)
+    skipped = positive if unmined is None else positive | torch.stack(unmined)
+    ranked = cls_loss.masked_fill(skipped, -float("inf")).argsort(1, descending=True).argsort(1)
+    mined = (ranked < negatives) & ~skipped
+    count = max(1, int(positive.sum()))
+    return {
+        "bbox_regression": torch.stack(box_losses).sum() / count,
+        "classification": ((cls_loss * weights)[positive].sum() + cls_loss[mined].sum()) / count,
+    }
+
+
+def _balance_objects(power: float) -> None:
+    from mobilenets.models.ssd import Detector
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        weights = object_weights(matched_idxs, power)
+        return ssd_loss(self, targets, head_outputs, anchors, matched_idxs, weights)
+
+    Detector.compute_loss = compute_loss
+
+
+def _ignore_from(low: float) -> None:
+    import torch
+    from torchvision.ops import box_iou
+
+    from mobilenets.models.ssd import Detector
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        unmined = []
+        for target, boxes, matched in zip(targets, anchors, matched_idxs):
+            best = box_iou(target["boxes"], boxes).amax(0) if target["boxes"].numel() else torch.zeros(len(boxes))
+            unmined.append((matched < 0) & (best >= low))  # overlapping an object, under the matching IoU
+        weights = [(m >= 0).float() for m in matched_idxs]
+        return ssd_loss(self, targets, head_outputs, anchors, matched_idxs, weights, unmined)
+
+    Detector.compute_loss = compute_loss
+
+
+def box_masks(targets, height: int, width: int, image_size):
+    """DES's weak segmentation ground truth (Zhang et al., CVPR 2018): each position of a ``height`` x ``width``
+    map over images of ``image_size`` (pixels, as the targets' boxes) takes the class of the smallest box holding
+    its centre, 0 (background) where none does. One (height, width) label map per image, stacked."""
+    import torch
+
+    rows = (torch.arange(height) + 0.5) * image_size[0] / height
+    columns = (torch.arange(width) + 0.5) * image_size[1] / width
+    y, x = (t.reshape(-1) for t in torch.meshgrid(rows, columns, indexing="ij"))
+    masks = torch.zeros(len(targets), height * width, dtype=torch.int64)
+    for mask, target in zip(masks, targets):
+        boxes, labels = target["boxes"].float().cpu(), target["labels"].cpu()
+        if not len(boxes):
+            continue
+        inside = (x > boxes[:, None, 0]) & (x < boxes[:, None, 2]) & (y > boxes[:, None, 1]) & (y < boxes[:, None, 3])
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None].expand_as(inside)
+        smallest = area.masked_fill(~inside, float("inf")).argmin(0)
+        mask[:] = torch.where(inside.any(0), labels[smallest], 0)
+    return masks.view(len(targets), height, width)
+
+
+def _box_segmentation(weight: float) -> None:
+    import torch.nn.functional as F
+    from torch import nn
+
+    import mobilenets.models.ssd as ssd
+
+    class Head(ssd.SSDHead):
+        def __init__(self, channels, anchors, num_classes, lite, kernel):
+            super().__init__(channels, anchors, num_classes, lite, kernel)
+            self.box_segmentation = nn.Conv2d(channels[0], num_classes, 1)  # on the finest map: small objects
+            nn.init.normal_(self.box_segmentation.weight, 0.0, 0.03)
+            nn.init.zeros_(self.box_segmentation.bias)
+
+        def forward(self, x):
+            outputs = super().forward(x)
+            if self.training:  # a training signal only: evaluation and export see SSD's two outputs
+                outputs["box_segmentation"] = self.box_segmentation(x[0])
+            return outputs
+
+    ssd_loss = ssd.Detector.compute_loss
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        losses = ssd_loss(self, targets, head_outputs, anchors, matched_idxs)
+        logits = head_outputs["box_segmentation"]
+        side = self.transform.fixed_size  # (height, width) of the resized images the boxes are in
+        masks = box_masks(targets, logits.shape[-2], logits.shape[-1], side).to(logits.device)
+        # the trainer adds the box and class losses: the segmentation loss rides on the class loss
+        losses["classification"] = losses["classification"] + weight * F.cross_entropy(logits.float(), masks)
+        return losses
+
+    ssd.SSDHead = Head
+    ssd.Detector.compute_loss = compute_loss
 
 
 def _stride_8() -> None:
@@ -396,7 +605,7 @@ def _box_loss_option(text: str) -> tuple[str, float]:
 
 
 def main() -> int:
-    from mobilenets.validate import POSITIVE_INT, PROBABILITY, csv_of
+    from mobilenets.validate import POSITIVE, POSITIVE_INT, PROBABILITY, csv_of
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anchor-scales", type=lambda text: [float(s) for s in text.split(",")])
@@ -413,6 +622,10 @@ def main() -> int:
     parser.add_argument("--mask-ids", default="1", help="each kept class's id in the masks, comma-separated")
     parser.add_argument("--multi-scale", type=csv_of(POSITIVE_INT), metavar="S1,S2,...")
     parser.add_argument("--other-objects", action="store_true")
+    parser.add_argument("--atss", type=POSITIVE_INT.argtype, metavar="K")
+    parser.add_argument("--balance-objects", type=PROBABILITY.argtype, metavar="POWER")
+    parser.add_argument("--ignore-from", type=PROBABILITY.argtype, metavar="IOU")
+    parser.add_argument("--box-segmentation", type=POSITIVE.argtype, metavar="WEIGHT")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
     if args.anchor_scales:
@@ -421,6 +634,14 @@ def main() -> int:
         _stride_8()
     if args.tall_small_box:
         tall_small_box()
+    if args.atss:
+        _atss(args.atss)
+    if args.balance_objects is not None:
+        _balance_objects(args.balance_objects)
+    if args.ignore_from is not None:
+        _ignore_from(args.ignore_from)
+    if args.box_segmentation:
+        _box_segmentation(args.box_segmentation)
     if args.box_loss:
         _box_loss(*args.box_loss)
     if args.neg_ratio:

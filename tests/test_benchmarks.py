@@ -172,6 +172,121 @@ def test_focal_loss_of_the_detection_ablations():
         assert scores.softmax(0)[1:] == pytest.approx(torch.full((classes - 1,), 0.01))
 
 
+def _atss_by_loops(boxes, anchors, level_sizes, per_location, k):
+    """ATSS's assignment written out object by object and map by map, for the test below."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(boxes, anchors)
+    best_iou, matched = [-1.0] * len(anchors), [-1] * len(anchors)
+    for n, box in enumerate(boxes.tolist()):
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        candidates, start = [], 0
+        for size, here in zip(level_sizes, per_location):
+            def distance(i):
+                x, y = (anchors[i, 0] + anchors[i, 2]) / 2, (anchors[i, 1] + anchors[i, 3]) / 2
+                return float((x - centre[0]) ** 2 + (y - centre[1]) ** 2)
+
+            candidates += sorted(range(start, start + size), key=distance)[: k * here]
+            start += size
+        values = [float(iou[n, i]) for i in candidates]
+        mean = sum(values) / len(values)
+        threshold = mean + (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        for i, value in zip(candidates, values):
+            x, y = float(anchors[i, 0] + anchors[i, 2]) / 2, float(anchors[i, 1] + anchors[i, 3]) / 2
+            if value >= threshold and box[0] < x < box[2] and box[1] < y < box[3] and value > best_iou[i]:
+                best_iou[i], matched[i] = value, n
+    for n in range(len(boxes)):
+        matched[int(iou[n].argmax())] = n
+    return matched
+
+
+def test_atss_matching_of_the_detection_ablations():
+    """benchmarks/detection_ablations.py --atss: each object learns the candidates (the boxes at the K positions
+    of each map nearest its centre) overlapping it by the candidates' mean IoU plus their standard deviation and
+    centred inside it, a box claimed twice going to the object it overlaps most, and its best box whatever the
+    overlap - as a loop over objects and maps computes it; a small object learns boxes under SSD's 0.35, a large
+    one fewer than it overlaps by 0.35."""
+    import torch
+    from torchvision.ops import box_iou
+
+    ablations = load_script("detection_ablations")
+    counts = load_script("default_box_counts")
+    anchors, sizes, per_location = counts.default_boxes(128)  # maps of 4x4 ... 1x1 positions, 3 or 6 boxes each
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        corner = torch.rand(6, 2, generator=generator) * 0.7
+        boxes = torch.cat([corner, corner + 0.05 + torch.rand(6, 2, generator=generator) * 0.25], 1)
+        matched = ablations.atss_matches(boxes, anchors, sizes, per_location, k=2)
+        assert matched.tolist() == _atss_by_loops(boxes, anchors, sizes, per_location, k=2)
+    small, large = torch.tensor([[0.40, 0.40, 0.52, 0.55]]), torch.tensor([[0.05, 0.05, 0.95, 0.95]])
+    for box, learns_more_than_ssd in ((small, True), (large, False)):
+        atss = int((ablations.atss_matches(box, anchors, sizes, per_location, k=9) >= 0).sum())
+        ssd = int((box_iou(box, anchors) >= 0.35).sum().clamp(min=1))
+        assert (atss > ssd) is learns_more_than_ssd, (atss, ssd)
+
+
+def test_object_balance_of_the_detection_ablations(monkeypatch):
+    """benchmarks/detection_ablations.py --balance-objects: at power 0 the loss is torchvision's SSD loss; at
+    power 1 each object's boxes weigh the same in all, and the weights add up to the positives either way."""
+    import torch
+
+    import mobilenets
+    from mobilenets.models.ssd import Detector
+
+    ablations = load_script("detection_ablations")
+    matched = [torch.tensor([0, 0, 0, 1, -1, -1]), torch.tensor([-1, 0, 0, -1, -1, -1])]
+    weights = ablations.object_weights(matched, 1.0)
+    # three objects, six positive boxes: each object's boxes weigh 2 in all
+    assert [w.tolist() for w in weights] == [pytest.approx([2 / 3, 2 / 3, 2 / 3, 2, 0, 0]),
+                                             pytest.approx([0, 1, 1, 0, 0, 0])]  # fmt: skip
+    assert [w.tolist() for w in ablations.object_weights(matched, 0.0)] == [[1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0]]
+
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=3).train()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 128, 128, generator=generator) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 60, 90], [70, 20, 120, 60]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[5.0, 5, 100, 120]]), "labels": torch.tensor([2])}]  # fmt: skip
+    ssd = model(images, targets)
+    monkeypatch.setattr(Detector, "compute_loss", Detector.compute_loss)  # undone after the test
+    ablations._balance_objects(0.0)
+    balanced = model(images, targets)
+    assert {k: float(v) for k, v in balanced.items()} == pytest.approx({k: float(v) for k, v in ssd.items()})
+    ablations._balance_objects(1.0)
+    assert float(model(images, targets)["bbox_regression"]) != pytest.approx(float(ssd["bbox_regression"]))
+
+
+def test_box_segmentation_of_the_detection_ablations(monkeypatch):
+    """benchmarks/detection_ablations.py --box-segmentation: a map position takes the class of the smallest box
+    holding its centre (background where none does, and in an image without boxes); the branch adds a loss in
+    training, and evaluation gives the detector's usual outputs."""
+    import torch
+
+    import mobilenets
+    import mobilenets.models.ssd as ssd
+
+    ablations = load_script("detection_ablations")
+    # a 4x4 map over 128x128 pixels: centres at 16, 48, 80, 112; a large box (class 1) around a small one (2)
+    targets = [{"boxes": torch.tensor([[0.0, 0, 100, 70], [40, 40, 90, 60]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
+    masks = ablations.box_masks(targets, 4, 4, (128, 128))
+    assert masks[0].tolist() == [[1, 1, 1, 0], [1, 2, 2, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert not masks[1].any()
+
+    monkeypatch.setattr(ssd, "SSDHead", ssd.SSDHead)  # both undone after the test
+    monkeypatch.setattr(ssd.Detector, "compute_loss", ssd.Detector.compute_loss)
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=3).train()
+    images = list(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)))
+    plain = model(images, targets)
+    ablations._box_segmentation(2.0)
+    torch.manual_seed(0)
+    branched = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=3).train()
+    branched.load_state_dict(model.state_dict(), strict=False)  # the same detector plus the new branch
+    losses = branched(images, targets)
+    assert float(losses["bbox_regression"]) == pytest.approx(float(plain["bbox_regression"]))
+    assert float(losses["classification"]) > float(plain["classification"])  # plus 2 x the branch's loss
+    assert sorted(branched.eval()(images)[0]) == ["boxes", "labels", "scores"]
+
+
 def test_crop_chance_and_photometric_of_the_detection_ablations(monkeypatch):
     """benchmarks/detection_ablations.py --crop-chance 0 shows every training image whole (its box only
     resized, or mirrored by the flip), where the usual IoU crop moves it; --photometric 1 changes the
