@@ -72,7 +72,7 @@ from mobilenets.detection.evaluate import (
 )
 from mobilenets.errors import MobileNetsError
 from mobilenets.models import load_model_with_info
-from mobilenets.validate import POSITIVE_INT, PROBABILITY, UNIT_FRACTION, Rule, csv_of
+from mobilenets.validate import POSITIVE_INT, UNIT_FRACTION, Rule, csv_of
 
 SETTINGS = ((0.01, 0.45, 200), (0.001, 0.45, 300), (0.001, 0.55, 300), (0.001, 0.6, 300))
 SOFT_NMS_SIGMA = 0.5  # the paper's Gaussian sigma
@@ -148,14 +148,14 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="add the flip / soft-NMS rows at the trained size")
     parser.add_argument("--tiles", action="store_true",
                         help="add the corner-tile rows (--test-tiles) at the trained size")  # fmt: skip
-    parser.add_argument("--tile-keeps-under", type=csv_of(PROBABILITY), default=[CORNER_TILES[0].keeps_under],
+    parser.add_argument("--tile-keeps-under", type=csv_of(UNIT_FRACTION), default=[CORNER_TILES[0].keeps_under],
                         help="with --tiles: the largest box a tile keeps, as a fraction of the image's sides "
                         f"(default {CORNER_TILES[0].keeps_under}; several, comma-separated)")  # fmt: skip
     parser.add_argument("--voting", action="store_true",
                         help="add the rows of voting alone, at --vote-iou, and with a --grid of tiles")  # fmt: skip
     parser.add_argument(
         "--vote-iou",
-        type=csv_of(PROBABILITY),
+        type=csv_of(UNIT_FRACTION),
         default=[0.5],
         help="with --voting: voting IoUs beside the NMS's own (default 0.5; several, comma-separated)",
     )

@@ -512,6 +512,8 @@ def test_a_level_of_tiles_runs_edge_to_edge_and_keeps_the_whole_small_boxes():
 
     with pytest.raises(ConfigError, match=r"^tiles takes levels of tiles \(TileLevel; .*got True$"):
         detect_with_views(lambda images: [], [torch.rand(3, 8, 8)], tiles=True)
+    with pytest.raises(ConfigError, match=r"^vote_iou must be in \(0, 1\], got 1.5$"):
+        detect_with_views(lambda images: [], [torch.rand(3, 8, 8)], vote_iou=1.5)
 
 
 def test_box_voting_averages_each_kept_box_with_those_it_suppressed():

@@ -30,6 +30,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from ..errors import ConfigError
 from ..extras import require
+from ..validate import UNIT_FRACTION
 
 __all__ = [
     "COCO_STATS",
@@ -212,6 +213,8 @@ def detect_with_views(
     if isinstance(tiles, bool) or not all(isinstance(level, TileLevel) for level in tiles):
         raise ConfigError(f"tiles takes levels of tiles (TileLevel; CORNER_TILES for --test-tiles' four corner "
                           f"tiles), got {tiles!r}")  # fmt: skip
+    if vote_iou is not None:
+        UNIT_FRACTION.check(vote_iou, "vote_iou")
     views = []  # (image index, view, (level, tile) or None, mirrored)
     for index, image in enumerate(images):
         height, width = image.shape[-2:]
