@@ -21,7 +21,7 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # detection_ablations.py, beside this script
 
-from detection_ablations import atss_matches, tall_small_box  # noqa: E402
+from detection_ablations import atss_matches, map_sizes, tall_small_box  # noqa: E402
 
 import mobilenets  # noqa: E402
 from mobilenets.detection.data import find_detection_data  # noqa: E402
@@ -41,8 +41,7 @@ def default_boxes(resolution: int) -> tuple[torch.Tensor, list[int], list[int]]:
     features = list(model.backbone(pixels).values())
     (anchors,) = model.anchor_generator(ImageList(pixels, [(resolution, resolution)]), features)
     per_location = model.anchor_generator.num_anchors_per_location()
-    sizes = [int(f.shape[-2] * f.shape[-1]) * n for f, n in zip(features, per_location)]
-    return anchors / resolution, sizes, per_location
+    return anchors / resolution, map_sizes(features, per_location), per_location
 
 
 def count_boxes(targets, anchors: torch.Tensor, match_iou: float, atss=None) -> list[tuple[str, list[int]]]:

@@ -148,6 +148,11 @@ def atss_matches(boxes, anchors, level_sizes: list[int], per_location: list[int]
     return matched
 
 
+def map_sizes(feature_maps, per_location: list[int]) -> list[int]:
+    """Each map's number of default boxes: its positions times the boxes at one position."""
+    return [int(f.shape[-2] * f.shape[-1]) * n for f, n in zip(feature_maps, per_location)]
+
+
 def _atss(k: int) -> None:
     import torch
 
@@ -155,8 +160,7 @@ def _atss(k: int) -> None:
 
     class Anchors(ssd.SSDAnchors):
         def forward(self, image_list, feature_maps):  # remember each map's number of default boxes
-            self.level_sizes = [int(f.shape[-2] * f.shape[-1]) * len(pairs)
-                                for f, pairs in zip(feature_maps, self._wh_pairs)]  # fmt: skip
+            self.level_sizes = map_sizes(feature_maps, self.num_anchors_per_location())
             return super().forward(image_list, feature_maps)
 
     ssd_loss = ssd.Detector.compute_loss
@@ -186,7 +190,7 @@ def object_weights(matched_idxs, power: float):
     weights = []
     for matched in matched_idxs:
         positive = matched >= 0
-        boxes_per_object = torch.bincount(matched[positive]).clamp(min=1).to(torch.float32)
+        boxes_per_object = torch.bincount(matched[positive]).to(torch.float32)  # >= 1 for every object indexed
         weight = torch.zeros(matched.shape, dtype=torch.float32, device=matched.device)
         weight[positive] = boxes_per_object[matched[positive]] ** -power
         weights.append(weight)
@@ -238,7 +242,6 @@ def _balance_objects(power: float) -> None:
 
 
 def _ignore_from(low: float) -> None:
-    import torch
     from torchvision.ops import box_iou
 
     from mobilenets.models.ssd import Detector
@@ -246,10 +249,10 @@ def _ignore_from(low: float) -> None:
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
         unmined = []
         for target, boxes, matched in zip(targets, anchors, matched_idxs):
-            best = box_iou(target["boxes"], boxes).amax(0) if target["boxes"].numel() else torch.zeros(len(boxes))
+            # (SSD's forward computed these overlaps for its matcher, but hands on only the matches)
+            best = box_iou(target["boxes"], boxes).amax(0) if target["boxes"].numel() else boxes.new_zeros(len(boxes))
             unmined.append((matched < 0) & (best >= low))  # overlapping an object, under the matching IoU
-        weights = [(m >= 0).float() for m in matched_idxs]
-        return ssd_loss(self, targets, head_outputs, anchors, matched_idxs, weights, unmined)
+        return ssd_loss(self, targets, head_outputs, anchors, matched_idxs, object_weights(matched_idxs, 0.0), unmined)
 
     Detector.compute_loss = compute_loss
 

@@ -227,7 +227,8 @@ def test_atss_matching_of_the_detection_ablations():
 
 def test_object_balance_of_the_detection_ablations(monkeypatch):
     """benchmarks/detection_ablations.py --balance-objects: at power 0 the loss is torchvision's SSD loss; at
-    power 1 each object's boxes weigh the same in all, and the weights add up to the positives either way."""
+    power 1 each object's boxes weigh the same in all, and the weights add up to the positives either way.
+    --ignore-from leaves the boxes overlapping an object by that much, unmatched, out of the mining."""
     import torch
 
     import mobilenets
@@ -246,13 +247,20 @@ def test_object_balance_of_the_detection_ablations(monkeypatch):
     images = [torch.rand(3, 128, 128, generator=generator) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[10.0, 10, 60, 90], [70, 20, 120, 60]]), "labels": torch.tensor([1, 2])},
                {"boxes": torch.tensor([[5.0, 5, 100, 120]]), "labels": torch.tensor([2])}]  # fmt: skip
-    ssd = model(images, targets)
+    def losses():
+        return {name: float(value) for name, value in model(images, targets).items()}
+
+    ssd = losses()
     monkeypatch.setattr(Detector, "compute_loss", Detector.compute_loss)  # undone after the test
     ablations._balance_objects(0.0)
-    balanced = model(images, targets)
-    assert {k: float(v) for k, v in balanced.items()} == pytest.approx({k: float(v) for k, v in ssd.items()})
+    assert losses() == pytest.approx(ssd)
     ablations._balance_objects(1.0)
-    assert float(model(images, targets)["bbox_regression"]) != pytest.approx(float(ssd["bbox_regression"]))
+    assert losses()["bbox_regression"] != pytest.approx(ssd["bbox_regression"])
+    # --ignore-from: no box overlaps by 1 without matching, so SSD's loss; from 0.1 fewer boxes are mined
+    ablations._ignore_from(1.0)
+    assert losses() == pytest.approx(ssd)
+    ablations._ignore_from(0.1)
+    assert losses()["classification"] < ssd["classification"]
 
 
 def test_box_segmentation_of_the_detection_ablations(monkeypatch):
