@@ -2,11 +2,14 @@
 teaches in training - by COCO's size classes (area in the image's own pixels: small under 32², large over 96²),
 with the default boxes of ``ssdlite_mobilenet_v2`` at the training side (docs/benchmarks.md, "Session 26"):
 
-    python benchmarks/default_box_counts.py --classes person [--resolution 512] [--match-iou 0.35] [--tall-small-box]
+    python benchmarks/default_box_counts.py --classes person [--resolution 512] [--match-iou 0.35] [--tall-small-box] \
+        [--atss K]
 
 Measured (session 26) on coco128's 254 training people at 512 and 0.35: see docs/benchmarks.md.  An object no
 default box reaches still learns its single best box (the matcher forces it); the count is of the others.
 ``--tall-small-box`` counts with the lowest map's extra tall box of ``detection_ablations.py --tall-small-box``.
+``--atss K`` counts the boxes ATSS's assignment of ``detection_ablations.py --atss K`` gives instead (session 27).
+Each line also gives the median overlap (IoU) of the boxes counted.
 """
 
 from __future__ import annotations
@@ -44,24 +47,30 @@ def default_boxes(resolution: int) -> tuple[torch.Tensor, list[int], list[int]]:
     return anchors / resolution, map_sizes(features, per_location), per_location
 
 
-def count_boxes(targets, anchors: torch.Tensor, match_iou: float, atss=None) -> list[tuple[str, list[int]]]:
-    """Per size class, each object's number of default boxes overlapping it by ``match_iou`` or more;
-    ``targets`` are (boxes in pixels, labels, (height, width)) as a detection dataset holds them. With
-    ``atss`` = (map sizes, boxes per position, k), the boxes ATSS's assignment gives it instead."""
-    counts: dict[str, list[int]] = {name: [] for name, _, _ in SIZES}
+def object_boxes(targets, anchors: torch.Tensor, match_iou: float, atss=None):
+    """Per object, its COCO size class and the overlaps (IoU) of the default boxes it teaches: those it overlaps
+    by ``match_iou`` or more, or with ``atss`` = (map sizes, boxes per position, k) those ATSS's assignment
+    gives it. ``targets`` are (boxes in pixels, labels, (height, width)) as a detection dataset holds them."""
     for boxes, _, (height, width) in targets:
         if not len(boxes):
             continue
         # the network sees each image resized to a square, so its boxes as fractions of the sides
         scaled = boxes / torch.tensor([width, height, width, height], dtype=boxes.dtype)
+        iou = box_iou(scaled, anchors)
         if atss:
-            matched = atss_matches(scaled, anchors, *atss)
-            reached = torch.bincount(matched[matched >= 0], minlength=len(boxes))
+            taught = atss_matches(scaled, anchors, *atss)[None, :] == torch.arange(len(boxes))[:, None]
         else:
-            reached = (box_iou(scaled, anchors) >= match_iou).sum(1)
+            taught = iou >= match_iou
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        for name, low, high in SIZES:
-            counts[name] += reached[(areas >= low) & (areas < high)].tolist()
+        for area, overlaps, chosen in zip(areas.tolist(), iou, taught):
+            yield next(name for name, low, high in SIZES if low <= area < high), overlaps[chosen]
+
+
+def count_boxes(targets, anchors: torch.Tensor, match_iou: float, atss=None) -> list[tuple[str, list[int]]]:
+    """Per size class, each object's number of default boxes it teaches (:func:`object_boxes`)."""
+    counts: dict[str, list[int]] = {name: [] for name, _, _ in SIZES}
+    for name, overlaps in object_boxes(targets, anchors, match_iou, atss):
+        counts[name].append(len(overlaps))
     return list(counts.items())
 
 
@@ -87,11 +96,15 @@ def main() -> None:
     split = data.train if args.split == "train" else data.val
     rule = f"ATSS's boxes (k = {args.atss})" if atss else f"default boxes at IoU >= {args.match_iou}"
     print(f"{len(anchors)} default boxes at {args.resolution} px; objects of {args.split} by COCO size, {rule}:")
+    overlaps: dict[str, list[float]] = {name: [] for name, _, _ in SIZES}
+    for name, taught in object_boxes(split.targets, anchors, args.match_iou, atss):
+        overlaps[name] += taught.tolist()
     for name, reached in count_boxes(split.targets, anchors, args.match_iou, atss):
         if reached:
-            ordered = sorted(reached)
+            ordered, ious = sorted(reached), sorted(overlaps[name])
+            iou = f", their median IoU {ious[len(ious) // 2]:.2f}" if ious else ""
             print(f"  {name:6s} {len(reached):4d} objects: median {ordered[len(ordered) // 2]}, "
-                  f"none {sum(n == 0 for n in reached)}, mean {sum(reached) / len(reached):.1f}")  # fmt: skip
+                  f"none {sum(n == 0 for n in reached)}, mean {sum(reached) / len(reached):.1f}{iou}")  # fmt: skip
 
 
 if __name__ == "__main__":

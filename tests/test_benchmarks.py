@@ -142,6 +142,8 @@ def test_default_box_counts_by_coco_size():
     targets = [(boxes, torch.tensor([1, 1]), (400, 200)), (torch.zeros(0, 4), torch.zeros(0), (10, 10))]
     assert counts.count_boxes(targets, anchors, 0.35) == [("small", [0]), ("medium", []), ("large", [2])]
     assert counts.count_boxes(targets, anchors, 0.6) == [("small", [0]), ("medium", []), ("large", [1])]
+    taught = [(name, overlaps.tolist()) for name, overlaps in counts.object_boxes(targets, anchors, 0.35)]
+    assert taught == [("large", pytest.approx([1.0, 0.5])), ("small", [])]
 
 
 def test_focal_loss_of_the_detection_ablations():
