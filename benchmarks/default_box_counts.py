@@ -2,8 +2,8 @@
 teaches in training - by COCO's size classes (area in the image's own pixels: small under 32², large over 96²),
 with the default boxes of ``ssdlite_mobilenet_v2`` at the training side (docs/benchmarks.md, "Session 26"):
 
-    python benchmarks/default_box_counts.py --classes person [--resolution 512] [--match-iou 0.35] [--tall-small-box] \
-        [--atss K]
+    python benchmarks/default_box_counts.py --classes person [--resolution 512] [--match-iou 0.35]
+        [--tall-small-box] [--atss K]
 
 Measured (session 26) on coco128's 254 training people at 512 and 0.35: see docs/benchmarks.md.  An object no
 default box reaches still learns its single best box (the matcher forces it); the count is of the others.
