@@ -151,6 +151,10 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--with-labelled alone"): ([*train, "--with-labelled"], ["--with-labelled needs --unlabelled"]),
         ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "for a detector or a segmenter"]),
         ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "for a detector"]),
+        ("train", "--background-every"): ([*train, "--background-every", "0"], ["--background-every", "positive"]),
+        ("train", "--background-every classifier"): (
+            [*train, "--background-every", "4"], ["--background-every", "for a detector"]
+        ),
         ("train", "--match-iou"): ([*train, "--match-iou", "0"], ["--match-iou", "(0, 1]"]),
         ("train", "--match-iou classifier"): ([*train, "--match-iou", "0.4"], ["--match-iou", "for a detector"]),
         ("train", "--match-min-boxes"): ([*train, "--match-min-boxes", "-1"], ["--match-min-boxes", ">= 0"]),

@@ -123,6 +123,46 @@ def test_a_detector_trains_only_on_images_with_objects_unless_told(tmp_path, cap
     assert "none of the 4 training images holds an object" in capsys.readouterr().err
 
 
+def test_a_detector_learns_background_from_every_kth_image_without_objects(tmp_path, capsys):
+    """--background-every K: the images holding an object and every Kth of the others, each of those
+    teaching its hardest default boxes as background, as many as the batch's images with objects mine on
+    average (3 per positive), divided by the batch's positives as the rest of SSD's loss."""
+    torch.manual_seed(0)
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2, width_mult=0.35, resolution=96).train()
+    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
+    blob = {"boxes": torch.tensor([[10.0, 20, 50, 80]]), "labels": torch.tensor([1])}
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    seen, compute_loss = {}, model.compute_loss
+
+    def spy(targets, head_outputs, anchors, matched_idxs):
+        seen.update(logits=head_outputs["cls_logits"], matched=matched_idxs)
+        return compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+    model.compute_loss = spy
+    def losses(targets):
+        return {name: value.item() for name, value in model(images, targets).items()}
+
+    plain, plain_both = losses([blob, empty]), losses([blob, blob])
+    model.mine_empty_images = True
+    mined = losses([blob, empty])
+    positives = int((seen["matched"][0] >= 0).sum())
+    background = torch.nn.functional.cross_entropy(seen["logits"][1], torch.zeros(len(seen["logits"][1]),
+                                                   dtype=torch.long), reduction="none")  # fmt: skip
+    assert mined["bbox_regression"] == pytest.approx(plain["bbox_regression"])
+    expected = plain["classification"] + background.topk(3 * positives).values.sum().item() / positives
+    assert mined["classification"] == pytest.approx(expected, rel=1e-5) and expected > plain["classification"]
+    assert losses([blob, blob]) == pytest.approx(plain_both)  # no image without objects: SSD's loss
+    assert all(value == 0 for value in losses([empty, empty]).values())  # nothing to take the count from
+
+    root = _coco(tmp_path / "coco", count=6, annotated=6)  # objects of both classes on all six
+    argv = ["train", "--model", "ssdlite_mobilenet_v2", "--recipe", "coco-ssdlite", "--data-dir", str(root),
+            "--resolution", "96", "--width-mult", "0.35", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+            "--no-progress", "--classes", "blob", "--background-every", "2",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "training on the 3 of 6 images that hold an object and 2 of the others (every 2)" in capsys.readouterr().out
+
+
 def test_a_detector_never_trains_on_a_lone_image(tmp_path, capsys):
     """SSD's last map is 1x1, where batch norm cannot train on one image: an epoch's lone last image
     waits for the next epoch's shuffle (3 images at batch 2: one step an epoch), and a batch size of 1

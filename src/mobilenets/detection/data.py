@@ -145,9 +145,12 @@ class BoxDataset(Dataset):
             kept.append((boxes[new > 0], new[new > 0], size))
         self.targets = kept
 
-    def drop_empty(self) -> int:
-        """Keep only the images that hold an object (in place); returns how many were dropped."""
+    def drop_empty(self, keep_every: int = 0) -> int:
+        """Keep only the images that hold an object (in place) and, with ``keep_every`` K, every Kth
+        of the others after them; returns how many were dropped."""
         kept = [i for i, (_, labels, _) in enumerate(self.targets) if len(labels)]
+        if keep_every:
+            kept += [i for i, (_, labels, _) in enumerate(self.targets) if not len(labels)][::keep_every]
         dropped = len(self.files) - len(kept)
         self.files = [self.files[i] for i in kept]
         self.targets = [self.targets[i] for i in kept]

@@ -40,25 +40,30 @@ class DetectionTrainer(BackboneTaskTrainer):
             val_transforms=detection_transforms(self.recipe.transforms, self.resolution, train=False, fill=fill),
             classes=self.config.classes,
         )
-        if self.config.skip_empty_images:
+        if self.config.skip_empty_images or self.config.background_every:
             self._skip_empty_images(data.train)
         return data
 
     def _skip_empty_images(self, train) -> None:
         # torchvision's SSD mines 3 background boxes per object *in the same image*, so an image
         # without objects adds nothing to the loss: only its time (and its batch statistics)
-        total = len(train)
-        dropped = train.drop_empty()
-        if not len(train):
+        total, every = len(train), self.config.background_every
+        dropped = train.drop_empty(every or 0)
+        holding = sum(1 for _, labels, _ in train.targets if len(labels))
+        if not holding:
             raise DataError(f"--data-dir {self.config.data_dir}: none of the {total} training images holds an object"
                             + (f" of {self.config.classes}" if self.config.classes else ""))  # fmt: skip
-        if dropped:
+        if every:
+            self.log(f"training on the {holding} of {total} images that hold an object and {len(train) - holding} of "
+                     f"the others (every {every}), their hardest default boxes taught as background")  # fmt: skip
+        elif dropped:
             self.log(f"training on the {len(train)} of {total} images that hold an object (SSD's loss learns nothing "
                      "from the others)")  # fmt: skip
 
     def _create_model(self) -> tuple[nn.Module, list[str]]:
         model, head = super()._create_model()
         model.match_boxes_at(self.recipe.match_iou, self.recipe.match_min_boxes)
+        model.mine_empty_images = bool(self.config.background_every)
         return model, head
 
     def _class_scores(self, model: nn.Module, head: list[str]) -> list[str]:

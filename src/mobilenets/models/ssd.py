@@ -235,6 +235,11 @@ class Detector(SSD):
     """torchvision's SSD, answering input it cannot take with an :class:`InputShapeError` that
     says what to pass (a 3-D tensor or a numpy image failed deep inside its transform)."""
 
+    # Training: SSD mines 3 background boxes per object *in the same image*, so an image without
+    # objects teaches nothing; with this on it teaches its hardest boxes as background, as many as the
+    # batch's images with objects mine on average (set by the trainer's --background-every)
+    mine_empty_images = False
+
     def match_boxes_at(self, iou: float, min_boxes: int = 0) -> None:
         """Training: a default box learns an object it overlaps by ``iou`` or more (and each object
         its best box, whatever the overlap); SSD and torchvision use 0.5, S3FD 0.35 for small faces.
@@ -243,6 +248,22 @@ class Detector(SSD):
             self.proposal_matcher = ScaleCompensatingMatcher(iou, min_boxes)
         else:
             self.proposal_matcher = det_utils.SSDMatcher(iou)
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        positives = torch.stack([(matched >= 0).sum() for matched in matched_idxs])
+        empty = positives == 0
+        if not self.mine_empty_images or not empty.any() or empty.all():
+            return losses
+        count = round(self.neg_to_pos_ratio * float(positives[~empty].float().mean()))
+        logits = head_outputs["cls_logits"][empty]
+        background = nn.functional.cross_entropy(
+            logits.flatten(0, 1), logits.new_zeros(logits.shape[:2].numel(), dtype=torch.long), reduction="none"
+        ).view(logits.shape[:2])
+        hardest = background.topk(min(count, background.shape[1]), dim=1).values
+        # divided by the batch's positives, as torchvision's SSD divides the rest of the loss
+        losses["classification"] = losses["classification"] + hardest.sum() / positives.sum()
+        return losses
 
     def forward(self, images, targets=None):
         if isinstance(images, Tensor) and images.dim() == 4:
