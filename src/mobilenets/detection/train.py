@@ -46,7 +46,8 @@ class DetectionTrainer(BackboneTaskTrainer):
 
     def _skip_empty_images(self, train) -> None:
         # torchvision's SSD mines 3 background boxes per object *in the same image*, so an image
-        # without objects adds nothing to the loss: only its time (and its batch statistics)
+        # without objects adds nothing to the loss, only its time - unless --background-every keeps
+        # some and the detector mines them (Detector.mine_empty_images)
         total, every = len(train), self.config.background_every
         dropped = train.drop_empty(every or 0)
         holding = sum(1 for _, labels, _ in train.targets if len(labels))
