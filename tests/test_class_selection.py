@@ -139,6 +139,7 @@ def test_a_detector_learns_background_from_every_kth_image_without_objects(tmp_p
         return compute_loss(targets, head_outputs, anchors, matched_idxs)
 
     model.compute_loss = spy
+
     def losses(targets):
         return {name: value.item() for name, value in model(images, targets).items()}
 

@@ -41,10 +41,10 @@ class DetectionTrainer(BackboneTaskTrainer):
             classes=self.config.classes,
         )
         if self.config.skip_empty_images or self.config.background_every:
-            self._skip_empty_images(data.train)
+            self._select_training_images(data.train)
         return data
 
-    def _skip_empty_images(self, train) -> None:
+    def _select_training_images(self, train) -> None:
         # torchvision's SSD mines 3 background boxes per object *in the same image*, so an image
         # without objects adds nothing to the loss, only its time - unless --background-every keeps
         # some and the detector mines them (Detector.mine_empty_images)

@@ -251,9 +251,11 @@ class Detector(SSD):
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
         losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        if not self.mine_empty_images:
+            return losses
         positives = torch.stack([(matched >= 0).sum() for matched in matched_idxs])
         empty = positives == 0
-        if not self.mine_empty_images or not empty.any() or empty.all():
+        if not empty.any() or empty.all():  # nothing to mine, or no count to take
             return losses
         count = round(self.neg_to_pos_ratio * float(positives[~empty].float().mean()))
         logits = head_outputs["cls_logits"][empty]
