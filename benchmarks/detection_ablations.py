@@ -7,7 +7,7 @@ matching, measured with this script's patches before the library had them, are `
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] [--tall-small-box] \
         [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] [--crop-chance P] \
         [--photometric P] [--multi-scale S1,S2,...] [--other-objects] [--atss K] [--balance-objects POWER] \
-        [--ignore-from IOU] [--box-segmentation WEIGHT] -- train --model ssdlite_mobilenet_v2 --recipe coco-ssdlite ...
+        [--ignore-from IOU] [--box-segmentation WEIGHT] [--background-unmined] -- train --model ssdlite_mobilenet_v2 ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
   ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of the TF API's (3 boxes lowest: a 0.1 square, 0.2 at
@@ -66,6 +66,8 @@ matching, measured with this script's patches before the library had them, are `
   target being the class of the smallest box holding it (no masks needed), its cross entropy times WEIGHT added
   to the loss. Training only: evaluation and export see the detector's usual outputs (give the same flag to
   ``eval``, which loads the branch's weights with the rest).
+* ``--background-unmined``: with ``mobilenets train --background-every K``, the image-less images kept but not
+  mined (SSD's own loss, which learns nothing from them): do the images or their mined boxes teach the background?
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -255,6 +257,13 @@ def _ignore_from(low: float) -> None:
         return ssd_loss(self, targets, head_outputs, anchors, matched_idxs, object_weights(matched_idxs, 0.0), unmined)
 
     Detector.compute_loss = compute_loss
+
+
+def _background_unmined() -> None:
+    from mobilenets.models.ssd import Detector
+
+    # the trainer switches the mining on with --background-every; this attribute ignores it
+    Detector.mine_empty_images = property(lambda self: False, lambda self, value: None)
 
 
 def box_masks(targets, height: int, width: int, image_size):
@@ -629,6 +638,7 @@ def main() -> int:
     parser.add_argument("--balance-objects", type=PROBABILITY.argtype, metavar="POWER")
     parser.add_argument("--ignore-from", type=PROBABILITY.argtype, metavar="IOU")
     parser.add_argument("--box-segmentation", type=POSITIVE.argtype, metavar="WEIGHT")
+    parser.add_argument("--background-unmined", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
     if args.anchor_scales:
@@ -645,6 +655,8 @@ def main() -> int:
         _ignore_from(args.ignore_from)
     if args.box_segmentation:
         _box_segmentation(args.box_segmentation)
+    if args.background_unmined:
+        _background_unmined()
     if args.box_loss:
         _box_loss(*args.box_loss)
     if args.neg_ratio:

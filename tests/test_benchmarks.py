@@ -265,6 +265,33 @@ def test_object_balance_of_the_detection_ablations(monkeypatch):
     assert losses()["classification"] < ssd["classification"]
 
 
+def test_background_unmined_of_the_detection_ablations(monkeypatch):
+    """benchmarks/detection_ablations.py --background-unmined: the trainer's --background-every switch is
+    ignored, so an image without objects adds nothing to SSD's loss again."""
+    import torch
+
+    import mobilenets
+    from mobilenets.models.ssd import Detector
+
+    ablations = load_script("detection_ablations")
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2, width_mult=0.35, resolution=96).train()
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    targets = [{"boxes": torch.tensor([[10.0, 20, 50, 80]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
+
+    def losses():
+        return {name: float(value) for name, value in model(images, targets).items()}
+
+    plain = losses()
+    model.mine_empty_images = True
+    assert losses()["classification"] > plain["classification"]  # the library's mining, the premise
+    del model.mine_empty_images
+    monkeypatch.setattr(Detector, "mine_empty_images", False)  # the patch replaces it; restored after the test
+    ablations._background_unmined()
+    model.mine_empty_images = True  # as the trainer sets it
+    assert not model.mine_empty_images and losses() == pytest.approx(plain)
+
+
 def test_box_segmentation_of_the_detection_ablations(monkeypatch):
     """benchmarks/detection_ablations.py --box-segmentation: a map position takes the class of the smallest box
     holding its centre (background where none does, and in an image without boxes); the branch adds a loss in
