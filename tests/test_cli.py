@@ -79,6 +79,32 @@ def test_predict_with_torchvision_weights_names_the_classes(capsys, shared_data)
     assert len(results[0]["top"]) == 5 and results[0]["top"][0][1] > results[0]["top"][1][1]
 
 
+def test_predict_test_flip_averages_each_image_with_its_mirror(capsys, shared_data):
+    """predict --test-flip, as eval --test-flip scores: the probabilities of the image's and its mirror image's
+    logits averaged, checked against torchvision's own network on the library's preprocessing."""
+    import torch
+    import torchvision
+
+    from mobilenets.data import load_rgb, transforms_for
+
+    from .conftest import TORCHVISION_V2_WEIGHTS
+
+    image = sorted((shared_data / "imagenet-sample").glob("n02123045/*.jpg"))[0]  # a tabby cat
+    argv = ["predict", "--model", "mobilenet_v2", "--weights", str(TORCHVISION_V2_WEIGHTS), str(image), "--json"]
+    code, out, _ = run(capsys, *argv, "--test-flip", "--top", "3")
+    assert code == 0
+    flipped = json.loads(out)[0]["top"]
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(torch.load(TORCHVISION_V2_WEIGHTS, weights_only=True))
+    x = transforms_for("imagenet", 224, train=False)(load_rgb(str(image)))[None]
+    with torch.no_grad():
+        logits = reference.eval()(x), reference(x.flip(-1))
+    expected = ((logits[0] + logits[1]) / 2).softmax(1)[0]
+    assert [p for _, p in flipped] == pytest.approx(expected.topk(3).values.tolist(), abs=1e-4)
+    # not the single pass's probabilities
+    assert flipped[0][1] != pytest.approx(logits[0].softmax(1)[0].max().item(), abs=1e-4)
+
+
 def test_predict_a_file_that_is_not_an_image(capsys, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("hello")

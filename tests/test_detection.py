@@ -625,6 +625,14 @@ def test_eval_and_predict_a_detector_from_the_command_line(trained, capsys, tmp_
     assert [box["score"] for box in tiled] == [round(s, 4) for s in expected["scores"].tolist()]
     # the tiles' own boxes beside the image's (the best of them here found in a tile)
     assert {tuple(box["box"]) for box in tiled} - {tuple(box["box"]) for box in found[0]["boxes"]}
+    # --test-flip (with the tiles: each view mirrored too), as eval --test-flip --test-tiles scores
+    assert main(["predict", "--checkpoint", str(out / "a" / "best.pt"), image, "--threshold", "0.0", "--json",
+                 "--test-tiles", "--test-flip"]) == 0  # fmt: skip
+    mirrored = json.loads(capsys.readouterr().out)[0]["boxes"]
+    (expected,) = detect_with_views(model, [pixels], flip=True, tiles=CORNER_TILES)
+    assert [box["score"] for box in mirrored] == [round(s, 4) for s in expected["scores"].tolist()]
+    assert [box["box"] for box in mirrored] == [[round(v, 1) for v in b] for b in expected["boxes"].tolist()]
+    assert mirrored != tiled
 
 
 def test_eval_test_flip_and_tiles_score_a_detector_on_those_views(trained, monkeypatch, capsys):

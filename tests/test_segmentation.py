@@ -338,7 +338,7 @@ def test_segmenter_training_resumes_exactly(tmp_path):
         assert torch.equal(a[key], initial[key]) == held or not initial[key].is_floating_point(), key
 
 
-def test_eval_and_predict_a_segmenter_from_the_command_line(trained, capsys, tmp_path):
+def test_eval_and_predict_a_segmenter_from_the_command_line(trained, capsys, tmp_path, monkeypatch):
     root, out, _ = trained
     checkpoint = str(out / "best.pt")
     assert main(["eval", "--checkpoint", checkpoint, "--data-dir", str(root), "--json"]) == 0
@@ -359,6 +359,26 @@ def test_eval_and_predict_a_segmenter_from_the_command_line(trained, capsys, tmp
     assert raw.shape == (96, 112) and set(np.unique(raw).tolist()) <= {GROUND, SQUARE}  # the dataset's own ids
     truth = np.asarray(Image.open(root / "masks" / "val" / "0.png"))
     assert (raw == truth)[truth != VOID].mean() > 0.8
+    # --test-flip: the class scores averaged with the mirror image's, as eval --test-flip scores
+    from torchvision.transforms.v2 import functional as TF
+
+    import mobilenets.segmentation.predict as segmentation_predict
+
+    flips = []
+    def recorded(*args, flip=False):
+        flips.append(flip)
+        return predict_logits(*args, flip=flip)
+
+    monkeypatch.setattr(segmentation_predict, "predict_logits", recorded)
+    assert main(["predict", "--checkpoint", checkpoint, image, "--out", str(tmp_path / "flip"), "--test-flip"]) == 0
+    capsys.readouterr()
+    assert flips == [True]
+    model = mobilenets.load_model(out / "best.pt").eval()
+    pixels = TF.to_dtype(TF.pil_to_tensor(Image.open(image).convert("RGB")), torch.float32, scale=True)
+    normalised = TF.normalize(pixels, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    expected = predict_logits(model, normalised, 96, flip=True).argmax(0).numpy()
+    flipped_mask = np.asarray(Image.open(tmp_path / "flip" / "0_mask.png"))
+    assert np.array_equal(flipped_mask, np.asarray([GROUND, SQUARE])[expected])
     assert main(["plot", str(out), "--out", str(tmp_path / "curves.png")]) == 0  # mIoU and pixel accuracy curves
     assert Image.open(tmp_path / "curves.png").size[0] > 1000
 

@@ -122,9 +122,16 @@ def _count(classes: Sequence[str], background: bool) -> str:
 
 @torch.no_grad()
 def predict_images(
-    model: nn.Module, paths: Sequence[str | Path], info: dict[str, Any], *, top: int = 5, batch_size: int = 32
+    model: nn.Module,
+    paths: Sequence[str | Path],
+    info: dict[str, Any],
+    *,
+    top: int = 5,
+    batch_size: int = 32,
+    flip: bool = False,
 ) -> list[list[tuple[str, float]]]:
-    """Top-``top`` (class name, probability) for each image file.
+    """Top-``top`` (class name, probability) for each image file; ``flip``: from the logits averaged with
+    the mirror image's, as ``mobilenets eval --test-flip`` scores.
 
     ``model`` is a PyTorch module or any callable from a batch to logits (e.g. an
     :class:`~mobilenets.export.OnnxClassifier`).
@@ -139,7 +146,10 @@ def predict_images(
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(paths), batch_size):
         batch = torch.stack([transform(load_rgb(str(p))) for p in paths[start : start + batch_size]])
-        probs = model(batch).softmax(dim=1)
+        logits = model(batch)
+        if flip:
+            logits = (logits.float() + model(batch.flip(-1)).float()) / 2
+        probs = logits.softmax(dim=1)
         values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
         results += [
             [(classes[i], v) for i, v in zip(row_i.tolist(), row_v.tolist())] for row_i, row_v in zip(indices, values)

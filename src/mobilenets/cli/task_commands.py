@@ -26,9 +26,9 @@ def _refuse_detector_views(args: argparse.Namespace, task: str) -> None:
 
 def _box_voting(args: argparse.Namespace) -> bool:
     """--test-merge for a detector: vote (the default) or nms; given, it needs views to merge."""
-    if args.test_merge and not (getattr(args, "test_flip", False) or args.test_tiles):
+    if args.test_merge and not (args.test_flip or args.test_tiles):
         raise ConfigError(f"--test-merge {args.test_merge} merges the boxes of several views of an image; "
-                          "add --test-tiles (or, for eval, --test-flip)")  # fmt: skip
+                          "add --test-tiles or --test-flip")  # fmt: skip
     return args.test_merge != "nms"
 
 
@@ -101,7 +101,7 @@ class ClassifierCommands:
         _refuse_detector_views(args, "classifier")
         if args.out:
             raise ConfigError("--out draws boxes or masks: it is for detectors and segmenters")
-        results = predict_images(model, args.images, info, top=args.top)
+        results = predict_images(model, args.images, info, top=args.top, flip=args.test_flip)
         if args.json:
             print(json.dumps([{"image": p, "top": r} for p, r in zip(args.images, results)], indent=2))
             return 0
@@ -143,7 +143,7 @@ class DetectorCommands:
         from ..detection.predict import detect_images
 
         found = detect_images(model, args.images, info["classes"], threshold=args.threshold, out=args.out,
-                              tiles=_test_tiles(args), vote=_box_voting(args))  # fmt: skip
+                              flip=args.test_flip, tiles=_test_tiles(args), vote=_box_voting(args))  # fmt: skip
         if args.json:
             print(json.dumps([{"image": p, "boxes": b} for p, b in zip(args.images, found)], indent=2))
             return 0
@@ -191,7 +191,7 @@ class SegmenterCommands:
         from ..segmentation.predict import segment_images
 
         _refuse_detector_views(args, "segmenter")
-        found = segment_images(model, args.images, info, out=args.out, top=args.top)
+        found = segment_images(model, args.images, info, out=args.out, top=args.top, flip=args.test_flip)
         if args.json:
             print(json.dumps([{"image": p, "classes": c} for p, c in zip(args.images, found)], indent=2))
             return 0

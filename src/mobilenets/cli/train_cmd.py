@@ -188,10 +188,16 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         help="detectors: the lowest score of a box shown (default 0.3)",
     )
     pr.add_argument(
+        "--test-flip",
+        action="store_true",
+        help="also run each image's mirror image (twice the cost; see eval): a classifier's logits and a segmenter's "
+        "class scores averaged, a detector's boxes from both passes merged",
+    )
+    pr.add_argument(
         "--test-tiles",
         action="store_true",
         help="detectors: also look in the image's four corner tiles, where small objects fill more of the network's "
-        "input (five times the cost; see eval)",
+        "input (five times the cost; see eval; with --test-flip each view is mirrored too)",
     )
     _add_merge_option(pr)
     add_model_options(pr, positional=False, required=False)

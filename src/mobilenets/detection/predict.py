@@ -42,14 +42,15 @@ def detect_images(
     *,
     threshold: float = 0.3,
     out: str | Path | None = None,
+    flip: bool = False,
     tiles: Sequence[TileLevel] = (),
     vote: bool = True,
 ) -> list[list[dict[str, Any]]]:
     """Per image, the boxes scoring at least ``threshold``: ``{"label", "score", "box"}``
     (x1 y1 x2 y2 pixels), best first.  With ``out``, each image is also written there as
-    ``<name>.png`` with its boxes drawn.  ``tiles``: found on the image and those levels of tiles
-    together (``detection.evaluate.detect_with_views``; ``CORNER_TILES`` for small objects); ``vote``: their
-    near-copies of a box averaged by score rather than the best one kept."""
+    ``<name>.png`` with its boxes drawn.  ``flip`` (its mirror image) and ``tiles`` (those levels of tiles):
+    found on those views together (``detection.evaluate.detect_with_views``; ``CORNER_TILES`` for small
+    objects); ``vote``: their near-copies of a box averaged by score rather than the best one kept."""
     model.eval()
     results = []
     if out is not None:
@@ -57,7 +58,8 @@ def detect_images(
     for path in paths:
         image = TF.pil_to_tensor(load_rgb(path))
         scaled = [TF.to_dtype(image, torch.float32, scale=True)]
-        (detection,) = detect_with_views(model, scaled, tiles=tiles, vote=vote) if tiles else model(scaled)
+        views = flip or tiles
+        (detection,) = detect_with_views(model, scaled, flip=flip, tiles=tiles, vote=vote) if views else model(scaled)
         keep = detection["scores"] >= threshold
         detection = {k: v[keep] for k, v in detection.items()}
         results.append(

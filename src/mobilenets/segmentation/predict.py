@@ -84,8 +84,10 @@ def segment_images(
     *,
     out: str | Path | None = None,
     top: int = 5,
+    flip: bool = False,
 ) -> list[list[dict[str, Any]]]:
-    """Per image, the ``top`` classes by share of its pixels: ``{"label", "fraction"}``.
+    """Per image, the ``top`` classes by share of its pixels: ``{"label", "fraction"}``; ``flip``: the class
+    scores averaged with the mirror image's (``segmentation.evaluate.predict_logits``).
 
     With ``out``, each image is written there as ``<name>.png`` with its mask drawn and
     a legend, and ``<name>_mask.png``, the class of every pixel in the dataset's own
@@ -105,7 +107,7 @@ def segment_images(
     for path in paths:
         image = TF.pil_to_tensor(load_rgb(path))
         normalised = (TF.to_dtype(image, torch.float32, scale=True) - mean) / std
-        labels = predict_logits(model, normalised, resolution).argmax(0)
+        labels = predict_logits(model, normalised, resolution, flip=flip).argmax(0)
         present, counts = labels.unique(return_counts=True)
         order = counts.argsort(descending=True)[:top]
         results.append([
