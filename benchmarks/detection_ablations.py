@@ -264,6 +264,9 @@ def _background_unmined() -> None:
 
     # the trainer switches the mining on with --background-every; this attribute ignores it
     Detector.mine_empty_images = property(lambda self: False, lambda self, value: None)
+    # the trainer's own line says the kept images are mined; the log should say what runs
+    print("--background-unmined: the images without objects that --background-every keeps are not mined (SSD's "
+          "own loss)", file=sys.stderr)  # fmt: skip
 
 
 def box_masks(targets, height: int, width: int, image_size):

@@ -265,7 +265,7 @@ def test_object_balance_of_the_detection_ablations(monkeypatch):
     assert losses()["classification"] < ssd["classification"]
 
 
-def test_background_unmined_of_the_detection_ablations(monkeypatch):
+def test_background_unmined_of_the_detection_ablations(monkeypatch, capsys):
     """benchmarks/detection_ablations.py --background-unmined: the trainer's --background-every switch is
     ignored, so an image without objects adds nothing to SSD's loss again."""
     import torch
@@ -288,6 +288,7 @@ def test_background_unmined_of_the_detection_ablations(monkeypatch):
     del model.mine_empty_images
     monkeypatch.setattr(Detector, "mine_empty_images", False)  # the patch replaces it; restored after the test
     ablations._background_unmined()
+    assert "are not mined" in capsys.readouterr().err  # the log says so beside the trainer's own line
     model.mine_empty_images = True  # as the trainer sets it
     assert not model.mine_empty_images and losses() == pytest.approx(plain)
 
