@@ -446,3 +446,33 @@ def test_decouple_speed_joins_runs_split_over_processes(tmp_path, monkeypatch, c
         in lines
     )
     assert "| channel+decouple | 3x | 3.00x | - | - | - | 86.00% (-4.00) | 87.00% (-3.00) |" in lines
+
+
+def test_contact_sheet_puts_pictures_in_rows_of_one_height(tmp_path, capsys):
+    """benchmarks/contact_sheet.py (the README's drawn detections): each picture scaled to the height, keeping
+    its shape, ``--columns`` to a row, rows left-aligned on white with a gap; bad options are one-line errors."""
+    from PIL import Image
+
+    sheet = load_script("contact_sheet")
+    sizes, colours = [(40, 20), (20, 20), (60, 30)], ["red", "lime", "blue"]
+    paths = []
+    for index, (size, colour) in enumerate(zip(sizes, colours)):
+        paths.append(tmp_path / f"{index}.png")
+        Image.new("RGB", size, colour).save(paths[-1])
+    out = tmp_path / "sheet.png"
+    assert sheet.main([*map(str, paths), "--columns", "2", "--height", "10", "--out", str(out)]) == 0
+    picture = Image.open(out).convert("RGB")
+    gap = sheet.GAP
+    # row 1: 20x10 red, gap, 10x10 lime; row 2: 20x10 blue - the widest row sets the width
+    assert picture.size == (20 + gap + 10, 10 + gap + 10)
+    assert picture.getpixel((0, 0)) == (255, 0, 0) and picture.getpixel((19, 9)) == (255, 0, 0)
+    assert picture.getpixel((20 + gap, 0)) == (0, 255, 0) and picture.getpixel((20, 0)) == (255, 255, 255)
+    assert picture.getpixel((0, 10 + gap)) == (0, 0, 255) and picture.getpixel((25, 10 + gap)) == (255, 255, 255)
+    for bad, words in ((["--columns", "0"], "--columns must be at least 1, got 0"),
+                       (["--height", "-3"], "--height must be at least 1, got -3")):  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            sheet.main([str(paths[0]), *bad, "--out", str(out)])
+        assert stopped.value.code == 2 and words in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sheet.main([str(tmp_path / "missing.png"), "--out", str(out)])
+    assert f"no such picture: {tmp_path / 'missing.png'}" in capsys.readouterr().err
