@@ -38,12 +38,12 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_export_predict_and_eval_match_pytorch(checkpoint, tmp_path, capsys):
-    """'export --format openvino' writes an IR whose outputs are PyTorch's (1e-4 relative), with the
-    classes and preprocessing in its metadata; 'predict --exported' and 'eval --exported' pick
-    OpenVINO from the file and give what the checkpoint gives."""
+    """'export --out m.xml' (the suffix names --format openvino) writes an IR whose outputs are PyTorch's
+    (1e-4 relative), with the classes and preprocessing in its metadata; 'predict --exported' and
+    'eval --exported' pick OpenVINO from the file and give what the checkpoint gives."""
     path, model = checkpoint
     out = tmp_path / "m.xml"
-    assert main(["export", "--format", "openvino", "--checkpoint", str(path), "--out", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(path), "--out", str(out)]) == 0
     assert "OpenVINO vs PyTorch relative error" in capsys.readouterr().out
     assert out.with_suffix(".bin").is_file() and runtime_for_file(out) is OPENVINO
     network = load_exported(out)

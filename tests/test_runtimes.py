@@ -60,6 +60,31 @@ def test_a_registered_runtime_reaches_bench_and_file_loading(tmp_path):
         mobilenets.runtimes._RUNTIMES.pop("echo")  # noqa: SLF001 - the test's own registration
 
 
+def test_export_takes_its_format_from_the_suffix_of_out(tmp_path, capsys, monkeypatch):
+    """Without --format, 'export --out' picks the format whose runtime writes that suffix (ONNX where none
+    does); a given --format wins, and a suffix no format writes is one line naming those that exist."""
+    import mobilenets.cli.export_cmd as export_cmd
+    from mobilenets.runtimes import format_for_file
+
+    assert [format_for_file(f"m{suffix}") for suffix in (".onnx", ".pte", ".xml", ".tflite", ".bin", "")] == [
+        "onnx", "executorch", "openvino", "litert", None, None]  # fmt: skip
+    chosen = []
+    def run_runtime(args, out, runtime, precision):  # where the runtime's own exporter would write
+        chosen.append(runtime.name)
+        return 0
+
+    monkeypatch.setattr(export_cmd, "run_runtime", run_runtime)
+    model = ["export", "--model", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--random-weights"]
+    for name in ("m.pte", "m.xml", "m.tflite"):
+        main([*model, "--out", str(tmp_path / name)])
+    main([*model, "--format", "executorch", "--out", str(tmp_path / "m.xml")])
+    assert chosen == ["executorch", "openvino", "litert", "executorch"]
+    assert main([*model, "--out", str(tmp_path / "m.bin")]) == 2
+    assert ("--out should name an .onnx file, got " + str(tmp_path / "m.bin") + "; the other formats write .pte "
+            "(--format executorch), .xml (--format openvino), .tflite (--format litert)") in capsys.readouterr().err
+    assert main([*model, "--out", str(tmp_path / "m.onnx")]) == 0 and (tmp_path / "m.onnx").is_file()
+
+
 def test_published_variants_are_the_zoos_tables_and_our_models_cost_what_they_publish():
     """V1's 16 and V2's 22 TF-slim checkpoints and V3's four; each built here has the published
     mult-adds (within 3 %: the authors round to the million and count the classifier's 1001 classes)."""

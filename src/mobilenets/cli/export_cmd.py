@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..runtimes import export_formats
+from ..runtimes import export_formats, format_for_file, list_runtimes
 from ..validate import (
     CALIBRATION_METHODS,
     NON_NEGATIVE_INT,
@@ -58,8 +58,9 @@ DESCRIPTION = (
     "Export a model to the file a runtime loads, with batch norm folded into the convs. Every file\n"
     "is run by its runtime and compared with PyTorch before it is written (an export off by more\n"
     "than 1e-3 in fp32 fails), and carries its class names and preprocessing, so 'mobilenets\n"
-    "predict/eval --exported FILE' need nothing else. --format:\n"
-    "  onnx (default)  ONNX Runtime, opset >= 17;\n"
+    "predict/eval --exported FILE' need nothing else. --format (default: the one whose file --out\n"
+    "names - .onnx, .pte, .xml, .tflite):\n"
+    "  onnx            ONNX Runtime, opset >= 17;\n"
     "  executorch      the .pte an Android/iOS app loads (XNNPACK; batch 1; [mobile] extra);\n"
     "  openvino        OpenVINO's IR, .xml + .bin; fp32, bf16 where the CPU has AVX-512 BF16 or AMX,\n"
     "                  int8 ([openvino] extra);\n"
@@ -93,9 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opts = parser.add_argument_group("export")
     opts.add_argument(
         "--format",
-        default="onnx",
         choices=[*export_formats(), "auto"],
-        help="onnx (default; ONNX Runtime), executorch (the .pte an Android/iOS app runs through XNNPACK), "
+        help="default: the one --out's suffix names (.pte executorch, .xml openvino, .tflite litert), else onnx; "
+        "onnx (ONNX Runtime), executorch (the .pte an Android/iOS app runs through XNNPACK), "
         "openvino (OpenVINO's IR, .xml + .bin; [openvino] extra), litert (.tflite; [litert] extra), or auto: "
         "time every installed runtime x precision here and write the fastest whose top-1 stays within "
         "--tolerance of fp32 (--out is then a name without suffix; the chosen runtime's is added)",
@@ -267,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     if args.precision and args.int8 and args.precision != "int8":
         raise ConfigError(f"--int8 and --precision {args.precision} disagree: give one")
     args.int8 = args.int8 or args.precision == "int8"
+    args.format = args.format or format_for_file(out) or "onnx"
     if args.format == "auto":
         return run_auto(args, out)
     auto_only = given(args, args.auto_only)
@@ -289,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format != "onnx":  # a runtime's own exporter (the ONNX file's options are below)
         return run_runtime(args, out, runtime, precision)
     if out.suffix != ".onnx":
-        raise ConfigError(f"--out should name an .onnx file, got {out}")
+        others = ", ".join(f"{r.suffix} (--format {r.format})" for r in list_runtimes() if r.format not in ("", "onnx"))
+        raise ConfigError(f"--out should name an .onnx file, got {out}; the other formats write {others}")
     from ..data import make_loader
     from ..export import OnnxClassifier, max_opset
     from ..export.deploy import deploy_onnx

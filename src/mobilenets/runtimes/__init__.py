@@ -29,6 +29,7 @@ __all__ = [
     "bench_paths",
     "error_line",
     "export_formats",
+    "format_for_file",
     "get_runtime",
     "list_runtimes",
     "load_exported",
@@ -168,6 +169,12 @@ def runtime_for_format(name: str) -> Runtime:
 
 def export_formats() -> list[str]:
     return [runtime.format for runtime in list_runtimes() if runtime.format]
+
+
+def format_for_file(path: str | Path) -> str | None:
+    """The export format that writes files like ``path`` (by its suffix: ``.xml`` openvino...), or None."""
+    suffix = Path(path).suffix
+    return next((runtime.format for runtime in list_runtimes() if runtime.format and runtime.suffix == suffix), None)
 
 
 def bench_paths() -> dict[str, tuple[Runtime, str]]:
