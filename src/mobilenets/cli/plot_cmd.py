@@ -8,10 +8,11 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plot",
-        help="plot training runs: loss and top-1 per epoch, top-1 against mult-adds",
+        help="plot training runs: loss and top-1 (mAP, mIoU) per epoch, against mult-adds",
         description=(
             "Read the metrics.jsonl / summary.json of one or more run directories and write one PNG: "
-            "training and validation loss, validation top-1 per epoch, and final top-1 against "
+            "training and validation loss, the validation score per epoch (top-1 for classifiers; mAP and mAP50 "
+            "for detectors; mIoU and pixel accuracy for segmenters), and the final score against "
             "mult-adds (log scale, the papers' Figure 4/5 style) across finished runs."
         ),
         epilog="Example: mobilenets plot runs/width-* --out widths.png",

@@ -75,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     recipes = "\n".join(f"  {r.name:14s} {r.description}" for r in RECIPES.values())
     parser = subparsers.add_parser(
         "train",
-        help="train a model on CIFAR-10/100 or an ImageFolder tree with a paper's recipe",
+        help="train a classifier, detector or segmenter on your images (class folders, CIFAR, YOLO/COCO boxes, "
+        "masks) with a paper's recipe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train a model and evaluate it after every epoch. The run directory (--out) holds\n"

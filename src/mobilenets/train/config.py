@@ -102,7 +102,9 @@ DATA, RECIPE, START, TEACH, QAT, MODEL, SPEED = GROUPS[1:]
 @dataclass
 class TrainConfig:
     model: str = option(None, "model name (see 'mobilenets models')", "")
-    data_dir: str = option(None, "ImageFolder tree (train/ + val/ or test/) or CIFAR root", "")
+    data_dir: str = option(None, "the images: a classifier's class folders (train/ + val/ or test/) or a CIFAR root; a "
+                           "detector's YOLO (data.yaml) or COCO (annotations/instances_*.json) set; a segmenter's "
+                           "image and mask folders named by a YAML, or a Pascal VOC tree", "")  # fmt: skip
     out: str = option(None, "run directory; an existing run there is resumed", "")
     recipe: str | None = option(
         None,
