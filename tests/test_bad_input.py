@@ -152,6 +152,9 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("train", "--classes"): ([*train, "--classes", "cat"], ["--classes", "for a detector or a segmenter"]),
         ("train", "--skip-empty-images"): ([*train, "--skip-empty-images"], ["--skip-empty-images", "for a detector"]),
         ("train", "--background-every"): ([*train, "--background-every", "0"], ["--background-every", "positive"]),
+        ("train", "--background-every with --skip-empty-images"): (
+            [*train, "--background-every", "2", "--skip-empty-images"], ["--skip-empty-images drops", "give one"]
+        ),
         ("train", "--background-every classifier"): (
             [*train, "--background-every", "4"], ["--background-every", "for a detector"]
         ),

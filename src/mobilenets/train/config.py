@@ -379,6 +379,11 @@ class TrainConfig:
             raise ConfigError(
                 "with_labelled mixes labelled images into unlabelled=", cli="--with-labelled needs --unlabelled"
             )
+        if self.skip_empty_images and self.background_every:
+            raise ConfigError(
+                "skip_empty_images drops every image without objects, background_every keeps some: give one",
+                cli="--skip-empty-images drops every image without objects, --background-every keeps some: give one",
+            )
         return self
 
     def resolved_recipe(self) -> Recipe:
