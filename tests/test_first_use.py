@@ -474,6 +474,32 @@ def test_a_one_epoch_run_is_drawn_with_markers(tmp_path, monkeypatch):
     assert lines and all(line.get_marker() not in (None, "None", "", " ") for line in lines)
 
 
+def test_runs_of_one_network_are_compared_by_bars_not_by_cost(tmp_path, monkeypatch):
+    """plot's third panel: runs of one network (same mult-adds: seeds, settings) as a bar each of the final
+    score; runs of different sizes as accuracy against mult-adds."""
+    from mobilenets import plots
+
+    def run(name, mult_adds, score):
+        folder = tmp_path / name
+        folder.mkdir()
+        record = {"epoch": 1, "train_loss": 1.0, "map": score, "map50": 2 * score, "lr": 0.1}
+        (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (folder / "summary.json").write_text(json.dumps({"mult_adds": mult_adds, "map": score}))
+        return folder
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, out: figures.append(figure) or out)
+    same = [run("seed0", 1e9, 0.3), run("seed1", 1e9, 0.2)]
+    plots.plot_runs(same, tmp_path / "p.png")
+    panel = figures[-1].axes[2]
+    assert [bar.get_width() for bar in panel.patches] == pytest.approx([30, 20])
+    assert [t.get_text() for t in panel.get_yticklabels()] == ["seed0", "seed1"]
+    assert panel.get_title() == "final score (1000M mult-adds each)" and "mAP@[.5:.95]" in panel.get_xlabel()
+    plots.plot_runs([*same, run("wider", 2e9, 0.35)], tmp_path / "p.png")
+    panel = figures[-1].axes[2]
+    assert panel.get_title() == "accuracy against cost" and panel.get_xscale() == "log" and not panel.patches
+
+
 def test_imagenet_sample_still_reads(shared_data):
     """(the loader change for 16-bit images leaves 8-bit photos byte for byte as Pillow reads them)"""
     path = SHARED_DATA / "imagenet-sample" / "n01440764" / "n01440764_tench.jpg"

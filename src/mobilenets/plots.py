@@ -79,6 +79,22 @@ def plot_tradeoff(
         ax.legend(fontsize=8)
 
 
+def plot_final_scores(
+    ax, runs: Sequence[dict[str, Any]], *, metric: str, colors: dict[str, str], name: str = ""
+) -> None:
+    """A bar per finished run of its final ``metric`` (% of ``name``, e.g. "mAP@[.5:.95]"), labelled: how runs of
+    one network (seeds, settings) compare, where an accuracy-against-cost panel would stack them on one point."""
+    labels, scores = [r["label"] for r in runs], [100 * r[metric] for r in runs]
+    bars = ax.barh(range(len(runs)), scores, color=[colors.get(label) for label in labels])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=3)
+    ax.set_xlim(0, 1.15 * max(scores, default=0) or 1)  # room for the figures beside the bars
+    ax.set_yticks(range(len(runs)), labels, fontsize=7)
+    ax.invert_yaxis()  # the first run on top, as in the legends
+    ax.set_xlabel(f"final {name or metric} (%)")
+    ax.set_title(f"final score ({runs[0]['mult_adds'] / 1e6:.0f}M mult-adds each)")
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 def plot_tradeoffs(
     points: Sequence[dict[str, Any]], out: str | Path, *, group: str | None = None, title: str = ""
 ) -> Path:
@@ -102,7 +118,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     the training time so far, to compare runs at equal cost; ``x="wall"``: against the
     wall-clock since the run began, set-up, data decoding and validation included - a
     time-to-accuracy curve) for each run, and final top-1 against mult-adds across the
-    runs that have finished."""
+    runs that have finished (a bar each where they are all one network: seeds, settings)."""
     if x not in ("epoch", "minutes", "wall"):
         raise ConfigError(f"x must be 'epoch', 'minutes' or 'wall', got {x!r}")
     runs = [load_run(d) for d in run_dirs]
@@ -154,11 +170,14 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
         for r in runs
         if r["summary"].get("mult_adds") and r["summary"].get(metric) is not None
     ]
-    if finished:
+    if len({r["mult_adds"] for r in finished}) == 1:  # one network trained several ways: cost says nothing
+        plot_final_scores(cost_ax, finished, metric=metric, colors=colors, name=title.split(" (")[0])
+    elif finished:
         plot_tradeoff(cost_ax, finished, group="label", colors=colors, y=metric)
+        cost_ax.set_title("accuracy against cost")
     else:
         cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
-    cost_ax.set_title("accuracy against cost")
+        cost_ax.set_title("accuracy against cost")
     fig.tight_layout()
     path = save_figure(fig, out)
     plt.close(fig)

@@ -13,7 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Read the metrics.jsonl / summary.json of one or more run directories and write one PNG: "
             "training and validation loss, the validation score per epoch (top-1 for classifiers; mAP and mAP50 "
             "for detectors; mIoU and pixel accuracy for segmenters), and the final score against "
-            "mult-adds (log scale, the papers' Figure 4/5 style) across finished runs."
+            "mult-adds (log scale, the papers' Figure 4/5 style) across finished runs - or, where they are all "
+            "one network (seeds, settings), a bar per run of its final score."
         ),
         epilog="Example: mobilenets plot runs/width-* --out widths.png",
     )
