@@ -172,11 +172,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     ]
     if len({r["mult_adds"] for r in finished}) == 1:  # one network trained several ways: cost says nothing
         plot_final_scores(cost_ax, finished, metric=metric, colors=colors, name=title.split(" (")[0])
-    elif finished:
-        plot_tradeoff(cost_ax, finished, group="label", colors=colors, y=metric)
-        cost_ax.set_title("accuracy against cost")
     else:
-        cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
+        if finished:
+            plot_tradeoff(cost_ax, finished, group="label", colors=colors, y=metric)
+        else:
+            cost_ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=cost_ax.transAxes)
         cost_ax.set_title("accuracy against cost")
     fig.tight_layout()
     path = save_figure(fig, out)
