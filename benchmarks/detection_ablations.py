@@ -7,7 +7,8 @@ matching, measured with this script's patches before the library had them, are `
     python benchmarks/detection_ablations.py [--anchor-scales S0,...,S6] [--sgd-lr LR] [--stride-8] [--tall-small-box] \
         [--box-loss TYPE[:WEIGHT]] [--neg-ratio R] [--focal ALPHA:GAMMA] [--crop-chance P] \
         [--photometric P] [--multi-scale S1,S2,...] [--other-objects] [--atss K] [--balance-objects POWER] \
-        [--ignore-from IOU] [--box-segmentation WEIGHT] [--background-unmined] -- train --model ssdlite_mobilenet_v2 ...
+        [--ignore-from IOU] [--box-segmentation WEIGHT] [--background-unmined] [--background-ratio R] \
+        -- train --model ssdlite_mobilenet_v2 ...
 
 * ``--anchor-scales``: default boxes of these 7 scales (fractions of the image side; 6 boxes per position,
   ratios 1, 2, 1/2, 3, 1/3 and one between scales) instead of the TF API's (3 boxes lowest: a 0.1 square, 0.2 at
@@ -68,6 +69,9 @@ matching, measured with this script's patches before the library had them, are `
   ``eval``, which loads the branch's weights with the rest).
 * ``--background-unmined``: with ``mobilenets train --background-every K``, the image-less images kept but not
   mined (SSD's own loss, which learns nothing from them): do the images or their mined boxes teach the background?
+* ``--background-ratio R``: with ``mobilenets train --background-every K``, each image-less image mines R
+  background boxes per positive of the batch's average image with objects instead of 3: fewer such images
+  (a larger K, a shorter epoch) each teaching more background.
 * ``--stride-8``: ssdlite_mobilenet_v2 with a third backbone map, block 7's expansion (192 channels at output
   stride 8: 40x40 at 320x320), before the usual two, for the smallest objects (give 8 ``--anchor-scales``).
 """
@@ -267,6 +271,12 @@ def _background_unmined() -> None:
     # the trainer's own line says the kept images are mined; the log should say what runs
     print("--background-unmined: the images without objects that --background-every keeps are not mined (SSD's "
           "own loss)", file=sys.stderr)  # fmt: skip
+
+
+def _background_ratio(ratio: int) -> None:
+    from mobilenets.models.ssd import Detector
+
+    Detector.empty_image_ratio = ratio
 
 
 def box_masks(targets, height: int, width: int, image_size):
@@ -642,6 +652,7 @@ def main() -> int:
     parser.add_argument("--ignore-from", type=PROBABILITY.argtype, metavar="IOU")
     parser.add_argument("--box-segmentation", type=POSITIVE.argtype, metavar="WEIGHT")
     parser.add_argument("--background-unmined", action="store_true")
+    parser.add_argument("--background-ratio", type=POSITIVE_INT.argtype, metavar="R")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the mobilenets command line")
     args = parser.parse_args()
     if args.anchor_scales:
@@ -660,6 +671,8 @@ def main() -> int:
         _box_segmentation(args.box_segmentation)
     if args.background_unmined:
         _background_unmined()
+    if args.background_ratio:
+        _background_ratio(args.background_ratio)
     if args.box_loss:
         _box_loss(*args.box_loss)
     if args.neg_ratio:

@@ -476,3 +476,39 @@ def test_contact_sheet_puts_pictures_in_rows_of_one_height(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sheet.main([str(tmp_path / "missing.png"), "--out", str(out)])
     assert f"no such picture: {tmp_path / 'missing.png'}" in capsys.readouterr().err
+
+
+def test_background_ratio_of_the_detection_ablations(monkeypatch, capsys):
+    """benchmarks/detection_ablations.py --background-ratio R: an image without objects mines R background
+    boxes per positive of the batch's images with objects instead of 3, nothing else changed."""
+    import torch
+
+    import mobilenets
+    from mobilenets.models.ssd import Detector
+
+    ablations = load_script("detection_ablations")
+    torch.manual_seed(0)
+    model = mobilenets.create_model("ssdlite_mobilenet_v2", num_classes=2, width_mult=0.35, resolution=96).train()
+    model.mine_empty_images = True
+    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 20, 50, 80]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
+    seen, compute_loss = {}, model.compute_loss
+
+    def spy(targets, head_outputs, anchors, matched_idxs):
+        seen.update(logits=head_outputs["cls_logits"], matched=matched_idxs)
+        return compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+    model.compute_loss = spy
+    three = {name: float(value) for name, value in model(images, targets).items()}
+    monkeypatch.setattr(Detector, "empty_image_ratio", Detector.empty_image_ratio)  # restored after the test
+    ablations._background_ratio(6)
+    six = {name: float(value) for name, value in model(images, targets).items()}
+    positives = int((seen["matched"][0] >= 0).sum())
+    background = torch.nn.functional.cross_entropy(seen["logits"][1], torch.zeros(len(seen["logits"][1]),
+                                                   dtype=torch.long), reduction="none")  # fmt: skip
+    hardest = background.topk(6 * positives).values
+    # the first 3 x positives of the six are the default's; the next ones are what R = 6 adds
+    assert six["classification"] - three["classification"] == pytest.approx(
+        hardest[3 * positives:].sum().item() / positives, rel=1e-4)  # fmt: skip
+    assert six["bbox_regression"] == pytest.approx(three["bbox_regression"])

@@ -239,6 +239,8 @@ class Detector(SSD):
     # objects teaches nothing; with this on it teaches its hardest boxes as background, as many as the
     # batch's images with objects mine on average (set by the trainer's --background-every)
     mine_empty_images = False
+    # how many: this many per positive of an average image with objects (SSD's own 3 negatives per positive)
+    empty_image_ratio = 3
 
     def match_boxes_at(self, iou: float, min_boxes: int = 0) -> None:
         """Training: a default box learns an object it overlaps by ``iou`` or more (and each object
@@ -257,7 +259,7 @@ class Detector(SSD):
         empty = positives == 0
         if not empty.any() or empty.all():  # nothing to mine, or no count to take
             return losses
-        count = round(self.neg_to_pos_ratio * float(positives[~empty].float().mean()))
+        count = round(self.empty_image_ratio * float(positives[~empty].float().mean()))
         logits = head_outputs["cls_logits"][empty]
         background = nn.functional.cross_entropy(
             logits.flatten(0, 1), logits.new_zeros(logits.shape[:2].numel(), dtype=torch.long), reduction="none"
