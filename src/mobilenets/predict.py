@@ -14,7 +14,14 @@ from .datainfo import DataInfo
 from .tasks import task_of
 from .validate import POSITIVE_INT
 
-__all__ = ["check_classes", "default_data_info", "predict_images", "recorded_class_names", "renamed_classes"]
+__all__ = [
+    "check_classes",
+    "classifier_logits",
+    "default_data_info",
+    "predict_images",
+    "recorded_class_names",
+    "renamed_classes",
+]
 
 
 def default_data_info(
@@ -120,6 +127,15 @@ def _count(classes: Sequence[str], background: bool) -> str:
     return f"{named} classes (category ids up to {len(classes) - 1}: {len(classes)} outputs with the background)"
 
 
+def classifier_logits(model, batch: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
+    """A classifier's logits for ``batch``; ``flip``: averaged with its mirror images' (test-time flip,
+    twice the cost) - what ``mobilenets eval --test-flip`` scores and ``predict --test-flip`` shows."""
+    logits = model(batch)
+    if flip:
+        logits = (logits.float() + model(batch.flip(-1)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
 def predict_images(
     model: nn.Module,
@@ -131,7 +147,7 @@ def predict_images(
     flip: bool = False,
 ) -> list[list[tuple[str, float]]]:
     """Top-``top`` (class name, probability) for each image file; ``flip``: from the logits averaged with
-    the mirror image's, as ``mobilenets eval --test-flip`` scores.
+    the mirror image's (:func:`classifier_logits`).
 
     ``model`` is a PyTorch module or any callable from a batch to logits (e.g. an
     :class:`~mobilenets.export.OnnxClassifier`).
@@ -146,10 +162,7 @@ def predict_images(
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(paths), batch_size):
         batch = torch.stack([transform(load_rgb(str(p))) for p in paths[start : start + batch_size]])
-        logits = model(batch)
-        if flip:
-            logits = (logits.float() + model(batch.flip(-1)).float()) / 2
-        probs = logits.softmax(dim=1)
+        probs = classifier_logits(model, batch, flip=flip).softmax(dim=1)
         values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
         results += [
             [(classes[i], v) for i, v in zip(row_i.tolist(), row_v.tolist())] for row_i, row_v in zip(indices, values)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..predict import classifier_logits
 from ..train.distributed import Distributed
 from ..train.precision import autocast
 
@@ -66,9 +67,7 @@ def evaluate(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device_type, precision):
-            logits = model(images)
-            if flip:
-                logits = (logits.float() + model(images.flip(-1)).float()) / 2
+            logits = classifier_logits(model, images, flip=flip)
         logits = logits.float()
         hit1 = top_k_hits(logits, labels, 1)
         counts += torch.stack(
