@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mobilenets.validate import POSITIVE_INT
+
 GAP = 8  # white pixels between pictures, so their edges do not run together
 
 
@@ -40,13 +42,11 @@ def contact_sheet(paths: list[Path], columns: int, height: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pictures", nargs="+", type=Path, help="the pictures, in reading order")
-    parser.add_argument("--columns", type=int, default=3, help="pictures per row (default 3)")
-    parser.add_argument("--height", type=int, default=300, help="each picture's height in pixels (default 300)")
+    parser.add_argument("--columns", type=POSITIVE_INT.argtype, default=3, help="pictures per row (default 3)")
+    parser.add_argument("--height", type=POSITIVE_INT.argtype, default=300,
+                        help="each picture's height in pixels (default 300)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="the sheet (.jpg or .png)")
     args = parser.parse_args(argv)
-    for name in ("columns", "height"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     missing = [str(path) for path in args.pictures if not path.is_file()]
     if missing:
         parser.error(f"no such picture: {', '.join(missing)}")

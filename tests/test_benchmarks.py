@@ -468,8 +468,8 @@ def test_contact_sheet_puts_pictures_in_rows_of_one_height(tmp_path, capsys):
     assert picture.getpixel((0, 0)) == (255, 0, 0) and picture.getpixel((19, 9)) == (255, 0, 0)
     assert picture.getpixel((20 + gap, 0)) == (0, 255, 0) and picture.getpixel((20, 0)) == (255, 255, 255)
     assert picture.getpixel((0, 10 + gap)) == (0, 0, 255) and picture.getpixel((25, 10 + gap)) == (255, 255, 255)
-    for bad, words in ((["--columns", "0"], "--columns must be at least 1, got 0"),
-                       (["--height", "-3"], "--height must be at least 1, got -3")):  # fmt: skip
+    for bad, words in ((["--columns", "0"], "argument --columns: must be a positive integer, got 0"),
+                       (["--height", "-3"], "argument --height: must be a positive integer, got -3")):  # fmt: skip
         with pytest.raises(SystemExit) as stopped:
             sheet.main([str(paths[0]), *bad, "--out", str(out)])
         assert stopped.value.code == 2 and words in capsys.readouterr().err

@@ -87,7 +87,7 @@ def plot_final_scores(
     labels, scores = [r["label"] for r in runs], [100 * r[metric] for r in runs]
     bars = ax.barh(range(len(runs)), scores, color=[colors.get(label) for label in labels])
     ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=3)
-    ax.set_xlim(0, 1.15 * max(scores, default=0) or 1)  # room for the figures beside the bars
+    ax.set_xlim(0, 1.15 * max(scores) or 1)  # room for the figures beside the bars (1: every score 0)
     ax.set_yticks(range(len(runs)), labels, fontsize=7)
     ax.invert_yaxis()  # the first run on top, as in the legends
     ax.set_xlabel(f"final {name or metric} (%)")
