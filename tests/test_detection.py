@@ -705,6 +705,29 @@ def _matching(ours: dict, theirs: dict) -> torch.Tensor:
     return order
 
 
+def test_export_scores_a_detector_by_map_and_auto_keeps_within_the_tolerance(trained, tmp_path, capsys):
+    """--eval-data scores each form of a detector as `eval` does (COCO mAP on the validation split),
+    and --format auto ranks its candidates by that score against the PyTorch model's."""
+    pytest.importorskip("onnxruntime")
+    root, out, _ = trained
+    checkpoint, data = str(out / "a" / "best.pt"), str(root)
+    assert main(["eval", "--checkpoint", checkpoint, "--data-dir", data, "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["map"] > 0  # a score that can move
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "d.onnx"), "--eval-data", data]) == 0
+    assert "pytorch    mAP " in capsys.readouterr().out
+    accuracy = json.loads((tmp_path / "d.onnx.export.json").read_text())["accuracy"]
+    assert accuracy["pytorch"] == {"map": scored["map"], "map50": scored["map50"]}
+    assert accuracy["onnx_fp32"]["map"] == pytest.approx(scored["map"], abs=1e-3)
+    argv = ["export", "--checkpoint", checkpoint, "--format", "auto", "--runtimes", "onnxruntime", "--out",
+            str(tmp_path / "auto"), "--eval-data", data]  # fmt: skip
+    assert main(argv) == 0
+    assert "mAP %" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "auto.onnx.export.json").read_text())
+    assert summary["scored_by"] == "mAP %" and summary["reference_accuracy"] == pytest.approx(100 * scored["map"])
+    assert summary["candidates"][0]["accuracy"] == pytest.approx(100 * scored["map"], abs=0.1)
+
+
 @pytest.mark.parametrize("kind", ["onnx", "openvino"])
 def test_exports_give_the_pytorch_detections(trained, tmp_path, capsys, kind):
     """The exported graph (network + box decoding) with the detector's own NMS after it

@@ -412,6 +412,20 @@ def test_onnx_export_of_a_segmenter_matches_pytorch(trained, tmp_path, capsys):
     assert (onnx_mask == torch_mask).mean() > 0.999
 
 
+def test_export_scores_a_segmenter_by_miou(trained, tmp_path, capsys):
+    """--eval-data scores each form of a segmenter as `eval` does: mIoU on the validation masks."""
+    pytest.importorskip("onnxruntime")
+    root, out, _ = trained
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data-dir", str(root), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    path = tmp_path / "s.onnx"
+    assert main(["export", "--checkpoint", str(out / "best.pt"), "--out", str(path), "--eval-data", str(root)]) == 0
+    assert "onnx_fp32  mIoU " in capsys.readouterr().out
+    accuracy = json.loads((tmp_path / "s.onnx.export.json").read_text())["accuracy"]
+    assert accuracy["pytorch"] == {"miou": scored["miou"], "pixel_acc": scored["pixel_acc"]}
+    assert accuracy["onnx_fp32"]["miou"] == pytest.approx(scored["miou"], abs=1e-3)
+
+
 def test_recipes_refuse_the_wrong_task(tmp_path, shared_data):
     root = _mask_dataset(tmp_path / "data", images=2)
     with pytest.raises(ConfigError, match="recipe cifar10 is for classification models; segmenters train with"):

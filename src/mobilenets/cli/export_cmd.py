@@ -36,6 +36,8 @@ Examples:
   mobilenets export --checkpoint runs/qat/best.pt --out cifar-int8.onnx --int8
   # a detector: the network and its box decoding (boxes, scores); NMS is applied after it
   mobilenets export --checkpoint runs/det-v2/best.pt --out ssdlite.onnx
+  # the fastest detector file here whose COCO mAP on labelled images stays within 0.5 points of PyTorch's
+  mobilenets export --format auto --checkpoint runs/det-v2/best.pt --out ssdlite --eval-data ../shared/data/coco128
   # then
   mobilenets predict --onnx mnv2.onnx photo.jpg
   # for a phone: an ExecuTorch program delegated to XNNPACK (int8 through PT2E), checked in ExecuTorch's runtime
@@ -66,7 +68,9 @@ DESCRIPTION = (
     "                  int8 ([openvino] extra);\n"
     "  litert          a .tflite for LiteRT (TensorFlow Lite) with XNNPACK ([litert] extra);\n"
     "  auto            time every installed runtime x precision here and write the fastest whose\n"
-    "                  top-1 stays within --tolerance of fp32, printing the table it chose from.\n"
+    "                  score (top-1; a detector's mAP, a segmenter's mIoU, on --eval-data) stays\n"
+    "                  within --tolerance of PyTorch's, printing the table it chose from; a detector\n"
+    "                  or segmenter without --eval-data gets the fastest fp32 file.\n"
     "executorch and litert write <out>.pte.json / <out>.tflite.json beside the file.\n\n"
     "--int8: post-training static quantization on --calibration images. ONNX (and OpenVINO, which\n"
     "converts the same QDQ model): int8 per-channel weights rounded with GPTQ, uint8 activations cut\n"
@@ -76,7 +80,7 @@ DESCRIPTION = (
     "weights to fp32's outputs); an option a format does not take is refused.\n"
     "A checkpoint from 'mobilenets train --qat' needs no calibration: its int8 ranges were trained.\n\n"
     "Beside the file, <out>.export.json records what was exported: the paths, the error against\n"
-    "PyTorch and, with --eval-data, the top-1 of each form."
+    "PyTorch and, with --eval-data, each form's score: top-1 (mAP for a detector, mIoU for a segmenter)."
 )
 
 
@@ -98,8 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="default: the one --out's suffix names (.pte executorch, .xml openvino, .tflite litert), else onnx; "
         "onnx (ONNX Runtime), executorch (the .pte an Android/iOS app runs through XNNPACK), "
         "openvino (OpenVINO's IR, .xml + .bin; [openvino] extra), litert (.tflite; [litert] extra), or auto: "
-        "time every installed runtime x precision here and write the fastest whose top-1 stays within "
-        "--tolerance of fp32 (--out is then a name without suffix; the chosen runtime's is added)",
+        "time every installed runtime x precision here and write the fastest whose score stays within "
+        "--tolerance of PyTorch's (--out is then a name without suffix; the chosen runtime's is added)",
     )
     opts.add_argument("--out", required=True, help="the file to write: .onnx, .pte (executorch), .xml (openvino) or "
                       ".tflite (litert); with --format auto a name without suffix")  # fmt: skip
@@ -114,8 +118,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_auto_options(parser)
     add_int8_options(parser)
     check = parser.add_argument_group("accuracy")
-    check.add_argument("--eval-data", help="labelled images (class folders, or a train/val tree): report top-1")
-    check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="evaluate on a class-balanced slice of N images")
+    check.add_argument("--eval-data", help="labelled images, as the model's task reads them (class folders or a "
+                       "train/val tree: top-1; a YOLO/COCO set: mAP; masks: mIoU): report each form's "
+                       "score")  # fmt: skip
+    check.add_argument("--val-subset", type=POSITIVE_INT.argtype, help="score N images (a classifier's: a "
+                       "class-balanced slice; otherwise the first N)")  # fmt: skip
     # --format onnx takes the ONNX flags, another runtime those its export_options name; run() refuses
     # the rest of FORMAT_FLAGS rather than ignore them
     auto_only = ["--tolerance", "--runtimes", "--threads"]
@@ -253,8 +260,9 @@ def given(args: argparse.Namespace, options: dict[str, tuple[str, Any]]) -> list
 def add_auto_options(parser: argparse.ArgumentParser) -> None:
     auto = parser.add_argument_group("--format auto")
     auto.add_argument("--tolerance", type=float, default=0.5,
-                      help="top-1 points a faster path may lose against fp32 (default 0.5); scored on --eval-data, "
-                      "else as agreement with the fp32 model on the --calibration images")  # fmt: skip
+                      help="points of the model's score a faster path may lose against PyTorch (default 0.5): "
+                      "top-1, a detector's mAP or a segmenter's mIoU on --eval-data; a classifier without it is "
+                      "scored as agreement with fp32 on the --calibration images")  # fmt: skip
     auto.add_argument("--runtimes", type=csv_of(), help="comma-separated runtimes to try (default: every installed "
                       "one that writes a file: onnxruntime, openvino, litert, executorch)")  # fmt: skip
     auto.add_argument("--threads", type=POSITIVE_INT.argtype, default=2, help="threads to time with (default 2)")
@@ -293,11 +301,11 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".onnx":
         others = ", ".join(f"{r.suffix} (--format {r.format})" for r in list_runtimes() if r.format not in ("", "onnx"))
         raise ConfigError(f"--out should name an .onnx file, got {out}; the other formats write {others}")
-    from ..data import make_loader
-    from ..export import OnnxClassifier, max_opset
+    from ..export import max_opset
     from ..export.deploy import deploy_onnx
     from ..export.onnx import MIN_OPSET
     from ..export.qat import is_qat
+    from ..runtimes import load_exported
 
     if not MIN_OPSET <= args.opset <= max_opset():
         raise ConfigError(
@@ -305,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         )
     model, info = load_for_cli(args, "export")
     trained_for_int8 = is_qat(model)
-    evaluation, calibration = classifier_inputs(args, info, calibrated=trained_for_int8)
+    scoring, calibration = export_inputs(args, info, calibrated=trained_for_int8)
     files = deploy_onnx(model, out, info=info, int8=args.int8, calibration=calibration, options=quantize_options(args),
                         dynamic_batch=args.dynamic_batch, opset=args.opset, log=print)  # fmt: skip
     fp32_path = files.fp32
@@ -313,29 +321,23 @@ def run(args: argparse.Namespace) -> int:
     if files.int8 is not None:
         summary["int8"] = str(files.int8)
         summary["latency_ms"] = latency_verdict(fp32_path, out, int(info["resolution"]))
-    if evaluation is not None:
-        dataset, classes = evaluation
-        batches = list(make_loader(dataset, 50, workers=2))
-        runners = {"pytorch_qat" if trained_for_int8 else "pytorch": model, "onnx_fp32": OnnxClassifier(fp32_path)}
+    if scoring is not None:
+        runners = {"pytorch_qat" if trained_for_int8 else "pytorch": model, "onnx_fp32": load_exported(fp32_path)}
         if args.int8:
-            runners["onnx_int8"] = OnnxClassifier(out)
-        summary["accuracy"] = report_accuracy(runners, batches, len(classes), width=10)
+            runners["onnx_int8"] = load_exported(out)
+        summary["accuracy"] = report_accuracy(runners, scoring, width=10)
     write_summary(out, summary)
     return 0
 
 
-def report_accuracy(runners: dict[str, Any], batches: list, num_classes: int, *, width: int) -> dict[str, Any]:
-    """Top-1 and top-5 of each form of the model (PyTorch, the exported files) on the same
-    labelled batches, printed a line each; what the export summary records."""
-    from ..classification.evaluate import evaluate
-
-    images = sum(len(labels) for _, labels in batches)
+def report_accuracy(runners: dict[str, Any], scoring: Any, *, width: int) -> dict[str, Any]:
+    """The task's scores (``scoring``, a ``Scoring``) of each form of the model - PyTorch, the
+    exported files - on the same labelled images, printed a line each; what the export summary records."""
     accuracy = {}
     for name, runner in runners.items():
-        metrics = evaluate(runner, batches, num_classes)
-        accuracy[name] = {"top1": metrics["top1"], "top5": metrics["top5"]}
-        print(f"{name:{width}s} top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
-              f"({images} images)")  # fmt: skip
+        metrics = scoring.measure(runner)
+        accuracy[name] = {key: metrics[key] for key in scoring.recorded}
+        print(f"{name:{width}s} {scoring.describe(metrics)}")
     return accuracy
 
 
@@ -353,31 +355,28 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     print(f"wrote {path} (what was exported, its error against PyTorch{', accuracy' * ('accuracy' in summary)})")
 
 
-def classifier_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibrated: bool):
-    """The labelled images (--eval-data) and calibration images an export uses, each
-    checked before anything is written; ``calibrated``: the model brings its own int8
-    ranges (a --qat checkpoint), so --int8 needs no --calibration."""
-    from ..data import calibration_images, eval_dataset
-    from ..predict import check_classes
+def export_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibrated: bool):
+    """What an export scores each form on (--eval-data, as the model's task measures it: a
+    :class:`~mobilenets.cli.task_commands.Scoring`) and its calibration images, each checked
+    before anything is written; ``calibrated``: the model brings its own int8 ranges (a --qat
+    checkpoint), so --int8 needs no --calibration."""
+    from ..data import calibration_images
     from ..tasks import task_of
 
     task = task_of(info)
-    if not task.quantizable and (args.int8 or args.eval_data or args.calibration):
-        raise ConfigError(f"--int8, --calibration and --eval-data are for classifiers; {task.noun} exports in fp32")
+    if not task.quantizable and (args.int8 or args.calibration):
+        raise ConfigError(f"--int8 and --calibration are for classifiers; {task.noun} exports in fp32 (or bf16)")
     if args.int8 and not args.calibration and not calibrated:
         raise ConfigError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
-    evaluation = None
+    scoring = None
     if args.eval_data:
-        evaluation = eval_dataset(
-            args.eval_data, style=info["transforms"], resolution=info["resolution"], subset=args.val_subset
-        )
-        check_classes(info, evaluation[1], model=model_source(args), data=args.eval_data)
+        scoring = task.commands().scoring(args.eval_data, info, subset=args.val_subset, source=model_source(args))
     calibration = None
     if args.calibration:
         calibration = calibration_images(
             args.calibration, style=info["transforms"], resolution=info["resolution"], count=args.calibration_images
         )
-    return evaluation, calibration
+    return scoring, calibration
 
 
 def latency_verdict(fp32: Path, int8: Path, size: int) -> dict[str, Any]:
@@ -404,19 +403,19 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
     """``export --format NAME`` for a runtime other than ONNX's (OpenVINO, LiteRT, ExecuTorch): the
     runtime exports and checks the file against PyTorch with the options it takes
     (``Runtime.export_options``)."""
-    from ..data import make_loader
     from ..export.qat import convert_qat, is_qat
+    from ..runtimes import load_exported
 
     if out.suffix != runtime.suffix:
         raise ConfigError(f"--out should name a {runtime.suffix} file for --format {args.format}, got {out}")
     model, info = load_for_cli(args, "export")
-    evaluation, calibration = classifier_inputs(args, info, calibrated=False)
+    # --eval-data's images are decoded here, by worker processes, before a converter that may not
+    # survive a fork (JAX) is imported
+    scoring, calibration = export_inputs(args, info, calibrated=False)
     if is_qat(model):  # the float model it simulates
         model = convert_qat(model)[0]
     print(f"exporting to {runtime.title} ({precision})" + (f"; {runtime.export_note}" if runtime.export_note else ""))
     check = calibration[:1] if calibration is not None else None  # a real image for the runtime check
-    # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
-    batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation is not None else None
     options = {name: EXPORT_OPTIONS[name][1](args) for name in runtime.export_options}
     summary = runtime.export(model, out, info=info, precision=precision, calibration=calibration, check_input=check,
                              **options)  # fmt: skip
@@ -424,9 +423,9 @@ def run_runtime(args: argparse.Namespace, out: Path, runtime, precision: str) ->
         summary.pop("message", None)
         or f"wrote {out} ({precision}); {runtime.title} vs PyTorch relative error {summary['max_relative_error']:.2e}"
     )
-    if evaluation is not None:
-        runners = {"pytorch": model, f"{runtime.name}_{precision}": runtime.load(out)}
-        summary["accuracy"] = report_accuracy(runners, batches, len(evaluation[1]), width=17)
+    if scoring is not None:
+        runners = {"pytorch": model, f"{runtime.name}_{precision}": load_exported(out, runtime=runtime)}
+        summary["accuracy"] = report_accuracy(runners, scoring, width=17)
     write_summary(out, summary)
     return 0
 
@@ -435,7 +434,6 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
     """``export --format auto``: see :mod:`mobilenets.runtimes.auto`."""
     import tempfile
 
-    from ..data import make_loader
     from ..runtimes import get_runtime
     from ..runtimes.auto import (
         candidate_paths,
@@ -444,6 +442,7 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
         measure_candidates,
         pick,
         score_candidates,
+        unscored_note,
     )
     from ..runtimes.bench import PreparedModel, cpu_description
     from ..tasks import task_of
@@ -452,16 +451,15 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
         raise ConfigError("--format auto tries every precision itself; drop --int8/--precision")
     refuse_untaken_flags(args, taken_flags("auto", None))  # its candidates are every runtime's batch-1 file
     if not args.tolerance >= 0:
-        raise ConfigError(f"--tolerance is top-1 points and cannot be negative, got {args.tolerance:g}")
+        raise ConfigError(f"--tolerance is points of the model's score and cannot be negative, got {args.tolerance:g}")
     for name in args.runtimes or []:
         get_runtime(name)  # an unknown name is one line
     model, info = load_for_cli(args, "export")
     task = task_of(info)
     if task.quantizable and not (args.calibration or args.eval_data):
         raise ConfigError("--format auto scores int8 paths: give --calibration DIR (and --eval-data for top-1)")
-    evaluation, calibration = classifier_inputs(args, info, calibrated=False)
     # decoded now, by worker processes, before a converter that may not survive a fork (JAX) is imported
-    batches = list(make_loader(evaluation[0], 50, workers=2)) if evaluation else None
+    scoring, calibration = export_inputs(args, info, calibrated=False)
     names = candidate_paths(task, args.runtimes)
     if not names:
         raise ConfigError("no installed runtime writes a file for this model; pip install 'mobilenets[openvino]'")
@@ -469,13 +467,15 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="mobilenets-auto-") as tmp:
         prepared = PreparedModel(model, info, Path(tmp), calibration, "auto", quantize=quantize_options(args))
         candidates = measure_candidates(prepared, names, threads=args.threads, runs=30, progress=progress)
-        reference, scored_by = None, None  # fp32 files only, each checked against PyTorch
-        if task.quantizable:
-            classes = len(evaluation[1]) if evaluation else None
-            reference = score_candidates(prepared, candidates, batches, classes, progress)
-            scored_by = "top-1 %" if evaluation else "agrees with fp32 %"
+        if scoring is None and task.quantizable:  # no labels: agreement with fp32's top-1 on the calibration images
+            scoring = task.commands().agreement(model, prepared.calibration_images())
+        # unscored (a detector or segmenter without --eval-data): only the paths that compute what PyTorch does
+        reference = None if scoring is None else score_candidates(prepared, candidates, scoring.headline, progress)
+        scored_by = None if scoring is None else scoring.metric
         chosen = pick(candidates, reference, args.tolerance)
         print(candidates_table(candidates, reference, scored_by))
+        if reference is None and unscored_note(candidates, chosen):
+            print(unscored_note(candidates, chosen))
         print(f"measured on {cpu_description()}, {args.threads} thread(s), batch 1")
         runtime = get_runtime(chosen.runtime)
         target = out.with_suffix(runtime.suffix) if out.suffix else out.with_name(out.name + runtime.suffix)

@@ -7,12 +7,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
 from .common import model_source
 
-__all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION"]
+__all__ = ["CLASSIFICATION", "DETECTION", "SEGMENTATION", "Scoring"]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Labelled images, decoded once, and a task's measure of a model on them: what ``export
+    --eval-data`` reports for each form of the model and what ``--format auto`` keeps within
+    ``--tolerance``.  ``measure`` takes the PyTorch model or an exported file's runner."""
+
+    metric: str  # the headline score as a table heads it: "top-1 %", "mAP %", "mIoU %"
+    key: str  # the headline's key among the metrics
+    recorded: tuple[str, ...]  # the metrics an export summary keeps for each form
+    measure: Callable[[Any], dict[str, Any]]  # model -> metrics (fractions)
+    describe: Callable[[dict[str, Any]], str]  # metrics -> the line printed for one form
+
+    def headline(self, model: Any) -> float:
+        """The model's headline score in % (what --tolerance is measured in)."""
+        return 100 * self.measure(model)[self.key]
 
 
 def _refuse_detector_views(args: argparse.Namespace, task: str) -> None:
@@ -39,14 +58,18 @@ def _test_tiles(args: argparse.Namespace) -> tuple:
     return CORNER_TILES if args.test_tiles else ()
 
 
-def _scored_split(data, args: argparse.Namespace):
-    """The split --split names, its first --val-subset images (as training's --val-subset takes them)."""
-    split = data.train if args.split == "train" else data.val
-    if args.val_subset:
-        from torch.utils.data import Subset
+def _first(split, count: int | None):
+    """The first ``count`` images of a split (as training's --val-subset takes them); all without a count."""
+    if not count:
+        return split
+    from torch.utils.data import Subset
 
-        split = Subset(split, range(min(args.val_subset, len(split))))
-    return split
+    return Subset(split, range(min(count, len(split))))
+
+
+def _scored_split(data, args: argparse.Namespace):
+    """The split --split names, its first --val-subset images."""
+    return _first(data.train if args.split == "train" else data.val, args.val_subset)
 
 
 class ClassifierCommands:
@@ -95,6 +118,40 @@ class ClassifierCommands:
                 print(f"  {name:20s} {shown}")
         return 0
 
+    def scoring(self, data_dir: str, info: dict[str, Any], *, subset: int | None, source: str) -> Scoring:
+        """Top-1 and top-5 on ``data_dir``'s labelled images (a class-balanced ``subset`` of them)."""
+        from ..classification.evaluate import evaluate
+        from ..data import eval_dataset, make_loader
+        from ..predict import check_classes
+
+        dataset, classes = eval_dataset(
+            data_dir, style=info["transforms"], resolution=info["resolution"], subset=subset
+        )
+        check_classes(info, classes, model=source, data=data_dir)
+        batches = list(make_loader(dataset, 50, workers=2))  # decoded once, for every form
+
+        def describe(metrics: dict[str, Any]) -> str:
+            return f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  ({len(dataset)} images)"
+
+        return Scoring(
+            "top-1 %", "top1", ("top1", "top5"), lambda model: evaluate(model, batches, len(classes)), describe
+        )
+
+    def agreement(self, model, images) -> Scoring:
+        """Without labels: how often a form's top-1 on ``images`` is the PyTorch ``model``'s (which scores 100 %)."""
+        import torch
+
+        from ..classification.evaluate import evaluate
+
+        with torch.no_grad():
+            logits = model(images)
+        batches, classes = [(images, logits.argmax(1))], int(logits.shape[1])
+
+        def describe(metrics: dict[str, Any]) -> str:
+            return f"the same top-1 as fp32 on {100 * metrics['top1']:.2f}% of {len(images)} images"
+
+        return Scoring("agrees with fp32 %", "top1", ("top1",), lambda form: evaluate(form, batches, classes), describe)
+
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..predict import predict_images
 
@@ -112,32 +169,54 @@ class ClassifierCommands:
         return 0
 
 
+def _detection_data(data_dir: str, info: dict[str, Any], split: str, source: str):
+    """``data_dir``'s ``split`` as the detector's evaluation reads it, its classes checked against the model's."""
+    from ..detection.data import detection_transforms, find_detection_data
+    from ..predict import check_classes
+
+    val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
+    # only the split scored is read, so warnings about the other split's files do not appear
+    data = find_detection_data(data_dir, train_transforms=val, val_transforms=val, splits=(split,),
+                               classes=info.get("selected_classes"))  # fmt: skip
+    check_classes(info, data.classes, model=source, data=data_dir, background=True)
+    return data
+
+
+def _detection_line(metrics: dict[str, Any]) -> str:
+    return (
+        f"mAP {100 * metrics['map']:.2f}%  mAP50 {100 * metrics['map50']:.2f}%  mAP75 {100 * metrics['map75']:.2f}%  "
+        f"({metrics['images']} images, {metrics['boxes']} boxes"
+    )
+
+
 class DetectorCommands:
     def evaluate(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..data import make_loader
-        from ..detection.data import collate, detection_transforms, find_detection_data
+        from ..detection.data import collate
         from ..detection.evaluate import evaluate_detector
-        from ..predict import check_classes
 
         if args.dataset:
             raise ConfigError("--dataset is for classifiers; a detector is scored on a split of --data-dir")
-        val = detection_transforms("ssdlite", info["resolution"], train=False, fill=(0.5, 0.5, 0.5))
-        # only the split scored is read, so warnings about the other split's files do not appear
-        data = find_detection_data(args.data_dir, train_transforms=val, val_transforms=val, splits=(args.split,),
-                               classes=info.get("selected_classes"))  # fmt: skip
-        check_classes(info, data.classes, model=model_source(args), data=args.data_dir,
-                      background=True)  # fmt: skip
+        data = _detection_data(args.data_dir, info, args.split, model_source(args))
         loader = make_loader(_scored_split(data, args), args.batch_size or 16, workers=args.workers, collate_fn=collate)
         metrics = evaluate_detector(model, loader, progress=sys.stderr.isatty(), flip=args.test_flip,
                                     tiles=_test_tiles(args), vote=_box_voting(args))  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
-        print(
-            f"mAP {100 * metrics['map']:.2f}%  mAP50 {100 * metrics['map50']:.2f}%  mAP75 {100 * metrics['map75']:.2f}%  "
-            f"({metrics['images']} images, {metrics['boxes']} boxes, {metrics['images_per_s']:.1f} images/s)"
-        )
+        print(f"{_detection_line(metrics)}, {metrics['images_per_s']:.1f} images/s)")
         return 0
+
+    def scoring(self, data_dir: str, info: dict[str, Any], *, subset: int | None, source: str) -> Scoring:
+        """COCO mAP (best.pt's measure) on ``data_dir``'s validation split, its first ``subset`` images."""
+        from ..data import make_loader
+        from ..detection.data import collate
+        from ..detection.evaluate import evaluate_detector
+
+        data = _detection_data(data_dir, info, "val", source)
+        batches = list(make_loader(_first(data.val, subset), 16, workers=2, collate_fn=collate))  # decoded once
+        return Scoring("mAP %", "map", ("map", "map50"), lambda model: evaluate_detector(model, batches),
+                       lambda metrics: _detection_line(metrics) + ")")  # fmt: skip
 
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..detection.predict import detect_images
@@ -156,36 +235,59 @@ class DetectorCommands:
         return 0
 
 
+def _segmentation_data(data_dir: str, info: dict[str, Any], source: str):
+    """``data_dir``'s masks as the segmenter's evaluation reads them, its classes checked against the model's."""
+    from ..predict import check_classes
+    from ..segmentation.data import find_segmentation_data, segmentation_transforms
+
+    val = segmentation_transforms(info["resolution"], train=False)
+    data = find_segmentation_data(data_dir, train_transforms=val, val_transforms=val,
+                                  classes=info.get("selected_classes"))  # fmt: skip
+    check_classes(info, data.classes, model=source, data=data_dir)
+    return data
+
+
+def _segmentation_line(metrics: dict[str, Any], classes: int) -> str:
+    return (
+        f"mIoU {100 * metrics['miou']:.2f}%  pixel acc {100 * metrics['pixel_acc']:.2f}%  "
+        f"({metrics['images']} images, {metrics['classes_scored']} of {classes} classes present"
+    )
+
+
 class SegmenterCommands:
     def evaluate(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..data import make_loader
-        from ..predict import check_classes
-        from ..segmentation.data import collate, find_segmentation_data, segmentation_transforms
+        from ..segmentation.data import collate
         from ..segmentation.evaluate import evaluate_segmenter
 
         _refuse_detector_views(args, "segmenter")
         if args.dataset:
             raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
-        val = segmentation_transforms(info["resolution"], train=False)
-        data = find_segmentation_data(
-            args.data_dir, train_transforms=val, val_transforms=val, classes=info.get("selected_classes")
-        )
-        check_classes(info, data.classes, model=model_source(args), data=args.data_dir)
+        data = _segmentation_data(args.data_dir, info, model_source(args))
         loader = make_loader(_scored_split(data, args), args.batch_size or 8, workers=args.workers, collate_fn=collate)
         metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
                                      progress=sys.stderr.isatty(), flip=args.test_flip)  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
-        print(
-            f"mIoU {100 * metrics['miou']:.2f}%  pixel acc {100 * metrics['pixel_acc']:.2f}%  "
-            f"({metrics['images']} images, {metrics['classes_scored']} of {len(data.classes)} classes present, "
-            f"{metrics['images_per_s']:.1f} images/s)"
-        )
+        print(f"{_segmentation_line(metrics, len(data.classes))}, {metrics['images_per_s']:.1f} images/s)")
         scored = [(name, iou) for name, iou in zip(data.classes, metrics["per_class_iou"]) if iou is not None]
         for name, iou in sorted(scored, key=lambda pair: -pair[1]):
             print(f"  {name:24s} IoU {100 * iou:6.2f}")
         return 0
+
+    def scoring(self, data_dir: str, info: dict[str, Any], *, subset: int | None, source: str) -> Scoring:
+        """Mean IoU (best.pt's measure) on ``data_dir``'s validation masks, its first ``subset`` images."""
+        from ..data import make_loader
+        from ..segmentation.data import collate
+        from ..segmentation.evaluate import evaluate_segmenter
+
+        data = _segmentation_data(data_dir, info, source)
+        batches = list(make_loader(_first(data.val, subset), 8, workers=2, collate_fn=collate))  # decoded once
+        classes, resolution = len(data.classes), info["resolution"]
+        return Scoring("mIoU %", "miou", ("miou", "pixel_acc"),
+                       lambda model: evaluate_segmenter(model, batches, classes, resolution),
+                       lambda metrics: _segmentation_line(metrics, classes) + ")")  # fmt: skip
 
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..segmentation.predict import segment_images

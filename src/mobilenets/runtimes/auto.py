@@ -6,9 +6,11 @@ batch 1 in alternating rounds, each file in a process of its own (:mod:`.timing`
 slows all alike, and no runtime's threads disturb another's; a path's time is its best round's
 median, :func:`best_round_median`), and scored: top-1 on labelled
 images when given, otherwise agreement with the float PyTorch model's top-1 on the calibration
-images (the float model scores 100 %).  The fastest candidate within ``tolerance`` points of the
-float model wins.  Detectors and segmenters have no top-1 here: their candidates are the float
-ones (fp32, and bf16 where the CPU has it), each checked against PyTorch by its exporter.
+images (the float model scores 100 %); a detector's COCO mAP or a segmenter's mIoU on labelled
+images when given.  The fastest candidate within ``tolerance`` points of the PyTorch model wins.
+A detector's or segmenter's candidates are its float ones (fp32, and bf16 where the CPU has it);
+without labelled images none is scored, and only fp32 files - each checked against PyTorch by its
+exporter - may be chosen: bf16 moved the person detector's mAP50 by 1.2 points.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import bench_path, bench_paths, error_line
+from . import bench_path, bench_paths, error_line, get_runtime, load_exported
 from .bench import ROUNDS
 
 FLOAT = ("fp32", "bf16")
@@ -91,38 +93,52 @@ def best_round_median(times: Sequence[float], per_round: int) -> float:
     return min(statistics.median(samples) for samples in rounds)
 
 
-def score_candidates(prepared: Any, candidates: Sequence[Candidate], batches: list | None,
-                     num_classes: int | None, progress: Callable[[str], None]) -> float:  # fmt: skip
-    """Fill in each timed candidate's accuracy; returns the float PyTorch model's (see the module docstring)."""
-    import torch
-
-    if batches is None:  # no labels: agreement with the float model's top-1 on the calibration images
-        images = prepared.calibration_images()
-        with torch.no_grad():
-            logits = prepared.graph(images)
-        batches, num_classes = [(images, logits.argmax(1))], int(logits.shape[1])
-    reference = prepared.top1("eager", batches, num_classes)
+def score_candidates(prepared: Any, candidates: Sequence[Candidate], headline: Callable[[Any], float],
+                     progress: Callable[[str], None]) -> float:  # fmt: skip
+    """Fill in each timed candidate's score, its file loaded as ``eval --exported`` loads it
+    (``headline``: a model -> its task's score in %); returns the PyTorch model's."""
+    reference = headline(prepared.model)
     for candidate in candidates:
         if candidate.median_ms is None:
             continue
         try:
-            candidate.accuracy = prepared.top1(candidate.path, batches, num_classes)
+            runtime = get_runtime(candidate.runtime)
+            candidate.accuracy = headline(load_exported(prepared.exported_file(candidate.path), runtime=runtime))
         except Exception as exc:  # noqa: BLE001 - an unscorable path is not chosen
             candidate.error = error_line(exc)
-        progress(f"{candidate.path}: top-1 {candidate.accuracy}")
+        progress(
+            f"{candidate.path}: {candidate.accuracy if candidate.accuracy is None else f'{candidate.accuracy:.2f}'}"
+        )
     return reference
 
 
 def pick(candidates: Sequence[Candidate], reference: float | None, tolerance: float) -> Candidate:
-    """The fastest candidate within ``tolerance`` points of ``reference`` (any timed one without it)."""
+    """The fastest candidate within ``tolerance`` points of ``reference``; without one (nothing
+    scored), the fastest that computes in fp32, as the PyTorch model it was checked against."""
     fit = [c for c in candidates if c.median_ms is not None and not c.error]
     if reference is not None:
         fit = [c for c in fit if c.accuracy is not None and c.accuracy >= reference - tolerance]
+    else:
+        fit = [c for c in fit if c.precision == "fp32"]
     if not fit:
         raise ConfigError("no runtime produced a file that runs and keeps the accuracy here; see the table above")
     best = min(fit, key=lambda c: c.median_ms)
     best.chosen = True
     return best
+
+
+def unscored_note(candidates: Sequence[Candidate], chosen: Candidate) -> str | None:
+    """When nothing was scored: the faster path left out because its precision changes the outputs, if any."""
+    faster = [
+        c
+        for c in candidates
+        if c.median_ms and not c.error and c.precision != "fp32" and c.median_ms < chosen.median_ms
+    ]
+    if not faster:
+        return None
+    best = min(faster, key=lambda c: c.median_ms)
+    return (f"{best.path} ran {chosen.median_ms / best.median_ms:.2f}x faster but computes in {best.precision}, "
+            "whose score is unknown without labelled images: give --eval-data DIR to let it be chosen")  # fmt: skip
 
 
 def copy_export(runtime: Any, source: Path, out: Path) -> list[Path]:
@@ -142,8 +158,8 @@ def copy_export(runtime: Any, source: Path, out: Path) -> list[Path]:
 
 
 def candidates_table(candidates: Sequence[Candidate], reference: float | None, scored_by: str | None) -> str:
-    """The paths timed, fastest first; ``scored_by`` names the accuracy column (None: there is none -
-    a detector's or segmenter's files are all fp32, each checked against PyTorch when written)."""
+    """The paths timed, fastest first; ``scored_by`` names the accuracy column (None: nothing was
+    scored - a detector or segmenter without labelled images)."""
     from .._table import format_table
 
     rows = []
