@@ -37,10 +37,12 @@ class Task:
     recipe_styles: tuple[str, ...]  # the recipes' data pipelines (Recipe.transforms) that train it
     # the preprocessing its data info records; None: the recipe's own (cifar, imagenet)
     data_style: str | None
-    # int8 export, --eval-data, --calibration and --test-flip are the classifier's
+    # int8 export and its --calibration images are the classifier's (an int8 file is scored by top-1)
     quantizable: bool
     trainer_hook: str  # "module:Class", a mobilenets.train.loop.Trainer subclass
-    commands_hook: str  # "module:object" with evaluate(args, model, info) and predict(args, model, info)
+    # "module:object" with evaluate(args, model, info), predict(args, model, info) and
+    # scoring(data_dir, info, subset=, source=) -> cli.task_commands.Scoring (export --eval-data)
+    commands_hook: str
     # "module:function" (model, info) -> (graph module, metadata, output names) for an export
     deployable_hook: str
     # "module:function" (num_classes) -> (class names, where they come from) or None: names its
