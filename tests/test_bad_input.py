@@ -405,6 +405,11 @@ def rows() -> dict[tuple[str, str], tuple[list[str], list[str]]]:
         ("bench", "--warmup"): ([*bench, "--warmup", "-1"], ["--warmup"]),
         ("bench", "--weights"): ([*bench, "--weights", "mobilenet_v2"], ["MODEL=FILE"]),
         ("bench", "--eval-data"): ([*bench, "--eval-data", IMAGENET], ["--weights"]),
+        ("bench", "--eval-data for a detector"): (
+            [*bench, "--models", "ssdlite_mobilenet_v2", "--weights", "ssdlite_mobilenet_v2={out}/det.pt",
+             "--eval-data", IMAGENET],  # fmt: skip
+            ["measures top-1", "a detector", "--format auto"],
+        ),
         ("bench", "--val-subset"): ([*bench, "--val-subset", "0"], ["--val-subset"]),
         ("bench", "--calibration"): ([*bench, "--calibration", "/nonexistent"], ["not found"]),
         ("bench", "--out"): ([*bench, "--out", "{root}/notes.txt/b", "--backends", "nope"], ["nope"]),

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         results_table,
         run_bench,
     )
+    from ..tasks import get_task
 
     for name in args.models:
         get_model_entry(name)  # an unknown name is refused with the nearest ones
@@ -111,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
         weights[model] = path
     if args.eval_data and not weights:
         raise ConfigError("--eval-data needs --weights MODEL=FILE: untrained models have no accuracy to measure")
+    for name in weights if args.eval_data else ():
+        task = get_task(get_model_entry(name).task)
+        if not task.has_classifier_body:  # found after minutes of timing, as a transform error, until refused here
+            raise ConfigError(f"bench --eval-data measures top-1, and {name} is {task.noun}: 'mobilenets export "
+                              "--format auto --checkpoint FILE --eval-data DIR' times and scores each runtime's file "
+                              "by its task's measure (mAP, mIoU)")  # fmt: skip
     calibration = None
     if args.calibration:
         calibration = calibration_images(
