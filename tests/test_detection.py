@@ -726,6 +726,9 @@ def test_export_scores_a_detector_by_map_and_auto_keeps_within_the_tolerance(tra
     summary = json.loads((tmp_path / "auto.onnx.export.json").read_text())
     assert summary["scored_by"] == "mAP %" and summary["reference_accuracy"] == pytest.approx(100 * scored["map"])
     assert summary["candidates"][0]["accuracy"] == pytest.approx(100 * scored["map"], abs=0.1)
+    missing = tmp_path / "missing"  # named as a folder, not as --data-dir (which export does not take)
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "e.onnx"), "--eval-data", str(missing)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"data directory not found: {missing}")
 
 
 @pytest.mark.parametrize("kind", ["onnx", "openvino"])

@@ -183,6 +183,15 @@ def detect_layout(data_dir: Path, dataset: str | None = None) -> str:
     )
 
 
+def require_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path; one line naming it when it is not a folder (whichever option gave it:
+    --data-dir, export's --eval-data, an API argument)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data directory not found: {folder}")
+    return folder
+
+
 def build_datasets(
     data_dir: str | Path,
     *,
@@ -196,8 +205,8 @@ def build_datasets(
 ) -> tuple[Dataset, Dataset, list[str]]:
     """Training and validation datasets and the class names."""
     data_dir = Path(data_dir)
-    if not data_dir.is_dir() and not download:
-        raise DataError(f"data directory not found: {data_dir}")
+    if not download:
+        require_folder(data_dir)
     layout = detect_layout(data_dir, dataset) if data_dir.is_dir() else (dataset or "cifar10")
     train_tf = transforms_for(style, resolution, train=True)
     eval_tf = transforms_for(style, resolution, train=False)
@@ -243,9 +252,7 @@ def eval_dataset(
 ) -> tuple[Dataset, list[str]]:
     """An evaluation set: the val/ (or test/) split of a train/val tree, or, for a
     folder of class folders (e.g. ``../shared/data/imagenet-sample``), the folder itself."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"data directory not found: {folder}")
+    folder = require_folder(folder)
     split = next((folder / s for s in ("val", "test") if (folder / s).is_dir()), None)
     if split is None and (folder / "cifar-10-batches-py").is_dir():
         _, val, classes = build_datasets(folder, style=style, resolution=resolution, val_subset=subset)

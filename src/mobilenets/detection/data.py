@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
-from ..data import IMAGE_SUFFIXES, follow_path, load_rgb, read_yaml_config, select_classes
+from ..data import IMAGE_SUFFIXES, follow_path, load_rgb, read_yaml_config, require_folder, select_classes
 from ..errors import DataError
 
 __all__ = [
@@ -388,8 +388,7 @@ def find_detection_data(
 
 
 def _find_detection_data(data_dir: Path, train_transforms: Any, val_transforms: Any, splits: tuple[str, ...]):
-    if not data_dir.is_dir():
-        raise DataError(f"--data-dir {data_dir}: no such folder")
+    require_folder(data_dir)
     config = _yolo_config(data_dir)
     if config is not None:
         spec = read_yaml_config(config)

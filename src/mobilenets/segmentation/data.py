@@ -48,6 +48,7 @@ from ..data import (
     follow_path,
     load_rgb,
     read_yaml_config,
+    require_folder,
     select_classes,
 )
 from ..errors import DataError
@@ -309,9 +310,7 @@ def find_segmentation_data(
     """The train and validation splits of ``data_dir``: folder pairs named by a YAML config
     (in the folder or its ``semantic_segmentation/``) or a Pascal VOC tree.  ``classes`` keeps
     only those classes (``"person"``, names or the masks' ids), the rest become background."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"--data-dir {data_dir}: no such folder")
+    data_dir = require_folder(data_dir)
     config = _find_config(data_dir)
     if config is not None:
         spec = read_yaml_config(config)
