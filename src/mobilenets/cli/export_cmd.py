@@ -20,6 +20,7 @@ from ..validate import (
     csv_of,
 )
 from .common import add_random_weights_option, add_source_options, load_for_cli, model_source, require_weights
+from .task_commands import Scoring
 
 EXAMPLES = """\
 Examples:
@@ -330,9 +331,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_accuracy(runners: dict[str, Any], scoring: Any, *, width: int) -> dict[str, Any]:
-    """The task's scores (``scoring``, a ``Scoring``) of each form of the model - PyTorch, the
-    exported files - on the same labelled images, printed a line each; what the export summary records."""
+def report_accuracy(runners: dict[str, Any], scoring: Scoring, *, width: int) -> dict[str, Any]:
+    """The task's scores of each form of the model - PyTorch, the exported files - on the same
+    labelled images, printed a line each; what the export summary records."""
     accuracy = {}
     for name, runner in runners.items():
         metrics = scoring.measure(runner)
@@ -355,11 +356,10 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     print(f"wrote {path} (what was exported, its error against PyTorch{', accuracy' * ('accuracy' in summary)})")
 
 
-def export_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibrated: bool):
-    """What an export scores each form on (--eval-data, as the model's task measures it: a
-    :class:`~mobilenets.cli.task_commands.Scoring`) and its calibration images, each checked
-    before anything is written; ``calibrated``: the model brings its own int8 ranges (a --qat
-    checkpoint), so --int8 needs no --calibration."""
+def export_inputs(args: argparse.Namespace, info: dict[str, Any], *, calibrated: bool) -> tuple[Scoring | None, Any]:
+    """What an export scores each form on (--eval-data, as the model's task measures it) and its
+    calibration images, each checked before anything is written; ``calibrated``: the model brings
+    its own int8 ranges (a --qat checkpoint), so --int8 needs no --calibration."""
     from ..data import calibration_images
     from ..tasks import task_of
 
@@ -474,8 +474,9 @@ def run_auto(args: argparse.Namespace, out: Path) -> int:
         scored_by = None if scoring is None else scoring.metric
         chosen = pick(candidates, reference, args.tolerance)
         print(candidates_table(candidates, reference, scored_by))
-        if reference is None and unscored_note(candidates, chosen):
-            print(unscored_note(candidates, chosen))
+        left_out = unscored_note(candidates, chosen) if reference is None else None
+        if left_out:
+            print(left_out)
         print(f"measured on {cpu_description()}, {args.threads} thread(s), batch 1")
         runtime = get_runtime(chosen.runtime)
         target = out.with_suffix(runtime.suffix) if out.suffix else out.with_name(out.name + runtime.suffix)

@@ -182,10 +182,11 @@ def _detection_data(data_dir: str, info: dict[str, Any], split: str, source: str
     return data
 
 
-def _detection_line(metrics: dict[str, Any]) -> str:
+def _detection_line(metrics: dict[str, Any], *, speed: bool = False) -> str:
+    rate = f", {metrics['images_per_s']:.1f} images/s" if speed else ""
     return (
         f"mAP {100 * metrics['map']:.2f}%  mAP50 {100 * metrics['map50']:.2f}%  mAP75 {100 * metrics['map75']:.2f}%  "
-        f"({metrics['images']} images, {metrics['boxes']} boxes"
+        f"({metrics['images']} images, {metrics['boxes']} boxes{rate})"
     )
 
 
@@ -204,7 +205,7 @@ class DetectorCommands:
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
-        print(f"{_detection_line(metrics)}, {metrics['images_per_s']:.1f} images/s)")
+        print(_detection_line(metrics, speed=True))
         return 0
 
     def scoring(self, data_dir: str, info: dict[str, Any], *, subset: int | None, source: str) -> Scoring:
@@ -216,7 +217,7 @@ class DetectorCommands:
         data = _detection_data(data_dir, info, "val", source)
         batches = list(make_loader(_first(data.val, subset), 16, workers=2, collate_fn=collate))  # decoded once
         return Scoring("mAP %", "map", ("map", "map50"), lambda model: evaluate_detector(model, batches),
-                       lambda metrics: _detection_line(metrics) + ")")  # fmt: skip
+                       _detection_line)  # fmt: skip
 
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..detection.predict import detect_images
@@ -247,10 +248,11 @@ def _segmentation_data(data_dir: str, info: dict[str, Any], source: str):
     return data
 
 
-def _segmentation_line(metrics: dict[str, Any], classes: int) -> str:
+def _segmentation_line(metrics: dict[str, Any], classes: int, *, speed: bool = False) -> str:
+    rate = f", {metrics['images_per_s']:.1f} images/s" if speed else ""
     return (
         f"mIoU {100 * metrics['miou']:.2f}%  pixel acc {100 * metrics['pixel_acc']:.2f}%  "
-        f"({metrics['images']} images, {metrics['classes_scored']} of {classes} classes present"
+        f"({metrics['images']} images, {metrics['classes_scored']} of {classes} classes present{rate})"
     )
 
 
@@ -270,7 +272,7 @@ class SegmenterCommands:
         if args.json:
             print(json.dumps(metrics, indent=2))
             return 0
-        print(f"{_segmentation_line(metrics, len(data.classes))}, {metrics['images_per_s']:.1f} images/s)")
+        print(_segmentation_line(metrics, len(data.classes), speed=True))
         scored = [(name, iou) for name, iou in zip(data.classes, metrics["per_class_iou"]) if iou is not None]
         for name, iou in sorted(scored, key=lambda pair: -pair[1]):
             print(f"  {name:24s} IoU {100 * iou:6.2f}")
@@ -287,7 +289,7 @@ class SegmenterCommands:
         classes, resolution = len(data.classes), info["resolution"]
         return Scoring("mIoU %", "miou", ("miou", "pixel_acc"),
                        lambda model: evaluate_segmenter(model, batches, classes, resolution),
-                       lambda metrics: _segmentation_line(metrics, classes) + ")")  # fmt: skip
+                       lambda metrics: _segmentation_line(metrics, classes))  # fmt: skip
 
     def predict(self, args: argparse.Namespace, model, info: dict[str, Any]) -> int:
         from ..segmentation.predict import segment_images

@@ -106,9 +106,7 @@ def score_candidates(prepared: Any, candidates: Sequence[Candidate], headline: C
             candidate.accuracy = headline(load_exported(prepared.exported_file(candidate.path), runtime=runtime))
         except Exception as exc:  # noqa: BLE001 - an unscorable path is not chosen
             candidate.error = error_line(exc)
-        progress(
-            f"{candidate.path}: {candidate.accuracy if candidate.accuracy is None else f'{candidate.accuracy:.2f}'}"
-        )
+        progress(f"{candidate.path}: scored {'-' if candidate.accuracy is None else f'{candidate.accuracy:.2f} %'}")
     return reference
 
 
