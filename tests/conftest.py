@@ -27,6 +27,26 @@ def load_script(name: str, monkeypatch=None):
     return module
 
 
+def spy_on_detector_loss(model) -> dict:
+    """Record what a training detector's ``compute_loss`` is given (``"logits"``: the class logits,
+    ``"matched"``: each image's default-box matches), in the dict returned, on every call."""
+    seen, compute_loss = {}, model.compute_loss
+
+    def spy(targets, head_outputs, anchors, matched_idxs):
+        seen.update(logits=head_outputs["cls_logits"], matched=matched_idxs)
+        return compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+    model.compute_loss = spy
+    return seen
+
+
+def background_cross_entropy(seen: dict, image: int):
+    """Each default box's cross-entropy against background in image ``image`` of the last call
+    :func:`spy_on_detector_loss` saw: what mining an image without objects ranks."""
+    logits = seen["logits"][image]
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long), reduction="none")
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

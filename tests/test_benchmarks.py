@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import load_script
+from .conftest import background_cross_entropy, load_script, spy_on_detector_loss
 
 
 def ablation(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
@@ -493,21 +493,13 @@ def test_background_ratio_of_the_detection_ablations(monkeypatch, capsys):
     images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
     targets = [{"boxes": torch.tensor([[10.0, 20, 50, 80]]), "labels": torch.tensor([1])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
-    seen, compute_loss = {}, model.compute_loss
-
-    def spy(targets, head_outputs, anchors, matched_idxs):
-        seen.update(logits=head_outputs["cls_logits"], matched=matched_idxs)
-        return compute_loss(targets, head_outputs, anchors, matched_idxs)
-
-    model.compute_loss = spy
+    seen = spy_on_detector_loss(model)
     three = {name: float(value) for name, value in model(images, targets).items()}
     monkeypatch.setattr(Detector, "empty_image_ratio", Detector.empty_image_ratio)  # restored after the test
     ablations._background_ratio(6)
     six = {name: float(value) for name, value in model(images, targets).items()}
     positives = int((seen["matched"][0] >= 0).sum())
-    background = torch.nn.functional.cross_entropy(seen["logits"][1], torch.zeros(len(seen["logits"][1]),
-                                                   dtype=torch.long), reduction="none")  # fmt: skip
-    hardest = background.topk(6 * positives).values
+    hardest = background_cross_entropy(seen, 1).topk(6 * positives).values
     # the first 3 x positives of the six are the default's; the next ones are what R = 6 adds
     assert six["classification"] - three["classification"] == pytest.approx(
         hardest[3 * positives:].sum().item() / positives, rel=1e-4)  # fmt: skip

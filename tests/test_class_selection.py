@@ -16,6 +16,7 @@ from mobilenets.errors import DataError
 from mobilenets.segmentation.data import find_segmentation_data
 from mobilenets.weights import read_weights_file
 
+from .conftest import background_cross_entropy, spy_on_detector_loss
 from .test_first_use import _coco
 
 
@@ -132,13 +133,7 @@ def test_a_detector_learns_background_from_every_kth_image_without_objects(tmp_p
     images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
     blob = {"boxes": torch.tensor([[10.0, 20, 50, 80]]), "labels": torch.tensor([1])}
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    seen, compute_loss = {}, model.compute_loss
-
-    def spy(targets, head_outputs, anchors, matched_idxs):
-        seen.update(logits=head_outputs["cls_logits"], matched=matched_idxs)
-        return compute_loss(targets, head_outputs, anchors, matched_idxs)
-
-    model.compute_loss = spy
+    seen = spy_on_detector_loss(model)
 
     def losses(targets):
         return {name: value.item() for name, value in model(images, targets).items()}
@@ -147,8 +142,7 @@ def test_a_detector_learns_background_from_every_kth_image_without_objects(tmp_p
     model.mine_empty_images = True
     mined = losses([blob, empty])
     positives = int((seen["matched"][0] >= 0).sum())
-    background = torch.nn.functional.cross_entropy(seen["logits"][1], torch.zeros(len(seen["logits"][1]),
-                                                   dtype=torch.long), reduction="none")  # fmt: skip
+    background = background_cross_entropy(seen, 1)
     assert mined["bbox_regression"] == pytest.approx(plain["bbox_regression"])
     expected = plain["classification"] + background.topk(3 * positives).values.sum().item() / positives
     assert mined["classification"] == pytest.approx(expected, rel=1e-5) and expected > plain["classification"]
