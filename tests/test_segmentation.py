@@ -175,6 +175,20 @@ def test_folder_reader_on_coco128_masks(shared_data):
     assert torch.equal(mask.as_subclass(torch.Tensor), torch.from_numpy(np.vectorize(lookup.get)(raw)))
 
 
+def test_evaluation_reads_only_the_split_it_scores(tmp_path, shared_data):
+    """splits=("val",) reads and checks the validation masks alone: a broken training mask (a value
+    outside the class list) stops training, not an evaluation of val; coco128 warns about val only."""
+    root = _mask_dataset(tmp_path, images=2)
+    Image.fromarray(np.full((64, 80), 99, dtype=np.uint8)).save(root / "masks" / "train" / "0.png")
+    with pytest.raises(DataError, match="0.png"):
+        find_segmentation_data(root)
+    data = find_segmentation_data(root, splits=("val",))
+    assert data.train is None and len(data.val) == 2
+    with pytest.warns(UserWarning) as caught:
+        find_segmentation_data(shared_data / "coco128", splits=("val",))
+    assert [("val2017" in str(w.message)) for w in caught] == [True]
+
+
 def test_ignored_classes_and_training_transforms(tmp_path):
     """ignore_classes become 255; a crop pads the mask with 255; the mask moves with the image."""
     root = _mask_dataset(tmp_path, size=48)

@@ -236,14 +236,15 @@ class DetectorCommands:
         return 0
 
 
-def _segmentation_data(data_dir: str, info: dict[str, Any], source: str):
-    """``data_dir``'s masks as the segmenter's evaluation reads them, its classes checked against the model's."""
+def _segmentation_data(data_dir: str, info: dict[str, Any], split: str, source: str):
+    """``data_dir``'s ``split`` as the segmenter's evaluation reads it, its classes checked against the model's."""
     from ..predict import check_classes
     from ..segmentation.data import find_segmentation_data, segmentation_transforms
 
     val = segmentation_transforms(info["resolution"], train=False)
+    # only the split scored is read: its masks checked, the other's warnings not raised
     data = find_segmentation_data(data_dir, train_transforms=val, val_transforms=val,
-                                  classes=info.get("selected_classes"))  # fmt: skip
+                                  classes=info.get("selected_classes"), splits=(split,))  # fmt: skip
     check_classes(info, data.classes, model=source, data=data_dir)
     return data
 
@@ -265,7 +266,7 @@ class SegmenterCommands:
         _refuse_detector_views(args, "segmenter")
         if args.dataset:
             raise ConfigError("--dataset is for classifiers; a segmenter is scored on --data-dir's masks")
-        data = _segmentation_data(args.data_dir, info, model_source(args))
+        data = _segmentation_data(args.data_dir, info, args.split, model_source(args))
         loader = make_loader(_scored_split(data, args), args.batch_size or 8, workers=args.workers, collate_fn=collate)
         metrics = evaluate_segmenter(model, loader, len(data.classes), info["resolution"], classes=data.classes,
                                      progress=sys.stderr.isatty(), flip=args.test_flip)  # fmt: skip
@@ -284,7 +285,7 @@ class SegmenterCommands:
         from ..segmentation.data import collate
         from ..segmentation.evaluate import evaluate_segmenter
 
-        data = _segmentation_data(data_dir, info, source)
+        data = _segmentation_data(data_dir, info, "val", source)
         batches = list(make_loader(_first(data.val, subset), 8, workers=2, collate_fn=collate))  # decoded once
         classes, resolution = len(data.classes), info["resolution"]
         return Scoring("mIoU %", "miou", ("miou", "pixel_acc"),

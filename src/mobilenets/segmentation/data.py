@@ -204,8 +204,8 @@ class MaskPairs(Dataset):
 
 @dataclass
 class SegmentationData:
-    train: MaskPairs
-    val: MaskPairs
+    train: MaskPairs | None  # None: a split find_segmentation_data was not asked to read
+    val: MaskPairs | None
     classes: list[str]  # index = training index
     class_ids: list[int]  # the value each class has in the dataset's masks
     layout: str  # "folders" or "voc"
@@ -306,10 +306,13 @@ def find_segmentation_data(
     val_transforms: Any = None,
     progress: bool | None = None,
     classes: str | list[str] | None = None,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> SegmentationData:
     """The train and validation splits of ``data_dir``: folder pairs named by a YAML config
     (in the folder or its ``semantic_segmentation/``) or a Pascal VOC tree.  ``classes`` keeps
-    only those classes (``"person"``, names or the masks' ids), the rest become background."""
+    only those classes (``"person"``, names or the masks' ids), the rest become background.
+    ``splits`` names the splits read (and their masks checked); the others are None (evaluation
+    reads one, without the other's warnings or the time its masks take)."""
     data_dir = require_folder(data_dir)
     config = _find_config(data_dir)
     if config is not None:
@@ -317,21 +320,25 @@ def find_segmentation_data(
         class_ids, names, ignore = _config_classes(config, spec)
         table, class_ids, names, selected = _selection(class_ids, names, ignore, classes, str(config))
         base = config.parent / str(spec.get("path") or ".")
-        splits = {}
+        read: dict[str, MaskPairs | None] = {}
         for split, transforms in (("train", train_transforms), ("val", val_transforms)):
             entry = spec.get(split)
             if not isinstance(entry, dict) or not {"images", "masks"} <= set(entry):
                 raise DataError(f"{config}: '{split}:' must name its 'images:' and 'masks:' folders")
-            pairs = _folder_pairs(follow_path(base, str(entry["images"])), follow_path(base, str(entry["masks"])))
-            splits[split] = MaskPairs(pairs, names, table, transforms, progress=progress)
-        return SegmentationData(splits["train"], splits["val"], names, class_ids, "folders", selected)
+            read[split] = None
+            if split in splits:
+                images, masks = follow_path(base, str(entry["images"])), follow_path(base, str(entry["masks"]))
+                read[split] = MaskPairs(_folder_pairs(images, masks), names, table, transforms, progress=progress)
+        return SegmentationData(read["train"], read["val"], names, class_ids, "folders", selected)
     voc = _voc_root(data_dir)
     if voc is not None:
         table, class_ids, names, selected = _selection(
             list(range(len(VOC_CLASSES))), list(VOC_CLASSES), [], classes, str(voc)
         )
-        train = MaskPairs(_voc_pairs(voc, "train"), names, table, train_transforms, progress=progress)
-        val = MaskPairs(_voc_pairs(voc, "val"), names, table, val_transforms, progress=progress)
+        train, val = (
+            MaskPairs(_voc_pairs(voc, split), names, table, transforms, progress=progress) if split in splits else None
+            for split, transforms in (("train", train_transforms), ("val", val_transforms))
+        )
         return SegmentationData(train, val, names, class_ids, "voc", selected)
     raise DataError(
         f"{data_dir} holds no segmentation dataset: expected a config.yaml naming train/val images and masks "
