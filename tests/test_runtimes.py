@@ -268,7 +268,7 @@ def test_the_table_of_fp32_only_paths_has_no_accuracy_column():
     assert lines[0].split() == ["runtime", "path", "median", "ms", "x", "fastest"]
     assert lines[2].split() == ["litert", "1.20", "1.00", "<-", "chosen"] and lines[3].split() == ["onnxruntime", "2.40", "2.00"]
     scored = candidates_table([Candidate("onnxruntime", "onnxruntime", "fp32", 2.4, accuracy=83.8)], 83.8, "top-1 %")
-    assert scored.splitlines()[0].split()[-2:] == ["top-1", "%"] and "83.8" in scored.splitlines()[2]
+    assert scored.splitlines()[0].split()[-2:] == ["top-1", "%"] and "83.80" in scored.splitlines()[2]
 
 
 def test_without_scores_auto_chooses_only_a_path_that_computes_in_fp32():

@@ -165,11 +165,11 @@ def candidates_table(candidates: Sequence[Candidate], reference: float | None, s
     for c in sorted(candidates, key=lambda c: (c.median_ms is None, c.median_ms or 0)):
         timing = "-" if c.median_ms is None else f"{c.median_ms:.2f}"
         ratio = "-" if c.median_ms is None or not fastest else f"{c.median_ms / fastest:.2f}"
-        accuracy = "-" if c.accuracy is None else f"{c.accuracy:.1f}"
+        accuracy = "-" if c.accuracy is None else f"{c.accuracy:.2f}"
         scores = [accuracy] if scored_by else []
         rows.append([c.path, timing, ratio, *scores, "<- chosen" if c.chosen else c.error[:60]])
     header = ["runtime path", "median ms", "x fastest", *([scored_by] if scored_by else []), ""]
     text = format_table(header, rows)
     if reference is not None:
-        text += f"\nfloat PyTorch model: {reference:.1f} % ({scored_by})"
+        text += f"\nfloat PyTorch model: {reference:.2f} % ({scored_by})"
     return text
