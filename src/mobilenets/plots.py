@@ -79,9 +79,7 @@ def plot_tradeoff(
         ax.legend(fontsize=8)
 
 
-def plot_final_scores(
-    ax, runs: Sequence[dict[str, Any]], *, metric: str, colors: dict[str, str], name: str = ""
-) -> None:
+def plot_final_scores(ax, runs: Sequence[dict[str, Any]], *, metric: str, colors: dict[str, str], name: str) -> None:
     """A bar per finished run of its final ``metric`` (% of ``name``, e.g. "mAP@[.5:.95]"), labelled: how runs of
     one network (seeds, settings) compare, where an accuracy-against-cost panel would stack them on one point."""
     labels, scores = [r["label"] for r in runs], [100 * r[metric] for r in runs]
@@ -90,7 +88,7 @@ def plot_final_scores(
     ax.set_xlim(0, 1.15 * max(scores) or 1)  # room for the figures beside the bars (1: every score 0)
     ax.set_yticks(range(len(runs)), labels, fontsize=7)
     ax.invert_yaxis()  # the first run on top, as in the legends
-    ax.set_xlabel(f"final {name or metric} (%)")
+    ax.set_xlabel(f"final {name} (%)")
     ax.set_title(f"final score ({runs[0]['mult_adds'] / 1e6:.0f}M mult-adds each)")
     ax.grid(True, axis="x", alpha=0.3)
 
@@ -134,7 +132,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
     if len(kinds) > 1:
         raise ConfigError("plot runs of one task together: these mix classifiers, detectors and segmenters")
     metric = kinds.pop() if kinds else "top1"
-    title = {"top1": "top-1 (%)", "map": "mAP@[.5:.95] (%)", "miou": "mIoU (%)"}[metric]
+    name = {"top1": "top-1", "map": "mAP@[.5:.95]", "miou": "mIoU"}[metric]
     secondary = {"map": ("map50", "mAP50"), "miou": ("pixel_acc", "pixel acc")}.get(metric)
     plt = pyplot()
     fig, (loss_ax, acc_ax, cost_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -161,7 +159,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
             acc_ax.plot(at, values, color=color, linestyle=":", marker="^", label=f"{run['name']} {secondary[1]}")
     xlabel = {"epoch": "epoch", "minutes": "training minutes", "wall": "wall-clock minutes"}[x]
     loss_ax.set(xlabel=xlabel, ylabel="training loss (val dashed)", title="loss")
-    acc_ax.set(xlabel=xlabel, ylabel=title, title=f"validation {title.split(' (')[0]}")
+    acc_ax.set(xlabel=xlabel, ylabel=f"{name} (%)", title=f"validation {name}")
     for ax in (loss_ax, acc_ax):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
@@ -171,7 +169,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, x: str = "epoc
         if r["summary"].get("mult_adds") and r["summary"].get(metric) is not None
     ]
     if len({r["mult_adds"] for r in finished}) == 1:  # one network trained several ways: cost says nothing
-        plot_final_scores(cost_ax, finished, metric=metric, colors=colors, name=title.split(" (")[0])
+        plot_final_scores(cost_ax, finished, metric=metric, colors=colors, name=name)
     else:
         if finished:
             plot_tradeoff(cost_ax, finished, group="label", colors=colors, y=metric)
